@@ -1,0 +1,1 @@
+"""Hyperparameter search service: Optuna studies over ``training.train``, stored through SQLAlchemy."""

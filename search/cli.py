@@ -1,0 +1,226 @@
+"""The ``search`` command: a dict of subcommands; ``main`` turns every project error into one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from training.errors import SearchError
+
+
+def _storage(args: argparse.Namespace) -> str:
+    from search.storage import resolve_storage_url
+
+    return resolve_storage_url(args.storage)
+
+
+def _open_study(args: argparse.Namespace):
+    from search.storage import load_existing, open_storage
+
+    return load_existing(open_storage(_storage(args)), args.study)
+
+
+def _store(args: argparse.Namespace):
+    from search.storage import AtomicArtifactStore, artifact_dir
+
+    return AtomicArtifactStore(artifact_dir(args.artifacts))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.runner import RunOptions, install_signal_handlers, run_workers, worker_loop
+    from search.storage import artifact_dir, is_sqlite, redact
+    from search.studyfile import load_study
+
+    spec = load_study(args.study, args.set)
+    url = _storage(args)
+    if args.workers > 1 and is_sqlite(url):
+        print(
+            f"search: {args.workers} workers share one SQLite file; writes are serialised. "
+            "For many workers or machines use PostgreSQL (--storage postgresql+psycopg2://...).",
+            file=sys.stderr,
+        )
+    options = RunOptions(
+        storage_url=url,
+        artifacts=artifact_dir(args.artifacts),
+        n_trials=args.n_trials or spec.budget.n_trials,
+        timeout=args.timeout or spec.budget.timeout,
+        workers=args.workers,
+        worker_index=args.worker_index,
+        quiet=args.quiet,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period or 3 * args.heartbeat_interval,
+    )
+    if args.workers > 1:
+        from search.runner import create_study
+
+        create_study(spec, options)  # once, so workers don't race to create it
+        argv = _without_option(args.argv, ("--workers", "--storage"))
+        return run_workers(argv, options)
+    install_signal_handlers()
+    if not args.quiet and args.worker_index == 0:
+        print(f"search: study '{spec.name}' on {redact(url)}, {options.n_trials} trials", file=sys.stderr)
+    study = worker_loop(spec, options)
+    if args.worker_index == 0 and not args.quiet:
+        _print_best(study)
+    return 0
+
+
+def _without_option(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the named options and their values (either ``--x v`` or ``--x=v``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in names:
+            skip = True
+            continue
+        if any(arg.startswith(f"{name}=") for name in names):
+            continue
+        out.append(arg)
+    return out
+
+
+def _print_best(study) -> None:
+    from search.runner import best_of
+
+    best = best_of(study)
+    if best is None:
+        print("no complete trial", file=sys.stderr)
+    else:
+        print(f"best trial {best[0]}: macro-F1 {best[1]:.4f}", file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from search.status import status_text
+
+    print(status_text(_open_study(args), top=args.top))
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from search.export import choose_trial
+
+    trial = choose_trial(_open_study(args), None)
+    shown = {k: v for k, v in trial.user_attrs.items() if k not in ("config", "confusion_matrix")}
+    print(json.dumps({"number": trial.number, "value": trial.value, "params": trial.params, "metrics": shown}, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.export import export_checkpoint
+
+    trial, out = export_checkpoint(_open_study(args), _store(args), Path(args.out), args.trial, args.force, args.retrain)
+    print(f"trial {trial.number} (macro-F1 {trial.value if trial.value is not None else 'n/a'}) exported to {out}")
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.storage import open_storage
+
+    summaries = optuna.get_all_study_summaries(open_storage(_storage(args)), include_best_trial=True)
+    print(f"{'study':30} {'trials':>6} {'best macro-F1':>14}")
+    for s in summaries:
+        best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
+        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from search.storage import open_storage
+
+    storage = open_storage(_storage(args))
+    study = _open_study(args)
+    print(f"dashboard for '{study.study_name}': http://{args.host}:{args.port}/dashboard/studies/{study._study_id}", file=sys.stderr)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=_store(args))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "best": cmd_best,
+    "export": cmd_export,
+    "studies": cmd_studies,
+    "dashboard": cmd_dashboard,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage", help="SQLAlchemy URL (default: $SEARCH_STORAGE or .search/studies.db)")
+    common.add_argument("--artifacts", help="artifact folder (default: $SEARCH_ARTIFACTS or .search/artifacts)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+
+    parser = argparse.ArgumentParser(prog="search", description="Hyperparameter search for timm image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run (or continue) a study")
+    run.add_argument("--study", required=True, help="study name in studies/ or a YAML path")
+    run.add_argument("--n-trials", type=int, help="finished trials the study should reach")
+    run.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
+    run.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
+    run.add_argument("--grace-period", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+    for name, text in (("status", "counts, best, top trials"), ("best", "the best trial's params and metrics")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--study", required=True)
+        if name == "status":
+            p.add_argument("--top", type=int, default=10)
+
+    export = sub.add_parser("export", parents=[common], help="write a trial's checkpoint")
+    export.add_argument("--study", required=True)
+    export.add_argument("--trial", type=int, help="trial number (default: the best)")
+    export.add_argument("--out", required=True)
+    export.add_argument("--force", action="store_true", help="overwrite --out")
+    export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
+
+    sub.add_parser("studies", parents=[common], help="list the studies in a storage")
+
+    dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the same storage")
+    dash.add_argument("--study", required=True)
+    dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    dash.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse has printed its one-line usage error
+        return int(exit.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
+    if not args.debug:
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.ERROR)
+    try:
+        return COMMANDS[args.command](args)
+    except SearchError as error:
+        if args.debug:
+            raise
+        print(f"search: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt as interrupt:
+        print("search: interrupted; the running trial is marked FAIL, run again to continue", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
+

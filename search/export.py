@@ -1,0 +1,92 @@
+"""Export a trial's checkpoint as a self-describing file that loads into a plain timm model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objective import CHECKPOINT_ATTR
+from search.storage import AtomicArtifactStore
+from training import TrainConfig, train
+from training.errors import ConfigError, SearchError
+
+
+def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """The given trial, or the best complete one; clear errors when there is none."""
+    trials = study.get_trials(deepcopy=False)
+    if number is not None:
+        for trial in trials:
+            if trial.number == number:
+                return trial
+        last = max((t.number for t in trials), default=None)
+        span = f"trials are numbered 0..{last}" if last is not None else "it has no trials"
+        raise SearchError(f"study '{study.study_name}' has no trial {number}; {span}")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise SearchError(f"study '{study.study_name}' has no complete trial to export yet; run it first")
+    return max(complete, key=lambda t: t.value)
+
+
+def export_checkpoint(
+    study: optuna.Study,
+    store: AtomicArtifactStore,
+    out: Path,
+    number: int | None = None,
+    force: bool = False,
+    retrain: bool = False,
+) -> tuple[FrozenTrial, Path]:
+    """Copy (or with ``retrain``, remake) the trial's best checkpoint to ``out``, atomically."""
+    trial = choose_trial(study, number)
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(handle)
+    try:
+        if not _download(store, trial, temporary):
+            if not retrain:
+                raise SearchError(
+                    f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
+                    f"({_why_missing(trial)}); pass --retrain to train its params again"
+                )
+            _retrain(trial, Path(temporary))
+        os.replace(temporary, out)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return trial, out
+
+
+def _why_missing(trial: FrozenTrial) -> str:
+    if trial.state != TrialState.COMPLETE:
+        return f"it is {trial.state.name}"
+    return "removed by checkpoint retention" if trial.user_attrs.get(CHECKPOINT_ATTR) else "none was written"
+
+
+def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: str) -> bool:
+    artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if not artifact_id:
+        return False
+    try:
+        with store.open_reader(artifact_id) as reader, open(target, "wb") as writer:
+            shutil.copyfileobj(reader, writer)
+    except ArtifactNotFound:
+        return False
+    return True
+
+
+def _retrain(trial: FrozenTrial, target: Path) -> None:
+    if "config" not in trial.user_attrs:
+        raise SearchError(f"trial {trial.number} has no recorded config to retrain from")
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        config = TrainConfig.model_validate_json(trial.user_attrs["config"]).model_copy(
+            update={"output_dir": Path(work)}
+        )
+        result = train(config)
+        shutil.copyfile(result.checkpoint, target)

@@ -1,0 +1,133 @@
+"""The trial adapter: sample → training config → ``train`` → record → return macro-F1.
+
+Pruning is the epoch callback: it reports macro-F1 at step = epoch and asks the pruner. What a
+trial leaves goes into Optuna's own tables (params, user attributes) and artifact store.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from search.progress import Progress
+from search.space import sample
+from search.storage import AtomicArtifactStore, TrialGate
+from search.studyfile import Study
+from training import ConfigError, NonFiniteLossError, TrainResult, train
+from training.errors import SearchError
+
+CHECKPOINT_ATTR = "checkpoint_artifact"
+SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss", "lr")
+
+
+class TrialFailed(SearchError):
+    """A trial failed for a reason recorded on it; the study goes on."""
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity become None: user attributes are JSON the dashboard must parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def record_result(trial: optuna.Trial, result: TrainResult) -> None:
+    """Every validation metric of the best epoch, plus how the run went, as user attributes."""
+    best = result.best_metrics
+    attrs: dict[str, Any] = {name: _json_safe(best.get(name)) for name in SCALAR_METRICS}
+    attrs |= {
+        "per_class_f1": _json_safe(best.get("per_class_f1")),
+        "confusion_matrix": best.get("confusion_matrix"),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_images_per_second": round(result.train_images_per_second, 1),
+        "device": result.device,
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+class Objective:
+    """Callable for ``study.optimize``; one per worker, reused for every trial it runs."""
+
+    def __init__(
+        self,
+        spec: Study,
+        store: AtomicArtifactStore,
+        work_dir: Path,
+        gate: TrialGate,
+        progress: Progress,
+        after_trial: Callable[[optuna.Study], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.work_dir = work_dir
+        self.gate = gate
+        self.progress = progress
+        self.after_trial = after_trial
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.gate.release()  # the trial exists now: other workers may start theirs
+        params = sample(trial, self.spec.space)
+        out_dir = self.work_dir / f"trial-{trial.number}"
+        config = self.spec.trial_config(params, out_dir)
+        trial.set_user_attr("seed", config.seed)
+        trial.set_user_attr("config", json.dumps(config.model_dump(mode="json"), sort_keys=True))
+        self.progress.trial_started(trial.number, params)
+
+        def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
+            trial.report(metrics["macro_f1"], epoch)
+            self.progress.epoch(trial.number, epoch, config.epochs, metrics)
+            return trial.should_prune()
+
+        try:
+            result = train(config, on_epoch_end)
+        except ConfigError as error:  # the study is wrong: stop, don't burn more trials
+            trial.set_user_attr("failure_reason", str(error))
+            raise
+        except NonFiniteLossError as error:
+            trial.set_user_attr("failure_reason", str(error))
+            trial.set_user_attr("failed_epoch", error.epoch)
+            raise TrialFailed(f"trial {trial.number}: {error}") from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("failure_reason", "interrupted")
+            raise
+        except Exception as error:  # recorded on the trial, which turns FAIL; the worker goes on
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            trial.set_user_attr("failure_reason", reason)
+            raise TrialFailed(f"trial {trial.number} failed: {reason}") from error
+        finally:
+            _free_device_memory()
+
+        record_result(trial, result)
+        value = float(result.best_metrics["macro_f1"])
+        if result.stopped_early:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise optuna.TrialPruned(f"macro-F1 {value:.4f} after {result.epochs_run} epochs")
+        if result.checkpoint is not None and result.checkpoint.is_file():
+            self._store_checkpoint(trial, result.checkpoint)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return value
+
+    def _store_checkpoint(self, trial: optuna.Trial, path: Path) -> None:
+        artifact_id = optuna.artifacts.upload_artifact(
+            artifact_store=self.store, file_path=str(path), study_or_trial=trial
+        )
+        trial.set_user_attr(CHECKPOINT_ATTR, artifact_id)
+
+
+def _free_device_memory() -> None:
+    """After a trial (an out-of-memory one above all), give its GPU memory back to the next."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

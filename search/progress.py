@@ -1,0 +1,60 @@
+"""Live progress: one line per trial (epoch, F1, img/s) and one per study, not a wall of logs.
+
+On a terminal the trial line rewrites itself; in a log file each epoch is one line. ``quiet``
+prints nothing but errors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    def __init__(self, quiet: bool = False, prefix: str = "", stream: TextIO | None = None) -> None:
+        self.quiet = quiet
+        self.prefix = prefix
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self._open_line = False
+
+    def _write(self, text: str, final: bool = True) -> None:
+        if self.quiet:
+            return
+        if self.live:
+            self.stream.write("\r\033[K" + self.prefix + text + ("\n" if final else ""))
+            self._open_line = not final
+        else:
+            self.stream.write(self.prefix + text + "\n")
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        self._write(text)
+
+    def decode(self, done: int, total: int) -> None:
+        self._write(f"decoding images {done}/{total}", final=done >= total)
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        self._started = time.perf_counter()
+        shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+        self._write(f"trial {number} started: {shown}")
+
+    def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
+        self._write(
+            f"trial {number} epoch {epoch + 1}/{epochs} macro-F1 {metrics['macro_f1']:.4f} "
+            f"loss {metrics['train_loss']:.4f} {metrics['train_images_per_second']:.0f} img/s",
+            final=False,
+        )
+
+    def study(self, name: str, counts: dict[str, int], n_trials: int, best: tuple[int, float] | None) -> None:
+        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        best_text = f"best macro-F1 {best[1]:.4f} (trial {best[0]})" if best else "no complete trial yet"
+        self._write(
+            f"study {name}: {finished}/{n_trials} finished ({counts.get('COMPLETE', 0)} complete, "
+            f"{counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed), {best_text}"
+        )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,190 @@
+"""Running a study: one worker loop per process, ``--workers N`` processes per machine.
+
+``n_trials`` is a budget for the whole study, whoever runs it: a worker starts a trial only
+while finished + running trials are below it, deciding under a lock shared by all workers (see
+``TrialGate``). A killed worker's trial goes stale, turns FAIL through the heartbeat and is
+re-queued, so the study still ends with exactly ``n_trials`` finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
+from search.progress import Progress
+from search.pruners import build_pruner
+from search.samplers import build_sampler
+from search.storage import AtomicArtifactStore, TrialGate, open_storage, redact
+from search.studyfile import Study
+from training import prepare_data
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_SECONDS = 2.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so the running trial is marked FAIL like on Ctrl-C."""
+
+    exit_code = 143
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage_url: str
+    artifacts: Path
+    n_trials: int
+    timeout: float | None
+    workers: int = 1
+    worker_index: int = 0
+    quiet: bool = False
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+
+
+def state_counts(study: optuna.Study) -> Counter:
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def best_of(study: optuna.Study) -> tuple[int, float] | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: t.value)
+    return best.number, float(best.value)
+
+
+def create_study(spec: Study, options: RunOptions) -> optuna.Study:
+    """Create the study or load it by name; record its spec once; queue the known-good configs."""
+    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental samplers and options
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction="maximize",
+            sampler=build_sampler(spec.sampler, spec.space, spec.seed + options.worker_index),
+            pruner=build_pruner(spec.pruner),
+            load_if_exists=True,
+        )
+    if "spec" not in study.user_attrs:
+        study.set_user_attr("spec", json.dumps(spec.model_dump(mode="json"), sort_keys=True))
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+class Retention:
+    """After each complete trial, delete checkpoints outside the best ``keep`` complete trials."""
+
+    def __init__(self, store: AtomicArtifactStore, keep: int) -> None:
+        self.store = store
+        self.keep = keep
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.COMPLETE:
+            return
+        complete = sorted(
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True
+        )
+        for old in complete[self.keep :]:
+            artifact_id = old.user_attrs.get(CHECKPOINT_ATTR)
+            if artifact_id:
+                try:
+                    self.store.remove(artifact_id)
+                except ArtifactNotFound:
+                    pass  # already removed by this or another worker
+
+
+def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
+    """Run trials until the study has ``n_trials`` finished or the timeout passes."""
+    prefix = f"[worker {options.worker_index}] " if options.workers > 1 else ""
+    progress = Progress(options.quiet, prefix)
+    study = create_study(spec, options)
+    prepare_data(spec.data, spec.seed, progress=progress.decode)  # decode once, before any trial
+    store = AtomicArtifactStore(options.artifacts)
+    gate = TrialGate(options.storage_url, spec.name)
+    work_dir = options.artifacts.parent / "work" / spec.name / f"worker-{os.getpid()}"
+    objective = Objective(spec, store, work_dir, gate, progress)
+
+    def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            progress.line(f"trial {trial.number} failed: {trial.user_attrs.get('failure_reason', 'see log')}")
+        progress.study(spec.name, state_counts(study), options.n_trials, best_of(study))
+
+    deadline = time.monotonic() + options.timeout if options.timeout else None
+    while deadline is None or time.monotonic() < deadline:
+        gate.acquire()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(study)
+            counts = state_counts(study)
+            finished = counts["COMPLETE"] + counts["PRUNED"]
+            if finished >= options.n_trials:
+                break
+            if finished + counts["RUNNING"] >= options.n_trials:
+                gate.release()  # the rest is taken; wait in case one of them fails
+                time.sleep(POLL_SECONDS)
+                continue
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(TrialFailed,),
+                callbacks=[Retention(store, spec.checkpoints.keep_top_k), report],
+            )
+        finally:
+            gate.release()
+    return study
+
+
+def install_signal_handlers() -> None:
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def run_workers(argv: list[str], options: RunOptions) -> int:
+    """Start ``options.workers`` copies of this command as separate worker processes and wait.
+
+    GPUs are handed out round-robin; the storage URL travels in the environment, not argv, so its
+    password never shows in a process list. Signals are forwarded to the workers.
+    """
+    import torch
+
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // options.workers)
+    children = []
+    for index in range(options.workers):
+        env = dict(os.environ, SEARCH_STORAGE=options.storage_url, OMP_NUM_THREADS=str(threads))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        command = [sys.executable, "-m", "search", *argv, "--workers", "1", "--worker-index", str(index)]
+        children.append(subprocess.Popen(command, env=env))
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    bad = [c for c in codes if c != 0]
+    return bad[0] if bad else 0
+
+
+__all__ = ["RunOptions", "create_study", "run_workers", "worker_loop", "redact", "install_signal_handlers"]

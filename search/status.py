@@ -1,0 +1,57 @@
+"""``search status``: counts by state, the best so far, the top trials and what mattered."""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def importance(study: optuna.Study) -> dict[str, float] | None:
+    """Parameter importance from Optuna's default evaluator, once enough trials are complete."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return optuna.importance.get_param_importances(study)
+        except (ValueError, RuntimeError):  # e.g. a single distinct value everywhere
+            return None
+
+
+def status_text(study: optuna.Study, top: int = 10) -> str:
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    lines = [f"study {study.study_name}: {len(trials)} trials"]
+    lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    if not complete:
+        lines.append("  no complete trial yet")
+        return "\n".join(lines)
+    best = complete[0]
+    lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
+    names = sorted({k for t in complete[:top] for k in t.params})
+    header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>12}" for n in names)
+    lines += ["", header]
+    for t in complete[:top]:
+        cells = " ".join(f"{_cell(t.params.get(n)):>12}" for n in names)
+        acc = t.user_attrs.get("accuracy")
+        lines.append(
+            f"  {t.number:>5} {t.value:>8.4f} {acc if acc is None else format(acc, '.3f'):>6} "
+            f"{t.user_attrs.get('epochs_run', '-'):>6}  {cells}"
+        )
+    ranked = importance(study)
+    if ranked:
+        lines += ["", "  parameter importance (fANOVA):"]
+        lines += [f"  {name:>20} {value:.3f}" for name, value in ranked.items()]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

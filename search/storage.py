@@ -1,0 +1,176 @@
+"""Where studies live: an SQLAlchemy URL (SQLite by default), heartbeats, the artifact store.
+
+Optuna's own tables are the only database; checkpoints go to Optuna's artifact store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import optuna
+import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from training.errors import ConfigError, SearchError
+
+
+class StorageError(SearchError):
+    """The storage cannot be reached or used (exit code 1)."""
+
+
+def search_home() -> Path:
+    """``$SEARCH_HOME``, default ``./.search``: the SQLite file and the artifact folder live here."""
+    return Path(os.environ.get("SEARCH_HOME", ".search"))
+
+
+def default_storage_url() -> str:
+    return f"sqlite:///{search_home() / 'studies.db'}"
+
+
+def resolve_storage_url(given: str | None) -> str:
+    """``--storage``, else ``$SEARCH_STORAGE``, else the SQLite file in ``search_home()``."""
+    url = given or os.environ.get("SEARCH_STORAGE") or default_storage_url()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"storage URL '{redact(url)}' is malformed; use e.g. sqlite:///studies.db or "
+            "postgresql+psycopg2://user@host:5432/db"
+        ) from None
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and log line."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not parseable: hide anything between ':' and '@' after the scheme.
+        scheme, sep, rest = url.partition("://")
+        if "@" in rest and ":" in rest.split("@")[0]:
+            user = rest.split("@")[0].split(":")[0]
+            rest = f"{user}:***@{rest.split('@', 1)[1]}"
+        return f"{scheme}{sep}{rest}"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).drivername.startswith("sqlite")
+
+
+def _engine_kwargs(url: str) -> dict:
+    if is_sqlite(url):
+        # Wait for the write lock instead of failing with "database is locked".
+        return {"connect_args": {"timeout": 120}}
+    driver = make_url(url).drivername
+    connect_args = {"connect_timeout": 10} if driver.startswith("postgresql") else {}
+    return {"pool_pre_ping": True, "connect_args": connect_args}
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats are marked experimental
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=_engine_kwargs(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+            first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise StorageError(f"cannot open storage {redact(url)}: {first}") from None
+
+
+def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """A study that must already exist; a clear error listing the ones that do."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise SearchError(f"no study '{name}' in this storage; studies here: {names}") from None
+
+
+def artifact_dir(given: str | None) -> Path:
+    """``--artifacts``, else ``$SEARCH_ARTIFACTS``, else ``search_home()/artifacts``."""
+    return Path(given or os.environ.get("SEARCH_ARTIFACTS") or search_home() / "artifacts")
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system store, but a write is a temporary file then a rename: never half a file."""
+
+    def __init__(self, base_path: Path) -> None:
+        base_path.mkdir(parents=True, exist_ok=True)
+        super().__init__(base_path)
+        self.base_path = base_path
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        target = self._get_filepath(artifact_id)
+        handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                while chunk := content_body.read(1 << 20):
+                    file.write(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except OSError as error:
+            Path(temporary).unlink(missing_ok=True)
+            raise SearchError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
+
+
+class TrialGate:
+    """A lock shared by every worker of a study, held from "may I start a trial?" until it started.
+
+    Counting the finished and running trials and creating the next one must be one step, or two
+    workers could both take the last trial. PostgreSQL: an advisory lock on its own connection;
+    SQLite: a file lock beside the database file. Other databases fall back to no lock.
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url = url
+        self.key = int.from_bytes(hashlib.sha1(study_name.encode()).digest()[:8], "big", signed=True)
+        self.driver = make_url(url).drivername
+        self._held: object | None = None
+        self._engine = None
+        if self.driver.startswith("postgresql"):
+            self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(url))
+
+    def acquire(self) -> None:
+        if self._held is not None:
+            return
+        if self._engine is not None:
+            connection = self._engine.connect()
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            self._held = connection
+        elif self.driver.startswith("sqlite") and make_url(self.url).database:
+            handle = open(f"{make_url(self.url).database}.lock", "a")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._held = handle
+        else:
+            self._held = True
+
+    def release(self) -> None:
+        """Idempotent: the objective releases it first thing, the worker loop again to be sure."""
+        held, self._held = self._held, None
+        if held is None or held is True:
+            return
+        if isinstance(held, sqlalchemy.engine.Connection):
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            held.close()
+        else:
+            fcntl.flock(held, fcntl.LOCK_UN)
+            held.close()

@@ -1,0 +1,268 @@
+"""Study files: YAML in ``studies/``, parsed once into frozen, validated objects.
+
+Every mistake becomes one ``ConfigError`` line naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from training.config import (
+    AugmentConfig,
+    DataConfig,
+    Frozen,
+    LossConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
+from training.errors import ConfigError
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+
+class Distribution(Frozen):
+    """A sampled value: ``{low, high[, log, step]}`` (int when both bounds are ints) or ``{choices}``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    integer: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("must be {low, high[, log, step]} or {choices: [...]}")
+        if "choices" not in value and isinstance(value.get("low"), int) and isinstance(value.get("high"), int):
+            value = {**value, "integer": True}
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> Distribution:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high (or choices)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+
+def _check_conditionals(kind: str, table: dict[str, dict[str, Distribution]], registry: dict, fields: set[str]) -> None:
+    if not table:
+        raise ValueError(f"{kind} needs at least one choice")
+    for name, params in table.items():
+        if name not in registry:
+            raise ValueError(f"unknown {kind} '{name}', choose from {sorted(registry)}")
+        for param in params:
+            if param not in fields or param == "name":
+                raise ValueError(f"'{param}' is not a {kind} parameter, choose from {sorted(fields - {'name'})}")
+
+
+class SearchSpace(Frozen):
+    """The four sampled things; conditional parameters are named by their config field."""
+
+    lr: Distribution
+    accumulation_steps: Distribution
+    scheduler: dict[str, dict[str, Distribution]]
+    loss: dict[str, dict[str, Distribution]]
+    weight_decay: Distribution | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _schedulers(cls, table: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
+        from training.schedulers import SCHEDULERS
+
+        _check_conditionals("scheduler", table, SCHEDULERS, set(SchedulerConfig.model_fields))
+        return table
+
+    @field_validator("loss")
+    @classmethod
+    def _losses(cls, table: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
+        from training.losses import LOSSES
+
+        _check_conditionals("loss", table, LOSSES, set(LossConfig.model_fields))
+        return table
+
+
+class Component(Frozen):
+    """A sampler or pruner by name with its keyword options (checked by building it)."""
+
+    model_config = Frozen.model_config | {"extra": "allow"}
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainSettings(Frozen):
+    """The training settings a study fixes; the sampled ones override these per trial."""
+
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    accumulation_steps: int = Field(1, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    device: str = "auto"
+
+
+class Budget(Frozen):
+    n_trials: int = Field(20, ge=1)  # finished trials (complete + pruned) for the whole study
+    timeout: float | None = Field(None, gt=0)  # seconds from the start of `search run`
+
+
+class Retention(Frozen):
+    keep_top_k: int = Field(3, ge=1)  # checkpoints kept: the best k complete trials
+
+
+class Study(Frozen):
+    """One study file, resolved: what to train, what to sample, how to search, for how long."""
+
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    space: SearchSpace
+    sampler: Component = Field(default_factory=lambda: Component(name="tpe"))
+    pruner: Component = Field(default_factory=lambda: Component(name="median"))
+    budget: Budget = Field(default_factory=Budget)
+    checkpoints: Retention = Field(default_factory=Retention)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, component: Component) -> Component:
+        from search.samplers import SAMPLERS
+
+        if component.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{component.name}', choose from {sorted(SAMPLERS)}")
+        return component
+
+    @field_validator("pruner")
+    @classmethod
+    def _pruner(cls, component: Component) -> Component:
+        from search.pruners import build_pruner
+
+        build_pruner(component)  # raises ValueError naming the bad option
+        return component
+
+    def trial_config(self, params: dict[str, Any], output_dir: Path | None) -> TrainConfig:
+        """The training config of one trial: the study's settings with the sampled params applied."""
+        from search.space import apply_params
+
+        base = TrainConfig(
+            data=self.data, model=self.model, seed=self.seed, output_dir=output_dir, **dict(self.train)
+        )
+        return apply_params(base, params)
+
+
+def find_study_file(name_or_path: str) -> Path:
+    """A path as given, else ``./studies/NAME.yaml``, else the project's own ``studies/NAME.yaml``."""
+    given = Path(name_or_path)
+    candidates = [given] if given.suffix in (".yaml", ".yml") else []
+    candidates += [Path("studies") / f"{name_or_path}.yaml", STUDIES_DIR / f"{name_or_path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+    raise ConfigError(f"no study file for '{name_or_path}' in ./studies or {STUDIES_DIR}; known studies: {known}")
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """``key=value`` strings, values read as YAML (so numbers, booleans and lists work)."""
+    out = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=4")
+        try:
+            out.append((key.strip(), yaml.safe_load(text)))
+        except yaml.YAMLError:
+            out.append((key.strip(), text))
+    return out
+
+
+def expand_env(value: Any) -> Any:
+    """``${VAR}`` in strings, so a data root can come from the environment."""
+    if isinstance(value, str):
+        expanded = os.path.expandvars(value)
+        if "$" in expanded and "$" in value:
+            missing = value[value.index("$") :].split("/")[0]
+            raise ConfigError(f"environment variable {missing} is not set (used in '{value}')")
+        return expanded
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
+def load_study(name_or_path: str, overrides: list[str] = ()) -> Study:
+    """Read, override and validate a study file; any problem is one ``ConfigError`` line."""
+    path = find_study_file(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for key, value in parse_overrides(list(overrides)):
+        _set(raw, key, value)
+    return validate_study(expand_env(raw), str(path))
+
+
+def validate_study(raw: dict[str, Any], where: str) -> Study:
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe(error, raw, where)) from None
+
+
+def describe(error: ValidationError, raw: dict[str, Any], where: str) -> str:
+    """The first problem of a validation error as ``file: key = value: what is wrong``."""
+    first = error.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union"))]
+    key = ".".join(loc) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key '{key}'; remove it or check its spelling"
+    if first["type"] == "missing":
+        return f"{where}: missing key '{key}'"
+    return f"{where}: {key} = {first.get('input')!r}: {message}"

@@ -1,0 +1,77 @@
+"""Checkpoints: safetensors weights plus a JSON header that says how to rebuild and feed the model.
+
+Nothing is unpickled on load. The header holds the timm model name, the class names, the input
+size and normalisation, the resolved config, the metrics and library versions, so a plain timm
+model can be rebuilt from the file alone::
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    import json, timm
+    meta = json.loads(safe_open(path, "pt").metadata()["search"])
+    model = timm.create_model(meta["model"], num_classes=meta["num_classes"])
+    model.load_state_dict(load_file(path))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from training.errors import SearchError
+
+FORMAT = "search-checkpoint/1"
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import timm
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "albumentations": albumentations.__version__}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write weights and header atomically: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    header = {"search": json.dumps({"format": FORMAT, **meta, "versions": library_versions()})}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(state, temporary, metadata=header)
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise SearchError(f"could not write checkpoint {path}: {error.strerror or error}") from None
+    return path
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's header; a clear error when the file is not one of ours."""
+    try:
+        with safe_open(str(path), "pt") as file:
+            meta = json.loads((file.metadata() or {}).get("search", "{}"))
+    except (OSError, ValueError) as error:
+        raise SearchError(f"{path} is not a readable checkpoint: {error}") from None
+    if meta.get("format") != FORMAT:
+        raise SearchError(f"{path} is a safetensors file but not a search checkpoint (no header)")
+    return meta
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the plain timm model from a checkpoint, in eval mode, with its header."""
+    import timm
+
+    meta = read_meta(path)
+    model = timm.create_model(meta["model"], num_classes=meta["num_classes"])
+    model.load_state_dict(load_file(str(path), device=device))
+    return model.to(device).eval(), meta

@@ -1,0 +1,151 @@
+"""Typed, frozen configuration of one training run; validated once, when it is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Frozen(BaseModel):
+    """Base of every config object: unknown keys and mutation are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Frozen):
+    """Where the images come from and how they are cut into train and validation."""
+
+    source: Literal["demo", "folder", "csv", "competition"] = "demo"
+    root: Path | None = None  # folder / competition root; csv: the CSV file
+    image_size: tuple[int, int] = (32, 32)  # (height, width) every image is resized to once
+    val_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    age_bounds: tuple[int, int] = (30, 60)  # competition: age < 30 → 0, < 60 → 1, else 2
+    cache_dir: Path | None = None  # persist decoded images here, keyed by source and size
+    demo_imbalance: float = Field(12.0, ge=1.0)  # demo: largest class / smallest class
+    decode_threads: int = Field(0, ge=0)  # 0: one per CPU core
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        return (value, value) if isinstance(value, int) else value
+
+    @field_validator("image_size", "age_bounds")
+    @classmethod
+    def _increasing_positive(cls, value: tuple[int, int], info: Any) -> tuple[int, int]:
+        if min(value) <= 0:
+            raise ValueError(f"must be positive, got {list(value)}")
+        if info.field_name == "age_bounds" and value[0] >= value[1]:
+            raise ValueError(f"must be increasing, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataConfig:
+        if self.source != "demo" and self.root is None:
+            raise ValueError(f"data.root is required for source '{self.source}'")
+        return self
+
+
+class AugmentConfig(Frozen):
+    """Albumentations pipelines, as a list of ``{name: ..., **params}`` or albumentations' own dict."""
+
+    train: list[dict[str, Any]] | dict[str, Any] = Field(default_factory=list)
+    val: list[dict[str, Any]] | dict[str, Any] = Field(default_factory=list)
+    rare: list[dict[str, Any]] | dict[str, Any] = Field(default_factory=list)
+    rare_fraction: float = Field(0.25, ge=0.0, le=1.0)  # share of classes, smallest first
+    balanced_sampling: bool = False
+
+
+class ModelConfig(Frozen):
+    """A timm model by name; ``weights`` loads a local file instead of timm's pretrained source."""
+
+    name: str = "resnet10t"
+    pretrained: bool = False
+    weights: Path | None = None
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm model '{name}' (see timm.list_models())")
+        return name
+
+
+class LossConfig(Frozen):
+    """Which loss and its parameters; only the chosen loss's parameters are used."""
+
+    name: str = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_alpha: list[float] | None = None
+    smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    class_weights: bool = False  # weight classes by inverse frequency
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from training.losses import LOSSES
+
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss '{name}', choose from {sorted(LOSSES)}")
+        return name
+
+
+class SchedulerConfig(Frozen):
+    """Which learning-rate schedule and its parameters; warm-up applies to every schedule."""
+
+    name: str = "cosine"
+    step_size: int = Field(2, ge=1)
+    step_gamma: float = Field(0.5, gt=0.0, le=1.0)
+    eta_min: float = Field(0.0, ge=0.0)
+    t_max: int | None = Field(None, ge=1)  # default: the number of epochs
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(1, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # optimizer steps of linear warm-up
+
+    @field_validator("name")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        from training.schedulers import SCHEDULERS
+
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{name}', choose from {sorted(SCHEDULERS)}")
+        return name
+
+
+class OptimizerConfig(Frozen):
+    """A timm optimizer by name (``adamw``, ``sgd``, ``adam``, ...)."""
+
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from timm.optim import list_optimizers
+
+        if name not in list_optimizers():
+            raise ValueError(f"unknown optimizer '{name}' (see timm.optim.list_optimizers())")
+        return name
+
+
+class TrainConfig(Frozen):
+    """Everything one training run needs; ``train(config)`` reads nothing else."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)  # micro-batch; the optimizer sees batch_size × accumulation
+    accumulation_steps: int = Field(1, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when there is one, else CPU
+    output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written

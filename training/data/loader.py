@@ -1,0 +1,97 @@
+"""Batches from the decoded uint8 array: order, class-balanced sampling and per-sample augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+
+from training.errors import ConfigError
+
+
+class BatchLoader:
+    """Yields ``(images NHWC uint8, labels)`` tensors for one split, epoch by epoch.
+
+    The order of epoch ``e`` depends only on (seed, e), so a run is reproducible and an epoch
+    can be replayed. Augmentation runs per sample on the uint8 images; normalisation happens
+    later, on the device, for the whole batch at once.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        pipeline: A.Compose | None = None,
+        rare_pipeline: A.Compose | None = None,
+        rare_classes: Sequence[int] = (),
+        balanced: bool = False,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.indices = np.asarray(indices)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pipeline = pipeline
+        self.rare_pipeline = rare_pipeline
+        self.rare_classes = np.asarray(rare_classes, dtype=np.int64)
+        self.balanced = balanced
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def batch_sizes(self) -> list[int]:
+        """The size of every batch of an epoch, in order (the last may be short)."""
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest else [])
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of epoch ``epoch``, in the order they are served."""
+        if not self.shuffle:
+            return self.indices
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.balanced:
+            # Every class is drawn equally often; rare images repeat, common ones are subsampled.
+            counts = np.bincount(self.labels[self.indices])
+            weights = 1.0 / counts[self.labels[self.indices]]
+            return rng.choice(self.indices, size=len(self.indices), replace=True, p=weights / weights.sum())
+        return rng.permutation(self.indices)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(epoch)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            images = self.images[chosen]  # fancy indexing copies: augmenting in place is safe
+            labels = self.labels[chosen]
+            if self.pipeline is not None:
+                self._augment(images, self.pipeline, range(len(chosen)))
+            if self.rare_pipeline is not None and len(self.rare_classes):
+                self._augment(images, self.rare_pipeline, np.flatnonzero(np.isin(labels, self.rare_classes)))
+            yield torch.from_numpy(images), torch.from_numpy(labels)
+
+    @staticmethod
+    def _augment(images: np.ndarray, pipeline: A.Compose, which: Sequence[int]) -> None:
+        for i in which:
+            out = pipeline(image=images[i])["image"]
+            if out.shape != images[i].shape or out.dtype != np.uint8:
+                raise ConfigError(
+                    f"augmentation changed an image from {images[i].shape} uint8 to {out.shape} {out.dtype}; "
+                    "keep the size (e.g. RandomResizedCrop with size = data.image_size) and leave Normalize out"
+                )
+            images[i] = out
+
+
+def rarest_classes(labels: np.ndarray, num_classes: int, fraction: float) -> list[int]:
+    """The ``fraction`` of classes with the fewest images (at least one class when fraction > 0)."""
+    if fraction <= 0:
+        return []
+    counts = np.bincount(labels, minlength=num_classes)
+    n = max(1, round(fraction * num_classes))
+    return sorted(int(c) for c in np.argsort(counts, kind="stable")[:n])

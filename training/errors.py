@@ -1,0 +1,28 @@
+"""The project's one exception family: every error a user can act on is a ``SearchError``."""
+
+from __future__ import annotations
+
+
+class SearchError(Exception):
+    """An error with a one-line message a user can act on; the CLI prints it and exits."""
+
+    exit_code = 1
+
+
+class ConfigError(SearchError):
+    """The configuration or the command line is wrong (usage error, exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(SearchError):
+    """The data set cannot be read: missing root, empty set, a class with no images."""
+
+
+class NonFiniteLossError(SearchError):
+    """The training loss became NaN or infinite; the trial ends, the study goes on."""
+
+    def __init__(self, epoch: int, value: float) -> None:
+        super().__init__(f"loss became {value} in epoch {epoch}; lower the learning rate")
+        self.epoch = epoch
+        self.value = value

@@ -1,0 +1,282 @@
+"""The training loop: ``train(config, on_epoch_end) -> TrainResult``.
+
+One epoch = ``train_one_epoch`` then ``evaluate``; the caller's ``on_epoch_end`` sees the
+validation metrics and may stop the run (that is how a pruner stops a trial). The best epoch by
+validation macro-F1 (never accuracy: the data is imbalanced) is checkpointed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.augment import build_pipeline
+from training.checkpoint import save_checkpoint
+from training.config import DataConfig, TrainConfig
+from training.data.cache import DecodedImages, decode_images
+from training.data.loader import BatchLoader, rarest_classes
+from training.data.sources import default_cache_dir, load_source
+from training.data.split import split_train_val
+from training.errors import NonFiniteLossError
+from training.losses import build_loss
+from training.metrics import classification_metrics
+from training.models import create_model, normalisation
+from training.schedulers import Schedule, build_schedule
+
+EpochCallback = Callable[[int, dict[str, Any]], bool | None]
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves: the best epoch's metrics and checkpoint, and every epoch's history."""
+
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    train_images_per_second: float
+    checkpoint: Path | None
+    device: str
+    stopped_early: bool = False
+    epochs_run: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.epochs_run = len(self.history)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Decoded images and the split, shared by every trial on the same data in this process."""
+
+    decoded: DecodedImages
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.decoded.class_names)
+
+    def train_class_counts(self) -> np.ndarray:
+        return np.bincount(self.decoded.labels[self.train_idx], minlength=self.num_classes)
+
+
+def prepare_data(
+    config: DataConfig, seed: int, progress: Callable[[int, int], None] | None = None
+) -> PreparedData:
+    """Load the source, decode it once (cached), and split it by the seed."""
+    dataset = load_source(config)
+    decoded = decode_images(
+        dataset, config.image_size, default_cache_dir(config.cache_dir), config.decode_threads, progress
+    )
+    train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
+    return PreparedData(decoded, train_idx, val_idx)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class InputPipe:
+    """Moves uint8 NHWC batches to the device and normalises them there, in one place."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> None:
+        self.device = device
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        # channels_last pays on CUDA; on the CPU the plain layout is the fast one.
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def accumulation_weights(batch_sizes: list[int], steps: int) -> list[tuple[float, bool]]:
+    """For each micro-batch: the factor its mean loss is scaled by, and whether the optimizer steps.
+
+    Micro-batches are grouped ``steps`` at a time; each is weighted by its share of its group, so a
+    group's summed gradient is the gradient of the mean over the whole group. A trailing partial
+    group is weighted by its own size and still steps.
+    """
+    out: list[tuple[float, bool]] = []
+    for start in range(0, len(batch_sizes), steps):
+        group = batch_sizes[start : start + steps]
+        total = sum(group)
+        out += [(size / total, i == len(group) - 1) for i, size in enumerate(group)]
+    return out
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: BatchLoader,
+    epoch: int,
+    pipe: InputPipe,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    accumulation_steps: int,
+) -> tuple[float, int, float]:
+    """One pass over the training split; returns (mean loss, images seen, seconds)."""
+    model.train()
+    weights = accumulation_weights(loader.batch_sizes(), accumulation_steps)
+    # The loss is summed on the device and read once, at the end: no host sync per step.
+    loss_sum = torch.zeros((), device=pipe.device)
+    seen = 0
+    started = time.perf_counter()
+    for (images, labels), (weight, step) in zip(loader.batches(epoch), weights):
+        labels = labels.to(pipe.device, non_blocking=True)
+        with autocast(pipe.device):
+            loss = loss_fn(model(pipe(images)), labels)
+        (loss * weight).backward()
+        loss_sum += loss.detach().float() * len(labels)
+        seen += len(labels)
+        if step:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.after_optimizer_step()
+    mean_loss = loss_sum.item() / max(seen, 1)
+    seconds = time.perf_counter() - started
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(epoch, mean_loss)
+    return mean_loss, seen, seconds
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels for every sample of ``loader``, in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    for images, y in loader.batches(0):
+        with autocast(pipe.device):
+            logits = model(pipe(images))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(y)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> dict[str, Any]:
+    probs, labels = predict_probs(model, loader, pipe)
+    return classification_metrics(labels, probs)
+
+
+def checkpoint_meta(config: TrainConfig, data: PreparedData, pipe_norm: tuple, epoch: int, metrics: dict) -> dict:
+    mean, std = pipe_norm
+    return {
+        "model": config.model.name,
+        "num_classes": data.num_classes,
+        "class_names": list(data.decoded.class_names),
+        "input_size": [3, *config.data.image_size],
+        "mean": list(mean),
+        "std": list(std),
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def build_loaders(config: TrainConfig, data: PreparedData) -> tuple[BatchLoader, BatchLoader]:
+    images, labels = data.decoded.images, data.decoded.labels
+    augment = config.augment
+    rare = rarest_classes(labels[data.train_idx], data.num_classes, augment.rare_fraction)
+    train_loader = BatchLoader(
+        images,
+        labels,
+        data.train_idx,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        pipeline=build_pipeline(augment.train, config.seed),
+        rare_pipeline=build_pipeline(augment.rare, config.seed + 1),
+        rare_classes=rare,
+        balanced=augment.balanced_sampling,
+    )
+    val_loader = BatchLoader(
+        images,
+        labels,
+        data.val_idx,
+        config.eval_batch_size,
+        shuffle=False,
+        seed=config.seed,
+        pipeline=build_pipeline(augment.val, config.seed),
+    )
+    return train_loader, val_loader
+
+
+def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train one model as configured; ``on_epoch_end(epoch, metrics)`` returning True stops early."""
+    device = resolve_device(config.device)
+    data = prepare_data(config.data, config.seed)
+    seed_everything(config.seed)
+    model = create_model(config.model, data.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    norm = normalisation(model)
+    pipe = InputPipe(*norm, device)
+    train_loader, val_loader = build_loaders(config, data)
+    loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
+    from timm.optim import create_optimizer_v2
+
+    optimizer = create_optimizer_v2(
+        model, opt=config.optimizer.name, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
+    )
+    schedule = build_schedule(optimizer, config.scheduler, config.epochs)
+    checkpoint_path = Path(config.output_dir) / "best.safetensors" if config.output_dir else None
+
+    history: list[dict[str, Any]] = []
+    best_epoch, best_metrics = -1, {}
+    images_seen, train_seconds = 0, 0.0
+    stopped = False
+    for epoch in range(config.epochs):
+        lr = schedule.lr()
+        loss, seen, seconds = train_one_epoch(
+            model, train_loader, epoch, pipe, loss_fn, optimizer, schedule, config.accumulation_steps
+        )
+        images_seen, train_seconds = images_seen + seen, train_seconds + seconds
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "lr": lr,
+            "train_images_per_second": seen / seconds if seconds else float("inf"),
+            **evaluate(model, val_loader, pipe),
+        }
+        history.append(metrics)
+        if metrics["macro_f1"] > best_metrics.get("macro_f1", -1.0):
+            best_epoch, best_metrics = epoch, metrics
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, model, checkpoint_meta(config, data, norm, epoch, metrics))
+        schedule.after_epoch(metrics["macro_f1"])
+        if on_epoch_end is not None and on_epoch_end(epoch, metrics):
+            stopped = epoch < config.epochs - 1
+            break
+    return TrainResult(
+        best_epoch=best_epoch,
+        best_metrics=best_metrics,
+        history=history,
+        train_images_per_second=images_seen / train_seconds if train_seconds else 0.0,
+        checkpoint=checkpoint_path,
+        device=str(device),
+        stopped_early=stopped,
+    )
