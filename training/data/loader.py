@@ -45,12 +45,17 @@ class BatchLoader:
         self.balanced = balanced
 
     def __len__(self) -> int:
-        return -(-len(self.indices) // self.batch_size)
+        return len(self.batch_sizes())
 
     def batch_sizes(self) -> list[int]:
-        """The size of every batch of an epoch, in order (the last may be short)."""
+        """The size of every batch of an epoch, in order (the last may be short).
+
+        When shuffling (training), a last batch of one image is left out: batch-norm cannot
+        train on it, and the image is in the next epoch's batches anyway.
+        """
         full, rest = divmod(len(self.indices), self.batch_size)
-        return [self.batch_size] * full + ([rest] if rest else [])
+        keep_rest = rest > 1 or (rest == 1 and not self.shuffle)
+        return [self.batch_size] * full + ([rest] if keep_rest else [])
 
     def order(self, epoch: int) -> np.ndarray:
         """The sample indices of epoch ``epoch``, in the order they are served."""
@@ -66,8 +71,10 @@ class BatchLoader:
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start : start + self.batch_size]
+        start = 0
+        for size in self.batch_sizes():
+            chosen = order[start : start + size]
+            start += size
             images = self.images[chosen]  # fancy indexing copies: augmenting in place is safe
             labels = self.labels[chosen]
             if self.pipeline is not None:

@@ -1,0 +1,96 @@
+"""Shared fixtures: small real image files on disk, tiny timm models, real storages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy
+
+from training import TrainConfig
+from training.data import cache as decode_cache
+
+PG_URL = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own search home and decode cache; the demo images are shared."""
+    monkeypatch.setenv("SEARCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    monkeypatch.delenv("SEARCH_STORAGE", raising=False)
+    decode_cache._IN_PROCESS.clear()
+
+
+def write_image(path: Path, rng: np.random.Generator, color: tuple[int, int, int], size=(20, 16)) -> None:
+    """A small real image file: a coloured block on noise, so classes are learnable."""
+    h, w = size
+    image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    image[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = color
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    """Three classes as subfolders, imbalanced (24 / 12 / 6), PNG and JPEG mixed."""
+    rng = np.random.default_rng(0)
+    colors = {"cat": (250, 30, 30), "dog": (30, 250, 30), "fox": (30, 30, 250)}
+    for (name, color), count in zip(colors.items(), (24, 12, 6)):
+        for i in range(count):
+            write_image(tmp_path / "folder" / name / f"{i}.{'png' if i % 2 else 'jpg'}", rng, color)
+    return tmp_path / "folder"
+
+
+@pytest.fixture
+def competition_root(tmp_path: Path) -> Path:
+    """A competition-layout folder: 12 people × 7 images, mixed extensions, hidden files, one corrupt."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "train"
+    people = [(f"{i:06d}", ("male", "female")[i % 2], 20 + 7 * i) for i in range(12)]
+    stems = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
+    extensions = [".jpg", ".jpeg", ".png"]
+    for n, (pid, gender, age) in enumerate(people):
+        folder = root / "images" / f"{pid}_{gender}_Asian_{age}"
+        for k, stem in enumerate(stems):
+            color = (40 * k % 255, 200 if gender == "male" else 60, min(age * 3, 255))
+            write_image(folder / f"{stem}{extensions[(n + k) % 3]}", rng, color)
+        (folder / "._mask1.jpg").write_bytes(b"resource fork")  # macOS litter: must be skipped
+    (root / "images" / ".DS_Store").write_bytes(b"\0")
+    corrupt = next((root / "images" / "000003_female_Asian_41").glob("mask2.*"))
+    corrupt.write_bytes(b"not an image")
+    return root
+
+
+def tiny_config(root: Path | None = None, **overrides) -> TrainConfig:
+    """A config that trains in seconds on the CPU: tiny timm model, small images."""
+    data = {"source": "folder", "root": root, "image_size": 16} if root else {"source": "demo", "image_size": 16}
+    base = {
+        "data": data,
+        "model": {"name": "test_resnet"},
+        "epochs": 2,
+        "batch_size": 16,
+        "optimizer": {"lr": 3e-3},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return TrainConfig.model_validate(base)
+
+
+def postgres_url() -> str:
+    """The real PostgreSQL server; fails loudly if it is not there (CI must have it)."""
+    engine = sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {error}")
+    finally:
+        engine.dispose()
+    return PG_URL

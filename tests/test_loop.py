@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import tiny_config
+from training import NonFiniteLossError, SearchError, train
+from training.checkpoint import load_checkpoint
+from training.loop import build_loaders, predict_probs, prepare_data, InputPipe
+from training.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_training_package_never_imports_optuna():
+    for path in (ROOT / "training").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else ""
+            assert not any(n.startswith("optuna") for n in names + [module or ""]), path
+
+
+def test_train_returns_best_epoch_history_throughput_and_checkpoint(folder_dataset, tmp_path):
+    result = train(tiny_config(folder_dataset, epochs=3, output_dir=tmp_path / "out"))
+    assert result.epochs_run == 3 and len(result.history) == 3
+    f1s = [h["macro_f1"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(f1s)) and result.best_metrics["macro_f1"] == max(f1s)
+    assert result.train_images_per_second > 0 and result.device == "cpu"
+    for key in ("accuracy", "macro_precision", "macro_recall", "roc_auc", "per_class_f1", "confusion_matrix"):
+        assert key in result.best_metrics
+    assert result.checkpoint.is_file()
+
+
+def test_on_epoch_end_can_stop_training(folder_dataset):
+    seen = []
+    result = train(tiny_config(folder_dataset, epochs=5), lambda epoch, m: seen.append(epoch) or epoch == 1)
+    assert seen == [0, 1] and result.epochs_run == 2 and result.stopped_early
+
+
+def test_same_seed_gives_the_same_metrics_twice_on_cpu(folder_dataset):
+    config = tiny_config(folder_dataset, epochs=2, augment={"train": [{"name": "HorizontalFlip", "p": 0.5}]})
+    a, b = train(config), train(config)
+    assert [h["macro_f1"] for h in a.history] == [h["macro_f1"] for h in b.history]
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    other = train(config.model_copy(update={"seed": 1}))
+    assert [h["train_loss"] for h in other.history] != [h["train_loss"] for h in a.history]
+
+
+def test_checkpoint_is_safe_self_describing_and_predicts_identically(folder_dataset, tmp_path):
+    config = tiny_config(folder_dataset, epochs=2, output_dir=tmp_path)
+    result = train(config)
+    with safe_open(str(result.checkpoint), "pt") as f:
+        meta = json.loads(f.metadata()["search"])
+    assert meta["model"] == "test_resnet" and meta["num_classes"] == 3
+    assert meta["class_names"] == ["cat", "dog", "fox"] and meta["input_size"] == [3, 16, 16]
+    assert len(meta["mean"]) == 3 and meta["config"]["seed"] == 0 and "torch" in meta["versions"]
+    assert meta["metrics"]["macro_f1"] == result.best_metrics["macro_f1"]
+    model, _ = load_checkpoint(result.checkpoint)
+    data = prepare_data(config.data, config.seed)
+    _, val_loader = build_loaders(config, data)
+    probs, labels = predict_probs(model, val_loader, InputPipe(meta["mean"], meta["std"], torch.device("cpu")))
+    from training.metrics import classification_metrics
+
+    assert classification_metrics(labels, probs)["macro_f1"] == pytest.approx(result.best_metrics["macro_f1"])
+
+
+def test_checkpoint_loads_in_plain_python_without_this_project(folder_dataset, tmp_path):
+    result = train(tiny_config(folder_dataset, epochs=1, output_dir=tmp_path))
+    script = f"""
+import json, sys, timm, torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+path = {str(result.checkpoint)!r}
+meta = json.loads(safe_open(path, "pt").metadata()["search"])
+model = timm.create_model(meta["model"], num_classes=meta["num_classes"])
+model.load_state_dict(load_file(path))
+model.eval()
+x = torch.zeros(1, *meta["input_size"])
+print(model(x).shape[1], any(m.split(".")[0] in ("training", "search") for m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.split() == ["3", "False"]
+
+
+def test_checkpoint_write_is_atomic_no_temporary_left(folder_dataset, tmp_path):
+    train(tiny_config(folder_dataset, epochs=2, output_dir=tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best.safetensors"]
+
+
+def test_nan_loss_stops_the_run_with_the_epoch(folder_dataset):
+    with pytest.raises(NonFiniteLossError, match="epoch 0"):
+        train(tiny_config(folder_dataset, epochs=2, optimizer={"lr": 1e30}, loss={"name": "cross_entropy"}))
+
+
+def test_validation_runs_in_eval_mode_under_inference_mode(folder_dataset):
+    config = tiny_config(folder_dataset)
+    data = prepare_data(config.data, config.seed)
+    _, val_loader = build_loaders(config, data)
+    model = create_model(config.model, 3)
+    modes = []
+    model.register_forward_hook(lambda m, i, o: modes.append((m.training, torch.is_inference_mode_enabled())))
+    predict_probs(model, val_loader, InputPipe((0.5,) * 3, (0.25,) * 3, torch.device("cpu")))
+    assert modes and all(m == (False, True) for m in modes)
+
+
+def test_every_loss_and_scheduler_trains(folder_dataset):
+    for loss in ("cross_entropy", "focal", "label_smoothing", "f1"):
+        for scheduler in ("step", "cosine", "plateau"):
+            result = train(
+                tiny_config(folder_dataset, epochs=1, loss={"name": loss}, scheduler={"name": scheduler, "warmup_steps": 2})
+            )
+            assert 0 <= result.best_metrics["macro_f1"] <= 1
+
+
+def test_balanced_sampling_and_rare_class_augmentation(folder_dataset):
+    config = tiny_config(
+        folder_dataset,
+        augment={"balanced_sampling": True, "rare": [{"name": "HorizontalFlip", "p": 1.0}], "rare_fraction": 0.34},
+    )
+    data = prepare_data(config.data, config.seed)
+    loader, _ = build_loaders(config, data)
+    counts = np.bincount(data.decoded.labels[loader.order(0)], minlength=3)
+    assert counts.min() > 0.5 * counts.max()  # drawn about equally despite 24/12/6 images
+    assert loader.rare_classes.tolist() == [2]  # fox, the rarest
+    images, labels = next(loader.batches(0))
+    assert images.dtype == torch.uint8
+
+
+def test_missing_weights_file_says_so_in_one_line(tmp_path):
+    from training import ModelConfig
+
+    with pytest.raises(SearchError, match=r"could not load weights for test_resnet from .*nope.safetensors.*model.pretrained=false"):
+        create_model(ModelConfig(name="test_resnet", weights=tmp_path / "nope.safetensors"), 3)
+
+
+def test_local_weights_file_loads_the_backbone_and_a_fresh_head(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    from training import ModelConfig
+
+    source = timm.create_model("test_resnet", num_classes=3)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    model = create_model(ModelConfig(name="test_resnet", weights=tmp_path / "w.safetensors"), 3)
+    loaded = model.state_dict()
+    backbone = [k for k in source.state_dict() if not k.startswith("fc.")]
+    assert len(backbone) > 10 and all(torch.equal(source.state_dict()[k], loaded[k]) for k in backbone)
+    # timm re-creates a classifier whose class count differs from the weights' own (1000 here)

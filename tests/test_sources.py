@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from training import DataConfig, DataError
+from training.data.cache import decode_images
+from training.data.sources import competition_class_names, competition_layout, csv_list, image_folder, load_source
+
+
+def test_competition_layout_labels_people_and_skips_hidden_files(competition_root):
+    data = competition_layout(competition_root, (30, 60))
+    assert len(data.paths) == 12 * 7  # hidden files and .DS_Store are not images of the set
+    assert not any("/." in p.replace(str(competition_root), "") for p in data.paths)
+    assert {p.rsplit(".", 1)[1] for p in data.paths} == {"jpg", "jpeg", "png"}
+    by_path = dict(zip(data.paths, data.labels))
+    # 000000: male, age 20 → band 0; mask1 → worn (0): label 0; incorrect → 6; normal → 12
+    person0 = [p for p in data.paths if "000000_male" in p]
+    assert sorted(by_path[p] for p in person0) == [0, 0, 0, 0, 0, 6, 12]
+    # 000005: female (odd), age 55 → band 1: worn 0*6+1*3+1 = 4, incorrect 10, normal 16
+    person5 = [p for p in data.paths if "000005_female" in p]
+    assert sorted({int(by_path[p]) for p in person5}) == [4, 10, 16]
+    # 000011: female, age 97 → band 2: worn = 5
+    assert {int(by_path[p]) for p in data.paths if "000011_" in p} == {5, 11, 17}
+    assert len(set(data.groups)) == 12
+    assert data.class_names[0] == "mask/male/<30" and data.class_names[17] == "no mask/female/>=60"
+
+
+def test_competition_age_bounds_are_configurable(competition_root):
+    data = competition_layout(competition_root, (25, 40))
+    person2 = {int(label) for p, label in zip(data.paths, data.labels) if "000002_male_Asian_34" in p}
+    assert person2 == {1, 7, 13}  # age 34 is band 1 under (25, 40)
+    assert competition_class_names((25, 40))[1] == "mask/male/25-39"
+
+
+def test_competition_train_csv_limits_the_folders(competition_root):
+    (competition_root / "train.csv").write_text(
+        "id,gender,race,age,path\n000000,male,Asian,20,000000_male_Asian_20\n000001,female,Asian,27,000001_female_Asian_27\n"
+    )
+    data = competition_layout(competition_root, (30, 60))
+    assert len(data.paths) == 14
+    assert set(data.groups) == {"000000", "000001"}
+
+
+def test_image_folder_labels_by_subfolder(folder_dataset):
+    data = image_folder(folder_dataset)
+    assert data.class_names == ("cat", "dog", "fox")
+    assert np.bincount(data.labels).tolist() == [24, 12, 6]
+    assert data.groups is None
+
+
+def test_csv_source_reads_groups_and_rejects_bad_rows(folder_dataset, tmp_path):
+    rows = ["path,label,group"] + [f"folder/cat/{i}.{'png' if i % 2 else 'jpg'},cat,p{i // 2}" for i in range(6)]
+    good = tmp_path / "labels.csv"
+    good.write_text("\n".join(rows + ["folder/dog/1.png,dog,p9"]) + "\n")
+    data = csv_list(good)
+    assert data.class_names == ("cat", "dog") and len(data.paths) == 7
+    assert data.groups.tolist()[:2] == ["p0", "p0"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nfolder/cat/0.jpg,cat\nfolder/cat/1.png,\n")
+    with pytest.raises(DataError, match=r"bad.csv:3: empty path or label"):
+        csv_list(bad)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"source": "folder", "root": "/nowhere"}, "/nowhere does not exist"),
+        ({"source": "competition", "root": "/nowhere"}, "/nowhere does not exist"),
+        ({"source": "csv", "root": "/nowhere.csv"}, "/nowhere.csv does not exist"),
+    ],
+)
+def test_missing_roots_name_the_path(config, message):
+    with pytest.raises(DataError, match=message):
+        load_source(DataConfig.model_validate(config))
+
+
+def test_empty_root_and_empty_class_stop_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="has no class subfolders"):
+        image_folder(tmp_path / "empty")
+    (tmp_path / "one" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"class folder .*one/a has no images"):
+        image_folder(tmp_path / "one")
+
+
+def test_demo_is_long_tailed_real_digits_read_through_image_folder(tmp_path):
+    data = load_source(DataConfig(source="demo", cache_dir=tmp_path))
+    counts = np.bincount(data.labels)
+    assert len(counts) == 10 and counts.max() >= 10 * counts.min()
+    assert all(p.endswith(".png") and str(tmp_path) in p for p in data.paths)
+    again = load_source(DataConfig(source="demo", cache_dir=tmp_path))
+    assert again.paths == data.paths  # written once, read back the same
+
+
+def test_corrupt_image_is_skipped_named_and_counted(competition_root, caplog):
+    data = competition_layout(competition_root, (30, 60))
+    with caplog.at_level(logging.WARNING):
+        decoded = decode_images(data, (16, 16))
+    assert len(decoded.skipped) == 1 and "000003_female_Asian_41/mask2" in decoded.skipped[0]
+    assert len(decoded.labels) == len(data.paths) - 1
+    assert any("mask2" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+    assert any("skipped 1 unreadable" in r.getMessage() for r in caplog.records)

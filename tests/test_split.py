@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.data.sources import competition_layout
+from training.data.split import split_train_val
+
+
+def test_no_person_on_both_sides_where_a_random_split_would_leak(competition_root):
+    data = competition_layout(competition_root, (30, 60))
+    train, val = split_train_val(data.labels, data.groups, 0.25, seed=0)
+    assert set(data.groups[train]).isdisjoint(data.groups[val])
+    assert len(train) + len(val) == len(data.labels)
+    # The same ratio drawn at random puts most people on both sides.
+    random_val = np.random.default_rng(0).permutation(len(data.labels))[: len(val)]
+    random_train = np.setdiff1d(np.arange(len(data.labels)), random_val)
+    assert set(data.groups[random_train]) & set(data.groups[random_val])
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.25, 0.5])
+def test_stratified_and_honours_val_ratio(ratio):
+    labels = np.repeat(np.arange(4), [200, 100, 60, 40])
+    train, val = split_train_val(labels, None, ratio, seed=3)
+    assert abs(len(val) / len(labels) - ratio) < 0.02
+    for c, n in enumerate([200, 100, 60, 40]):
+        assert abs(np.sum(labels[val] == c) / n - ratio) < 0.05
+
+
+def test_split_is_deterministic_by_seed():
+    labels = np.repeat(np.arange(3), 50)
+    groups = np.repeat(np.arange(30), 5)
+    a = split_train_val(labels, groups, 0.2, seed=7)
+    b = split_train_val(labels, groups, 0.2, seed=7)
+    c = split_train_val(labels, groups, 0.2, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[1], c[1])
