@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from training.errors import SearchError
 

@@ -10,8 +10,9 @@ import gc
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -23,7 +24,7 @@ from training import ConfigError, NonFiniteLossError, TrainResult, train
 from training.errors import SearchError
 
 CHECKPOINT_ATTR = "checkpoint_artifact"
-SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss", "lr")
+SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
 
 
 class TrialFailed(SearchError):
@@ -47,6 +48,7 @@ def record_result(trial: optuna.Trial, result: TrainResult) -> None:
         "per_class_f1": _json_safe(best.get("per_class_f1")),
         "confusion_matrix": best.get("confusion_matrix"),
         "best_epoch": result.best_epoch,
+        "best_epoch_lr": best.get("lr"),
         "epochs_run": result.epochs_run,
         "train_images_per_second": round(result.train_images_per_second, 1),
         "device": result.device,

@@ -35,10 +35,11 @@ def status_text(study: optuna.Study, top: int = 10) -> str:
     best = complete[0]
     lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
     names = sorted({k for t in complete[:top] for k in t.params})
-    header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>12}" for n in names)
+    widths = {n: max(8, len(n)) for n in names}
+    header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>{widths[n]}}" for n in names)
     lines += ["", header]
     for t in complete[:top]:
-        cells = " ".join(f"{_cell(t.params.get(n)):>12}" for n in names)
+        cells = " ".join(f"{_cell(t.params.get(n)):>{widths[n]}}" for n in names)
         acc = t.user_attrs.get("accuracy")
         lines.append(
             f"  {t.number:>5} {t.value:>8.4f} {acc if acc is None else format(acc, '.3f'):>6} "

@@ -65,15 +65,15 @@ class Distribution(Frozen):
         return self
 
 
-def _check_conditionals(kind: str, table: dict[str, dict[str, Distribution]], registry: dict, fields: set[str]) -> None:
+def _check_conditionals(kind: str, table: dict[str, dict[str, Distribution]], allowed: dict[str, set[str]]) -> None:
     if not table:
         raise ValueError(f"{kind} needs at least one choice")
     for name, params in table.items():
-        if name not in registry:
-            raise ValueError(f"unknown {kind} '{name}', choose from {sorted(registry)}")
+        if name not in allowed:
+            raise ValueError(f"unknown {kind} '{name}', choose from {sorted(allowed)}")
         for param in params:
-            if param not in fields or param == "name":
-                raise ValueError(f"'{param}' is not a {kind} parameter, choose from {sorted(fields - {'name'})}")
+            if param not in allowed[name]:
+                raise ValueError(f"'{param}' is not a parameter of {kind} '{name}', choose from {sorted(allowed[name])}")
 
 
 class SearchSpace(Frozen):
@@ -85,20 +85,33 @@ class SearchSpace(Frozen):
     loss: dict[str, dict[str, Distribution]]
     weight_decay: Distribution | None = None
 
+    def distribution(self, name: str, params: dict[str, Any]) -> Distribution | None:
+        """The distribution a parameter name stands for (conditionals under the chosen branch)."""
+        if name in ("lr", "accumulation_steps", "weight_decay"):
+            return getattr(self, name)
+        for kind in ("scheduler", "loss"):
+            table = getattr(self, kind)
+            if name == kind:
+                return Distribution(choices=list(table))
+            branch = table.get(params.get(kind), {})
+            if name in branch:
+                return branch[name]
+        return None
+
     @field_validator("scheduler")
     @classmethod
     def _schedulers(cls, table: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
-        from training.schedulers import SCHEDULERS
+        from training.schedulers import SCHEDULER_PARAMS
 
-        _check_conditionals("scheduler", table, SCHEDULERS, set(SchedulerConfig.model_fields))
+        _check_conditionals("scheduler", table, SCHEDULER_PARAMS)
         return table
 
     @field_validator("loss")
     @classmethod
     def _losses(cls, table: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
-        from training.losses import LOSSES
+        from training.losses import LOSS_PARAMS
 
-        _check_conditionals("loss", table, LOSSES, set(LossConfig.model_fields))
+        _check_conditionals("loss", table, LOSS_PARAMS)
         return table
 
 
@@ -167,6 +180,19 @@ class Study(Frozen):
 
         build_pruner(component)  # raises ValueError naming the bad option
         return component
+
+    @model_validator(mode="after")
+    def _enqueued_fit_the_space(self) -> Study:
+        for i, params in enumerate(self.enqueue):
+            for name, value in params.items():
+                dist = self.space.distribution(name, params)
+                if dist is None:
+                    raise ValueError(f"enqueue[{i}]: '{name}' is not a parameter of the search space")
+                if dist.choices is not None and value not in dist.choices:
+                    raise ValueError(f"enqueue[{i}]: {name}={value!r} is not one of {dist.choices}")
+                if dist.choices is None and not (dist.low <= value <= dist.high):
+                    raise ValueError(f"enqueue[{i}]: {name}={value!r} is outside [{dist.low:g}, {dist.high:g}]")
+        return self
 
     def trial_config(self, params: dict[str, Any], output_dir: Path | None) -> TrainConfig:
         """The training config of one trial: the study's settings with the sampled params applied."""
@@ -265,4 +291,6 @@ def describe(error: ValidationError, raw: dict[str, Any], where: str) -> str:
         return f"{where}: unknown key '{key}'; remove it or check its spelling"
     if first["type"] == "missing":
         return f"{where}: missing key '{key}'"
+    if not loc:
+        return f"{where}: {message}"
     return f"{where}: {key} = {first.get('input')!r}: {message}"

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors import safe_open
 
-from conftest import tiny_config
 from training import NonFiniteLossError, SearchError, train
 from training.checkpoint import load_checkpoint
-from training.loop import build_loaders, predict_probs, prepare_data, InputPipe
+from training.loop import InputPipe, build_loaders, predict_probs, prepare_data
 from training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +145,7 @@ def test_missing_weights_file_says_so_in_one_line(tmp_path):
 def test_local_weights_file_loads_the_backbone_and_a_fresh_head(tmp_path):
     import timm
     from safetensors.torch import save_file
+
     from training import ModelConfig
 
     source = timm.create_model("test_resnet", num_classes=3)

@@ -1,9 +1,13 @@
 """Train one timm image classifier: data, augmentation, losses, schedulers, loop, checkpoints.
 
-Nothing here imports Optuna; ``search`` drives this package through ``train``.
+Nothing here imports Optuna; ``search`` drives this package through ``train``. The loop's names
+are loaded on first use, so importing the config or the errors does not import torch and timm.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from training.config import (
     AugmentConfig,
@@ -15,7 +19,8 @@ from training.config import (
     TrainConfig,
 )
 from training.errors import ConfigError, DataError, NonFiniteLossError, SearchError
-from training.loop import PreparedData, TrainResult, prepare_data, train
+
+_LAZY = {"PreparedData", "TrainResult", "prepare_data", "train"}
 
 __all__ = [
     "AugmentConfig",
@@ -26,11 +31,14 @@ __all__ = [
     "ModelConfig",
     "NonFiniteLossError",
     "OptimizerConfig",
-    "PreparedData",
     "SchedulerConfig",
     "SearchError",
     "TrainConfig",
-    "TrainResult",
-    "prepare_data",
-    "train",
+    *sorted(_LAZY),
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("training.loop"), name)
+    raise AttributeError(f"module 'training' has no attribute {name!r}")

@@ -7,7 +7,7 @@ multiplies whatever the epoch schedule says, so the two compose.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
@@ -20,6 +20,13 @@ SCHEDULERS: dict[str, Callable[[Optimizer, SchedulerConfig, int], object]] = {
     "plateau": lambda opt, c, epochs: sched.ReduceLROnPlateau(
         opt, mode="max", factor=c.plateau_factor, patience=c.plateau_patience
     ),
+}
+
+# The config fields each schedule reads: a study may sample only these under that schedule.
+SCHEDULER_PARAMS: dict[str, set[str]] = {
+    "step": {"step_size", "step_gamma", "warmup_steps"},
+    "cosine": {"eta_min", "t_max", "warmup_steps"},
+    "plateau": {"plateau_factor", "plateau_patience", "warmup_steps"},
 }
 
 

@@ -1,0 +1,197 @@
+"""End to end through the real ``search`` command on the demo data, a real SQLite file and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import postgres_url
+from optuna.trial import TrialState
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+FOUR = {"lr", "scheduler", "loss", "accumulation_steps"}
+TINY = [
+    "--set", "model.name=test_resnet",
+    "--set", "data.image_size=16",
+    "--set", "train.epochs=3",
+    "--set", "train.batch_size=32",
+    "--quiet",
+]  # fmt: skip
+MUST_PRUNE = [
+    "--set", "pruner={name: percentile, percentile: 90.0, n_startup_trials: 1, n_warmup_steps: 0}",
+    "--set", "enqueue=[{lr: 0.01, scheduler: cosine, loss: cross_entropy, accumulation_steps: 1}, "
+    "{lr: 0.0003, scheduler: step, step_size: 1, step_gamma: 0.2, loss: f1, accumulation_steps: 8}]",
+]  # fmt: skip
+
+
+def search(*args: str, env: dict | None = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "search", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"search {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def optuna_cli(*args: str) -> str:
+    command = Path(sys.executable).parent / "optuna"
+    out = subprocess.run([str(command), *args], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """One small lr-sweep run shared by the tests of this module (it is the slow part)."""
+    home = tmp_path_factory.mktemp("home")
+    env = {"SEARCH_HOME": str(home), "SEARCH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")}
+    args = ["--study", "lr-sweep", "--n-trials", "5", *TINY, *MUST_PRUNE, "--set", "checkpoints.keep_top_k=1"]
+    run = search("run", *args, env=env)
+    return {"home": home, "env": env, "args": args, "run": run, "url": f"sqlite:///{home}/studies.db"}
+
+
+def test_run_completes_prunes_and_samples_the_four_names(finished_study):
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    states = [t.state for t in study.trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 5
+    assert TrialState.COMPLETE in states and TrialState.PRUNED in states
+    assert FOUR <= {name for t in study.trials for name in t.params}
+    best = study.best_trial
+    for key in ("macro_f1", "accuracy", "macro_precision", "macro_recall", "per_class_f1", "confusion_matrix",
+                "best_epoch", "epochs_run", "train_images_per_second", "device", "seed", "checkpoint_artifact"):
+        assert key in best.user_attrs, key
+    assert best.user_attrs["macro_f1"] == best.value
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert all(t.user_attrs["epochs_run"] < 3 for t in pruned)  # stopped at once
+    assert sorted(best.intermediate_values) == list(range(best.user_attrs["epochs_run"]))
+    assert json.loads(study.user_attrs["spec"])["name"] == "lr-sweep"
+
+
+def test_retention_keeps_only_the_top_k_checkpoints(finished_study):
+    files = [p for p in (finished_study["home"] / "artifacts").iterdir() if not p.name.startswith(".")]
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    assert [p.name for p in files] == [study.best_trial.user_attrs["checkpoint_artifact"]]
+    assert not list((finished_study["home"] / "work").rglob("*.safetensors"))  # nothing left behind
+
+
+def test_plain_optuna_cli_reads_the_study(finished_study):
+    trials = json.loads(optuna_cli("trials", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json"))
+    assert len(trials) == 5 and {"params", "state", "user_attrs"} <= set(trials[0])
+    best = json.loads(optuna_cli("best-trial", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json"))
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    assert best["number"] == study.best_trial.number and FOUR <= set(best["params"])
+
+
+def test_status_best_and_studies_commands(finished_study):
+    env = finished_study["env"]
+    status = search("status", "--study", "lr-sweep", env=env).stdout
+    assert "complete" in status and "pruned" in status and "best: trial" in status
+    best = json.loads(search("best", "--study", "lr-sweep", env=env).stdout)
+    assert FOUR <= set(best["params"]) and best["metrics"]["macro_f1"] == best["value"]
+    assert "lr-sweep" in search("studies", env=env).stdout
+
+
+def _val_images(meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    from training import TrainConfig
+    from training.loop import prepare_data
+
+    config = TrainConfig.model_validate(meta["config"])
+    data = prepare_data(config.data, config.seed)
+    return data.decoded.images[data.val_idx], data.decoded.labels[data.val_idx]
+
+
+def _plain_timm_predictions(path: Path, images: np.ndarray) -> np.ndarray:
+    """What a user without this project does: timm + safetensors + the header's normalisation."""
+    import timm
+
+    meta = json.loads(safe_open(str(path), "pt").metadata()["search"])
+    model = timm.create_model(meta["model"], num_classes=meta["num_classes"])
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(x).argmax(1).numpy()
+
+
+def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_study, tmp_path, monkeypatch):
+    from sklearn.metrics import f1_score
+
+    monkeypatch.setenv("SEARCH_CACHE_DIR", finished_study["env"]["SEARCH_CACHE_DIR"])
+    out = tmp_path / "best.safetensors"
+    search("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
+    meta = json.loads(safe_open(str(out), "pt").metadata()["search"])
+    images, labels = _val_images(meta)
+    predicted = _plain_timm_predictions(out, images)
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    assert f1_score(labels, predicted, average="macro") == pytest.approx(study.best_value, abs=1e-9)
+    assert meta["metrics"]["confusion_matrix"] == study.best_trial.user_attrs["confusion_matrix"]
+
+    again = search("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"], check=False)
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+    search("export", "--study", "lr-sweep", "--out", str(out), "--force", env=finished_study["env"])
+
+
+def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path):
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    best = study.best_trial
+    stored = finished_study["home"] / "artifacts" / best.user_attrs["checkpoint_artifact"]
+    aside = tmp_path / "aside"
+    stored.rename(aside)  # as retention does to checkpoints outside the top k
+    try:
+        out = tmp_path / "again.safetensors"
+        refused = search("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"], check=False)
+        assert refused.returncode == 1 and "--retrain" in refused.stderr and not out.exists()
+        search("export", "--study", "lr-sweep", "--out", str(out), "--retrain", env=finished_study["env"])
+        meta = json.loads(safe_open(str(out), "pt").metadata()["search"])
+        assert meta["metrics"]["macro_f1"] == pytest.approx(best.value)  # same seed, same CPU: same model
+    finally:
+        aside.rename(stored)
+
+
+def test_running_again_continues_the_same_study(finished_study):
+    args = [a if a != "5" else "7" for a in finished_study["args"]]
+    search("run", *args, env=finished_study["env"])
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 7 and len({t.number for t in study.trials}) == len(study.trials)
+    # enqueued configurations are not queued a second time
+    assert sum(t.params.get("lr") == 0.01 and t.params.get("scheduler") == "cosine" for t in study.trials) == 1
+
+
+def test_two_workers_share_one_sqlite_file(tmp_path):
+    env = {"SEARCH_HOME": str(tmp_path)}
+    run = search("run", "--study", "lr-sweep", "--n-trials", "4", "--workers", "2", *TINY, env=env)
+    assert "database is locked" not in run.stderr
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4 and len(study.trials) == 4
+
+
+def test_four_workers_share_one_study_on_postgresql(tmp_path):
+    url = postgres_url()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    env = {"SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
+    try:
+        run = search("run", "--study", "lr-sweep", "--n-trials", "8", "--workers", "4", *TINY,
+                     "--set", f"name={name}", "--set", "train.epochs=2", env=env)  # fmt: skip
+        assert "Error" not in run.stderr and "error" not in run.stderr.lower()
+        study = optuna.load_study(study_name=name, storage=url)
+        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == 8 and len(study.trials) == 8
+        assert sorted(t.number for t in study.trials) == list(range(8))
+        assert len({t.user_attrs.get("seed") for t in finished}) == 1
+    finally:
+        optuna.delete_study(study_name=name, storage=url)

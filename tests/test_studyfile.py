@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cli import main
+from search.studyfile import STUDIES_DIR, load_study
+
+LR_SWEEP = STUDIES_DIR / "lr-sweep.yaml"
+
+
+def test_shipped_studies_load_and_sample_the_four_names():
+    study = load_study("lr-sweep")
+    assert study.name == "lr-sweep" and study.data.source == "demo"
+    assert set(study.space.scheduler) == {"step", "cosine", "plateau"}
+    assert set(study.space.loss) == {"cross_entropy", "focal", "label_smoothing", "f1"}
+    assert study.space.lr.log and study.space.accumulation_steps.choices == [1, 2, 4, 8]
+    mask = load_study("mask-lr-sweep", ["data.root=/data/train"])
+    assert mask.model.name == "efficientnet_b0" and mask.data.source == "competition"
+    assert str(mask.data.root) == "/data/train"
+
+
+def test_data_root_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MASK_DATA", "/srv/mask/train")
+    assert str(load_study("mask-lr-sweep").data.root) == "/srv/mask/train"
+
+
+def test_set_overrides_any_field_and_is_validated():
+    study = load_study("lr-sweep", ["train.epochs=3", "pruner={name: hyperband, min_resource: 1}", "space.lr.high=0.1"])
+    assert study.train.epochs == 3 and study.pruner.name == "hyperband" and study.space.lr.high == 0.1
+
+
+def _write(tmp_path: Path, mutate) -> str:
+    raw = yaml.safe_load(LR_SWEEP.read_text())
+    mutate(raw)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _set(path: str, value):
+    def mutate(raw):
+        node = raw
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+
+    return mutate
+
+
+BAD_STUDIES = [
+    ("unknown key", _set("trian", {}), "unknown key 'trian'"),
+    ("unknown nested key", _set("train.epocs", 3), "unknown key 'train.epocs'"),
+    ("wrong type", _set("train.epochs", "many"), "train.epochs = 'many'"),
+    ("inverted range", _set("space.lr", {"low": 0.1, "high": 0.01, "log": True}), "low (0.1) must be below high"),
+    ("log with low <= 0", _set("space.lr", {"low": 0.0, "high": 0.01, "log": True}), "log scale needs low > 0"),
+    ("empty choices", _set("space.accumulation_steps", {"choices": []}), "choices must not be empty"),
+    ("unknown loss", _set("space.loss", {"dice": {}}), "unknown loss 'dice'"),
+    ("unknown scheduler", _set("space.scheduler", {"onecycle": {}}), "unknown scheduler 'onecycle'"),
+    ("unknown model", _set("model.name", "resnet9000"), "unknown timm model 'resnet9000'"),
+    ("unknown sampler", _set("sampler", {"name": "bayes"}), "unknown sampler 'bayes'"),
+    ("unknown pruner", _set("pruner", {"name": "early"}), "unknown pruner 'early'"),
+    ("bad pruner option", _set("pruner", {"name": "median", "warmup": 2}), "unexpected keyword argument 'warmup'"),
+    ("conditional param of another", _set("space.loss", {"focal": {"smoothing": {"low": 0.1, "high": 0.2}}}), "'smoothing' is not a parameter of loss 'focal'"),
+    ("enqueued value outside the space", _set("enqueue", [{"lr": 5.0, "loss": "cross_entropy"}]), "enqueue[0]: lr=5.0 is outside"),
+    ("enqueued unknown choice", _set("enqueue", [{"loss": "dice"}]), "enqueue[0]: loss='dice' is not one of"),
+    ("val_ratio out of range", _set("data.val_ratio", 1.5), "data.val_ratio = 1.5"),
+]
+
+
+@pytest.mark.parametrize("case, mutate, message", BAD_STUDIES, ids=[c[0] for c in BAD_STUDIES])
+def test_bad_study_file_is_one_line_naming_file_key_value_exit_2(tmp_path, capsys, case, mutate, message):
+    path = _write(tmp_path, mutate)
+    code = main(["run", "--study", path, "--n-trials", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("search: error: ") and path in err, err
+    assert message in err, err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epochs=0"], "train.epochs = 0"),
+        (["space.lr.low=-1"], "log scale needs low > 0"),
+        (["noequals"], "expected key=value"),
+        (["model.name=nonexistent_net"], "unknown timm model"),
+    ],
+)
+def test_bad_set_is_validated_the_same_way(capsys, overrides, message):
+    args = ["run", "--study", "lr-sweep"]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_malformed_yaml_names_the_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nspace:\n  lr: {low: 1\n  loss: [\n")
+    assert main(["run", "--study", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml: line" in err and "fix the YAML syntax" in err
+
+
+def test_unknown_study_name_lists_the_known_ones(capsys):
+    assert main(["run", "--study", "no-such-study"]) == 2
+    err = capsys.readouterr().err
+    assert "no study file for 'no-such-study'" in err and "lr-sweep" in err
+
+
+def test_the_real_command_prints_no_traceback_and_debug_does(tmp_path):
+    path = _write(tmp_path, _set("train.epochs", "many"))
+    plain = subprocess.run([sys.executable, "-m", "search", "run", "--study", path], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1
+    debug = subprocess.run(
+        [sys.executable, "-m", "search", "run", "--study", path, "--debug"], capture_output=True, text=True
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
