@@ -110,14 +110,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     trial = choose_trial(_open_study(args), None)
     shown = {k: v for k, v in trial.user_attrs.items() if k not in ("config", "confusion_matrix")}
-    print(json.dumps({"number": trial.number, "value": trial.value, "params": trial.params, "metrics": shown}, indent=2))
+    print(
+        json.dumps({"number": trial.number, "value": trial.value, "params": trial.params, "metrics": shown}, indent=2)
+    )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search.export import export_checkpoint
 
-    trial, out = export_checkpoint(_open_study(args), _store(args), Path(args.out), args.trial, args.force, args.retrain)
+    trial, out = export_checkpoint(
+        _open_study(args), _store(args), Path(args.out), args.trial, args.force, args.retrain
+    )
     print(f"trial {trial.number} (macro-F1 {trial.value if trial.value is not None else 'n/a'}) exported to {out}")
     return 0
 
@@ -142,7 +146,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     storage = open_storage(_storage(args))
     study = _open_study(args)
-    print(f"dashboard for '{study.study_name}': http://{args.host}:{args.port}/dashboard/studies/{study._study_id}", file=sys.stderr)
+    print(
+        f"dashboard for '{study.study_name}': http://{args.host}:{args.port}/dashboard/studies/{study._study_id}",
+        file=sys.stderr,
+    )
     optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=_store(args))
     return 0
 
@@ -223,4 +230,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print("search: interrupted; the running trial is marked FAIL, run again to continue", file=sys.stderr)
         return getattr(interrupt, "exit_code", 130)
-

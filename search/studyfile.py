@@ -73,7 +73,9 @@ def _check_conditionals(kind: str, table: dict[str, dict[str, Distribution]], al
             raise ValueError(f"unknown {kind} '{name}', choose from {sorted(allowed)}")
         for param in params:
             if param not in allowed[name]:
-                raise ValueError(f"'{param}' is not a parameter of {kind} '{name}', choose from {sorted(allowed[name])}")
+                raise ValueError(
+                    f"'{param}' is not a parameter of {kind} '{name}', choose from {sorted(allowed[name])}"
+                )
 
 
 class SearchSpace(Frozen):
@@ -198,9 +200,7 @@ class Study(Frozen):
         """The training config of one trial: the study's settings with the sampled params applied."""
         from search.space import apply_params
 
-        base = TrainConfig(
-            data=self.data, model=self.model, seed=self.seed, output_dir=output_dir, **dict(self.train)
-        )
+        base = TrainConfig(data=self.data, model=self.model, seed=self.seed, output_dir=output_dir, **dict(self.train))
         return apply_params(base, params)
 
 

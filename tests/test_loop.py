@@ -116,7 +116,9 @@ def test_every_loss_and_scheduler_trains(folder_dataset):
     for loss in ("cross_entropy", "focal", "label_smoothing", "f1"):
         for scheduler in ("step", "cosine", "plateau"):
             result = train(
-                tiny_config(folder_dataset, epochs=1, loss={"name": loss}, scheduler={"name": scheduler, "warmup_steps": 2})
+                tiny_config(
+                    folder_dataset, epochs=1, loss={"name": loss}, scheduler={"name": scheduler, "warmup_steps": 2}
+                )
             )
             assert 0 <= result.best_metrics["macro_f1"] <= 1
 
@@ -138,7 +140,9 @@ def test_balanced_sampling_and_rare_class_augmentation(folder_dataset):
 def test_missing_weights_file_says_so_in_one_line(tmp_path):
     from training import ModelConfig
 
-    with pytest.raises(SearchError, match=r"could not load weights for test_resnet from .*nope.safetensors.*model.pretrained=false"):
+    with pytest.raises(
+        SearchError, match=r"could not load weights for test_resnet from .*nope.safetensors.*model.pretrained=false"
+    ):
         create_model(ModelConfig(name="test_resnet", weights=tmp_path / "nope.safetensors"), 3)
 
 

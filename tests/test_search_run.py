@@ -33,7 +33,9 @@ MUST_PRUNE = [
 ]  # fmt: skip
 
 
-def search(*args: str, env: dict | None = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def search(
+    *args: str, env: dict | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "search", *args],
         capture_output=True,
@@ -69,8 +71,20 @@ def test_run_completes_prunes_and_samples_the_four_names(finished_study):
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert FOUR <= {name for t in study.trials for name in t.params}
     best = study.best_trial
-    for key in ("macro_f1", "accuracy", "macro_precision", "macro_recall", "per_class_f1", "confusion_matrix",
-                "best_epoch", "epochs_run", "train_images_per_second", "device", "seed", "checkpoint_artifact"):
+    for key in (
+        "macro_f1",
+        "accuracy",
+        "macro_precision",
+        "macro_recall",
+        "per_class_f1",
+        "confusion_matrix",
+        "best_epoch",
+        "epochs_run",
+        "train_images_per_second",
+        "device",
+        "seed",
+        "checkpoint_artifact",
+    ):
         assert key in best.user_attrs, key
     assert best.user_attrs["macro_f1"] == best.value
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
@@ -87,9 +101,13 @@ def test_retention_keeps_only_the_top_k_checkpoints(finished_study):
 
 
 def test_plain_optuna_cli_reads_the_study(finished_study):
-    trials = json.loads(optuna_cli("trials", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json"))
+    trials = json.loads(
+        optuna_cli("trials", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json")
+    )
     assert len(trials) == 5 and {"params", "state", "user_attrs"} <= set(trials[0])
-    best = json.loads(optuna_cli("best-trial", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json"))
+    best = json.loads(
+        optuna_cli("best-trial", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json")
+    )
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     assert best["number"] == study.best_trial.number and FOUR <= set(best["params"])
 

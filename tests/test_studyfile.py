@@ -66,8 +66,16 @@ BAD_STUDIES = [
     ("unknown sampler", _set("sampler", {"name": "bayes"}), "unknown sampler 'bayes'"),
     ("unknown pruner", _set("pruner", {"name": "early"}), "unknown pruner 'early'"),
     ("bad pruner option", _set("pruner", {"name": "median", "warmup": 2}), "unexpected keyword argument 'warmup'"),
-    ("conditional param of another", _set("space.loss", {"focal": {"smoothing": {"low": 0.1, "high": 0.2}}}), "'smoothing' is not a parameter of loss 'focal'"),
-    ("enqueued value outside the space", _set("enqueue", [{"lr": 5.0, "loss": "cross_entropy"}]), "enqueue[0]: lr=5.0 is outside"),
+    (
+        "conditional param of another",
+        _set("space.loss", {"focal": {"smoothing": {"low": 0.1, "high": 0.2}}}),
+        "'smoothing' is not a parameter of loss 'focal'",
+    ),
+    (
+        "enqueued value outside the space",
+        _set("enqueue", [{"lr": 5.0, "loss": "cross_entropy"}]),
+        "enqueue[0]: lr=5.0 is outside",
+    ),
     ("enqueued unknown choice", _set("enqueue", [{"loss": "dice"}]), "enqueue[0]: loss='dice' is not one of"),
     ("val_ratio out of range", _set("data.val_ratio", 1.5), "data.val_ratio = 1.5"),
 ]

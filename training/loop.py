@@ -69,9 +69,7 @@ class PreparedData:
         return np.bincount(self.decoded.labels[self.train_idx], minlength=self.num_classes)
 
 
-def prepare_data(
-    config: DataConfig, seed: int, progress: Callable[[int, int], None] | None = None
-) -> PreparedData:
+def prepare_data(config: DataConfig, seed: int, progress: Callable[[int, int], None] | None = None) -> PreparedData:
     """Load the source, decode it once (cached), and split it by the seed."""
     dataset = load_source(config)
     decoded = decode_images(

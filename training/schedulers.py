@@ -74,4 +74,3 @@ class Schedule:
 
 def build_schedule(optimizer: Optimizer, config: SchedulerConfig, epochs: int) -> Schedule:
     return Schedule(optimizer, config, epochs)
-

@@ -79,9 +79,7 @@ def image_folder(root: Path | None) -> Dataset:
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(
-            str(p)
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p) and p.is_file()
+            str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p) and p.is_file()
         )
         if not files:
             raise DataError(f"class folder {class_dir} has no images; remove it or add images")
