@@ -1,0 +1,181 @@
+"""Faults done for real: killed and interrupted workers, NaN trials, bad storage, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+from test_search_run import TINY, search
+from training.checkpoint import read_meta
+
+FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
+
+
+def _start(home: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "SEARCH_HOME": str(home)}
+    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_mid_training(url: str, process: subprocess.Popen, need_finished: int, limit: float = 120) -> None:
+    """Until a trial is RUNNING with an epoch reported (so it is inside a later epoch)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        try:
+            trials = optuna.load_study(study_name="lr-sweep", storage=url).get_trials(deepcopy=False)
+        except (KeyError, Exception):
+            trials = []
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        if finished >= need_finished and running:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no trial reached mid-training in time")
+
+
+def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    args = ["--n-trials", "3", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
+    first = _start(tmp_path, *args)
+    _wait_mid_training(url, first, need_finished=1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = {t.number: t for t in optuna.load_study(study_name="lr-sweep", storage=url).trials}
+    killed = [n for n, t in before.items() if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+
+    second = _start(tmp_path, *args)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="lr-sweep", storage=url)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed[0]].state == TrialState.FAIL
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
+    assert retried and retried[0].params == by_number[killed[0]].params  # the same params, run again
+    for number, old in before.items():  # finished trials untouched, checkpoints readable
+        if old.state == TrialState.COMPLETE:
+            assert by_number[number].user_attrs == old.user_attrs and by_number[number].value == old.value
+            stored = tmp_path / "artifacts" / old.user_attrs["checkpoint_artifact"]
+            assert read_meta(stored)["metrics"]["macro_f1"] == old.value
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, signum, code):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
+    worker = _start(tmp_path, *args)
+    _wait_mid_training(url, worker, need_finished=0)
+    worker.send_signal(signum)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == code, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err
+    study = optuna.load_study(study_name="lr-sweep", storage=url)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["failure_reason"] == "interrupted"
+    again = _start(tmp_path, *args)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="lr-sweep", storage=url)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
+
+
+def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(tmp_path):
+    run = search(
+        "run", "--study", "lr-sweep", "--n-trials", "2", *TINY,
+        "--set", "space.lr={choices: [0.003, 1.0e+30]}",
+        "--set", "enqueue=[{lr: 1.0e+30, loss: cross_entropy, scheduler: cosine, accumulation_steps: 1}, "
+                 "{lr: 0.003, loss: cross_entropy, scheduler: cosine, accumulation_steps: 1}]",
+        "--set", "pruner={name: none}",
+        env={"SEARCH_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert run.returncode == 0
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and failed[0].number == 0 and all(t.params["lr"] == 1e30 for t in failed)
+    assert "loss became nan" in failed[0].user_attrs["failure_reason"] and failed[0].user_attrs["failed_epoch"] == 0
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
+
+
+def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
+    run = search(
+        "run", "--study", "lr-sweep", "--n-trials", "5", *TINY,
+        "--set", "train.augment.train=[{name: Resize, height: 8, width: 8}]",
+        env={"SEARCH_HOME": str(tmp_path)}, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and "augmentation changed an image" in run.stderr
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    ran = [t for t in study.trials if t.state != TrialState.WAITING]  # lr-sweep queues known-good trials
+    assert len(ran) == 1 and ran[0].state == TrialState.FAIL and "augmentation" in ran[0].user_attrs["failure_reason"]
+
+
+def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
+    started = time.monotonic()
+    run = search(
+        "status", "--study", "x", "--storage", "postgresql+psycopg2://postgres:hunter2@127.0.0.1:1/test", check=False
+    )
+    assert time.monotonic() - started < 30
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
+    assert "cannot open storage" in run.stderr and "hunter2" not in run.stderr and "***" in run.stderr
+
+
+@pytest.fixture
+def one_trial_study(tmp_path_factory):
+    home = tmp_path_factory.mktemp("one")
+    env = {"SEARCH_HOME": str(home)}
+    search("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "train.epochs=1", env=env)
+    return home
+
+
+def _bad_data(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "labels.csv").write_text("path,label\na.png,cat\n,dog\n")
+    return {"empty": str(tmp_path / "empty"), "csv": str(tmp_path / "labels.csv")}
+
+
+BAD_INPUTS = [
+    ("missing data root", ["run", "--study", "lr-sweep", "--set", "data.source=folder", "--set", "data.root=/nope"],
+     1, "/nope does not exist"),
+    ("empty data root", ["run", "--study", "lr-sweep", "--set", "data.source=folder", "--set", "data.root={empty}"],
+     1, "has no class subfolders"),
+    ("labels csv with a bad row", ["run", "--study", "lr-sweep", "--set", "data.source=csv", "--set", "data.root={csv}"],
+     1, "labels.csv:3: empty path or label"),
+    ("malformed storage URL", ["status", "--study", "lr-sweep", "--storage", "not a url"], 2, "is malformed"),
+    ("password never shown", ["status", "--study", "x", "--storage", "postgresql://u:s3cret@"], 1, "***"),
+    ("unknown study", ["status", "--study", "nope"], 1, "no study 'nope' in this storage"),
+    ("missing trial", ["export", "--study", "lr-sweep", "--trial", "99", "--out", "x.safetensors"], 1,
+     "has no trial 99; trials are numbered 0.."),
+    ("unknown option", ["run", "--study", "lr-sweep", "--n-trails", "3"], 2, "unrecognized arguments"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, argv, code, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, capsys, monkeypatch, case, argv, code,
+                                                  message):  # fmt: skip
+    monkeypatch.setenv("SEARCH_HOME", str(one_trial_study))
+    paths = _bad_data(tmp_path)
+    argv = [a.format(**paths) for a in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err, err
+    assert len(err.splitlines()) <= 2 and "s3cret" not in err  # argparse adds its usage line
+
+
+def test_export_of_a_study_with_no_finished_trial(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    optuna.create_study(study_name="empty", storage=storage)
+    assert main(["export", "--study", "empty", "--out", str(tmp_path / "x")]) == 1
+    assert "has no complete trial to export yet" in capsys.readouterr().err
