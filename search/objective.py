@@ -130,6 +130,6 @@ def _free_device_memory() -> None:
     """After a trial (an out-of-memory one above all), give its GPU memory back to the next."""
     import torch
 
-    gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # on the CPU the allocator returns memory by itself
+        gc.collect()
         torch.cuda.empty_cache()

@@ -12,9 +12,9 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_search_run import TINY, search
 
 from search.cli import main
-from test_search_run import TINY, search
 from training.checkpoint import read_meta
 
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
@@ -150,7 +150,7 @@ BAD_INPUTS = [
      1, "/nope does not exist"),
     ("empty data root", ["run", "--study", "lr-sweep", "--set", "data.source=folder", "--set", "data.root={empty}"],
      1, "has no class subfolders"),
-    ("labels csv with a bad row", ["run", "--study", "lr-sweep", "--set", "data.source=csv", "--set", "data.root={csv}"],
+    ("bad labels csv", ["run", "--study", "lr-sweep", "--set", "data.source=csv", "--set", "data.root={csv}"],
      1, "labels.csv:3: empty path or label"),
     ("malformed storage URL", ["status", "--study", "lr-sweep", "--storage", "not a url"], 2, "is malformed"),
     ("password never shown", ["status", "--study", "x", "--storage", "postgresql://u:s3cret@"], 1, "***"),
