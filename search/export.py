@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.objective import CHECKPOINT_ATTR
 from search.storage import AtomicArtifactStore
 from training import TrainConfig, train
+from training.checkpoint import make_readable
 from training.errors import ConfigError, SearchError
 
 
@@ -57,6 +58,7 @@ def export_checkpoint(
                     f"({_why_missing(trial)}); pass --retrain to train its params again"
                 )
             _retrain(trial, Path(temporary))
+        make_readable(temporary)
         os.replace(temporary, out)
     finally:
         Path(temporary).unlink(missing_ok=True)

@@ -110,6 +110,7 @@ class Objective:
             _free_device_memory()
 
         record_result(trial, result)
+        self._attach_pictures(trial, result, out_dir)
         value = float(result.best_metrics["macro_f1"])
         if result.stopped_early:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -118,6 +119,36 @@ class Objective:
             self._store_checkpoint(trial, result.checkpoint)
         shutil.rmtree(out_dir, ignore_errors=True)
         return value
+
+    def _attach_pictures(self, trial: optuna.Trial, result: TrainResult, out_dir: Path) -> None:
+        """Confusion matrix and per-class F1 as artifacts, shown in the trial's dashboard note."""
+        from optuna_dashboard import save_note
+        from optuna_dashboard.artifact import get_artifact_path
+
+        from search.pictures import confusion_png, per_class_f1_png
+
+        best = result.best_metrics
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = result.class_names
+        pictures = {
+            "confusion matrix": confusion_png(best["confusion_matrix"], names, out_dir / "confusion_matrix.png"),
+            "per-class F1": per_class_f1_png(best["per_class_f1"], names, out_dir / "per_class_f1.png"),
+        }
+        links = []
+        for title, path in pictures.items():
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial
+            )
+            links.append(f"### {title}\n\n![{title}]({get_artifact_path(trial, artifact_id)})")
+        worst = sorted(range(len(names)), key=lambda c: best["per_class_f1"][c])[:3]
+        summary = (
+            f"## Trial {trial.number}: macro-F1 {best['macro_f1']:.4f} at epoch {result.best_epoch + 1}\n\n"
+            f"accuracy {best['accuracy']:.4f}, macro precision {best['macro_precision']:.4f}, "
+            f"macro recall {best['macro_recall']:.4f}, {result.epochs_run} epochs, "
+            f"{result.train_images_per_second:.0f} img/s on {result.device}\n\n"
+            "weakest classes: " + ", ".join(f"{names[c]} ({best['per_class_f1'][c]:.2f})" for c in worst)
+        )
+        save_note(trial, "\n\n".join([summary, *links]))
 
     def _store_checkpoint(self, trial: optuna.Trial, path: Path) -> None:
         artifact_id = optuna.artifacts.upload_artifact(

@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from training.checkpoint import make_readable
 from training.errors import ConfigError, SearchError
 
 
@@ -82,16 +83,35 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         try:
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=_engine_kwargs(url),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
+            if is_sqlite(url):
+                _write_ahead_log(storage.engine)
+            return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
             first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
             raise StorageError(f"cannot open storage {redact(url)}: {first}") from None
+
+
+def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:
+    """SQLite in WAL mode: readers (the dashboard, status) never block the workers' writes, and a
+    commit costs one append instead of a journal round-trip. WAL keeps every committed
+    transaction through a crash of the process; ``synchronous=NORMAL`` is its documented pairing."""
+
+    def on_connect(connection, record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened before the listener reconnect with it
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")  # persistent: stored in the file
 
 
 def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -125,6 +145,7 @@ class AtomicArtifactStore(FileSystemArtifactStore):
                     file.write(chunk)
                 file.flush()
                 os.fsync(file.fileno())
+            make_readable(temporary)
             os.replace(temporary, target)
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)

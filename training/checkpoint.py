@@ -48,11 +48,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
         save_file(state, temporary, metadata=header)
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
+        make_readable(temporary)
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise SearchError(f"could not write checkpoint {path}: {error.strerror or error}") from None
     return path
+
+
+def make_readable(path: str | Path) -> None:
+    """What ``open()`` would have given (0666 less the umask): mkstemp's files are owner-only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def read_meta(path: Path) -> dict[str, Any]:

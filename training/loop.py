@@ -46,6 +46,7 @@ class TrainResult:
     train_images_per_second: float
     checkpoint: Path | None
     device: str
+    class_names: tuple[str, ...] = ()
     stopped_early: bool = False
     epochs_run: int = field(init=False)
 
@@ -277,5 +278,6 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
         train_images_per_second=images_seen / train_seconds if train_seconds else 0.0,
         checkpoint=checkpoint_path,
         device=str(device),
+        class_names=data.decoded.class_names,
         stopped_early=stopped,
     )
