@@ -1,0 +1,135 @@
+"""optuna-dashboard on our storage, looked at in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_search_run import FOUR, TINY, search
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on ``port``, from /proc (IPv4), e.g. {'127.0.0.1'}."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if int(hex_port, 16) == port and state == "0A":  # LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+class Dashboard:
+    def __init__(self, home: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "search", "dashboard", "--study", "lr-sweep", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command, env={**os.environ, "SEARCH_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                _get(f"{self.url}/api/studies")
+                return
+            except OSError:
+                assert self.process.poll() is None, self.process.communicate()[1][-2000:]
+                time.sleep(0.2)
+        raise AssertionError("dashboard did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dash")
+    search("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "train.epochs=2",
+           "--set", "pruner={name: none}", env={"SEARCH_HOME": str(home)})  # fmt: skip
+    return home
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def test_study_page_in_a_real_browser_shows_trials_params_and_pictures(small_study, tmp_path):
+    chromium = _chromium()
+    dashboard = Dashboard(small_study)
+    try:
+        assert _listening_addresses(dashboard.port) == {"127.0.0.1"}  # not reachable from other machines
+        page = f"{dashboard.url}/dashboard/studies/1/trials"
+        dom = subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+             "--dump-dom", page],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom, flags=re.S)))
+        assert "lr-sweep" in text and "3 Trials" in text
+        for number in range(3):
+            assert f"Trial {number}" in text
+        for name in FOUR:
+            assert re.search(rf"\b{name}\b", text), name
+        assert "confusion matrix" in text and "per-class F1" in text and "macro_f1" in text
+        pictures = re.findall(r'<img[^>]+src="(/artifacts/\d+/\d+/[0-9a-f-]+)"', dom)
+        assert len(pictures) >= 2
+        assert all(_get(dashboard.url + src).startswith(b"\x89PNG") for src in pictures)
+    finally:
+        dashboard.stop()
+
+
+def test_dashboard_reading_the_sqlite_file_never_disturbs_a_running_study(small_study, tmp_path):
+    home = tmp_path / "live"
+    shutil.copytree(small_study, home)
+    dashboard = Dashboard(home)
+    env = {**os.environ, "SEARCH_HOME": str(home)}
+    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", "--n-trials", "6", *TINY]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reads = 0
+    try:
+        deadline = time.monotonic() + 240
+        while run.poll() is None and time.monotonic() < deadline:
+            _get(f"{dashboard.url}/api/studies/1?after=0")
+            reads += 1
+            time.sleep(0.05)
+        _, err = run.communicate(timeout=60)
+    finally:
+        dashboard.stop()
+    assert run.returncode == 0, err[-2000:]
+    assert "locked" not in err and reads > 10
