@@ -154,7 +154,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from search.predict import write_predictions
+
+    rows = write_predictions(
+        Path(args.checkpoint), Path(args.images), Path(args.out), info=Path(args.info) if args.info else None,
+        flip_tta=args.tta, batch_size=args.batch_size, quiet=args.quiet, force=args.force,
+    )  # fmt: skip
+    print(f"{rows} predictions written to {args.out}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "predict": cmd_predict,
     "run": cmd_run,
     "status": cmd_status,
     "best": cmd_best,
@@ -198,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
 
     sub.add_parser("studies", parents=[common], help="list the studies in a storage")
+
+    predict = sub.add_parser("predict", parents=[common], help="predict image files with a checkpoint")
+    predict.add_argument("--checkpoint", required=True, help="a checkpoint written by search export")
+    predict.add_argument("--images", required=True, help="folder of images")
+    predict.add_argument("--info", help="the competition's info.csv (ImageID,ans): fill ans in its order")
+    predict.add_argument("--out", required=True, help="CSV to write")
+    predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--force", action="store_true", help="overwrite --out")
 
     dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the same storage")
     dash.add_argument("--study", required=True)

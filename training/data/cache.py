@@ -52,7 +52,8 @@ def cache_key(dataset: Dataset, image_size: tuple[int, int]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _decode_one(path: str, size: tuple[int, int]) -> np.ndarray | None:
+def decode_image(path: str, size: tuple[int, int]) -> np.ndarray | None:
+    """One image as RGB uint8 resized to (height, width), or None when it cannot be decoded."""
     import cv2
 
     image = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -95,7 +96,7 @@ def _decode_all(
     images = np.empty((len(dataset.paths), *image_size, 3), dtype=np.uint8)
     ok = np.zeros(len(dataset.paths), dtype=bool)
     with ThreadPoolExecutor(workers) as pool:
-        for i, image in enumerate(pool.map(lambda p: _decode_one(p, image_size), dataset.paths, chunksize=64)):
+        for i, image in enumerate(pool.map(lambda p: decode_image(p, image_size), dataset.paths, chunksize=64)):
             if image is not None:
                 images[i] = image
                 ok[i] = True

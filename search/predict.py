@@ -1,0 +1,75 @@
+"""``search predict``: a submission CSV from a checkpoint and a folder of images."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+from training.checkpoint import make_readable
+from training.data.sources import IMAGE_EXTENSIONS
+from training.errors import ConfigError, DataError
+
+
+def _listed(images: Path, info: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
+    with open(info, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "ImageID" not in (reader.fieldnames or ()):
+            raise DataError(f"{info}: no ImageID column; expected the competition's ImageID,ans")
+        rows = list(reader)
+        fields = list(reader.fieldnames or ())
+    paths = [str(images / row["ImageID"]) for row in rows]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) listed in {info} are not in {images}, e.g. {missing[0]}")
+    return paths, rows, [f for f in fields if f != "ans"] + ["ans"]
+
+
+def write_predictions(
+    checkpoint: Path,
+    images: Path,
+    out: Path,
+    info: Path | None = None,
+    flip_tta: bool = False,
+    batch_size: int = 256,
+    quiet: bool = False,
+    force: bool = False,
+) -> int:
+    """Predict every image and write the CSV atomically; returns the number of rows."""
+    from tqdm import tqdm
+
+    from training.predict import predict_files
+
+    if not images.is_dir():
+        raise DataError(f"image folder {images} does not exist")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force to overwrite it")
+    if info is not None:
+        paths, rows, fields = _listed(images, info)
+    else:
+        paths = sorted(
+            str(p) for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        rows, fields = [], []
+    if not paths:
+        raise DataError(f"no images in {images}")
+    with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
+        probs, meta = predict_files(checkpoint, paths, batch_size, flip_tta, progress=bar.update)
+    labels = probs.argmax(axis=1)
+    names = meta["class_names"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(handle, "w", newline="") as file:
+        writer = csv.writer(file)
+        if info is not None:  # the competition's format: its own rows, ans filled in
+            writer.writerow(fields)
+            for row, label in zip(rows, labels):
+                writer.writerow([*(row[f] for f in fields[:-1]), int(label)])
+        else:
+            writer.writerow(["path", "label", "class_name", *(f"prob_{n}" for n in names)])
+            for path, label, p in zip(paths, labels, probs):
+                writer.writerow([os.path.relpath(path, images), int(label), names[label], *(f"{v:.6f}" for v in p)])
+    make_readable(temporary)
+    os.replace(temporary, out)
+    return len(paths)

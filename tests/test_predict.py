@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from search.cli import main
+from training import train
+from training.checkpoint import load_checkpoint
+from training.loop import InputPipe, build_loaders, predict_probs, prepare_data
+
+
+@pytest.fixture
+def checkpoint_and_images(folder_dataset, tmp_path):
+    config = tiny_config(folder_dataset, epochs=2, output_dir=tmp_path / "ckpt")
+    result = train(config)
+    data = prepare_data(config.data, config.seed)
+    test_dir = tmp_path / "eval"
+    test_dir.mkdir()
+    names = []
+    for i in data.val_idx:
+        source = data.decoded.paths[i]
+        name = f"{i:03d}_{source.rsplit('/', 1)[1]}"
+        shutil.copy(source, test_dir / name)
+        names.append(name)
+    return config, result.checkpoint, test_dir, names, data
+
+
+def test_predict_fills_the_competition_info_csv(checkpoint_and_images, tmp_path, capsys):
+    config, checkpoint, images, names, data = checkpoint_and_images
+    info = tmp_path / "info.csv"
+    info.write_text("ImageID,ans\n" + "".join(f"{n},0\n" for n in reversed(names)))
+    out = tmp_path / "submission.csv"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--info", str(info),
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    rows = list(csv.DictReader(open(out)))
+    assert [r["ImageID"] for r in rows] == list(reversed(names))  # info.csv's order, its columns
+    # the same predictions as the trial's own evaluation of these images
+    model, meta = load_checkpoint(checkpoint)
+    _, val_loader = build_loaders(config, data)
+    probs, _ = predict_probs(model, val_loader, InputPipe(meta["mean"], meta["std"], torch.device("cpu")))
+    expected = dict(zip(names, probs.argmax(1).tolist()))
+    assert {r["ImageID"]: int(r["ans"]) for r in rows} == expected
+
+
+def test_predict_without_info_writes_labels_and_probabilities_and_tta_runs(checkpoint_and_images, tmp_path):
+    _, checkpoint, images, names, _ = checkpoint_and_images
+    out = tmp_path / "pred.csv"
+    args = ["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--quiet"]
+    assert main([*args, "--tta"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert sorted(r["path"] for r in rows) == sorted(names)
+    probs = np.array([[float(r[f"prob_{c}"]) for c in ("cat", "dog", "fox")] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert all(r["class_name"] == ("cat", "dog", "fox")[int(r["label"])] for r in rows)
+    assert main(args) == 2  # exists: refuses without --force
+
+
+def test_predict_names_a_missing_listed_image(checkpoint_and_images, tmp_path, capsys):
+    _, checkpoint, images, _, _ = checkpoint_and_images
+    info = tmp_path / "info.csv"
+    info.write_text("ImageID,ans\nnot_there.jpg,0\n")
+    code = main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--info", str(info),
+                 "--out", str(tmp_path / "s.csv"), "--quiet"])  # fmt: skip
+    assert code == 1 and "not_there.jpg" in capsys.readouterr().err
