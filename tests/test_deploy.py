@@ -1,0 +1,78 @@
+"""docker-compose.yml and the Dockerfile, checked as far as a machine without Docker can."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cli import build_parser
+from search.studyfile import find_study_file
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+ENV_EXAMPLE = dict(
+    line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and not line.startswith("#")
+)
+
+
+def _expand(text: str) -> str:
+    """Compose's ${VAR:-default} / ${VAR:?message} / ${VAR} with .env.example's values."""
+
+    def one(match: re.Match) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if name in ENV_EXAMPLE:
+            return ENV_EXAMPLE[name]
+        assert op == ":-", f"${{{name}}} has no default and is not in .env.example"
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", one, text)
+
+
+def test_services_postgres_dashboard_and_scalable_gpu_workers():
+    services = COMPOSE["services"]
+    assert set(services) == {"postgres", "dashboard", "worker"}
+    postgres = services["postgres"]
+    assert "healthcheck" in postgres and any("/var/lib/postgresql/data" in v for v in postgres["volumes"])
+    worker = services["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == 1  # one GPU per replica
+    assert "container_name" not in worker and "ports" not in worker  # or --scale worker=N would clash
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    shared = {v.split(":")[0] for v in worker["volumes"]} & {v.split(":")[0] for v in services["dashboard"]["volumes"]}
+    assert "artifacts" in shared  # the dashboard serves the checkpoints the workers store
+
+
+@pytest.mark.parametrize("service", ["worker", "dashboard"])
+def test_commands_are_real_search_commands_on_real_studies(service):
+    spec = COMPOSE["services"][service]
+    assert spec["entrypoint"] == ["search"]
+    args = build_parser().parse_args([_expand(a) for a in spec["command"]])
+    assert args.command in ("run", "dashboard")
+    assert find_study_file(args.study).is_file()
+    assert _expand(spec["environment"]["SEARCH_STORAGE"]).startswith("postgresql+psycopg2://search:")
+
+
+def test_password_comes_from_the_environment_never_the_file():
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "${POSTGRES_PASSWORD" in text and "POSTGRES_PASSWORD" in ENV_EXAMPLE
+    for value in re.findall(r"POSTGRES_PASSWORD:\s*(\S+)", text):
+        assert value.startswith("${"), value
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_published_ports_bind_to_loopback():
+    for name, spec in COMPOSE["services"].items():
+        for port in spec.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_dockerfile_copies_what_exists_and_runs_search():
+    text = (ROOT / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY\s+(.+?)\s+\S+$", text, flags=re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+    assert 'ENTRYPOINT ["search"]' in text and "pip install" in text
+    assert COMPOSE["services"]["worker"]["build"] == "."
