@@ -154,6 +154,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    page = write_report(_open_study(args), _store(args), Path(args.out))
+    print(f"report written to {page}", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from search.predict import write_predictions
 
@@ -167,6 +175,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
+    "report": cmd_report,
     "run": cmd_run,
     "status": cmd_status,
     "best": cmd_best,
@@ -210,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
 
     sub.add_parser("studies", parents=[common], help="list the studies in a storage")
+
+    report = sub.add_parser("report", parents=[common], help="a static HTML page on the data, best model, search")
+    report.add_argument("--study", required=True)
+    report.add_argument("--out", required=True, help="folder for index.html and its pictures")
 
     predict = sub.add_parser("predict", parents=[common], help="predict image files with a checkpoint")
     predict.add_argument("--checkpoint", required=True, help="a checkpoint written by search export")

@@ -213,3 +213,18 @@ def test_four_workers_share_one_study_on_postgresql(tmp_path):
         assert len({t.user_attrs.get("seed") for t in finished}) == 1
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
+    import re
+
+    out = tmp_path / "report"
+    search("report", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
+    page = (out / "index.html").read_text()
+    pictures = re.findall(r'<img src="([^"]+)"', page)
+    expected = {"classes.png", "samples.png", "confusion.png", "per_class_f1.png", "f1_vs_lr.png", "curves.png"}
+    assert expected <= set(pictures)
+    assert all((out / p).read_bytes().startswith(b"\x89PNG") for p in pictures)
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    assert f"Best: trial {study.best_trial.number}" in page and "largest / smallest" not in page  # title is in the PNG
+    assert "Most confused classes" in page and "<table>" in page
