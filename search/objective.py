@@ -10,12 +10,12 @@ import gc
 import json
 import math
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from search.pictures import TrialPictures
 from search.progress import Progress
 from search.space import sample
 from search.storage import AtomicArtifactStore, TrialGate
@@ -67,14 +67,13 @@ class Objective:
         work_dir: Path,
         gate: TrialGate,
         progress: Progress,
-        after_trial: Callable[[optuna.Study], None] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
         self.work_dir = work_dir
         self.gate = gate
         self.progress = progress
-        self.after_trial = after_trial
+        self.pictures = TrialPictures(store)
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.gate.release()  # the trial exists now: other workers may start theirs
@@ -110,7 +109,7 @@ class Objective:
             _free_device_memory()
 
         record_result(trial, result)
-        self._attach_pictures(trial, result, out_dir)
+        self.pictures.submit(trial, result)
         value = float(result.best_metrics["macro_f1"])
         if result.stopped_early:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -119,36 +118,6 @@ class Objective:
             self._store_checkpoint(trial, result.checkpoint)
         shutil.rmtree(out_dir, ignore_errors=True)
         return value
-
-    def _attach_pictures(self, trial: optuna.Trial, result: TrainResult, out_dir: Path) -> None:
-        """Confusion matrix and per-class F1 as artifacts, shown in the trial's dashboard note."""
-        from optuna_dashboard import save_note
-        from optuna_dashboard.artifact import get_artifact_path
-
-        from search.pictures import confusion_png, per_class_f1_png
-
-        best = result.best_metrics
-        out_dir.mkdir(parents=True, exist_ok=True)
-        names = result.class_names
-        pictures = {
-            "confusion matrix": confusion_png(best["confusion_matrix"], names, out_dir / "confusion_matrix.png"),
-            "per-class F1": per_class_f1_png(best["per_class_f1"], names, out_dir / "per_class_f1.png"),
-        }
-        links = []
-        for title, path in pictures.items():
-            artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.store, file_path=str(path), study_or_trial=trial
-            )
-            links.append(f"### {title}\n\n![{title}]({get_artifact_path(trial, artifact_id)})")
-        worst = sorted(range(len(names)), key=lambda c: best["per_class_f1"][c])[:3]
-        summary = (
-            f"## Trial {trial.number}: macro-F1 {best['macro_f1']:.4f} at epoch {result.best_epoch + 1}\n\n"
-            f"accuracy {best['accuracy']:.4f}, macro precision {best['macro_precision']:.4f}, "
-            f"macro recall {best['macro_recall']:.4f}, {result.epochs_run} epochs, "
-            f"{result.train_images_per_second:.0f} img/s on {result.device}\n\n"
-            "weakest classes: " + ", ".join(f"{names[c]} ({best['per_class_f1'][c]:.2f})" for c in worst)
-        )
-        save_note(trial, "\n\n".join([summary, *links]))
 
     def _store_checkpoint(self, trial: optuna.Trial, path: Path) -> None:
         artifact_id = optuna.artifacts.upload_artifact(

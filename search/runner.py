@@ -86,26 +86,33 @@ def create_study(spec: Study, options: RunOptions) -> optuna.Study:
     return study
 
 
-class Retention:
-    """After each complete trial, delete checkpoints outside the best ``keep`` complete trials."""
+class AfterTrial:
+    """After each trial: drop checkpoints outside the best ``keep`` complete trials, show progress.
 
-    def __init__(self, store: AtomicArtifactStore, keep: int) -> None:
+    One read of the study's trials serves both (each read is several queries on a remote database).
+    """
+
+    def __init__(self, store: AtomicArtifactStore, keep: int, progress: Progress, n_trials: int) -> None:
         self.store = store
         self.keep = keep
+        self.progress = progress
+        self.n_trials = n_trials
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state != TrialState.COMPLETE:
-            return
-        complete = sorted(
-            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True
-        )
-        for old in complete[self.keep :]:
-            artifact_id = old.user_attrs.get(CHECKPOINT_ATTR)
-            if artifact_id:
-                try:
-                    self.store.remove(artifact_id)
-                except ArtifactNotFound:
-                    pass  # already removed by this or another worker
+        trials = study.get_trials(deepcopy=False)
+        complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+        if trial.state == TrialState.COMPLETE:
+            for old in complete[self.keep :]:
+                artifact_id = old.user_attrs.get(CHECKPOINT_ATTR)
+                if artifact_id:
+                    try:
+                        self.store.remove(artifact_id)
+                    except ArtifactNotFound:
+                        pass  # already removed by this or another worker
+        if trial.state == TrialState.FAIL:
+            self.progress.line(f"trial {trial.number} failed: {trial.user_attrs.get('failure_reason', 'see log')}")
+        best = (complete[0].number, float(complete[0].value)) if complete else None
+        self.progress.study(study.study_name, Counter(t.state.name for t in trials), self.n_trials, best)
 
 
 def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
@@ -118,11 +125,7 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     gate = TrialGate(options.storage_url, spec.name)
     work_dir = options.artifacts.parent / "work" / spec.name / f"worker-{os.getpid()}"
     objective = Objective(spec, store, work_dir, gate, progress)
-
-    def report(study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
-            progress.line(f"trial {trial.number} failed: {trial.user_attrs.get('failure_reason', 'see log')}")
-        progress.study(spec.name, state_counts(study), options.n_trials, best_of(study))
+    after_trial = AfterTrial(store, spec.checkpoints.keep_top_k, progress, options.n_trials)
 
     deadline = time.monotonic() + options.timeout if options.timeout else None
     while deadline is None or time.monotonic() < deadline:
@@ -143,10 +146,11 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
                 objective,
                 n_trials=1,
                 catch=(TrialFailed,),
-                callbacks=[Retention(store, spec.checkpoints.keep_top_k), report],
+                callbacks=[after_trial],
             )
         finally:
             gate.release()
+    objective.pictures.wait()
     return study
 
 

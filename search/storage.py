@@ -139,17 +139,33 @@ class AtomicArtifactStore(FileSystemArtifactStore):
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         target = self._get_filepath(artifact_id)
         handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
+        os.close(handle)
         try:
-            with os.fdopen(handle, "wb") as file:
-                while chunk := content_body.read(1 << 20):
-                    file.write(chunk)
-                file.flush()
-                os.fsync(file.fileno())
-            make_readable(temporary)
+            if not self._link(content_body, temporary):
+                with open(temporary, "wb") as file:
+                    while chunk := content_body.read(1 << 20):
+                        file.write(chunk)
+                    file.flush()
+                    os.fsync(file.fileno())
+                make_readable(temporary)
             os.replace(temporary, target)
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)
             raise SearchError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
+
+    @staticmethod
+    def _link(content_body: BinaryIO, temporary: str) -> bool:
+        """A checkpoint on the same file system is linked, not copied: no second write of its bytes."""
+        source = getattr(content_body, "name", None)
+        if not isinstance(source, str) or not os.path.isfile(source):
+            return False
+        try:
+            os.unlink(temporary)
+            os.link(source, temporary)
+        except OSError:
+            Path(temporary).touch()
+            return False
+        return True
 
 
 class TrialGate:

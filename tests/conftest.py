@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from training import TrainConfig
+from training import TrainConfig, loop
 from training.data import cache as decode_cache
 
 PG_URL = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -23,6 +23,7 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
     decode_cache._IN_PROCESS.clear()
+    loop._PREPARED.clear()
 
 
 def write_image(path: Path, rng: np.random.Generator, color: tuple[int, int, int], size=(20, 16)) -> None:

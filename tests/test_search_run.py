@@ -94,9 +94,13 @@ def test_run_completes_prunes_and_samples_the_four_names(finished_study):
 
 
 def test_retention_keeps_only_the_top_k_checkpoints(finished_study):
-    files = [p for p in (finished_study["home"] / "artifacts").iterdir() if not p.name.startswith(".")]
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
-    assert [p.name for p in files] == [study.best_trial.user_attrs["checkpoint_artifact"]]
+    store = finished_study["home"] / "artifacts"
+    checkpoints = {t.number: t.user_attrs.get("checkpoint_artifact") for t in study.trials}
+    kept = [n for n, a in checkpoints.items() if a and (store / a).is_file()]
+    assert kept == [study.best_trial.number]  # keep_top_k=1
+    pictures = [p for p in store.iterdir() if p.read_bytes()[:4] == b"\x89PNG"]
+    assert len(pictures) == 2 * 5  # confusion matrix and per-class F1 of every finished trial
     assert not list((finished_study["home"] / "work").rglob("*.safetensors"))  # nothing left behind
 
 

@@ -70,14 +70,25 @@ class PreparedData:
         return np.bincount(self.decoded.labels[self.train_idx], minlength=self.num_classes)
 
 
+_PREPARED: dict[tuple[str, int], PreparedData] = {}
+
+
 def prepare_data(config: DataConfig, seed: int, progress: Callable[[int, int], None] | None = None) -> PreparedData:
-    """Load the source, decode it once (cached), and split it by the seed."""
+    """Load the source, decode it once (cached), and split it by the seed.
+
+    Memoised per process: the trials of a worker share one listing, one decode and one split
+    (the files are taken to stay as they are while a worker runs; a new process looks again).
+    """
+    key = (config.model_dump_json(), seed)
+    if key in _PREPARED:
+        return _PREPARED[key]
     dataset = load_source(config)
     decoded = decode_images(
         dataset, config.image_size, default_cache_dir(config.cache_dir), config.decode_threads, progress
     )
     train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
-    return PreparedData(decoded, train_idx, val_idx)
+    _PREPARED[key] = PreparedData(decoded, train_idx, val_idx)
+    return _PREPARED[key]
 
 
 def resolve_device(name: str) -> torch.device:
