@@ -9,19 +9,22 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from search.pictures import TrialPictures
 from search.progress import Progress
 from search.space import sample
-from search.storage import AtomicArtifactStore, TrialGate
+from search.storage import AtomicArtifactStore, TrialGate, trial_artifact_record, upload
 from search.studyfile import Study
 from training import ConfigError, NonFiniteLossError, TrainResult, train
-from training.errors import SearchError
+from training.errors import DiskError, SearchError
 
 CHECKPOINT_ATTR = "checkpoint_artifact"
 SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
@@ -81,6 +84,7 @@ class Objective:
         out_dir = self.work_dir / f"trial-{trial.number}"
         config = self.spec.trial_config(params, out_dir)
         trial.set_user_attr("seed", config.seed)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("config", json.dumps(config.model_dump(mode="json"), sort_keys=True))
         self.progress.trial_started(trial.number, params)
 
@@ -91,19 +95,20 @@ class Objective:
 
         try:
             result = train(config, on_epoch_end)
-        except ConfigError as error:  # the study is wrong: stop, don't burn more trials
-            trial.set_user_attr("failure_reason", str(error))
+        except (ConfigError, DiskError) as error:  # the study or the disk is wrong: stop, burn no more trials
+            _note_failure(trial, failure_reason=str(error))
             raise
         except NonFiniteLossError as error:
-            trial.set_user_attr("failure_reason", str(error))
-            trial.set_user_attr("failed_epoch", error.epoch)
+            _note_failure(trial, failure_reason=str(error), failed_epoch=error.epoch)
             raise TrialFailed(f"trial {trial.number}: {error}") from None
         except KeyboardInterrupt:
-            trial.set_user_attr("failure_reason", "interrupted")
+            _note_failure(trial, failure_reason="interrupted")
             raise
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            raise  # the database is away: the worker waits for it (see StorageOutage)
         except Exception as error:  # recorded on the trial, which turns FAIL; the worker goes on
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            trial.set_user_attr("failure_reason", reason)
+            _note_failure(trial, failure_reason=reason)
             raise TrialFailed(f"trial {trial.number} failed: {reason}") from error
         finally:
             _free_device_memory()
@@ -115,15 +120,23 @@ class Objective:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise optuna.TrialPruned(f"macro-F1 {value:.4f} after {result.epochs_run} epochs")
         if result.checkpoint is not None and result.checkpoint.is_file():
-            self._store_checkpoint(trial, result.checkpoint)
+            try:
+                artifact_id = upload(self.store, result.checkpoint, trial_artifact_record(trial))
+                trial.set_user_attr(CHECKPOINT_ATTR, artifact_id)
+            except DiskError as error:
+                _note_failure(trial, failure_reason=str(error))
+                raise
         shutil.rmtree(out_dir, ignore_errors=True)
         return value
 
-    def _store_checkpoint(self, trial: optuna.Trial, path: Path) -> None:
-        artifact_id = optuna.artifacts.upload_artifact(
-            artifact_store=self.store, file_path=str(path), study_or_trial=trial
-        )
-        trial.set_user_attr(CHECKPOINT_ATTR, artifact_id)
+
+def _note_failure(trial: optuna.Trial, **attrs: Any) -> None:
+    """Record why a trial failed, as far as the storage lets us: the failure itself must not be masked."""
+    try:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        pass
 
 
 def _free_device_memory() -> None:

@@ -5,11 +5,8 @@ Drawn with matplotlib's object API on the Agg canvas: no display, no global pypl
 
 from __future__ import annotations
 
-import json
 import logging
-import mimetypes
 import tempfile
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,18 +112,14 @@ class TrialPictures:
         self.pending.clear()
 
     def _upload(self, handle: _TrialHandle, path: Path) -> str:
-        artifact_id = str(uuid.uuid4())
-        with open(path, "rb") as file:
-            self.store.write(artifact_id, file)
-        meta = {
-            "artifact_id": artifact_id,
-            "filename": path.name,
-            "mimetype": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
-            "encoding": None,
-        }
-        key = f"dashboard:artifacts:{handle._trial_id}:{artifact_id}"
-        handle.storage.set_study_system_attr(handle.study._study_id, key, json.dumps(meta))
-        return artifact_id
+        """Under optuna-dashboard's key for a trial's artifacts: a study attribute, writable after the trial ended."""
+        from search.storage import upload
+
+        def record(artifact_id: str, meta: str) -> None:
+            key = f"dashboard:artifacts:{handle._trial_id}:{artifact_id}"
+            handle.storage.set_study_system_attr(handle.study._study_id, key, meta)
+
+        return upload(self.store, path, record)
 
     def _attach(self, handle: _TrialHandle, number: int, result: Any) -> None:
         from optuna_dashboard import save_note

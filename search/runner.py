@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
@@ -27,12 +28,14 @@ from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
-from search.storage import AtomicArtifactStore, TrialGate, open_storage, redact
+from search.storage import AtomicArtifactStore, StorageError, TrialGate, open_storage, redact
 from search.studyfile import Study
 from training import prepare_data
+from training.errors import SearchError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 2.0
+MAX_FAILURES_IN_A_ROW = 5
 
 
 class Interrupted(KeyboardInterrupt):
@@ -87,9 +90,10 @@ def create_study(spec: Study, options: RunOptions) -> optuna.Study:
 
 
 class AfterTrial:
-    """After each trial: drop checkpoints outside the best ``keep`` complete trials, show progress.
+    """After each trial: drop checkpoints outside the best ``keep`` complete trials, show progress,
+    and stop the worker when trials keep failing (a broken setup must not burn the whole budget).
 
-    One read of the study's trials serves both (each read is several queries on a remote database).
+    One read of the study's trials serves all three (each read is several queries on a remote database).
     """
 
     def __init__(self, store: AtomicArtifactStore, keep: int, progress: Progress, n_trials: int) -> None:
@@ -97,8 +101,16 @@ class AfterTrial:
         self.keep = keep
         self.progress = progress
         self.n_trials = n_trials
+        self.failures_in_a_row = 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            reason = trial.user_attrs.get("failure_reason", "see the log")
+            raise SearchError(
+                f"{self.failures_in_a_row} trials in a row failed on this worker, the last with: {reason}; "
+                "fix the cause and run again to continue"
+            )
         trials = study.get_trials(deepcopy=False)
         complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
         if trial.state == TrialState.COMPLETE:
@@ -128,9 +140,10 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     after_trial = AfterTrial(store, spec.checkpoints.keep_top_k, progress, options.n_trials)
 
     deadline = time.monotonic() + options.timeout if options.timeout else None
+    outage = StorageOutage(progress)
     while deadline is None or time.monotonic() < deadline:
-        gate.acquire()
         try:
+            gate.acquire()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
@@ -148,10 +161,47 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
                 catch=(TrialFailed,),
                 callbacks=[after_trial],
             )
+            outage.over()
+        except Exception as error:
+            cause = storage_failure(error)
+            if cause is None:
+                raise
+            outage.wait(cause)  # the running trial is lost; the heartbeat fails it and it is retried
         finally:
             gate.release()
     objective.pictures.wait()
     return study
+
+
+def storage_failure(error: BaseException) -> BaseException | None:
+    """The database error behind ``error``, if any: Optuna may re-raise it as something else
+    (an assertion in its trial bookkeeping) while the database is away."""
+    while error is not None:
+        if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            return error
+        error = error.__context__
+    return None
+
+
+class StorageOutage:
+    """A database that went away (restart, network): wait and try again, for a bounded time."""
+
+    def __init__(self, progress: Progress, limit_seconds: float = 120.0) -> None:
+        self.progress = progress
+        self.limit = limit_seconds
+        self.since: float | None = None
+
+    def wait(self, error: Exception) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        if now - self.since > self.limit:
+            raise StorageError(f"storage unreachable for {self.limit:.0f} s: {first}") from None
+        self.progress.line(f"storage error ({first}); retrying")
+        time.sleep(min(5.0, 0.5 + now - self.since))
+
+    def over(self) -> None:
+        self.since = None
 
 
 def install_signal_handlers() -> None:

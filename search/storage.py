@@ -8,9 +8,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
+import mimetypes
 import os
 import tempfile
+import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from training.checkpoint import make_readable
-from training.errors import ConfigError, SearchError
+from training.errors import ConfigError, DiskError, SearchError
 
 
 class StorageError(SearchError):
@@ -138,8 +142,11 @@ class AtomicArtifactStore(FileSystemArtifactStore):
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         target = self._get_filepath(artifact_id)
-        handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
-        os.close(handle)
+        try:
+            handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
+            os.close(handle)
+        except OSError as error:
+            raise DiskError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
         try:
             if not self._link(content_body, temporary):
                 with open(temporary, "wb") as file:
@@ -151,7 +158,7 @@ class AtomicArtifactStore(FileSystemArtifactStore):
             os.replace(temporary, target)
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)
-            raise SearchError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
+            raise DiskError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
 
     @staticmethod
     def _link(content_body: BinaryIO, temporary: str) -> bool:
@@ -166,6 +173,30 @@ class AtomicArtifactStore(FileSystemArtifactStore):
             Path(temporary).touch()
             return False
         return True
+
+
+def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], None]) -> str:
+    """Store a file as an artifact: the bytes first, then ``record(artifact_id, meta_json)`` writes
+    the attribute that points to them, so a failed write never leaves a record of a missing or
+    truncated file."""
+    artifact_id = str(uuid.uuid4())
+    with open(path, "rb") as file:
+        store.write(artifact_id, file)
+    meta = {
+        "artifact_id": artifact_id,
+        "filename": path.name,
+        "mimetype": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+        "encoding": None,
+    }
+    record(artifact_id, json.dumps(meta))
+    return artifact_id
+
+
+def trial_artifact_record(trial: optuna.Trial) -> Callable[[str, str], None]:
+    """Where Optuna keeps a running trial's artifacts: a trial system attribute."""
+    return lambda artifact_id, meta: trial.storage.set_trial_system_attr(
+        trial._trial_id, f"artifacts:{artifact_id}", meta
+    )
 
 
 class TrialGate:

@@ -179,3 +179,84 @@ def test_export_of_a_study_with_no_finished_trial(tmp_path, capsys, monkeypatch)
     optuna.create_study(study_name="empty", storage=storage)
     assert main(["export", "--study", "empty", "--out", str(tmp_path / "x")]) == 1
     assert "has no complete trial to export yet" in capsys.readouterr().err
+
+
+def _restart_postgresql() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+
+
+def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path):
+    from conftest import postgres_url
+
+    url = postgres_url()
+    name = f"restart-{os.getpid()}"
+    env = {**os.environ, "SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
+    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, "--n-trials", "4",
+               "--set", f"name={name}", "--set", "train.epochs=8", "--set", "pruner={name: none}"]  # fmt: skip
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and worker.poll() is None
+            try:
+                trials = optuna.load_study(study_name=name, storage=url).trials
+            except KeyError:
+                trials = []
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                t.state == TrialState.RUNNING and t.intermediate_values for t in trials
+            ):
+                break
+            time.sleep(0.05)
+        before = {t.number: (t.value, t.user_attrs) for t in trials if t.state == TrialState.COMPLETE}
+        _restart_postgresql()
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+        study = optuna.load_study(study_name=name, storage=url)
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 4
+        for number, (value, attrs) in before.items():  # finished trials untouched
+            assert study.trials[number].value == value and study.trials[number].user_attrs == attrs
+        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+        assert len([t for t in study.trials if t.state == TrialState.FAIL]) <= 1  # at most the running one
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs): writes to it fail with 'No space left on device'."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp_path, tiny_disk):
+    (tiny_disk / "filler").write_bytes(b"\0" * 200_000)  # leave less room than a checkpoint needs
+    env = {"SEARCH_HOME": str(tmp_path), "SEARCH_ARTIFACTS": str(tiny_disk / "artifacts")}
+    run = search("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "pruner={name: none}",
+                 "--set", "model.name=resnet10t", env=env, check=False)  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "No space left on device" in run.stderr.strip().splitlines()[-1]
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "No space left on device" in failed[0].user_attrs["failure_reason"]
+    assert all("checkpoint_artifact" not in t.user_attrs for t in study.trials)
+    assert not any(k.startswith("artifacts:") for k in failed[0].system_attrs)  # no record of a half file
+    leftovers = [p for p in tiny_disk.rglob("*") if p.is_file() and p.name != "filler"]
+    assert leftovers == [], leftovers  # temporary files removed
+
+
+def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(tmp_path):
+    run = search(
+        "run", "--study", "lr-sweep", "--n-trials", "20", *TINY, "--set", "space.lr={choices: [1.0e+30]}",
+        "--set", "enqueue=[]", env={"SEARCH_HOME": str(tmp_path)}, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1 and "5 trials in a row failed" in run.stderr and "loss became nan" in run.stderr
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    assert len(study.trials) == 5 and all(t.state == TrialState.FAIL for t in study.trials)

@@ -202,18 +202,19 @@ def test_two_workers_share_one_sqlite_file(tmp_path):
     assert len(finished) == 4 and len(study.trials) == 4
 
 
-def test_four_workers_share_one_study_on_postgresql(tmp_path):
+def test_eight_workers_share_one_study_on_postgresql(tmp_path):
     url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     env = {"SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
     try:
-        run = search("run", "--study", "lr-sweep", "--n-trials", "8", "--workers", "4", *TINY,
-                     "--set", f"name={name}", "--set", "train.epochs=2", env=env)  # fmt: skip
+        run = search("run", "--study", "lr-sweep", "--n-trials", "16", "--workers", "8", *TINY,
+                     "--set", f"name={name}", "--set", "train.epochs=1", env=env)  # fmt: skip
         assert "Error" not in run.stderr and "error" not in run.stderr.lower()
         study = optuna.load_study(study_name=name, storage=url)
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        assert len(finished) == 8 and len(study.trials) == 8
-        assert sorted(t.number for t in study.trials) == list(range(8))
+        assert len(finished) == 16 and len(study.trials) == 16
+        assert sorted(t.number for t in study.trials) == list(range(16))  # no duplicates, no surplus
+        assert len({t.user_attrs["worker"] for t in study.trials}) >= 4  # the trials really were shared
         assert len({t.user_attrs.get("seed") for t in finished}) == 1
     finally:
         optuna.delete_study(study_name=name, storage=url)

@@ -4,7 +4,7 @@ Nothing is unpickled on load. The header holds the timm model name, the class na
 size and normalisation, the resolved config, the metrics and library versions, so a plain timm
 model can be rebuilt from the file alone::
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
     import json, timm
     meta = json.loads(safe_open(path, "pt").metadata()["search"])
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from training.errors import SearchError
+from training.errors import DiskError, SearchError
 
 FORMAT = "search-checkpoint/1"
 
@@ -42,17 +42,21 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     header = {"search": json.dumps({"format": FORMAT, **meta, "versions": library_versions()})}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+    except OSError as error:
+        raise DiskError(f"could not write checkpoint {path}: {error.strerror or error}") from None
     try:
         save_file(state, temporary, metadata=header)
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
         make_readable(temporary)
         os.replace(temporary, path)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         Path(temporary).unlink(missing_ok=True)
-        raise SearchError(f"could not write checkpoint {path}: {error.strerror or error}") from None
+        reason = getattr(error, "strerror", None) or str(error).rsplit(": ", 1)[-1]
+        raise DiskError(f"could not write checkpoint {path}: {reason}") from None
     return path
 
 

@@ -19,6 +19,10 @@ class DataError(SearchError):
     """The data set cannot be read: missing root, empty set, a class with no images."""
 
 
+class DiskError(SearchError):
+    """A file could not be written (disk full, no permission): the run stops, nothing half-written stays."""
+
+
 class NonFiniteLossError(SearchError):
     """The training loss became NaN or infinite; the trial ends, the study goes on."""
 
