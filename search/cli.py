@@ -39,6 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_study(args.study, args.set)
     url = _storage(args)
+    if args.trials_per_gpu:
+        import torch
+
+        # K workers on each GPU: short trials leave a GPU idle between steps; two share it well.
+        args.workers = args.trials_per_gpu * max(1, torch.cuda.device_count())
     if args.workers > 1 and is_sqlite(url):
         print(
             f"search: {args.workers} workers share one SQLite file; writes are serialised. "
@@ -60,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from search.runner import create_study
 
         create_study(spec, options)  # once, so workers don't race to create it
-        argv = _without_option(args.argv, ("--workers", "--storage"))
+        argv = _without_option(args.argv, ("--workers", "--storage", "--trials-per-gpu"))
         return run_workers(argv, options)
     install_signal_handlers()
     if not args.quiet and args.worker_index == 0:
@@ -185,14 +190,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what, and where to look), exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--storage", help="SQLAlchemy URL (default: $SEARCH_STORAGE or .search/studies.db)")
     common.add_argument("--artifacts", help="artifact folder (default: $SEARCH_ARTIFACTS or .search/artifacts)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
-    parser = argparse.ArgumentParser(prog="search", description="Hyperparameter search for timm image classifiers.")
+    parser = _Parser(prog="search", description="Hyperparameter search for timm image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run (or continue) a study")
@@ -200,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="finished trials the study should reach")
     run.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    run.add_argument("--trials-per-gpu", type=int, metavar="K", help="K workers per GPU (sets --workers)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
     run.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
     run.add_argument("--grace-period", type=int, default=None, help=argparse.SUPPRESS)

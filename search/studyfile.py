@@ -140,6 +140,7 @@ class TrainSettings(Frozen):
     accumulation_steps: int = Field(1, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     device: str = "auto"
+    compile: bool = False
 
 
 class Budget(Frozen):

@@ -148,4 +148,5 @@ class TrainConfig(Frozen):
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 0
     device: str = "auto"  # auto: CUDA when there is one, else CPU
+    compile: bool = False  # torch.compile the model; the inductor cache persists under data.cache_dir
     output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written

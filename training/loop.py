@@ -8,6 +8,7 @@ validation macro-F1 (never accuracy: the data is imbalanced) is checkpointed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -20,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import device_augment
 from training.augment import build_pipeline
 from training.checkpoint import save_checkpoint
 from training.config import DataConfig, TrainConfig
 from training.data.cache import DecodedImages, decode_images
-from training.data.loader import BatchLoader, rarest_classes
+from training.data.loader import BatchLoader, DeviceBatchLoader, rarest_classes, resident_images
 from training.data.sources import default_cache_dir, load_source
 from training.data.split import split_train_val
 from training.errors import NonFiniteLossError
@@ -33,6 +35,7 @@ from training.metrics import classification_metrics
 from training.models import create_model, normalisation
 from training.schedulers import Schedule, build_schedule
 
+log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict[str, Any]], bool | None]
 
 
@@ -114,7 +117,9 @@ class InputPipe:
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        """uint8 NHWC (as decoded) or float NCHW 0..255 (augmented on the device) → normalised input."""
+        x = images.to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float() if x.dtype == torch.uint8 else x
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
@@ -208,10 +213,37 @@ def checkpoint_meta(config: TrainConfig, data: PreparedData, pipe_norm: tuple, e
     }
 
 
-def build_loaders(config: TrainConfig, data: PreparedData) -> tuple[BatchLoader, BatchLoader]:
+def build_loaders(
+    config: TrainConfig, data: PreparedData, device: torch.device | None = None
+) -> tuple[BatchLoader, BatchLoader]:
+    """Training and validation batches; on CUDA from resident images with device augmentation
+    when every transform has a device counterpart, else albumentations on the CPU."""
     images, labels = data.decoded.images, data.decoded.labels
     augment = config.augment
     rare = rarest_classes(labels[data.train_idx], data.num_classes, augment.rare_fraction)
+    if device is not None and device.type == "cuda":
+        if (
+            all(device_augment.supported(spec) for spec in (augment.train, augment.rare, augment.val))
+            and not augment.val
+        ):
+            resident = resident_images(images, device)
+            common = {"device": device, "seed": config.seed}
+            train_loader = DeviceBatchLoader(
+                resident, labels, data.train_idx, config.batch_size, shuffle=True, balanced=augment.balanced_sampling,
+                rare_classes=rare, augment=device_augment.DeviceAugment(augment.train, config.seed) if augment.train
+                else None, rare_augment=device_augment.DeviceAugment(augment.rare, config.seed + 1) if augment.rare
+                else None, **common,
+            )  # fmt: skip
+            val_loader = DeviceBatchLoader(
+                resident, labels, data.val_idx, config.eval_batch_size, shuffle=False, **common
+            )
+            return train_loader, val_loader
+        log.warning(
+            "augmentation %s has transforms without a GPU counterpart; it runs with albumentations on the CPU, "
+            "which is likely to be the bottleneck (GPU transforms: %s)",
+            [s.get("name") for s in augment.train] if isinstance(augment.train, list) else "(albumentations dict)",
+            sorted(device_augment.DEVICE_TRANSFORMS),
+        )
     train_loader = BatchLoader(
         images,
         labels,
@@ -236,6 +268,31 @@ def build_loaders(config: TrainConfig, data: PreparedData) -> tuple[BatchLoader,
     return train_loader, val_loader
 
 
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """timm's optimizer by name; on CUDA the fused implementation where torch has one."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs = {"opt": config.optimizer.name, "lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}
+    if device.type == "cuda" and config.optimizer.name in ("adam", "adamw", "sgd", "momentum"):
+        try:
+            return create_optimizer_v2(model, fused=True, **kwargs)
+        except (TypeError, RuntimeError, ValueError):
+            pass  # this torch or timm has no fused variant of it
+    return create_optimizer_v2(model, **kwargs)
+
+
+def compiled(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """``torch.compile`` with the inductor cache on disk, shared by every worker of the machine, so a
+    shape compiles once per machine rather than once per trial."""
+    import os
+
+    cache = default_cache_dir(config.data.cache_dir) / "inductor"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return torch.compile(model)
+
+
 def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
     """Train one model as configured; ``on_epoch_end(epoch, metrics)`` returning True stops early."""
     device = resolve_device(config.device)
@@ -243,16 +300,14 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
     seed_everything(config.seed)
     model = create_model(config.model, data.num_classes).to(device)
     if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
         model = model.to(memory_format=torch.channels_last)
     norm = normalisation(model)
+    forward = compiled(model, config) if config.compile else model
     pipe = InputPipe(*norm, device)
-    train_loader, val_loader = build_loaders(config, data)
+    train_loader, val_loader = build_loaders(config, data, device)
     loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
-    from timm.optim import create_optimizer_v2
-
-    optimizer = create_optimizer_v2(
-        model, opt=config.optimizer.name, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
-    )
+    optimizer = build_optimizer(model, config, device)
     schedule = build_schedule(optimizer, config.scheduler, config.epochs)
     checkpoint_path = Path(config.output_dir) / "best.safetensors" if config.output_dir else None
 
@@ -263,7 +318,7 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
     for epoch in range(config.epochs):
         lr = schedule.lr()
         loss, seen, seconds = train_one_epoch(
-            model, train_loader, epoch, pipe, loss_fn, optimizer, schedule, config.accumulation_steps
+            forward, train_loader, epoch, pipe, loss_fn, optimizer, schedule, config.accumulation_steps
         )
         images_seen, train_seconds = images_seen + seen, train_seconds + seconds
         metrics = {
@@ -271,7 +326,7 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
             "train_loss": loss,
             "lr": lr,
             "train_images_per_second": seen / seconds if seconds else float("inf"),
-            **evaluate(model, val_loader, pipe),
+            **evaluate(forward, val_loader, pipe),
         }
         history.append(metrics)
         if metrics["macro_f1"] > best_metrics.get("macro_f1", -1.0):

@@ -102,3 +102,53 @@ def rarest_classes(labels: np.ndarray, num_classes: int, fraction: float) -> lis
     counts = np.bincount(labels, minlength=num_classes)
     n = max(1, round(fraction * num_classes))
     return sorted(int(c) for c in np.argsort(counts, kind="stable")[:n])
+
+
+class DeviceBatchLoader(BatchLoader):
+    """The same order and batch sizes as ``BatchLoader``, served from images resident on the GPU
+    (or in pinned host memory when they do not fit) and augmented there: no per-image Python,
+    no host round trip. Yields uint8 NHWC batches, or float NCHW (0..255) when augmented."""
+
+    def __init__(self, resident: torch.Tensor, labels: np.ndarray, indices: np.ndarray, batch_size: int, *,
+                 device: torch.device, augment=None, rare_augment=None, **kwargs) -> None:  # fmt: skip
+        super().__init__(resident, labels, indices, batch_size, **kwargs)
+        self.device = device
+        self.resident = resident
+        self.labels_device = torch.as_tensor(labels, device=device)
+        self.augment = augment
+        self.rare_augment = rare_augment
+        self.rare_device = torch.as_tensor(self.rare_classes, device=device)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.from_numpy(np.ascontiguousarray(self.order(epoch)))
+        order_device = order.to(self.device)
+        for augment in (self.augment, self.rare_augment):
+            if augment is not None:
+                augment.reseed(epoch, self.device)
+        start = 0
+        for size in self.batch_sizes():
+            rows = order_device if self.resident.is_cuda else order
+            images = self.resident[rows[start : start + size]].to(self.device, non_blocking=True)
+            labels = self.labels_device[order_device[start : start + size]]
+            start += size
+            if self.augment is not None:
+                images = self.augment(images)
+            if self.rare_augment is not None and len(self.rare_device):
+                rare = torch.isin(labels, self.rare_device)
+                images = images.permute(0, 3, 1, 2).float() if images.dtype == torch.uint8 else images
+                images = torch.where(rare[:, None, None, None], self.rare_augment(images), images)
+            yield images, labels
+
+
+_RESIDENT: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def resident_images(images: np.ndarray, device: torch.device, share_of_free: float = 0.5) -> torch.Tensor:
+    """The decoded images on ``device`` when they fit in ``share_of_free`` of its free memory, else
+    in pinned host memory; once per process (later trials reuse them)."""
+    key = (id(images), str(device))
+    if key not in _RESIDENT:
+        free, _ = torch.cuda.mem_get_info(device)
+        host = torch.from_numpy(images)
+        _RESIDENT[key] = host.to(device) if images.nbytes < share_of_free * free else host.pin_memory()
+    return _RESIDENT[key]

@@ -1,0 +1,322 @@
+"""Trial throughput on one device, in one run, as ratios:
+
+(a) the compute ceiling: the model step on pre-made device tensors (bf16 + channels_last on CUDA);
+(b) the competition-style pipeline: image files decoded and augmented by albumentations in
+    DataLoader worker processes, then the same model step;
+(c) a trial's training epoch through ``training/`` (decoded cache; on CUDA resident on the GPU
+    with device augmentation);
+(d) K trials packed on the device (K processes running (c) at once), images/s together;
+plus the start-up of a new trial process with a warm decode cache, and a short study on generated
+competition-sized data (wall time, decode time, share of the rest spent in training and
+validation steps).
+
+    python benchmarks/trial_throughput.py            # CPU, small sizes (seconds)
+    python benchmarks/trial_throughput.py --gpu      # the sizes of the competition, < 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+SIZES = {
+    # people, image (h, w) on disk, model input, model, batch, trials × epochs of the short study
+    "cpu": {"people": 30, "photo": (96, 72), "input": 32, "model": "resnet10t", "batch": 32, "trials": 3, "epochs": 2},
+    "gpu": {"people": 2700, "photo": (512, 384), "input": 224, "model": "efficientnet_b0", "batch": 256,
+            "trials": 8, "epochs": 4},
+}  # fmt: skip
+AUGMENT = [
+    {"name": "HorizontalFlip", "p": 0.5},
+    {"name": "Affine", "scale": [0.9, 1.1], "translate_percent": [-0.06, 0.06], "rotate": [-10, 10], "p": 0.7},
+    {"name": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5},
+]
+
+
+def make_mask_data(root: Path, people: int, photo: tuple[int, int], threads: int) -> int:
+    """The competition's layout with generated photos: 7 per person, 18 classes."""
+    stems = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
+    h, w = photo
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def one(i: int) -> None:
+        rng = np.random.default_rng(i)
+        gender, age = ("male", "female")[i % 2], int(rng.integers(18, 80))
+        folder = root / "images" / f"{i:06d}_{gender}_Asian_{age}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, stem in enumerate(stems):
+            base = np.stack([(xx * (k + 1)) % 256, (yy * (i % 7 + 1)) % 256, np.full_like(xx, age * 3)], -1)
+            image = base.astype(np.uint8)
+            cv2.circle(image, (w // 2, h // 2), h // 4, (40 * k % 256, 200 if i % 2 else 60, age * 3), -1)
+            cv2.imwrite(str(folder / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(people)))
+    return people * 7
+
+
+def timed_steps(step, batches, warmup: int, device: torch.device) -> float:
+    """Images per second over ``batches`` after ``warmup`` steps; synchronises only at the ends."""
+    count, started = 0, None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started, count = time.perf_counter(), 0
+        count += step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - started)
+
+
+def model_and_step(name: str, classes: int, device: torch.device):
+    import timm
+
+    from training.config import OptimizerConfig, TrainConfig
+    from training.loop import autocast, build_optimizer
+
+    model = timm.create_model(name, num_classes=classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = build_optimizer(model, TrainConfig(optimizer=OptimizerConfig(lr=1e-4)), device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(batch) -> int:
+        x, y = batch
+        with autocast(device):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return len(y)
+
+    return model, step
+
+
+def ceiling(size: dict, device: torch.device, steps: int) -> float:
+    _, step = model_and_step(size["model"], 18, device)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.randn(size["batch"], 3, size["input"], size["input"], device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 18, (size["batch"],), device=device)
+    return timed_steps(step, ((x, y) for _ in range(steps + 3)), 3, device)
+
+
+def competition_pipeline(size: dict, paths: list[str], device: torch.device, steps: int, workers: int) -> float:
+    """JPEG decode + albumentations (Resize, flip, brightness/contrast, affine, Normalize) per image in
+    DataLoader workers, as the competition's baseline does."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    transform = A.Compose([A.Resize(size["input"], size["input"]), *[getattr(A, s["name"])(**{k: v for k, v in
+                           s.items() if k != "name"}) for s in AUGMENT], A.Normalize(), ToTensorV2()])  # fmt: skip
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(paths)
+
+        def __getitem__(self, i: int):
+            image = cv2.cvtColor(cv2.imread(paths[i]), cv2.COLOR_BGR2RGB)
+            return transform(image=image)["image"], i % 18
+
+    loader = torch.utils.data.DataLoader(
+        Files(), batch_size=size["batch"], shuffle=True, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    _, step = model_and_step(size["model"], 18, device)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def batches():
+        for i, (x, y) in enumerate(loader):
+            if i >= steps + 3:
+                return
+            yield x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
+
+    return timed_steps(step, batches(), 3, device)
+
+
+def trial_epoch_throughput(config_json: str, epochs: int) -> tuple[float, float, float]:
+    """(c): training epochs through training/ with the trial's own loaders.
+
+    Returns (img/s, seconds from the call to the first step, wall time.time() at the first step)."""
+    started = time.perf_counter()
+    from training import TrainConfig
+    from training.loop import InputPipe, build_loaders, prepare_data, resolve_device, train_one_epoch
+    from training.losses import build_loss
+    from training.models import create_model, normalisation
+    from training.schedulers import build_schedule
+
+    config = TrainConfig.model_validate_json(config_json)
+    device = resolve_device(config.device)
+    data = prepare_data(config.data, config.seed)
+    model = create_model(config.model, data.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    from training.loop import build_optimizer
+
+    optimizer = build_optimizer(model, config, device)
+    schedule = build_schedule(optimizer, config.scheduler, config.epochs)
+    loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
+    pipe = InputPipe(*normalisation(model), device)
+    train_loader, _ = build_loaders(config, data, device)
+    ready, ready_at = time.perf_counter() - started, time.time()
+    train_one_epoch(model, train_loader, 0, pipe, loss_fn, optimizer, schedule, 1)  # warm-up
+    rates = []
+    for epoch in range(1, epochs + 1):
+        _, seen, seconds = train_one_epoch(model, train_loader, epoch, pipe, loss_fn, optimizer, schedule, 1)
+        rates.append(seen / seconds)
+    return (float(np.median(rates)) if rates else 0.0), ready, ready_at
+
+
+def child(args: argparse.Namespace) -> None:
+    rate, _, ready_at = trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs)
+    print(json.dumps({"rate": rate, "ready_at": ready_at}), flush=True)
+
+
+def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float]]:
+    """(d): K processes train at once on the device; their rates add up."""
+    command = [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // k)))  # as `search run --workers`
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(k)]
+    rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["rate"] for p in procs]
+    return sum(rates), rates
+
+
+def startup_seconds(config_path: Path) -> float:
+    """A new worker process: imports, the persisted decode cache, the model, loaders, until its first step."""
+    spawned = time.time()
+    out = subprocess.run([sys.executable, __file__, "--child", str(config_path), "--child-epochs", "0"],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])["ready_at"] - spawned
+
+
+def short_study(size: dict, root: Path, home: Path) -> dict:
+    """The default study's sampler and pruner on the generated competition data."""
+    import optuna
+
+    import training.loop as loop
+    from search.runner import RunOptions, worker_loop
+    from search.studyfile import load_study
+    from training.loop import prepare_data
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    busy = {"seconds": 0.0}
+    real_train, real_eval = loop.train_one_epoch, loop.evaluate
+
+    def timed(function):
+        def wrapper(*args, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                busy["seconds"] += time.perf_counter() - started
+
+        return wrapper
+
+    overrides = [f"data.root={root}", f"data.image_size={size['input']}", f"model.name={size['model']}",
+                 "model.pretrained=false", f"train.batch_size={size['batch']}", f"train.epochs={size['epochs']}",
+                 f"train.augment.train={json.dumps(AUGMENT)}", "train.augment.rare=[]", "enqueue=[]",
+                 f"data.cache_dir={home / 'cache'}"]  # fmt: skip
+    spec = load_study("mask-lr-sweep", overrides)
+    started = time.perf_counter()
+    prepare_data(spec.data, spec.seed)
+    decode = time.perf_counter() - started
+    loop.train_one_epoch, loop.evaluate = timed(real_train), timed(real_eval)
+    try:
+        options = RunOptions(storage_url=f"sqlite:///{home}/s.db", artifacts=home / "artifacts",
+                             n_trials=size["trials"], timeout=None, quiet=True)  # fmt: skip
+        study_started = time.perf_counter()
+        study = worker_loop(spec, options)
+        rest = time.perf_counter() - study_started
+    finally:
+        loop.train_one_epoch, loop.evaluate = real_train, real_eval
+    states = [t.state.name for t in study.trials]
+    return {"decode": decode, "rest": rest, "busy": busy["seconds"], "wall": decode + rest,
+            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gpu", action="store_true", help="the competition's sizes on CUDA")
+    parser.add_argument("--device", help="override the device (e.g. cuda with the small sizes: a smoke test)")
+    parser.add_argument("--child")
+    parser.add_argument("--child-epochs", type=int, default=2)
+    parser.add_argument("--packed", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    size = SIZES["gpu" if args.gpu else "cpu"]
+    device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
+    cores = os.cpu_count() or 1
+    rows: list[tuple[str, str]] = []
+
+    def show(name: str, value: str) -> None:
+        rows.append((name, value))
+        print(f"{name:58} {value}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root, home = Path(tmp) / "mask", Path(tmp) / "home"
+        started = time.perf_counter()
+        n = make_mask_data(root, size["people"], size["photo"], cores)
+        show(
+            "generated JPEGs", f"{n} at {size['photo'][0]}x{size['photo'][1]} in {time.perf_counter() - started:.1f} s"
+        )
+        paths = sorted(str(p) for p in root.rglob("*.jpg"))
+
+        study = short_study(size, root, home)
+        show("short study: decode of all JPEGs", f"{study['decode']:.1f} s on {cores} cores")
+        show(f"short study: {size['trials']} trials x {size['epochs']} epochs, wall after decode",
+             f"{study['rest']:.1f} s ({study['complete']} complete, {study['pruned']} pruned)")  # fmt: skip
+        show(
+            "short study: busy share (train + validation steps / wall after decode)",
+            f"{study['busy'] / study['rest']:.2f}",
+        )
+
+        from search.studyfile import load_study
+
+        config = load_study("mask-lr-sweep", [
+            f"data.root={root}", f"data.image_size={size['input']}", f"model.name={size['model']}",
+            "model.pretrained=false", f"train.batch_size={size['batch']}", f"train.augment.train={json.dumps(AUGMENT)}",
+            "train.augment.rare=[]", f"data.cache_dir={home / 'cache'}",
+            f"train.device={device.type}"]).trial_config({}, None)  # fmt: skip
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(config.model_dump_json())
+        steps = 30 if args.gpu else 10
+        a = ceiling(size, device, steps)
+        show(f"(a) compute ceiling, {size['model']} batch {size['batch']} at {size['input']}", f"{a:8.0f} img/s")
+        b = competition_pipeline(size, paths, device, steps, max(1, cores - 1))
+        show(f"(b) JPEG + albumentations in {max(1, cores - 1)} DataLoader workers", f"{b:8.0f} img/s")
+        c, trial_start, _ = trial_epoch_throughput(config_path.read_text(), 2 if args.gpu else 1)
+        show("(c) a trial's epoch through training/", f"{c:8.0f} img/s")
+        show("start-up of a trial in a running worker (data in memory)", f"{trial_start:.2f} s")
+        d, each = packed(config_path, args.packed, 2 if args.gpu else 1)
+        show(
+            f"(d) {args.packed} trials packed on the device",
+            f"{d:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})",
+        )
+        show("start-up of a new worker process, warm decode cache on disk", f"{startup_seconds(config_path):.1f} s")
+        print()
+        print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
+        print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU")
+        print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
+        print(
+            f"device: {torch.cuda.get_device_name() if args.gpu else f'CPU, {cores} cores'}; torch {torch.__version__}"
+        )
+
+
+if __name__ == "__main__":
+    main()

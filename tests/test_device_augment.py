@@ -1,0 +1,82 @@
+"""The device augmentation path, run here on CPU tensors (the same code runs on CUDA tensors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.data.loader import BatchLoader, DeviceBatchLoader
+from training.device_augment import DeviceAugment, supported
+
+
+@pytest.fixture
+def images():
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 12, 16, 3), dtype=np.uint8))
+
+
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).float()
+
+
+def test_flip_with_p_one_mirrors_exactly(images):
+    out = DeviceAugment([{"name": "HorizontalFlip", "p": 1.0}], seed=0)(images)
+    assert torch.allclose(out, nchw(images).flip(3), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"name": "HorizontalFlip", "p": 0.0},
+        {"name": "Affine", "scale": [1.0, 1.0], "translate_percent": [0, 0], "rotate": [0, 0], "p": 1.0},
+        {"name": "RandomBrightnessContrast", "brightness_limit": 0.3, "contrast_limit": 0.3, "p": 0.0},
+        {"name": "RandomResizedCrop", "size": [12, 16], "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "p": 1.0},
+    ],
+)
+def test_identity_settings_leave_images_unchanged(images, step):
+    assert torch.allclose(DeviceAugment([step], seed=0)(images), nchw(images), atol=1e-3)
+
+
+def test_brightness_contrast_stays_within_its_limits(images):
+    flat = torch.full((4, 8, 8, 3), 100, dtype=torch.uint8)
+    out = DeviceAugment([{"name": "RandomBrightnessContrast", "brightness_limit": 0.1, "contrast_limit": 0.0,
+                          "p": 1.0}], seed=1)(flat)  # fmt: skip
+    shifts = out.amax(dim=(1, 2, 3)) - 100
+    assert (shifts.abs() <= 25.5 + 1e-3).all() and (out.amin(dim=(1, 2, 3)) == out.amax(dim=(1, 2, 3))).all()
+
+
+def test_translation_moves_content_by_the_drawn_share():
+    image = torch.zeros(1, 8, 16, 3, dtype=torch.uint8)
+    image[0, :, 4] = 255  # a vertical line at x = 4
+    shifted = DeviceAugment([{"name": "Affine", "translate_percent": [0.25, 0.25], "p": 1.0}], seed=0)(image)
+    assert shifted[0, 0, 4, 8] == pytest.approx(255, abs=1)  # moved right by 25% of 16 px
+
+
+def test_draws_depend_on_seed_and_epoch_only(images):
+    spec = [{"name": "Affine", "scale": [0.8, 1.2], "rotate": [-20, 20], "p": 0.7}, {"name": "HorizontalFlip"}]
+    a, b = DeviceAugment(spec, seed=3), DeviceAugment(spec, seed=3)
+    a.reseed(2, images.device)
+    b.reseed(2, images.device)
+    assert torch.equal(a(images), b(images))
+    b.reseed(3, images.device)
+    assert not torch.equal(a(images), b(images))
+
+
+def test_which_pipelines_have_a_device_path():
+    assert supported([{"name": "HorizontalFlip", "p": 0.5}, {"name": "Affine", "rotate": [-5, 5]}])
+    assert not supported([{"name": "HueSaturationValue"}])  # albumentations on the CPU
+    assert not supported([{"name": "Affine", "shear": 5}])  # a parameter this path does not model
+    assert not supported({"transform": {}})  # albumentations' own serialised form
+
+
+def test_device_loader_serves_the_same_order_and_labels_as_the_cpu_loader(images):
+    labels = np.arange(6) % 3
+    indices = np.arange(6)
+    cpu = BatchLoader(images.numpy(), labels, indices, 4, shuffle=True, seed=5)
+    device = DeviceBatchLoader(images, labels, indices, 4, shuffle=True, seed=5, device=torch.device("cpu"))
+    for (x1, y1), (x2, y2) in zip(cpu.batches(1), device.batches(1)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    augmented = DeviceBatchLoader(images, labels, indices, 4, shuffle=True, seed=5, device=torch.device("cpu"),
+                                  augment=DeviceAugment([{"name": "HorizontalFlip", "p": 1.0}], 0))  # fmt: skip
+    x, _ = next(augmented.batches(1))
+    assert x.dtype == torch.float32 and x.shape == (4, 3, 12, 16)
