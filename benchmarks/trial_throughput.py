@@ -313,9 +313,8 @@ def main() -> None:
         print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
         print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU")
         print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
-        print(
-            f"device: {torch.cuda.get_device_name() if args.gpu else f'CPU, {cores} cores'}; torch {torch.__version__}"
-        )
+        name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {cores} cores"
+        print(f"device: {name}; torch {torch.__version__}")
 
 
 if __name__ == "__main__":

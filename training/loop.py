@@ -189,7 +189,7 @@ def predict_probs(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> tup
         with autocast(pipe.device):
             logits = model(pipe(images))
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
