@@ -10,6 +10,8 @@ from typing import Any
 
 import optuna
 
+from training.config import registered
+
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
     "percentile": optuna.pruners.PercentilePruner,
@@ -23,8 +25,7 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 def build_pruner(component: Any) -> optuna.pruners.BasePruner:
     """The named pruner; a ValueError names the bad name or option."""
     options = dict(component.options)
-    if component.name not in PRUNERS:
-        raise ValueError(f"unknown pruner '{component.name}', choose from {sorted(PRUNERS)}")
+    registered("pruner", component.name, PRUNERS)
     if component.name == "patient":
         wrapped = options.pop("wrapped", {"name": "none"})
         if not isinstance(wrapped, dict) or "name" not in wrapped:

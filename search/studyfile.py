@@ -21,6 +21,7 @@ from training.config import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    registered,
 )
 from training.errors import ConfigError
 
@@ -172,8 +173,7 @@ class Study(Frozen):
     def _sampler(cls, component: Component) -> Component:
         from search.samplers import SAMPLERS
 
-        if component.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler '{component.name}', choose from {sorted(SAMPLERS)}")
+        registered("sampler", component.name, SAMPLERS)
         return component
 
     @field_validator("pruner")

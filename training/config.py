@@ -8,6 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def registered(kind: str, name: str, registry: dict) -> str:
+    """``name`` if the registry has it; else an error that lists the names it has."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} '{name}', choose from {sorted(registry)}")
+    return name
+
+
 class Frozen(BaseModel):
     """Base of every config object: unknown keys and mutation are refused."""
 
@@ -89,9 +96,7 @@ class LossConfig(Frozen):
     def _known_loss(cls, name: str) -> str:
         from training.losses import LOSSES
 
-        if name not in LOSSES:
-            raise ValueError(f"unknown loss '{name}', choose from {sorted(LOSSES)}")
-        return name
+        return registered("loss", name, LOSSES)
 
 
 class SchedulerConfig(Frozen):
@@ -111,9 +116,7 @@ class SchedulerConfig(Frozen):
     def _known_scheduler(cls, name: str) -> str:
         from training.schedulers import SCHEDULERS
 
-        if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{name}', choose from {sorted(SCHEDULERS)}")
-        return name
+        return registered("scheduler", name, SCHEDULERS)
 
 
 class OptimizerConfig(Frozen):
