@@ -159,3 +159,15 @@ def test_local_weights_file_loads_the_backbone_and_a_fresh_head(tmp_path):
     backbone = [k for k in source.state_dict() if not k.startswith("fc.")]
     assert len(backbone) > 10 and all(torch.equal(source.state_dict()[k], loaded[k]) for k in backbone)
     # timm re-creates a classifier whose class count differs from the weights' own (1000 here)
+
+
+def test_albumentations_own_serialised_form_is_accepted(folder_dataset):
+    import albumentations as A
+
+    serialised = A.to_dict(A.Compose([A.HorizontalFlip(p=1.0)]))
+    config = tiny_config(folder_dataset, epochs=1, augment={"train": serialised})
+    data = prepare_data(config.data, config.seed)
+    loader, _ = build_loaders(config, data)
+    images, _ = next(loader.batches(0))
+    order = loader.order(0)[: len(images)]
+    assert torch.equal(images, torch.from_numpy(data.decoded.images[order][:, :, ::-1].copy()))
