@@ -63,14 +63,14 @@ def epochs_to(points: list[tuple[int, float]], target: float) -> float:
 
 
 def summary(values: list[float]) -> str:
-    if any(v == float("inf") for v in values):
+    """Mean ± spread over the seeds that got there; how many never did."""
+    reached = [v for v in values if v != float("inf")]
+    never = f" ({len(values) - len(reached)} never)" if len(reached) < len(values) else ""
+    if not reached:
         return "never"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return (
-        f"{statistics.mean(values):.3f} ± {spread:.3f}"
-        if values[0] < 2
-        else f"{statistics.mean(values):.0f} ± {spread:.0f}"
-    )
+    spread = statistics.stdev(reached) if len(reached) > 1 else 0.0
+    digits = 3 if reached[0] < 2 else 0
+    return f"{statistics.mean(reached):.{digits}f} ± {spread:.{digits}f}{never}"
 
 
 def main() -> None:
@@ -94,7 +94,7 @@ def main() -> None:
     curves = {arm: {s: curve(t) for s, t in by_seed.items()} for arm, by_seed in results.items()}
     best_any = {s: max(curves[arm][s][-1][1] for arm in args.arms) for s in args.seeds}
     print(f"\n{args.n_trials} trials per arm, seeds {args.seeds}; mean ± spread over seeds")
-    print(f"{'arm':26} {'best F1':>15} {'epochs':>11} {'epochs to 98%':>15} {'pruned early':>13}")
+    print(f"{'arm':26} {'best F1':>15} {'epochs':>11} {'epochs to 98%':>22} {'pruned early':>13}")
     for arm in args.arms:
         best = [curves[arm][s][-1][1] for s in args.seeds]
         epochs = [float(curves[arm][s][-1][0]) for s in args.seeds]
