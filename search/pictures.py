@@ -18,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas, sized in inches."""
     figure = Figure(figsize=(width, height), dpi=90, layout="tight")
     FigureCanvasAgg(figure)
     return figure
@@ -31,7 +32,7 @@ def confusion_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], p
     counts = np.asarray(matrix)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
-    figure = _figure(2.5 + 0.45 * n, 2.0 + 0.4 * n)
+    figure = new_figure(2.5 + 0.45 * n, 2.0 + 0.4 * n)
     ax = figure.add_subplot()
     sns.heatmap(
         share,
@@ -59,7 +60,7 @@ def per_class_f1_png(per_class_f1: Sequence[float], class_names: Sequence[str], 
     import seaborn as sns
 
     values = np.asarray(per_class_f1, dtype=float)
-    figure = _figure(3.0 + 0.35 * len(class_names), 3.2)
+    figure = new_figure(3.0 + 0.35 * len(class_names), 3.2)
     ax = figure.add_subplot()
     sns.barplot(x=list(class_names), y=values, color="#4c72b0", ax=ax)
     ax.axhline(values.mean(), color="#c44e52", linestyle="--", label=f"macro-F1 {values.mean():.3f}")

@@ -12,14 +12,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.export import choose_trial
-from search.pictures import _figure, confusion_png, per_class_f1_png
+from search.pictures import confusion_png, new_figure, per_class_f1_png
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
 
 
 def class_distribution_png(train_counts: np.ndarray, val_counts: np.ndarray, names: Sequence[str], path: Path) -> Path:
     order = np.argsort(-(train_counts + val_counts))
-    figure = _figure(3.0 + 0.4 * len(names), 3.6)
+    figure = new_figure(3.0 + 0.4 * len(names), 3.6)
     ax = figure.add_subplot()
     x = np.arange(len(names))
     ax.bar(x, train_counts[order], label="train", color="#4c72b0")
@@ -35,7 +35,7 @@ def class_distribution_png(train_counts: np.ndarray, val_counts: np.ndarray, nam
 
 def image_grid_png(rows: list[tuple[str, np.ndarray]], path: Path, per_row: int = 8) -> Path:
     """One row per (title, images[k, H, W, 3]) pair."""
-    figure = _figure(1.2 * per_row + 2.0, 1.3 * len(rows) + 0.4)
+    figure = new_figure(1.2 * per_row + 2.0, 1.3 * len(rows) + 0.4)
     for r, (title, images) in enumerate(rows):
         for c in range(per_row):
             ax = figure.add_subplot(len(rows), per_row, r * per_row + c + 1)
@@ -49,7 +49,7 @@ def image_grid_png(rows: list[tuple[str, np.ndarray]], path: Path, per_row: int 
 
 
 def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
-    figure = _figure(10, 3.8)
+    figure = new_figure(10, 3.8)
     for k, key in enumerate(("loss", "scheduler")):
         ax = figure.add_subplot(1, 2, k + 1)
         groups = sorted({t.params.get(key, "?") for t in trials})
@@ -70,7 +70,7 @@ def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
 
 
 def learning_curves_png(trials: list[FrozenTrial], path: Path) -> Path:
-    figure = _figure(7, 4)
+    figure = new_figure(7, 4)
     ax = figure.add_subplot()
     for t in trials:
         steps = sorted(t.intermediate_values)

@@ -28,12 +28,11 @@ from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
-from search.storage import AtomicArtifactStore, StorageError, TrialGate, open_storage, redact
+from search.storage import AtomicArtifactStore, StorageError, TrialGate, open_storage
 from search.studyfile import Study
 from training import prepare_data
 from training.errors import SearchError
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
 
@@ -239,6 +238,3 @@ def run_workers(argv: list[str], options: RunOptions) -> int:
     codes = [child.wait() for child in children]
     bad = [c for c in codes if c != 0]
     return bad[0] if bad else 0
-
-
-__all__ = ["RunOptions", "create_study", "run_workers", "worker_loop", "redact", "install_signal_handlers"]
