@@ -34,7 +34,7 @@ def _store(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.runner import RunOptions, install_signal_handlers, run_workers, worker_loop
-    from search.storage import artifact_dir, is_sqlite, redact
+    from search.storage import artifact_dir, is_sqlite
     from search.studyfile import load_study
 
     spec = load_study(args.study, args.set)
@@ -68,8 +68,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv = _without_option(args.argv, ("--workers", "--storage", "--trials-per-gpu"))
         return run_workers(argv, options)
     install_signal_handlers()
-    if not args.quiet and args.worker_index == 0:
-        print(f"search: study '{spec.name}' on {redact(url)}, {options.n_trials} trials", file=sys.stderr)
     study = worker_loop(spec, options)
     if args.worker_index == 0 and not args.quiet:
         _print_best(study)

@@ -28,7 +28,7 @@ from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
-from search.storage import AtomicArtifactStore, StorageError, TrialGate, open_storage
+from search.storage import AtomicArtifactStore, StorageError, TrialGate, open_storage, redact
 from search.studyfile import Study
 from training import prepare_data
 from training.errors import SearchError
@@ -132,6 +132,8 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     progress = Progress(options.quiet, prefix)
     study = create_study(spec, options)
     prepare_data(spec.data, spec.seed, progress=progress.decode)  # decode once, before any trial
+    if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
+        progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     store = AtomicArtifactStore(options.artifacts)
     gate = TrialGate(options.storage_url, spec.name)
     work_dir = options.artifacts.parent / "work" / spec.name / f"worker-{os.getpid()}"
