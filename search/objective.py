@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
 
 from search.pictures import TrialPictures
 from search.progress import Progress
 from search.space import sample
-from search.storage import AtomicArtifactStore, TrialGate, trial_artifact_record, upload
+from search.storage import STORAGE_ERRORS, AtomicArtifactStore, TrialGate, trial_artifact_record, upload
 from search.studyfile import Study
 from training import ConfigError, NonFiniteLossError, TrainResult, train
 from training.errors import DiskError, SearchError
@@ -104,7 +103,7 @@ class Objective:
         except KeyboardInterrupt:
             _note_failure(trial, failure_reason="interrupted")
             raise
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        except STORAGE_ERRORS:
             raise  # the database is away: the worker waits for it (see StorageOutage)
         except Exception as error:  # recorded on the trial, which turns FAIL; the worker goes on
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
@@ -135,7 +134,7 @@ def _note_failure(trial: optuna.Trial, **attrs: Any) -> None:
     try:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+    except STORAGE_ERRORS:
         pass
 
 

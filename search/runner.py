@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
@@ -28,7 +27,15 @@ from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
-from search.storage import AtomicArtifactStore, StorageError, TrialGate, open_storage, redact
+from search.storage import (
+    STORAGE_ERRORS,
+    AtomicArtifactStore,
+    StorageError,
+    TrialGate,
+    describe_db_error,
+    open_storage,
+    redact,
+)
 from search.studyfile import Study
 from training import prepare_data
 from training.errors import SearchError
@@ -178,7 +185,7 @@ def storage_failure(error: BaseException) -> BaseException | None:
     """The database error behind ``error``, if any: Optuna may re-raise it as something else
     (an assertion in its trial bookkeeping) while the database is away."""
     while error is not None:
-        if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+        if isinstance(error, STORAGE_ERRORS):
             return error
         error = error.__context__
     return None
@@ -195,7 +202,7 @@ class StorageOutage:
     def wait(self, error: Exception) -> None:
         now = time.monotonic()
         self.since = self.since or now
-        first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        first = describe_db_error(error)
         if now - self.since > self.limit:
             raise StorageError(f"storage unreachable for {self.limit:.0f} s: {first}") from None
         self.progress.line(f"storage error ({first}); retrying")

@@ -32,6 +32,15 @@ class StorageError(SearchError):
     """The storage cannot be reached or used (exit code 1)."""
 
 
+# What a database that went away raises, directly or through Optuna.
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+def describe_db_error(error: BaseException) -> str:
+    """The first line of the driver's message (SQLAlchemy wraps it with SQL and a link)."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
 def search_home() -> Path:
     """``$SEARCH_HOME``, default ``./.search``: the SQLite file and the artifact folder live here."""
     return Path(os.environ.get("SEARCH_HOME", ".search"))
@@ -98,8 +107,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30)
                 _write_ahead_log(storage.engine)
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
-            first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-            raise StorageError(f"cannot open storage {redact(url)}: {first}") from None
+            raise StorageError(f"cannot open storage {redact(url)}: {describe_db_error(error)}") from None
 
 
 def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:
