@@ -221,21 +221,27 @@ def build_loaders(
     images, labels = data.decoded.images, data.decoded.labels
     augment = config.augment
     rare = rarest_classes(labels[data.train_idx], data.num_classes, augment.rare_fraction)
+    on_device = device_augment.supported(augment.train) and device_augment.supported(augment.rare)
     if device is not None and device.type == "cuda":
-        if (
-            all(device_augment.supported(spec) for spec in (augment.train, augment.rare, augment.val))
-            and not augment.val
-        ):
+        if on_device and not augment.val:  # validation runs un-augmented on the device
             resident = resident_images(images, device)
-            common = {"device": device, "seed": config.seed}
+            train_augment = device_augment.DeviceAugment(augment.train, config.seed) if augment.train else None
+            rare_augment = device_augment.DeviceAugment(augment.rare, config.seed + 1) if augment.rare else None
             train_loader = DeviceBatchLoader(
-                resident, labels, data.train_idx, config.batch_size, shuffle=True, balanced=augment.balanced_sampling,
-                rare_classes=rare, augment=device_augment.DeviceAugment(augment.train, config.seed) if augment.train
-                else None, rare_augment=device_augment.DeviceAugment(augment.rare, config.seed + 1) if augment.rare
-                else None, **common,
-            )  # fmt: skip
+                resident,
+                labels,
+                data.train_idx,
+                config.batch_size,
+                device=device,
+                seed=config.seed,
+                shuffle=True,
+                balanced=augment.balanced_sampling,
+                rare_classes=rare,
+                augment=train_augment,
+                rare_augment=rare_augment,
+            )
             val_loader = DeviceBatchLoader(
-                resident, labels, data.val_idx, config.eval_batch_size, shuffle=False, **common
+                resident, labels, data.val_idx, config.eval_batch_size, device=device, seed=config.seed, shuffle=False
             )
             return train_loader, val_loader
         log.warning(
