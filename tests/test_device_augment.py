@@ -80,3 +80,20 @@ def test_device_loader_serves_the_same_order_and_labels_as_the_cpu_loader(images
                                   augment=DeviceAugment([{"name": "HorizontalFlip", "p": 1.0}], 0))  # fmt: skip
     x, _ = next(augmented.batches(1))
     assert x.dtype == torch.float32 and x.shape == (4, 3, 12, 16)
+
+
+def test_device_training_batches_are_all_full_so_the_step_keeps_one_shape(images):
+    labels, indices = np.arange(6) % 3, np.arange(6)
+    train = DeviceBatchLoader(images, labels, indices, 4, shuffle=True, seed=5, device=torch.device("cpu"))
+    assert [len(y) for _, y in train.batches(0)] == [4]  # the other 2 images come in other epochs
+    assert len(set(np.concatenate([y.numpy() for e in range(6) for _, y in train.batches(e)]))) == 3
+    val = DeviceBatchLoader(images, labels, indices, 4, shuffle=False, seed=5, device=torch.device("cpu"))
+    assert [len(y) for _, y in val.batches(0)] == [4, 2]  # validation sees every image
+
+
+def test_augmenting_a_float_batch_leaves_it_as_it_was(images):
+    batch = nchw(images)
+    before = batch.clone()
+    spec = [{"name": "RandomBrightnessContrast", "brightness_limit": 0.3, "contrast_limit": 0.3, "p": 1.0}]
+    out = DeviceAugment(spec, seed=0)(batch)
+    assert torch.equal(batch, before) and not torch.equal(out, before)

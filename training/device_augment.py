@@ -110,7 +110,8 @@ class DeviceAugment:
         device = images.device
         if self.generator is None:
             self.reseed(0, device)
-        x = images.permute(0, 3, 1, 2).float() if images.dtype == torch.uint8 else images
+        # A new float tensor either way: everything below may work in place.
+        x = images.permute(0, 3, 1, 2).float() if images.dtype == torch.uint8 else images.clone()
         n, _, h, w = x.shape
         affine: torch.Tensor | None = None
         for step in self.steps:
@@ -127,8 +128,10 @@ class DeviceAugment:
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         for step in self.steps:
             if step["name"] == "RandomBrightnessContrast":
-                on = self._chosen(n, float(step.get("p", 0.5)), device)[:, None, None, None]
+                on = self._chosen(n, float(step.get("p", 0.5)), device)
                 alpha = 1.0 + self._uniform(n, *_pair(step.get("contrast_limit", 0.2), (0, 0), True), device)
                 beta = self._uniform(n, *_pair(step.get("brightness_limit", 0.2), (0, 0), True), device) * 255.0
-                x = torch.where(on, x * alpha[:, None, None, None] + beta[:, None, None, None], x)
+                # Images not chosen get x * 1 + 0: one in-place pass over the batch, no copy.
+                alpha, beta = torch.where(on, alpha, 1.0), torch.where(on, beta, 0.0)
+                x.mul_(alpha[:, None, None, None]).add_(beta[:, None, None, None])
         return x.clamp_(0.0, 255.0)

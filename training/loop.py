@@ -117,10 +117,12 @@ class InputPipe:
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC (as decoded) or float NCHW 0..255 (augmented on the device) → normalised input."""
+        """uint8 NHWC (as decoded) or float NCHW 0..255 (augmented on the device; normalised in place)
+        → normalised input."""
         x = images.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float() if x.dtype == torch.uint8 else x
-        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        x.sub_(self.mean).div_(self.std)  # a float batch is the augmentation's own: no copies
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -105,9 +105,13 @@ def rarest_classes(labels: np.ndarray, num_classes: int, fraction: float) -> lis
 
 
 class DeviceBatchLoader(BatchLoader):
-    """The same order and batch sizes as ``BatchLoader``, served from images resident on the GPU
-    (or in pinned host memory when they do not fit) and augmented there: no per-image Python,
-    no host round trip. Yields uint8 NHWC batches, or float NCHW (0..255) when augmented."""
+    """The same order as ``BatchLoader``, served from images resident on the GPU (or in pinned host
+    memory when they do not fit) and augmented there: no per-image Python, no host round trip.
+    Yields uint8 NHWC batches, or float NCHW (0..255) when augmented.
+
+    Training batches are all full: one shape per trial, so cuDNN's autotuning and ``torch.compile``
+    happen once instead of again for a short last batch (its images come in other epochs).
+    """
 
     def __init__(self, resident: torch.Tensor, labels: np.ndarray, indices: np.ndarray, batch_size: int, *,
                  device: torch.device, augment=None, rare_augment=None, **kwargs) -> None:  # fmt: skip
@@ -118,6 +122,11 @@ class DeviceBatchLoader(BatchLoader):
         self.augment = augment
         self.rare_augment = rare_augment
         self.rare_device = torch.as_tensor(self.rare_classes, device=device)
+
+    def batch_sizes(self) -> list[int]:
+        sizes = super().batch_sizes()
+        full = [size for size in sizes if size == self.batch_size]
+        return full if self.shuffle and full else sizes
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.from_numpy(np.ascontiguousarray(self.order(epoch)))
