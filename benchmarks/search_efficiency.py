@@ -1,10 +1,22 @@
-"""Search efficiency on the demo data (CPU): which sampler and pruner find a good model in fewest epochs.
+"""Search efficiency on the demo data (CPU): does the default study find a good model in fewer epochs?
 
-Arms, each with the same trial budget and seed: random without pruning, TPE without pruning, and
-TPE with each candidate pruner. Per arm and seed: the best validation macro-F1, the epochs trained,
-and the epochs until a trial first reached 98% of the best F1 any arm found with that seed (counted
-epoch by epoch, in trial order). Prints means and spreads over seeds, and how often pruning stopped
-a trial early; writes best-F1-so-far against epochs spent, one line per arm.
+Arms, each with the same trial budget and seed, the rest of the study as shipped in
+``studies/lr-sweep.yaml``:
+
+- random sampler, no pruning (a practitioner's blind sweep);
+- the study's sampler (TPE), no pruning;
+- the study's sampler and pruner, blind (no enqueued configurations);
+- the default study as shipped: sampler, pruner and its enqueued known-good configurations.
+
+Per arm and seed: the best validation macro-F1, the epochs trained, the epochs until a trial first
+reached 98% of the best F1 any arm found with that seed (epoch by epoch, in trial order) and the
+share of trials pruned. Prints means and spreads over seeds; writes best-F1-so-far against epochs
+spent, one line per arm.
+
+Pruners are chosen by replaying the random arm's trials through each candidate: a random sampler's
+parameters do not depend on pruning, so a replay is exactly what that pruner would have done, and
+every pruned trial's full curve is known. Trials pruned in the pruned arms are also checked against
+the same parameters' unpruned run (TPE's start-up trials coincide across arms with one seed).
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--n-trials 16] [--out search_efficiency.png]
 """
@@ -14,31 +26,47 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search.runner import RunOptions, worker_loop
 from search.studyfile import load_study
 
 NO_PRUNING = "{name: none}"
-ARMS = {
-    "random, no pruning": ("{name: random}", NO_PRUNING),
-    "tpe, no pruning": ("{name: tpe, n_startup_trials: 5}", NO_PRUNING),
-    "tpe + median": ("{name: tpe, n_startup_trials: 5}", "{name: median, n_startup_trials: 3, n_warmup_steps: 2}"),
-    "tpe + successive halving": (
-        "{name: tpe, n_startup_trials: 5}",
-        "{name: successive_halving, min_resource: 2, reduction_factor: 2}",
-    ),
-    "tpe + hyperband": ("{name: tpe, n_startup_trials: 5}", "{name: hyperband, min_resource: 1, reduction_factor: 3}"),
+BLIND = "enqueue=[]"
+# (sampler override, pruner override, enqueue override); None keeps the shipped study's own.
+ARMS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "random, no pruning": ("{name: random}", NO_PRUNING, BLIND),
+    "tpe, no pruning": (None, NO_PRUNING, BLIND),
+    "tpe + pruner, blind": (None, None, BLIND),
+    "default study": (None, None, None),
 }
+# Candidates replayed on the random arm's trials (max_resource = the study's epochs).
+CANDIDATES: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
+    "median (3 start-up, warm-up 1)": lambda e: optuna.pruners.MedianPruner(3, 1),
+    "median (3 start-up, warm-up 2)": lambda e: optuna.pruners.MedianPruner(3, 2),
+    "percentile 75 (3, warm-up 1)": lambda e: optuna.pruners.PercentilePruner(75, 3, 1),
+    "percentile 75 (3, warm-up 2)": lambda e: optuna.pruners.PercentilePruner(75, 3, 2),
+    "successive halving (r 1, f 2)": lambda e: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+    "successive halving (r 2, f 2)": lambda e: optuna.pruners.SuccessiveHalvingPruner(min_resource=2),
+    "successive halving (r 3, f 2)": lambda e: optuna.pruners.SuccessiveHalvingPruner(min_resource=3),
+    "hyperband (r 1, f 3)": lambda e: optuna.pruners.HyperbandPruner(1, e, 3),
+    "hyperband (r 2, f 2)": lambda e: optuna.pruners.HyperbandPruner(2, e, 2),
+}
+Curve = list[tuple[int, float]]
 
 
-def run_arm(sampler: str, pruner: str, seed: int, n_trials: int, home: Path, extra: list[str]) -> list:
-    name = f"eff-{abs(hash((sampler, pruner, seed))) % 10**8}"
-    # No enqueued configurations: the arms compare blind search, each from the same seed.
-    overrides = [f"sampler={sampler}", f"pruner={pruner}", f"seed={seed}", f"name={name}", "enqueue=[]"]
+def run_arm(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) -> list[FrozenTrial]:
+    sampler, pruner, enqueue = ARMS[arm]
+    name = f"eff-{list(ARMS).index(arm)}-{seed}"
+    overrides = [f"seed={seed}", f"name={name}"]
+    for key, value in (("sampler", sampler), ("pruner", pruner)):
+        overrides += [f"{key}={value}"] if value else []
+    overrides += [enqueue] if enqueue else []
     spec = load_study("lr-sweep", overrides + extra)
     options = RunOptions(
         storage_url=f"sqlite:///{home}/{name}.db", artifacts=home / name, n_trials=n_trials, timeout=None, quiet=True
@@ -47,7 +75,7 @@ def run_arm(sampler: str, pruner: str, seed: int, n_trials: int, home: Path, ext
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
-def curve(trials: list) -> list[tuple[int, float]]:
+def curve(trials: list[FrozenTrial]) -> Curve:
     """(epochs spent, best F1 so far) after every epoch, trials in the order they ran."""
     points, spent, best = [], 0, 0.0
     for trial in sorted(trials, key=lambda t: t.number):
@@ -58,7 +86,7 @@ def curve(trials: list) -> list[tuple[int, float]]:
     return points
 
 
-def epochs_to(points: list[tuple[int, float]], target: float) -> float:
+def epochs_to(points: Curve, target: float) -> float:
     return next((spent for spent, best in points if best >= target), float("inf"))
 
 
@@ -73,54 +101,130 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(reached):.{digits}f} ± {spread:.{digits}f}{never}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n-trials", type=int, default=16)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS))
-    parser.add_argument("--out", default="search_efficiency.png")
-    parser.add_argument("--set", action="append", default=[])
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+def replay(curves: list[list[float]], order: np.ndarray, pruner: optuna.pruners.BasePruner) -> tuple[Curve, list[int]]:
+    """What ``pruner`` does to these trials in this order: the best-so-far curve and the pruned trials."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    points, spent, best, pruned = [], 0, 0.0, []
+    for i in order:
+        trial, values = study.ask(), curves[i]
+        for step, value in enumerate(values):
+            trial.report(value, step)
+            spent, best = spent + 1, max(best, value)
+            points.append((spent, best))
+            if step < len(values) - 1 and trial.should_prune():
+                pruned.append(int(i))
+                study.tell(trial, state=TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, max(values))
+    return points, pruned
 
-    results: dict[str, dict[int, list]] = {arm: {} for arm in args.arms}
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for arm in args.arms:
-                sampler, pruner = ARMS[arm]
-                results[arm][seed] = run_arm(sampler, pruner, seed, args.n_trials, Path(tmp), args.set)
-                print(f"seed {seed} {arm}: done", flush=True)
 
-    curves = {arm: {s: curve(t) for s, t in by_seed.items()} for arm, by_seed in results.items()}
-    best_any = {s: max(curves[arm][s][-1][1] for arm in args.arms) for s in args.seeds}
-    print(f"\n{args.n_trials} trials per arm, seeds {args.seeds}; mean ± spread over seeds")
-    print(f"{'arm':26} {'best F1':>15} {'epochs':>11} {'epochs to 98%':>22} {'pruned early':>13}")
-    for arm in args.arms:
-        best = [curves[arm][s][-1][1] for s in args.seeds]
-        epochs = [float(curves[arm][s][-1][0]) for s in args.seeds]
-        to98 = [float(epochs_to(curves[arm][s], 0.98 * best_any[s])) for s in args.seeds]
-        pruned = [sum(t.state == TrialState.PRUNED for t in results[arm][s]) / len(results[arm][s]) for s in args.seeds]
+def compare_pruners(random_trials: list[FrozenTrial], n_trials: int, epochs: int, orders: int = 200) -> None:
+    """Each candidate on the random arm's trials (all seeds pooled), in ``orders`` random orders."""
+    curves = [[t.intermediate_values[s] for s in sorted(t.intermediate_values)] for t in random_trials]
+    curves = [c for c in curves if len(c) == epochs]
+    rng = np.random.default_rng(0)
+    drawn = [rng.choice(len(curves), min(n_trials, len(curves)), replace=False) for _ in range(orders)]
+    unpruned = [replay(curves, order, optuna.pruners.NopPruner())[0] for order in drawn]
+    print(f"\npruner candidates, replayed on the random arm's {len(curves)} trials in {orders} orders of {n_trials}")
+    print(f"{'pruner':32} {'pruned':>7} {'epochs':>7} {'to 98% vs none':>15} {'best vs none':>13} {'lost best':>10}")
+    for name, make in CANDIDATES.items():
+        share, spent, ratio, delta, lost = [], [], [], [], 0
+        for order, base in zip(drawn, unpruned):
+            points, pruned = replay(curves, order, make(epochs))
+            mark = 0.98 * base[-1][1]
+            share.append(len(pruned) / len(order))
+            spent.append(points[-1][0])
+            ratio.append(epochs_to(points, mark) / epochs_to(base, mark))
+            delta.append(points[-1][1] - base[-1][1])
+            lost += any(max(curves[i]) > points[-1][1] for i in pruned)  # a pruned trial would have won
         print(
-            f"{arm:26} {summary(best):>15} {summary(epochs):>11} {summary(to98):>15} {statistics.mean(pruned):>12.0%}"
+            f"{name:32} {np.mean(share):>7.0%} {np.mean(spent):>7.1f} {np.mean(ratio):>15.2f}"
+            f" {np.mean(delta):>+13.4f} {lost / orders:>10.0%}"
         )
+    print("lost best: orders in which a pruned trial would have finished above the best that was kept")
 
+
+def check_pruned(pruned_arm: list[FrozenTrial], unpruned_arm: list[FrozenTrial]) -> tuple[int, int]:
+    """Pruned trials with an unpruned twin (same parameters), and how many of those would have won."""
+    finals = {tuple(sorted(t.params.items())): t.value for t in unpruned_arm if t.state == TrialState.COMPLETE}
+    best_kept = max((t.value for t in pruned_arm if t.state == TrialState.COMPLETE), default=0.0)
+    keys = [tuple(sorted(t.params.items())) for t in pruned_arm if t.state == TrialState.PRUNED]
+    twins = [finals[key] for key in keys if key in finals]
+    return len(twins), sum(value > best_kept for value in twins)
+
+
+def plot(curves: dict[str, dict[int, Curve]], marks: dict[int, float], seeds: list[int], out: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5 * len(args.seeds), 4), layout="tight")
+    figure = Figure(figsize=(5 * len(seeds), 4), layout="tight")
     FigureCanvasAgg(figure)
-    for k, seed in enumerate(args.seeds):
-        ax = figure.add_subplot(1, len(args.seeds), k + 1)
-        for arm in args.arms:
-            xs, ys = zip(*curves[arm][seed])
+    for k, seed in enumerate(seeds):
+        ax = figure.add_subplot(1, len(seeds), k + 1)
+        for arm, by_seed in curves.items():
+            xs, ys = zip(*by_seed[seed])
             ax.step(xs, ys, where="post", label=arm)
-        ax.axhline(0.98 * best_any[seed], color="grey", linestyle=":", label="98% of best")
+        ax.axhline(marks[seed], color="grey", linestyle=":", label="98% of best")
         ax.set_ylim(0.5, 1.0)
         ax.set_xlabel("epochs spent")
         ax.set_ylabel("best validation macro-F1 so far")
         ax.set_title(f"seed {seed}")
         ax.legend(fontsize=7)
-    figure.savefig(args.out)
+    figure.savefig(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n-trials", type=int, default=16)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--out", default="search_efficiency.png")
+    parser.add_argument("--set", action="append", default=[], help="a study override for every arm")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    shipped = load_study("lr-sweep", args.set)
+    print(f"study lr-sweep: sampler {shipped.sampler.name} {shipped.sampler.options}, "
+          f"pruner {shipped.pruner.name} {shipped.pruner.options}, {len(shipped.enqueue)} enqueued")  # fmt: skip
+
+    results: dict[str, dict[int, list[FrozenTrial]]] = {arm: {} for arm in args.arms}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for arm in args.arms:
+                results[arm][seed] = run_arm(arm, seed, args.n_trials, Path(tmp), args.set)
+                print(f"seed {seed} {arm}: done", flush=True)
+
+    curves = {arm: {s: curve(t) for s, t in by_seed.items()} for arm, by_seed in results.items()}
+    marks = {s: 0.98 * max(curves[arm][s][-1][1] for arm in args.arms) for s in args.seeds}
+    print(f"\n{args.n_trials} trials per arm, seeds {args.seeds}; mean ± spread over seeds")
+    print(f"{'arm':22} {'best F1':>15} {'epochs':>11} {'epochs to 98%':>22} {'pruned early':>13}")
+    to98: dict[str, list[float]] = {}
+    for arm in args.arms:
+        best = [curves[arm][s][-1][1] for s in args.seeds]
+        epochs = [float(curves[arm][s][-1][0]) for s in args.seeds]
+        to98[arm] = [float(epochs_to(curves[arm][s], marks[s])) for s in args.seeds]
+        pruned = [sum(t.state == TrialState.PRUNED for t in results[arm][s]) / len(results[arm][s]) for s in args.seeds]
+        print(
+            f"{arm:22} {summary(best):>15} {summary(epochs):>11} {summary(to98[arm]):>22}"
+            f" {statistics.mean(pruned):>12.0%}"
+        )
+    baseline = "random, no pruning"
+    if baseline in to98 and all(v != float("inf") for v in to98[baseline]):
+        for arm in args.arms:
+            if arm != baseline and all(v != float("inf") for v in to98[arm]):
+                ratio = statistics.mean(to98[arm]) / statistics.mean(to98[baseline])
+                print(f"epochs to 98%, {arm} / {baseline}: {ratio:.2f}")
+    if "tpe, no pruning" in results:
+        for arm in ("tpe + pruner, blind", "default study"):
+            if arm in results:
+                checks = [check_pruned(results[arm][s], results["tpe, no pruning"][s]) for s in args.seeds]
+                print(f"{arm}: {sum(c[0] for c in checks)} pruned trials have an unpruned twin; "
+                      f"{sum(c[1] for c in checks)} of them would have finished above the arm's best")  # fmt: skip
+    if baseline in results:
+        pooled = [t for s in args.seeds for t in results[baseline][s]]
+        compare_pruners(pooled, args.n_trials, shipped.trial_config({}, None).epochs)
+    plot(curves, marks, args.seeds, args.out)
     print(f"plot: {args.out}")
 
 

@@ -36,11 +36,6 @@ SIZES = {
     "gpu": {"people": 2700, "photo": (512, 384), "input": 224, "model": "efficientnet_b0", "batch": 256,
             "trials": 8, "epochs": 4},
 }  # fmt: skip
-AUGMENT = [
-    {"name": "HorizontalFlip", "p": 0.5},
-    {"name": "Affine", "scale": [0.9, 1.1], "translate_percent": [-0.06, 0.06], "rotate": [-10, 10], "p": 0.7},
-    {"name": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5},
-]
 
 
 def make_mask_data(root: Path, people: int, photo: tuple[int, int], threads: int) -> int:
@@ -112,14 +107,16 @@ def ceiling(size: dict, device: torch.device, steps: int) -> float:
     return timed_steps(step, ((x, y) for _ in range(steps + 3)), 3, device)
 
 
-def competition_pipeline(size: dict, paths: list[str], device: torch.device, steps: int, workers: int) -> float:
-    """JPEG decode + albumentations (Resize, flip, brightness/contrast, affine, Normalize) per image in
+def competition_pipeline(
+    size: dict, paths: list[str], augment: list[dict], device: torch.device, steps: int, workers: int
+) -> float:
+    """JPEG decode + albumentations (Resize, the study's training augmentation, Normalize) per image in
     DataLoader workers, as the competition's baseline does."""
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
     transform = A.Compose([A.Resize(size["input"], size["input"]), *[getattr(A, s["name"])(**{k: v for k, v in
-                           s.items() if k != "name"}) for s in AUGMENT], A.Normalize(), ToTensorV2()])  # fmt: skip
+                           s.items() if k != "name"}) for s in augment], A.Normalize(), ToTensorV2()])  # fmt: skip
 
     class Files(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -200,6 +197,18 @@ def startup_seconds(config_path: Path) -> float:
     return json.loads(out.strip().splitlines()[-1])["ready_at"] - spawned
 
 
+def mask_overrides(size: dict, root: Path, home: Path) -> list[str]:
+    """The shipped mask study (its augmentation included) on the generated data, at these sizes."""
+    return [
+        f"data.root={root}",
+        f"data.image_size={size['input']}",
+        f"model.name={size['model']}",
+        "model.pretrained=false",
+        f"train.batch_size={size['batch']}",
+        f"data.cache_dir={home / 'cache'}",
+    ]
+
+
 def short_study(size: dict, root: Path, home: Path) -> dict:
     """The default study's sampler and pruner on the generated competition data."""
     import optuna
@@ -227,10 +236,7 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
 
         return wrapper
 
-    overrides = [f"data.root={root}", f"data.image_size={size['input']}", f"model.name={size['model']}",
-                 "model.pretrained=false", f"train.batch_size={size['batch']}", f"train.epochs={size['epochs']}",
-                 f"train.augment.train={json.dumps(AUGMENT)}", "train.augment.rare=[]", "enqueue=[]",
-                 f"data.cache_dir={home / 'cache'}"]  # fmt: skip
+    overrides = mask_overrides(size, root, home) + [f"train.epochs={size['epochs']}", "enqueue=[]"]
     spec = load_study("mask-lr-sweep", overrides)
     started = time.perf_counter()
     prepare_data(spec.data, spec.seed)
@@ -288,17 +294,14 @@ def main() -> None:
 
         from search.studyfile import load_study
 
-        config = load_study("mask-lr-sweep", [
-            f"data.root={root}", f"data.image_size={size['input']}", f"model.name={size['model']}",
-            "model.pretrained=false", f"train.batch_size={size['batch']}", f"train.augment.train={json.dumps(AUGMENT)}",
-            "train.augment.rare=[]", f"data.cache_dir={home / 'cache'}",
-            f"train.device={device.type}"]).trial_config({}, None)  # fmt: skip
+        spec = load_study("mask-lr-sweep", mask_overrides(size, root, home) + [f"train.device={device.type}"])
+        config = spec.trial_config({}, None)
         config_path = Path(tmp) / "config.json"
         config_path.write_text(config.model_dump_json())
         steps = 30 if args.gpu else 10
         a = ceiling(size, device, steps)
         show(f"(a) compute ceiling, {size['model']} batch {size['batch']} at {size['input']}", f"{a:8.0f} img/s")
-        b = competition_pipeline(size, paths, device, steps, max(1, cores - 1))
+        b = competition_pipeline(size, paths, list(spec.train.augment.train), device, steps, max(1, cores - 1))
         show(f"(b) JPEG + albumentations in {max(1, cores - 1)} DataLoader workers", f"{b:8.0f} img/s")
         c, trial_start, _ = trial_epoch_throughput(config_path.read_text(), 2 if args.gpu else 1)
         show("(c) a trial's epoch through training/", f"{c:8.0f} img/s")

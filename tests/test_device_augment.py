@@ -64,7 +64,9 @@ def test_draws_depend_on_seed_and_epoch_only(images):
 
 def test_which_pipelines_have_a_device_path():
     assert supported([{"name": "HorizontalFlip", "p": 0.5}, {"name": "Affine", "rotate": [-5, 5]}])
-    assert not supported([{"name": "HueSaturationValue"}])  # albumentations on the CPU
+    assert supported([{"name": "HueSaturationValue"}, {"name": "CoarseDropout", "num_holes_range": [1, 4]}])
+    assert not supported([{"name": "GaussNoise"}])  # albumentations on the CPU
+    assert not supported([{"name": "CoarseDropout", "fill": "inpaint_telea"}])  # only a constant fill here
     assert not supported([{"name": "Affine", "shear": 5}])  # a parameter this path does not model
     assert not supported({"transform": {}})  # albumentations' own serialised form
 
@@ -97,3 +99,34 @@ def test_augmenting_a_float_batch_leaves_it_as_it_was(images):
     spec = [{"name": "RandomBrightnessContrast", "brightness_limit": 0.3, "contrast_limit": 0.3, "p": 1.0}]
     out = DeviceAugment(spec, seed=0)(batch)
     assert torch.equal(batch, before) and not torch.equal(out, before)
+
+
+@pytest.mark.parametrize("shifts", [(10, 0, 0), (0, 25, 0), (0, 0, -20), (-15, -20, 15)])
+def test_hue_saturation_value_matches_albumentations_up_to_opencv_rounding(images, shifts):
+    import albumentations as A
+
+    hue, sat, val = shifts
+    reference = A.HueSaturationValue(hue_shift_limit=(hue, hue), sat_shift_limit=(sat, sat),
+                                     val_shift_limit=(val, val), p=1.0)  # fmt: skip
+    step = {"name": "HueSaturationValue", "hue_shift_limit": [hue, hue], "sat_shift_limit": [sat, sat],
+            "val_shift_limit": [val, val], "p": 1.0}  # fmt: skip
+    out = DeviceAugment([step], seed=0)(images)
+    for image, ours in zip(images.numpy(), out):
+        expected = torch.from_numpy(reference(image=image)["image"]).permute(2, 0, 1).float()
+        difference = (ours - expected).abs()
+        # OpenCV's uint8 HSV keeps hue in 2-degree steps: a few levels apart at most, half a level on average.
+        assert difference.mean() < 1.0 and difference.max() <= 6.0
+
+
+def test_coarse_dropout_fills_whole_rectangles_inside_the_image():
+    images = torch.full((8, 20, 30, 3), 200, dtype=torch.uint8)
+    step = {"name": "CoarseDropout", "num_holes_range": [1, 1], "hole_height_range": [4, 4],
+            "hole_width_range": [5, 5], "fill": 7, "p": 1.0}  # fmt: skip
+    out = DeviceAugment([step], seed=1)(images)
+    for image in out:
+        hole = image[0] == 7
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert hole.sum() == 20 and len(rows) == 4 and len(cols) == 5  # one 4 x 5 rectangle, whole
+        assert torch.all(image[:, ~hole] == 200)
+    skipped = DeviceAugment([{**step, "p": 0.0}], seed=1)(images)
+    assert torch.all(skipped == 200)

@@ -4,8 +4,9 @@ A study declares its augmentation as albumentations transforms. On the CPU (and 
 without a counterpart here) albumentations runs per image. On a GPU, the common competition
 transforms run here instead, on the whole batch at once with per-sample random parameters:
 every geometric transform of the pipeline folds into one affine matrix per image (one
-``grid_sample`` for the batch), then brightness and contrast. Hand-written rather than a GPU
-augmentation library: five operations, no extra dependency, and no host round trip.
+``grid_sample`` for the batch), then the pixel transforms in the pipeline's order (brightness and
+contrast, hue / saturation / value, coarse dropout). Hand-written rather than a GPU augmentation
+library: a handful of batched tensor operations, no extra dependency, and no host round trip.
 
 Parameters follow albumentations' meaning for the same names, so a study reads the same on
 either path; random draws differ, so the two paths are not bit-identical.
@@ -27,15 +28,24 @@ DEVICE_TRANSFORMS: dict[str, set[str]] = {
     "ShiftScaleRotate": {"p", "shift_limit", "scale_limit", "rotate_limit"},
     "RandomResizedCrop": {"p", "size", "scale", "ratio"},
     "RandomBrightnessContrast": {"p", "brightness_limit", "contrast_limit"},
+    "HueSaturationValue": {"p", "hue_shift_limit", "sat_shift_limit", "val_shift_limit"},
+    "CoarseDropout": {"p", "num_holes_range", "hole_height_range", "hole_width_range", "fill"},
 }
+GEOMETRIC = {"HorizontalFlip", "Affine", "ShiftScaleRotate", "RandomResizedCrop"}
 
 
 def supported(spec: Sequence[dict[str, Any]] | dict[str, Any]) -> bool:
     """Whether every step of a pipeline (list form) has a device counterpart here."""
     if isinstance(spec, dict):
         return False  # albumentations' own serialised form: keep it on albumentations
-    return all(step.get("name") in DEVICE_TRANSFORMS and set(step) - {"name"} <= DEVICE_TRANSFORMS[step["name"]]
-               for step in spec)  # fmt: skip
+    return all(_supported_step(step) for step in spec)
+
+
+def _supported_step(step: dict[str, Any]) -> bool:
+    name = step.get("name")
+    if name not in DEVICE_TRANSFORMS or not set(step) - {"name"} <= DEVICE_TRANSFORMS[name]:
+        return False
+    return name != "CoarseDropout" or isinstance(step.get("fill", 0), (int, float))  # a constant fill only
 
 
 def _pair(value: Any, default: tuple[float, float], symmetric: bool = False) -> tuple[float, float]:
@@ -105,6 +115,68 @@ class DeviceAugment:
         )
         return torch.where(on[:, None, None], matrix, eye)
 
+    def _brightness_contrast(self, x: torch.Tensor, step: dict[str, Any]) -> None:
+        n, device = len(x), x.device
+        on = self._chosen(n, float(step.get("p", 0.5)), device)
+        alpha = 1.0 + self._uniform(n, *_pair(step.get("contrast_limit", 0.2), (0, 0), True), device)
+        beta = self._uniform(n, *_pair(step.get("brightness_limit", 0.2), (0, 0), True), device) * 255.0
+        # Images not chosen get x * 1 + 0: one in-place pass over the batch, no copy.
+        alpha, beta = torch.where(on, alpha, 1.0), torch.where(on, beta, 0.0)
+        x.mul_(alpha[:, None, None, None]).add_(beta[:, None, None, None]).clamp_(0.0, 255.0)
+
+    def _hue_saturation_value(self, x: torch.Tensor, step: dict[str, Any]) -> torch.Tensor:
+        """albumentations' shifts on uint8 images: hue in OpenCV's units (0..180 = a full turn),
+        saturation and value added on 0..255, each clipped."""
+        n, device = len(x), x.device
+        on = self._chosen(n, float(step.get("p", 0.5)), device)
+        limits = (("hue_shift_limit", 20), ("sat_shift_limit", 30), ("val_shift_limit", 20))
+        shifts = [self._uniform(n, *_pair(step.get(key, limit), (0, 0), True), device) * on for key, limit in limits]
+        hue_shift, sat_shift, val_shift = (shift[:, None, None] for shift in shifts)
+        x = x.clamp_(0.0, 255.0)
+        value, _ = x.max(dim=1)
+        chroma = value - x.min(dim=1).values
+        saturation = torch.where(value > 0, chroma / value.clamp(min=1e-6), 0.0) * 255.0
+        r, g, b = x.unbind(1)
+        safe = chroma.clamp(min=1e-6)
+        hue = torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4)
+        hue = torch.where(value == r, ((g - b) / safe) % 6, hue)
+        hue = torch.where(chroma > 0, hue, 0.0)  # in sixths of a turn, 0..6
+        hue = (hue + hue_shift / 30.0) % 6.0  # OpenCV's hue unit is 2 degrees = 1/30 of a sixth
+        saturation = (saturation + sat_shift).clamp_(0.0, 255.0) / 255.0
+        value = (value + val_shift).clamp_(0.0, 255.0)
+        out = torch.empty_like(x)
+        for channel, k in enumerate((5.0, 3.0, 1.0)):  # HSV → RGB, channel by channel
+            ramp = (hue + k) % 6.0
+            out[:, channel] = value - value * saturation * torch.minimum(ramp, 4.0 - ramp).clamp(0.0, 1.0)
+        return out
+
+    def _coarse_dropout(self, x: torch.Tensor, step: dict[str, Any]) -> None:
+        """Between ``num_holes_range`` rectangles per chosen image set to ``fill`` (sizes in pixels when
+        the range's top is >= 1, else as fractions of the side), placed wholly inside the image."""
+        n, _, h, w = x.shape
+        device = x.device
+        on = self._chosen(n, float(step.get("p", 0.5)), device)
+        low, high = (int(v) for v in step.get("num_holes_range", (1, 2)))
+        count = torch.randint(low, high + 1, (n,), device=device, generator=self.generator)
+        holes = torch.arange(high, device=device)[None, :] < (count * on)[:, None]  # (n, high)
+
+        def sides(key: str, side: int) -> torch.Tensor:
+            lo, hi = step.get(key, (0.1, 0.2))
+            if hi >= 1:
+                lo, hi = int(lo), min(int(hi), side)
+                return torch.randint(lo, hi + 1, (n, high), device=device, generator=self.generator)
+            return (self._uniform(n * high, float(lo), float(hi), device).view(n, high) * side).long()
+
+        heights, widths = sides("hole_height_range", h), sides("hole_width_range", w)
+        top = (torch.rand(n, high, device=device, generator=self.generator) * (h - heights + 1)).long()
+        left = (torch.rand(n, high, device=device, generator=self.generator) * (w - widths + 1)).long()
+        rows = torch.arange(h, device=device)[None, None, :]
+        cols = torch.arange(w, device=device)[None, None, :]
+        in_rows = (rows >= top[..., None]) & (rows < (top + heights)[..., None]) & holes[..., None]
+        in_cols = (cols >= left[..., None]) & (cols < (left + widths)[..., None])
+        mask = torch.einsum("nkh,nkw->nhw", in_rows.float(), in_cols.float()) > 0
+        x.masked_fill_(mask[:, None], float(step.get("fill", 0)))
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) or float (N, 3, H, W) on the device → augmented float (N, 3, H, W), 0..255."""
         device = images.device
@@ -115,7 +187,7 @@ class DeviceAugment:
         n, _, h, w = x.shape
         affine: torch.Tensor | None = None
         for step in self.steps:
-            if step["name"] == "RandomBrightnessContrast":
+            if step["name"] not in GEOMETRIC:
                 continue
             matrix = self._geometry(step, n, h, w, device)
             if affine is None:
@@ -128,10 +200,9 @@ class DeviceAugment:
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         for step in self.steps:
             if step["name"] == "RandomBrightnessContrast":
-                on = self._chosen(n, float(step.get("p", 0.5)), device)
-                alpha = 1.0 + self._uniform(n, *_pair(step.get("contrast_limit", 0.2), (0, 0), True), device)
-                beta = self._uniform(n, *_pair(step.get("brightness_limit", 0.2), (0, 0), True), device) * 255.0
-                # Images not chosen get x * 1 + 0: one in-place pass over the batch, no copy.
-                alpha, beta = torch.where(on, alpha, 1.0), torch.where(on, beta, 0.0)
-                x.mul_(alpha[:, None, None, None]).add_(beta[:, None, None, None])
+                self._brightness_contrast(x, step)
+            elif step["name"] == "HueSaturationValue":
+                x = self._hue_saturation_value(x, step)
+            elif step["name"] == "CoarseDropout":
+                self._coarse_dropout(x, step)
         return x.clamp_(0.0, 255.0)
