@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ from search.studyfile import Study
 from training import ConfigError, NonFiniteLossError, TrainResult, train
 from training.errors import DiskError, SearchError
 
+log = logging.getLogger(__name__)
 CHECKPOINT_ATTR = "checkpoint_artifact"
 SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
 
@@ -92,25 +94,29 @@ class Objective:
             self.progress.epoch(trial.number, epoch, config.epochs, metrics)
             return trial.should_prune()
 
+        failure: dict[str, Any] = {}
         try:
             result = train(config, on_epoch_end)
         except (ConfigError, DiskError) as error:  # the study or the disk is wrong: stop, burn no more trials
             _note_failure(trial, failure_reason=str(error))
             raise
         except NonFiniteLossError as error:
-            _note_failure(trial, failure_reason=str(error), failed_epoch=error.epoch)
-            raise TrialFailed(f"trial {trial.number}: {error}") from None
+            failure = {"failure_reason": str(error), "failed_epoch": error.epoch}
         except KeyboardInterrupt:
             _note_failure(trial, failure_reason="interrupted")
             raise
         except STORAGE_ERRORS:
             raise  # the database is away: the worker waits for it (see StorageOutage)
-        except Exception as error:  # recorded on the trial, which turns FAIL; the worker goes on
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            _note_failure(trial, failure_reason=reason)
-            raise TrialFailed(f"trial {trial.number} failed: {reason}") from error
-        finally:
-            _free_device_memory()
+        except Exception as error:  # out of GPU memory, among others: the trial FAILs, the worker goes on
+            text = str(error).strip()
+            failure = {"failure_reason": f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"}
+            log.debug("trial %d failed", trial.number, exc_info=True)
+        # Here the failed run's frames (its model, optimizer and activations) are gone with the
+        # exception, so their memory really returns, to this worker's next trial and to the others.
+        _free_device_memory()
+        if failure:
+            _note_failure(trial, **failure)
+            raise TrialFailed(f"trial {trial.number} failed: {failure['failure_reason']}")
 
         record_result(trial, result)
         self.pictures.submit(trial, result)

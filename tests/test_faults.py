@@ -260,3 +260,34 @@ def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(
     assert run.returncode == 1 and "5 trials in a row failed" in run.stderr and "loss became nan" in run.stderr
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
     assert len(study.trials) == 5 and all(t.state == TrialState.FAIL for t in study.trials)
+
+
+def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the_worker_goes_on(tmp_path, monkeypatch):
+    import weakref
+
+    import torch
+
+    import search.objective as objective
+    from search.runner import RunOptions, worker_loop
+    from search.studyfile import load_study
+
+    real_train, tensors, alive_at_release = objective.train, [], []
+
+    def train_out_of_memory_once(config, on_epoch_end=None):
+        if not tensors:
+            activations = torch.empty(1 << 20)  # what the failed step held
+            tensors.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_train(config, on_epoch_end)
+
+    monkeypatch.setattr(objective, "train", train_out_of_memory_once)
+    monkeypatch.setattr(objective, "_free_device_memory", lambda: alive_at_release.append(tensors[0]() is not None))
+    overrides = [*TINY[1::2], "pruner={name: none}", "name=oom"]
+    options = RunOptions(storage_url=f"sqlite:///{tmp_path}/s.db", artifacts=tmp_path / "artifacts", n_trials=2,
+                         timeout=None, quiet=True)  # fmt: skip
+    study = worker_loop(load_study("lr-sweep", overrides), options)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]  # the worker went on
+    reason = study.trials[0].user_attrs["failure_reason"]
+    assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
