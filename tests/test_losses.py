@@ -80,3 +80,12 @@ def test_every_registered_loss_trains_backward(batch):
 def test_unknown_loss_lists_the_choices():
     with pytest.raises(ValidationError, match=r"unknown loss 'dice', choose from \['cross_entropy', 'f1', 'focal'"):
         LossConfig(name="dice")
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_gradient_stays_finite_when_a_sample_is_certainly_right(gamma):
+    # p_t rounds to 1 in float32: (1 - p)^gamma has an infinite slope there when gamma < 1.
+    logits = torch.tensor([[40.0, -40.0, 0.0, 0.0], [0.5, 0.2, 0.1, 0.0]], requires_grad=True)
+    loss = build_loss(LossConfig(name="focal", focal_gamma=gamma), COUNTS)(logits, torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad[1].abs().sum() > 0

@@ -26,7 +26,9 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -((1.0 - log_p.exp()) ** self.gamma) * log_p
+        # (1 - p)^gamma has an infinite slope at p = 1 when gamma < 1: a confidently right sample
+        # (p rounds to 1) would make the gradient NaN. Below the floor the factor is flat instead.
+        loss = -((-log_p.expm1()).clamp(min=1e-6) ** self.gamma) * log_p
         if self.weight is None:
             return loss.mean()
         w = self.weight[target]
