@@ -11,14 +11,22 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def importance(study: optuna.Study) -> dict[str, float] | None:
-    """Parameter importance from Optuna's default evaluator, once enough trials are complete."""
+    """Parameter importance from Optuna's default evaluator (fANOVA), once enough trials are complete.
+
+    Only the parameters every complete trial has are ranked (lr, scheduler, loss, accumulation):
+    a scheduler's or a loss's own option exists in a few trials only, and ranking it beside them
+    would read noise from a handful of trials as importance.
+    """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    shared = sorted(set.intersection(*(set(t.params) for t in complete)))
+    if not shared:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return optuna.importance.get_param_importances(study)
+            return optuna.importance.get_param_importances(study, params=shared)
         except (ValueError, RuntimeError):  # e.g. a single distinct value everywhere
             return None
 
@@ -42,7 +50,7 @@ def status_text(study: optuna.Study, top: int = 10) -> str:
         cells = " ".join(f"{_cell(t.params.get(n)):>{widths[n]}}" for n in names)
         acc = t.user_attrs.get("accuracy")
         lines.append(
-            f"  {t.number:>5} {t.value:>8.4f} {acc if acc is None else format(acc, '.3f'):>6} "
+            f"  {t.number:>5} {t.value:>8.4f} {'-' if acc is None else format(acc, '.3f'):>6} "
             f"{t.user_attrs.get('epochs_run', '-'):>6}  {cells}"
         )
     ranked = importance(study)
