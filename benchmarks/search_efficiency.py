@@ -104,20 +104,18 @@ def summary(values: list[float]) -> str:
 def replay(curves: list[list[float]], order: np.ndarray, pruner: optuna.pruners.BasePruner) -> tuple[Curve, list[int]]:
     """What ``pruner`` does to these trials in this order: the best-so-far curve and the pruned trials."""
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    points, spent, best, pruned = [], 0, 0.0, []
+    pruned = []
     for i in order:
         trial, values = study.ask(), curves[i]
         for step, value in enumerate(values):
             trial.report(value, step)
-            spent, best = spent + 1, max(best, value)
-            points.append((spent, best))
             if step < len(values) - 1 and trial.should_prune():
                 pruned.append(int(i))
                 study.tell(trial, state=TrialState.PRUNED)
                 break
         else:
             study.tell(trial, max(values))
-    return points, pruned
+    return curve(study.trials), pruned
 
 
 def compare_pruners(random_trials: list[FrozenTrial], n_trials: int, epochs: int, orders: int = 200) -> None:
