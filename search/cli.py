@@ -33,9 +33,15 @@ def _store(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.runner import RunOptions, install_signal_handlers, run_workers, worker_loop
+    if args.workers > 1 or args.trials_per_gpu:
+        from search.workers import start_worker_server
+
+        start_worker_server()  # the workers' imports happen there while this process does its own
+
+    from search.runner import RunOptions, install_signal_handlers, worker_loop
     from search.storage import artifact_dir, is_sqlite
     from search.studyfile import load_study
+    from search.workers import run_workers
 
     spec = load_study(args.study, args.set)
     url = _storage(args)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -217,33 +215,3 @@ def install_signal_handlers() -> None:
         raise Interrupted()
 
     signal.signal(signal.SIGTERM, on_term)
-
-
-def run_workers(argv: list[str], options: RunOptions) -> int:
-    """Start ``options.workers`` copies of this command as separate worker processes and wait.
-
-    GPUs are handed out round-robin; the storage URL travels in the environment, not argv, so its
-    password never shows in a process list. Signals are forwarded to the workers.
-    """
-    import torch
-
-    gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // options.workers)
-    children = []
-    for index in range(options.workers):
-        env = dict(os.environ, SEARCH_STORAGE=options.storage_url, OMP_NUM_THREADS=str(threads))
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        command = [sys.executable, "-m", "search", *argv, "--workers", "1", "--worker-index", str(index)]
-        children.append(subprocess.Popen(command, env=env))
-
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    bad = [c for c in codes if c != 0]
-    return bad[0] if bad else 0

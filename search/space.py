@@ -39,8 +39,8 @@ def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 def apply_params(config: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     """The config with sampled ``params`` (as named by ``sample``) put in their places."""
-    scheduler_fields = set(config.scheduler.model_fields) - {"name"}
-    loss_fields = set(config.loss.model_fields) - {"name"}
+    scheduler_fields = set(type(config.scheduler).model_fields) - {"name"}
+    loss_fields = set(type(config.loss).model_fields) - {"name"}
     scheduler = {k: v for k, v in params.items() if k in scheduler_fields}
     loss = {k: v for k, v in params.items() if k in loss_fields}
     optimizer = {k: params[k] for k in ("lr", "weight_decay") if k in params}

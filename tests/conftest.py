@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -24,6 +26,31 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
     decode_cache._IN_PROCESS.clear()
     loop._PREPARED.clear()
+
+
+@pytest.fixture
+def search_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """The ``search`` command run by its ``main`` in this process, as a ``CompletedProcess``.
+
+    For tests about what a command does rather than about the process (signals, several workers,
+    imports): it saves the start-up of a new Python process (about ten seconds on two cores)."""
+    from search.cli import main
+
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")  # main sets it; give it back afterwards
+    term = signal.getsignal(signal.SIGTERM)  # `search run` installs its own handler
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        finally:
+            signal.signal(signal.SIGTERM, term)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["search", *args], code, out.out, out.err)
+
+    return run
 
 
 def write_image(path: Path, rng: np.random.Generator, color: tuple[int, int, int], size=(20, 16)) -> None:

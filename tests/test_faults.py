@@ -18,16 +18,20 @@ from search.cli import main
 from training.checkpoint import read_meta
 
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
+RUN = ["run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT]
 
 
 def _start(home: Path, *args: str) -> subprocess.Popen:
+    """A worker process, to be killed or interrupted."""
     env = {**os.environ, "SEARCH_HOME": str(home)}
-    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, *args]
+    command = [sys.executable, "-m", "search", *RUN, *args]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_mid_training(url: str, process: subprocess.Popen, need_finished: int, limit: float = 120) -> None:
-    """Until a trial is RUNNING with an epoch reported (so it is inside a later epoch)."""
+def _wait_mid_training(
+    url: str, process: subprocess.Popen, need_finished: int, need_running: int = 1, limit: float = 120
+) -> None:
+    """Until ``need_running`` trials are RUNNING with an epoch reported (so inside a later epoch)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
@@ -37,13 +41,13 @@ def _wait_mid_training(url: str, process: subprocess.Popen, need_finished: int, 
             trials = []
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        if finished >= need_finished and running:
+        if finished >= need_finished and len(running) >= need_running:
             return
         time.sleep(0.05)
     raise AssertionError("no trial reached mid-training in time")
 
 
-def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path):
+def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path, search_here):
     url = f"sqlite:///{tmp_path}/studies.db"
     args = ["--n-trials", "3", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
     first = _start(tmp_path, *args)
@@ -54,9 +58,8 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     killed = [n for n, t in before.items() if t.state == TrialState.RUNNING]
     assert len(killed) == 1
 
-    second = _start(tmp_path, *args)
-    out, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err[-2000:]
+    second = search_here(*RUN, *args, env={"SEARCH_HOME": str(tmp_path)})  # the next worker
+    assert second.returncode == 0, second.stderr[-2000:]
     study = optuna.load_study(study_name="lr-sweep", storage=url)
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed[0]].state == TrialState.FAIL
@@ -71,8 +74,9 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
             assert read_meta(stored)["metrics"]["macro_f1"] == old.value
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, signum, code):
+# The run after an interruption does not depend on which signal it was: it is checked once.
+@pytest.mark.parametrize("signum, code, run_again", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
+def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, search_here, signum, code, run_again):
     url = f"sqlite:///{tmp_path}/studies.db"
     args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
     worker = _start(tmp_path, *args)
@@ -85,15 +89,33 @@ def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path,
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["failure_reason"] == "interrupted"
-    again = _start(tmp_path, *args)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-2000:]
+    if not run_again:
+        return
+    again = search_here(*RUN, *args, env={"SEARCH_HOME": str(tmp_path)})
+    assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="lr-sweep", storage=url)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
 
 
-def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(tmp_path):
-    run = search(
+def test_interrupting_a_run_of_several_workers_stops_every_worker_and_marks_their_trials(tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    run = _start(
+        tmp_path, "--workers", "2", "--n-trials", "4", "--set", "train.epochs=8", "--set", "pruner={name: none}"
+    )
+    _wait_mid_training(url, run, need_finished=0, need_running=2)
+    run.send_signal(signal.SIGTERM)  # to the command only, as a scheduler does: it passes it on
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    study = optuna.load_study(study_name="lr-sweep", storage=url)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and {t.user_attrs["failure_reason"] for t in failed} == {"interrupted"}
+    assert len({t.user_attrs["worker"] for t in failed}) == 2
+
+
+def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(tmp_path, search_here):
+    run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "2", *TINY,
         "--set", "space.lr={choices: [0.003, 1.0e+30]}",
         "--set", "enqueue=[{lr: 1.0e+30, loss: cross_entropy, scheduler: cosine, accumulation_steps: 1}, "
@@ -109,11 +131,11 @@ def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(t
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
 
 
-def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
-    run = search(
+def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path, search_here):
+    run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "5", *TINY,
         "--set", "train.augment.train=[{name: Resize, height: 8, width: 8}]",
-        env={"SEARCH_HOME": str(tmp_path)}, check=False,
+        env={"SEARCH_HOME": str(tmp_path)},
     )  # fmt: skip
     assert run.returncode == 2 and "augmentation changed an image" in run.stderr
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
@@ -131,8 +153,9 @@ def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
     assert "cannot open storage" in run.stderr and "hunter2" not in run.stderr and "***" in run.stderr
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_trial_study(tmp_path_factory):
+    """A finished one-trial study for the cases that need one; none of them changes it."""
     home = tmp_path_factory.mktemp("one")
     env = {"SEARCH_HOME": str(home)}
     search("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "train.epochs=1", env=env)
@@ -236,11 +259,11 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp_path, tiny_disk):
+def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp_path, tiny_disk, search_here):
     (tiny_disk / "filler").write_bytes(b"\0" * 200_000)  # leave less room than a checkpoint needs
     env = {"SEARCH_HOME": str(tmp_path), "SEARCH_ARTIFACTS": str(tiny_disk / "artifacts")}
-    run = search("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "pruner={name: none}",
-                 "--set", "model.name=resnet10t", env=env, check=False)  # fmt: skip
+    run = search_here("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "pruner={name: none}",
+                      "--set", "model.name=resnet10t", env=env)  # fmt: skip
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "No space left on device" in run.stderr.strip().splitlines()[-1]
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
@@ -252,10 +275,10 @@ def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp
     assert leftovers == [], leftovers  # temporary files removed
 
 
-def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(tmp_path):
-    run = search(
+def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(tmp_path, search_here):
+    run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "20", *TINY, "--set", "space.lr={choices: [1.0e+30]}",
-        "--set", "enqueue=[]", env={"SEARCH_HOME": str(tmp_path)}, check=False,
+        "--set", "enqueue=[]", env={"SEARCH_HOME": str(tmp_path)},
     )  # fmt: skip
     assert run.returncode == 1 and "5 trials in a row failed" in run.stderr and "loss became nan" in run.stderr
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")

@@ -18,6 +18,8 @@ from optuna.trial import TrialState
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from training.checkpoint import read_meta
+
 FOUR = {"lr", "scheduler", "loss", "accumulation_steps"}
 TINY = [
     "--set", "model.name=test_resnet",
@@ -116,13 +118,13 @@ def test_plain_optuna_cli_reads_the_study(finished_study):
     assert best["number"] == study.best_trial.number and FOUR <= set(best["params"])
 
 
-def test_status_best_and_studies_commands(finished_study):
+def test_status_best_and_studies_commands(finished_study, search_here):
     env = finished_study["env"]
-    status = search("status", "--study", "lr-sweep", env=env).stdout
+    status = search_here("status", "--study", "lr-sweep", env=env).stdout
     assert "complete" in status and "pruned" in status and "best: trial" in status
-    best = json.loads(search("best", "--study", "lr-sweep", env=env).stdout)
+    best = json.loads(search_here("best", "--study", "lr-sweep", env=env).stdout)
     assert FOUR <= set(best["params"]) and best["metrics"]["macro_f1"] == best["value"]
-    assert "lr-sweep" in search("studies", env=env).stdout
+    assert "lr-sweep" in search_here("studies", env=env).stdout
 
 
 def _val_images(meta: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +150,8 @@ def _plain_timm_predictions(path: Path, images: np.ndarray) -> np.ndarray:
         return model(x).argmax(1).numpy()
 
 
-def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_study, tmp_path, monkeypatch):
+def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_study, tmp_path, monkeypatch,
+                                                                     search_here):  # fmt: skip
     from sklearn.metrics import f1_score
 
     monkeypatch.setenv("SEARCH_CACHE_DIR", finished_study["env"]["SEARCH_CACHE_DIR"])
@@ -161,12 +164,13 @@ def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_stu
     assert f1_score(labels, predicted, average="macro") == pytest.approx(study.best_value, abs=1e-9)
     assert meta["metrics"]["confusion_matrix"] == study.best_trial.user_attrs["confusion_matrix"]
 
-    again = search("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"], check=False)
+    again = search_here("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr
-    search("export", "--study", "lr-sweep", "--out", str(out), "--force", env=finished_study["env"])
+    forced = search_here("export", "--study", "lr-sweep", "--out", str(out), "--force", env=finished_study["env"])
+    assert forced.returncode == 0 and read_meta(out)["metrics"] == meta["metrics"]
 
 
-def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path):
+def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path, search_here):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     best = study.best_trial
     stored = finished_study["home"] / "artifacts" / best.user_attrs["checkpoint_artifact"]
@@ -174,7 +178,7 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
     stored.rename(aside)  # as retention does to checkpoints outside the top k
     try:
         out = tmp_path / "again.safetensors"
-        refused = search("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"], check=False)
+        refused = search_here("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
         assert refused.returncode == 1 and "--retrain" in refused.stderr and not out.exists()
         search("export", "--study", "lr-sweep", "--out", str(out), "--retrain", env=finished_study["env"])
         meta = json.loads(safe_open(str(out), "pt").metadata()["search"])
@@ -183,9 +187,9 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
         aside.rename(stored)
 
 
-def test_running_again_continues_the_same_study(finished_study):
+def test_running_again_continues_the_same_study(finished_study, search_here):
     args = [a if a != "5" else "7" for a in finished_study["args"]]
-    search("run", *args, env=finished_study["env"])
+    assert search_here("run", *args, env=finished_study["env"]).returncode == 0
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 7 and len({t.number for t in study.trials}) == len(study.trials)
