@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -28,29 +30,24 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     loop._PREPARED.clear()
 
 
-@pytest.fixture
-def search_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+def search_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The ``search`` command run by its ``main`` in this process, as a ``CompletedProcess``.
 
-    For tests about what a command does rather than about the process (signals, several workers,
-    imports): it saves the start-up of a new Python process (about ten seconds on two cores)."""
+    For tests about what a command does rather than about its process (signals, several workers,
+    imports): it saves the start of a new Python process (about ten seconds on two cores)."""
     from search.cli import main
 
-    monkeypatch.setenv("PYTHONWARNINGS", "ignore")  # main sets it; give it back afterwards
+    out, err = io.StringIO(), io.StringIO()
     term = signal.getsignal(signal.SIGTERM)  # `search run` installs its own handler
-
-    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.setenv("PYTHONWARNINGS", "ignore")  # main sets it; give it back afterwards
         for key, value in (env or {}).items():
-            monkeypatch.setenv(key, value)
-        capsys.readouterr()
+            patch.setenv(key, value)
         try:
             code = main(list(args))
         finally:
             signal.signal(signal.SIGTERM, term)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(["search", *args], code, out.out, out.err)
-
-    return run
+    return subprocess.CompletedProcess(["search", *args], code, out.getvalue(), err.getvalue())
 
 
 def write_image(path: Path, rng: np.random.Generator, color: tuple[int, int, int], size=(20, 16)) -> None:

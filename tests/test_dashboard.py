@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_search_run import FOUR, TINY, search
+from conftest import search_here
+from test_search_run import FOUR, TINY
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -75,8 +76,10 @@ class Dashboard:
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory):
     home = tmp_path_factory.mktemp("dash")
-    search("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "train.epochs=2",
-           "--set", "pruner={name: none}", env={"SEARCH_HOME": str(home)})  # fmt: skip
+    run = search_here("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "train.epochs=2",
+                      "--set", "pruner={name: none}", env={"SEARCH_HOME": str(home),
+                      "SEARCH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")})  # fmt: skip
+    assert run.returncode == 0, run.stderr
     return home
 
 

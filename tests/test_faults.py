@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import postgres_url, search_here
 from optuna.trial import TrialState
 from test_search_run import TINY, search
 
@@ -47,7 +48,7 @@ def _wait_mid_training(
     raise AssertionError("no trial reached mid-training in time")
 
 
-def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path, search_here):
+def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     args = ["--n-trials", "3", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
     first = _start(tmp_path, *args)
@@ -76,7 +77,7 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
 
 # The run after an interruption does not depend on which signal it was: it is checked once.
 @pytest.mark.parametrize("signum, code, run_again", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
-def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, search_here, signum, code, run_again):
+def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, signum, code, run_again):
     url = f"sqlite:///{tmp_path}/studies.db"
     args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
     worker = _start(tmp_path, *args)
@@ -114,7 +115,7 @@ def test_interrupting_a_run_of_several_workers_stops_every_worker_and_marks_thei
     assert len({t.user_attrs["worker"] for t in failed}) == 2
 
 
-def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(tmp_path, search_here):
+def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(tmp_path):
     run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "2", *TINY,
         "--set", "space.lr={choices: [0.003, 1.0e+30]}",
@@ -131,7 +132,7 @@ def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(t
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
 
 
-def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path, search_here):
+def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
     run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "5", *TINY,
         "--set", "train.augment.train=[{name: Resize, height: 8, width: 8}]",
@@ -210,8 +211,6 @@ def _restart_postgresql() -> None:
 
 
 def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path):
-    from conftest import postgres_url
-
     url = postgres_url()
     name = f"restart-{os.getpid()}"
     env = {**os.environ, "SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
@@ -259,7 +258,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp_path, tiny_disk, search_here):
+def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp_path, tiny_disk):
     (tiny_disk / "filler").write_bytes(b"\0" * 200_000)  # leave less room than a checkpoint needs
     env = {"SEARCH_HOME": str(tmp_path), "SEARCH_ARTIFACTS": str(tiny_disk / "artifacts")}
     run = search_here("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "pruner={name: none}",
@@ -275,7 +274,7 @@ def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp
     assert leftovers == [], leftovers  # temporary files removed
 
 
-def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(tmp_path, search_here):
+def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(tmp_path):
     run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "20", *TINY, "--set", "space.lr={choices: [1.0e+30]}",
         "--set", "enqueue=[]", env={"SEARCH_HOME": str(tmp_path)},

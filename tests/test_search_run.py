@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import postgres_url
+from conftest import postgres_url, search_here
 from optuna.trial import TrialState
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -118,7 +118,7 @@ def test_plain_optuna_cli_reads_the_study(finished_study):
     assert best["number"] == study.best_trial.number and FOUR <= set(best["params"])
 
 
-def test_status_best_and_studies_commands(finished_study, search_here):
+def test_status_best_and_studies_commands(finished_study):
     env = finished_study["env"]
     status = search_here("status", "--study", "lr-sweep", env=env).stdout
     assert "complete" in status and "pruned" in status and "best: trial" in status
@@ -150,8 +150,7 @@ def _plain_timm_predictions(path: Path, images: np.ndarray) -> np.ndarray:
         return model(x).argmax(1).numpy()
 
 
-def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_study, tmp_path, monkeypatch,
-                                                                     search_here):  # fmt: skip
+def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_study, tmp_path, monkeypatch):  # fmt: skip
     from sklearn.metrics import f1_score
 
     monkeypatch.setenv("SEARCH_CACHE_DIR", finished_study["env"]["SEARCH_CACHE_DIR"])
@@ -170,7 +169,7 @@ def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_stu
     assert forced.returncode == 0 and read_meta(out)["metrics"] == meta["metrics"]
 
 
-def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path, search_here):
+def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     best = study.best_trial
     stored = finished_study["home"] / "artifacts" / best.user_attrs["checkpoint_artifact"]
@@ -187,7 +186,7 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
         aside.rename(stored)
 
 
-def test_running_again_continues_the_same_study(finished_study, search_here):
+def test_running_again_continues_the_same_study(finished_study):
     args = [a if a != "5" else "7" for a in finished_study["args"]]
     assert search_here("run", *args, env=finished_study["env"]).returncode == 0
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
