@@ -219,20 +219,22 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
     from training.loop import prepare_data
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    busy = {"seconds": 0.0}
+    calls: list[tuple[str, int, int, float]] = []  # (train / val, epoch, images, seconds) per call
     real_train, real_eval = loop.train_one_epoch, loop.evaluate
 
-    def timed(function):
+    def timed(kind: str, function):
         def wrapper(*args, **kwargs):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            started = time.perf_counter()
+            started, result = time.perf_counter(), None
             try:
-                return function(*args, **kwargs)
-            finally:
+                result = function(*args, **kwargs)
+                return result
+            finally:  # a failed epoch (NaN loss) counts as busy too
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                busy["seconds"] += time.perf_counter() - started
+                epoch, images = (args[2], result[1] if result else 0) if kind == "train" else (-1, 0)
+                calls.append((kind, epoch, images, time.perf_counter() - started))
 
         return wrapper
 
@@ -241,7 +243,7 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
     started = time.perf_counter()
     prepare_data(spec.data, spec.seed)
     decode = time.perf_counter() - started
-    loop.train_one_epoch, loop.evaluate = timed(real_train), timed(real_eval)
+    loop.train_one_epoch, loop.evaluate = timed("train", real_train), timed("val", real_eval)
     try:
         options = RunOptions(storage_url=f"sqlite:///{home}/s.db", artifacts=home / "artifacts",
                              n_trials=size["trials"], timeout=None, quiet=True)  # fmt: skip
@@ -251,11 +253,22 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
     finally:
         loop.train_one_epoch, loop.evaluate = real_train, real_eval
     states = [t.state.name for t in study.trials]
-    return {"decode": decode, "rest": rest, "busy": busy["seconds"], "wall": decode + rest,
-            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}  # fmt: skip
+    train = [(epoch, images, seconds) for kind, epoch, images, seconds in calls if kind == "train"]
+    first, later = [c for c in train if c[0] == 0], [c for c in train if c[0] > 0]
+    val = [seconds for kind, _, _, seconds in calls if kind == "val"]
+
+    def rate(rows: list[tuple[int, int, float]]) -> float:
+        return sum(r[1] for r in rows) / max(sum(r[2] for r in rows), 1e-9)
+
+    return {"decode": decode, "rest": rest, "busy": sum(c[3] for c in calls), "wall": decode + rest,
+            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
+            # where the time goes: a trial's first epoch (cuDNN autotuning, allocations) against the rest
+            "first_trial_first_epoch": rate(first[:1]), "later_first_epochs": rate(first[1:]),
+            "later_epochs": rate(later), "val_seconds": float(np.mean(val)) if val else 0.0}  # fmt: skip
 
 
 def main() -> None:
+    began = time.perf_counter()
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpu", action="store_true", help="the competition's sizes on CUDA")
     parser.add_argument("--device", help="override the device (e.g. cuda with the small sizes: a smoke test)")
@@ -291,6 +304,10 @@ def main() -> None:
             "short study: busy share (train + validation steps / wall after decode)",
             f"{study['busy'] / study['rest']:.2f}",
         )
+        show("short study: training img/s, trial 0's first epoch / later trials' first / other epochs",
+             f"{study['first_trial_first_epoch']:.0f} / {study['later_first_epochs']:.0f} / "
+             f"{study['later_epochs']:.0f}")  # fmt: skip
+        show("short study: validation per epoch", f"{study['val_seconds']:.2f} s")
 
         from search.studyfile import load_study
 
@@ -318,6 +335,7 @@ def main() -> None:
         print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {cores} cores"
         print(f"device: {name}; torch {torch.__version__}")
+        print(f"whole benchmark: {time.perf_counter() - began:.0f} s after its imports (GPU mode: target < 300 s)")
 
 
 if __name__ == "__main__":

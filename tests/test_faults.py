@@ -158,8 +158,9 @@ def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
 def one_trial_study(tmp_path_factory):
     """A finished one-trial study for the cases that need one; none of them changes it."""
     home = tmp_path_factory.mktemp("one")
-    env = {"SEARCH_HOME": str(home)}
-    search("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "train.epochs=1", env=env)
+    env = {"SEARCH_HOME": str(home), "SEARCH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")}
+    run = search_here("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "train.epochs=1", env=env)
+    assert run.returncode == 0, run.stderr
     return home
 
 

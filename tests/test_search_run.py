@@ -179,7 +179,10 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
         out = tmp_path / "again.safetensors"
         refused = search_here("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
         assert refused.returncode == 1 and "--retrain" in refused.stderr and not out.exists()
-        search("export", "--study", "lr-sweep", "--out", str(out), "--retrain", env=finished_study["env"])
+        retrained = search_here(
+            "export", "--study", "lr-sweep", "--out", str(out), "--retrain", env=finished_study["env"]
+        )
+        assert retrained.returncode == 0, retrained.stderr
         meta = json.loads(safe_open(str(out), "pt").metadata()["search"])
         assert meta["metrics"]["macro_f1"] == pytest.approx(best.value)  # same seed, same CPU: same model
     finally:
@@ -227,7 +230,7 @@ def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     import re
 
     out = tmp_path / "report"
-    search("report", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
+    assert search_here("report", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"]).returncode == 0
     page = (out / "index.html").read_text()
     pictures = re.findall(r'<img src="([^"]+)"', page)
     expected = {"classes.png", "samples.png", "confusion.png", "per_class_f1.png", "f1_vs_lr.png", "curves.png"}
