@@ -119,7 +119,7 @@ class Objective:
             raise TrialFailed(f"trial {trial.number} failed: {failure['failure_reason']}")
 
         record_result(trial, result)
-        self.pictures.submit(trial, result)
+        self.pictures.submit(trial, result, draw=not result.stopped_early)
         value = float(result.best_metrics["macro_f1"])
         if result.stopped_early:
             shutil.rmtree(out_dir, ignore_errors=True)
