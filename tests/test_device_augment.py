@@ -130,3 +130,17 @@ def test_coarse_dropout_fills_whole_rectangles_inside_the_image():
         assert torch.all(image[:, ~hole] == 200)
     skipped = DeviceAugment([{**step, "p": 0.0}], seed=1)(images)
     assert torch.all(skipped == 200)
+
+
+def test_hue_saturation_value_changes_a_share_p_of_the_images_and_leaves_the_others_exactly():
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (41, 6, 6, 3), dtype=np.uint8))
+    step = {"name": "HueSaturationValue", "hue_shift_limit": [20, 20], "sat_shift_limit": [30, 30],
+            "val_shift_limit": [20, 20], "p": 0.3}  # fmt: skip
+    augment, changed = DeviceAugment([step], seed=0), []
+    for epoch in range(200):
+        augment.reseed(epoch, images.device)
+        out = augment(images)
+        untouched = (out == nchw(images)).flatten(1).all(1)
+        changed.append(int((~untouched).sum()))
+    assert set(changed) == {12, 13}  # 0.3 x 41 = 12.3: twelve, or thirteen with chance 0.3
+    assert np.mean(changed) == pytest.approx(12.3, abs=0.15)

@@ -15,6 +15,7 @@ either path; random draws differ, so the two paths are not bit-identical.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +64,7 @@ class DeviceAugment:
         self.steps = [dict(step) for step in spec]
         self.seed = seed
         self.generator: torch.Generator | None = None
+        self.host_rng = random.Random()
 
     def _uniform(self, n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
         return torch.rand(n, device=device, generator=self.generator) * (high - low) + low
@@ -74,6 +76,15 @@ class DeviceAugment:
         """Each epoch's draws depend only on (seed, epoch): runs are reproducible on one device."""
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.host_rng.seed(self.seed * 1_000_003 + epoch)
+
+    def _subset(self, n: int, p: float, device: torch.device) -> torch.Tensor:
+        """Indices of the images a costly transform applies to: floor(p n) of them, or one more with
+        the remaining chance, so each image is chosen with probability p. The count is drawn on the
+        host: the subset has a known size without reading anything back from the device."""
+        count = math.floor(p * n)
+        count += self.host_rng.random() < p * n - count
+        return torch.randperm(n, device=device, generator=self.generator)[:count]
 
     def _geometry(self, step: dict[str, Any], n: int, h: int, w: int, device: torch.device) -> torch.Tensor | None:
         """Per-sample 2×3 matrices in normalised coordinates mapping output to input, or None."""
@@ -124,31 +135,18 @@ class DeviceAugment:
         alpha, beta = torch.where(on, alpha, 1.0), torch.where(on, beta, 0.0)
         x.mul_(alpha[:, None, None, None]).add_(beta[:, None, None, None]).clamp_(0.0, 255.0)
 
-    def _hue_saturation_value(self, x: torch.Tensor, step: dict[str, Any]) -> torch.Tensor:
+    def _hue_saturation_value(self, x: torch.Tensor, step: dict[str, Any]) -> None:
         """albumentations' shifts on uint8 images: hue in OpenCV's units (0..180 = a full turn),
-        saturation and value added on 0..255, each clipped."""
-        n, device = len(x), x.device
-        on = self._chosen(n, float(step.get("p", 0.5)), device)
+        saturation and value added on 0..255, each clipped. Computed for the chosen images only
+        (the round trip through HSV is the most costly step of the pipeline)."""
+        chosen = self._subset(len(x), float(step.get("p", 0.5)), x.device)
+        if not len(chosen):
+            return
         limits = (("hue_shift_limit", 20), ("sat_shift_limit", 30), ("val_shift_limit", 20))
-        shifts = [self._uniform(n, *_pair(step.get(key, limit), (0, 0), True), device) * on for key, limit in limits]
-        hue_shift, sat_shift, val_shift = (shift[:, None, None] for shift in shifts)
-        x = x.clamp_(0.0, 255.0)
-        value, _ = x.max(dim=1)
-        chroma = value - x.min(dim=1).values
-        saturation = torch.where(value > 0, chroma / value.clamp(min=1e-6), 0.0) * 255.0
-        r, g, b = x.unbind(1)
-        safe = chroma.clamp(min=1e-6)
-        hue = torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4)
-        hue = torch.where(value == r, ((g - b) / safe) % 6, hue)
-        hue = torch.where(chroma > 0, hue, 0.0)  # in sixths of a turn, 0..6
-        hue = (hue + hue_shift / 30.0) % 6.0  # OpenCV's hue unit is 2 degrees = 1/30 of a sixth
-        saturation = (saturation + sat_shift).clamp_(0.0, 255.0) / 255.0
-        value = (value + val_shift).clamp_(0.0, 255.0)
-        out = torch.empty_like(x)
-        for channel, k in enumerate((5.0, 3.0, 1.0)):  # HSV → RGB, channel by channel
-            ramp = (hue + k) % 6.0
-            out[:, channel] = value - value * saturation * torch.minimum(ramp, 4.0 - ramp).clamp(0.0, 1.0)
-        return out
+        shifts = [
+            self._uniform(len(chosen), *_pair(step.get(key, limit), (0, 0), True), x.device) for key, limit in limits
+        ]
+        x[chosen] = _shift_hsv(x[chosen], *(shift[:, None, None] for shift in shifts))
 
     def _coarse_dropout(self, x: torch.Tensor, step: dict[str, Any]) -> None:
         """Between ``num_holes_range`` rectangles per chosen image set to ``fill`` (sizes in pixels when
@@ -202,7 +200,30 @@ class DeviceAugment:
             if step["name"] == "RandomBrightnessContrast":
                 self._brightness_contrast(x, step)
             elif step["name"] == "HueSaturationValue":
-                x = self._hue_saturation_value(x, step)
+                self._hue_saturation_value(x, step)
             elif step["name"] == "CoarseDropout":
                 self._coarse_dropout(x, step)
         return x.clamp_(0.0, 255.0)
+
+
+def _shift_hsv(
+    x: torch.Tensor, hue_shift: torch.Tensor, sat_shift: torch.Tensor, val_shift: torch.Tensor
+) -> torch.Tensor:
+    """Float RGB (N, 3, H, W) on 0..255 → shifted in HSV (hue in OpenCV's 2-degree units) → RGB."""
+    x = x.clamp_(0.0, 255.0)
+    value, _ = x.max(dim=1)
+    chroma = value - x.min(dim=1).values
+    saturation = torch.where(value > 0, chroma / value.clamp(min=1e-6), 0.0) * 255.0
+    r, g, b = x.unbind(1)
+    safe = chroma.clamp(min=1e-6)
+    hue = torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    hue = torch.where(value == r, ((g - b) / safe) % 6, hue)
+    hue = torch.where(chroma > 0, hue, 0.0)  # in sixths of a turn, 0..6
+    hue = (hue + hue_shift / 30.0) % 6.0  # OpenCV's hue unit is 2 degrees = 1/30 of a sixth
+    saturation = (saturation + sat_shift).clamp_(0.0, 255.0) / 255.0
+    value = (value + val_shift).clamp_(0.0, 255.0)
+    out = torch.empty_like(x)
+    for channel, k in enumerate((5.0, 3.0, 1.0)):  # HSV → RGB, channel by channel
+        ramp = (hue + k) % 6.0
+        out[:, channel] = value - value * saturation * torch.minimum(ramp, 4.0 - ramp).clamp(0.0, 1.0)
+    return out
