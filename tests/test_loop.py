@@ -171,3 +171,20 @@ def test_albumentations_own_serialised_form_is_accepted(folder_dataset):
     images, _ = next(loader.batches(0))
     order = loader.order(0)[: len(images)]
     assert torch.equal(images, torch.from_numpy(data.decoded.images[order][:, :, ::-1].copy()))
+
+
+def test_compile_keeps_its_inductor_cache_in_the_shared_cache_folder_unless_the_user_chose_one(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from training.loop import compiled
+
+    config = tiny_config(compile=True, data={"cache_dir": str(tmp_path / "cache")})
+    model = torch.nn.Linear(2, 2)
+    # What importing timm leaves behind: torch's own per-user temporary folder.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compiled(model, config)
+    assert cache_dir() == str(tmp_path / "cache" / "inductor")  # where torch's compiler now writes
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compiled(model, config)
+    assert cache_dir() == str(tmp_path / "mine")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -292,13 +293,29 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
 def compiled(model: nn.Module, config: TrainConfig) -> nn.Module:
     """``torch.compile`` with the inductor cache on disk, shared by every worker of the machine, so a
     shape compiles once per machine rather than once per trial."""
-    import os
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
 
-    cache = default_cache_dir(config.data.cache_dir) / "inductor"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir(config))
+    inductor_config.fx_graph_cache = True  # compiled graphs on disk, found again by every process
+    functorch_config.enable_autograd_cache = True  # and their backward graphs
     return torch.compile(model)
+
+
+def inductor_cache_dir(config: TrainConfig) -> Path:
+    """Where compiled kernels go: a folder the user chose in ``TORCHINDUCTOR_CACHE_DIR``, else the
+    cache folder's ``inductor/`` (shared by the workers, and persisted where the cache is).
+
+    torch sets ``TORCHINDUCTOR_CACHE_DIR`` to its per-user temporary folder itself as soon as its
+    compiler is imported (importing timm does that), so that value counts as "not chosen"."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+    except ImportError:  # a torch that does not fill it in by itself
+        torch_default = None
+    if chosen and (torch_default is None or os.path.abspath(chosen) != os.path.abspath(torch_default())):
+        return Path(chosen)
+    return default_cache_dir(config.data.cache_dir) / "inductor"
 
 
 def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
