@@ -141,13 +141,16 @@ def competition_pipeline(
     return timed_steps(step, batches(), 3, device)
 
 
-def trial_epoch_throughput(config_json: str, epochs: int) -> tuple[float, float, float]:
-    """(c): training epochs through training/ with the trial's own loaders.
+def trial_epoch_throughput(config_json: str, epochs: int) -> dict[str, float]:
+    """(c): training epochs through training/ with the trial's own loaders (compiled when the config
+    says so).
 
-    Returns (img/s, seconds from the call to the first step, wall time.time() at the first step)."""
+    Returns img/s (``rate``), seconds from the call to the first step (``ready``), the wall clock at
+    the first step (``ready_at``) and the first epoch's seconds (``first_epoch``: cuDNN autotuning,
+    and compiling when compiled)."""
     started = time.perf_counter()
     from training import TrainConfig
-    from training.loop import InputPipe, build_loaders, prepare_data, resolve_device, train_one_epoch
+    from training.loop import InputPipe, build_loaders, compiled, prepare_data, resolve_device, train_one_epoch
     from training.losses import build_loss
     from training.models import create_model, normalisation
     from training.schedulers import build_schedule
@@ -166,18 +169,30 @@ def trial_epoch_throughput(config_json: str, epochs: int) -> tuple[float, float,
     loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
     pipe = InputPipe(*normalisation(model), device)
     train_loader, _ = build_loaders(config, data, device)
+    forward = compiled(model, config) if config.compile else model
     ready, ready_at = time.perf_counter() - started, time.time()
-    train_one_epoch(model, train_loader, 0, pipe, loss_fn, optimizer, schedule, 1)  # warm-up
+    _, _, first_epoch = train_one_epoch(forward, train_loader, 0, pipe, loss_fn, optimizer, schedule, 1)  # warm-up
     rates = []
     for epoch in range(1, epochs + 1):
-        _, seen, seconds = train_one_epoch(model, train_loader, epoch, pipe, loss_fn, optimizer, schedule, 1)
+        _, seen, seconds = train_one_epoch(forward, train_loader, epoch, pipe, loss_fn, optimizer, schedule, 1)
         rates.append(seen / seconds)
-    return (float(np.median(rates)) if rates else 0.0), ready, ready_at
+    rate = float(np.median(rates)) if rates else 0.0
+    return {"rate": rate, "ready": ready, "ready_at": ready_at, "first_epoch": first_epoch}
 
 
 def child(args: argparse.Namespace) -> None:
-    rate, _, ready_at = trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs)
-    print(json.dumps({"rate": rate, "ready_at": ready_at}), flush=True)
+    print(json.dumps(trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs)), flush=True)
+
+
+def compiled_twice(config_path: Path, epochs: int) -> list[dict[str, float]]:
+    """(c) with ``train.compile``, in two new processes one after the other: the first compiles into
+    the shared inductor cache, the second should find everything there."""
+    command = [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)]
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    return runs
 
 
 def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], float]:
@@ -272,6 +287,7 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--child-epochs", type=int, default=2)
     parser.add_argument("--packed", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -317,7 +333,8 @@ def main() -> None:
         show(f"(a) compute ceiling, {size['model']} batch {size['batch']} at {size['input']}", f"{a:8.0f} img/s")
         b = competition_pipeline(size, paths, list(spec.train.augment.train), device, steps, max(1, cores - 1))
         show(f"(b) JPEG + albumentations in {max(1, cores - 1)} DataLoader workers", f"{b:8.0f} img/s")
-        c, trial_start, _ = trial_epoch_throughput(config_path.read_text(), 2 if args.gpu else 1)
+        trial = trial_epoch_throughput(config_path.read_text(), 2 if args.gpu else 1)
+        c, trial_start = trial["rate"], trial["ready"]
         show("(c) a trial's epoch through training/", f"{c:8.0f} img/s")
         show("start-up of a trial in a running worker (data in memory)", f"{trial_start:.2f} s")
         d, each, startup = packed(config_path, args.packed, 2 if args.gpu else 1)
@@ -326,6 +343,13 @@ def main() -> None:
             f"{d:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})",
         )
         show(f"start-up of a new worker process, warm decode cache on disk ({args.packed} at once)", f"{startup:.1f} s")
+        if args.compile:
+            compiled_path = Path(tmp) / "compiled.json"
+            compiled_path.write_text(config.model_copy(update={"compile": True}).model_dump_json())
+            cold, warm = compiled_twice(compiled_path, 2 if args.gpu else 1)
+            first = f"{cold['first_epoch']:.1f} s / {warm['first_epoch']:.1f} s (plain: {trial['first_epoch']:.1f} s)"
+            show("(c) compiled: first epoch, new cache / cache from the first process", first)
+            show("(c) compiled", f"{warm['rate']:8.0f} img/s ({warm['rate'] / c:.2f} of plain)")
         print()
         print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
         print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU")
