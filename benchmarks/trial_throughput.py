@@ -184,15 +184,20 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs)), flush=True)
 
 
+def child_command(config_path: Path, epochs: int) -> list[str]:
+    """A new process running (c) on this config; its last line of output is ``child``'s report."""
+    return [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)]
+
+
+def child_report(stdout: str) -> dict[str, float]:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def compiled_twice(config_path: Path, epochs: int) -> list[dict[str, float]]:
     """(c) with ``train.compile``, in two new processes one after the other: the first compiles into
     the shared inductor cache, the second should find everything there."""
-    command = [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)]
-    runs = []
-    for _ in range(2):
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    return runs
+    command = child_command(config_path, epochs)
+    return [child_report(subprocess.run(command, check=True, capture_output=True, text=True).stdout) for _ in range(2)]
 
 
 def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], float]:
@@ -200,11 +205,11 @@ def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], 
 
     Also returns the slowest one's start-up: imports, the persisted decode cache, the model and
     loaders, until its first step (K starting at once, as the workers of `search run` do)."""
-    command = [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)]
+    command = child_command(config_path, epochs)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // k)))  # as `search run --workers`
     spawned = time.time()
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(k)]
-    reports = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    reports = [child_report(p.communicate()[0]) for p in procs]
     rates = [r["rate"] for r in reports]
     return sum(rates), rates, max(r["ready_at"] for r in reports) - spawned
 
