@@ -227,13 +227,13 @@ def mask_overrides(size: dict, root: Path, home: Path) -> list[str]:
 
 
 def short_study(size: dict, root: Path, home: Path) -> dict:
-    """The default study's sampler and pruner on the generated competition data."""
+    """The default study's sampler and pruner on the generated competition data (decoded already:
+    the study's worker finds the images in memory, as a long-lived worker does)."""
     import optuna
 
     import training.loop as loop
     from search.runner import RunOptions, worker_loop
     from search.studyfile import load_study
-    from training.loop import prepare_data
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     calls: list[tuple[str, int, int, float]] = []  # (train / val, epoch, images, seconds) per call
@@ -257,9 +257,6 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
 
     overrides = mask_overrides(size, root, home) + [f"train.epochs={size['epochs']}", "enqueue=[]"]
     spec = load_study("mask-lr-sweep", overrides)
-    started = time.perf_counter()
-    prepare_data(spec.data, spec.seed)
-    decode = time.perf_counter() - started
     loop.train_one_epoch, loop.evaluate = timed("train", real_train), timed("val", real_eval)
     try:
         options = RunOptions(storage_url=f"sqlite:///{home}/s.db", artifacts=home / "artifacts",
@@ -277,14 +274,44 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
     def rate(rows: list[tuple[int, int, float]]) -> float:
         return sum(r[1] for r in rows) / max(sum(r[2] for r in rows), 1e-9)
 
-    return {"decode": decode, "rest": rest, "busy": sum(c[3] for c in calls), "wall": decode + rest,
+    per_trial: list[list[tuple[int, int, float]]] = []  # one worker runs the trials one after another
+    for row in train:
+        if row[0] == 0 or not per_trial:
+            per_trial.append([])
+        per_trial[-1].append(row)
+    trials = [f"#{t.number} {t.state.name.lower()} {t.params.get('loss')} {t.params.get('scheduler')}"
+              f" accumulation {t.params.get('accumulation_steps')}: {rate(rows[1:] or rows):.0f} img/s after epoch 0"
+              for t, rows in zip(study.trials, per_trial)]  # fmt: skip
+
+    return {"rest": rest, "busy": sum(c[3] for c in calls),
             "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
             # where the time goes: a trial's first epoch (cuDNN autotuning, allocations) against the rest
             "first_trial_first_epoch": rate(first[:1]), "later_first_epochs": rate(first[1:]),
-            "later_epochs": rate(later), "val_seconds": float(np.mean(val)) if val else 0.0}  # fmt: skip
+            "later_epochs": rate(later), "val_seconds": float(np.mean(val)) if val else 0.0,
+            "trials": trials}  # fmt: skip
 
 
-def main() -> None:
+class Sections:
+    """Runs the benchmark's parts one after another; a part that fails prints its error and the
+    others still run (one run on a lent GPU should not lose every figure to one fault)."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def run(self, name: str, part) -> bool:
+        try:
+            part()
+            return True
+        except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
+            import traceback
+
+            traceback.print_exc()
+            print(f"{name}: FAILED ({type(error).__name__}: {error})", flush=True)
+            self.failed.append(name)
+            return False
+
+
+def main() -> int:
     began = time.perf_counter()
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpu", action="store_true", help="the competition's sizes on CUDA")
@@ -295,14 +322,16 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
     args = parser.parse_args()
     if args.child:
-        return child(args)
+        child(args)
+        return 0
     size = SIZES["gpu" if args.gpu else "cpu"]
     device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
     cores = os.cpu_count() or 1
-    rows: list[tuple[str, str]] = []
+    epochs = 2 if args.gpu else 1
+    figures: dict[str, float] = {}
+    sections = Sections()
 
     def show(name: str, value: str) -> None:
-        rows.append((name, value))
         print(f"{name:58} {value}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,55 +343,106 @@ def main() -> None:
         )
         paths = sorted(str(p) for p in root.rglob("*.jpg"))
 
-        study = short_study(size, root, home)
-        show("short study: decode of all JPEGs", f"{study['decode']:.1f} s on {cores} cores")
-        show(f"short study: {size['trials']} trials x {size['epochs']} epochs, wall after decode",
-             f"{study['rest']:.1f} s ({study['complete']} complete, {study['pruned']} pruned)")  # fmt: skip
-        show(
-            "short study: busy share (train + validation steps / wall after decode)",
-            f"{study['busy'] / study['rest']:.2f}",
-        )
-        show("short study: training img/s, trial 0's first epoch / later trials' first / other epochs",
-             f"{study['first_trial_first_epoch']:.0f} / {study['later_first_epochs']:.0f} / "
-             f"{study['later_epochs']:.0f}")  # fmt: skip
-        show("short study: validation per epoch", f"{study['val_seconds']:.2f} s")
-
         from search.studyfile import load_study
+        from training.loop import prepare_data
 
         spec = load_study("mask-lr-sweep", mask_overrides(size, root, home) + [f"train.device={device.type}"])
         config = spec.trial_config({}, None)
         config_path = Path(tmp) / "config.json"
         config_path.write_text(config.model_dump_json())
-        steps = 30 if args.gpu else 10
-        a = ceiling(size, device, steps)
-        show(f"(a) compute ceiling, {size['model']} batch {size['batch']} at {size['input']}", f"{a:8.0f} img/s")
-        b = competition_pipeline(size, paths, list(spec.train.augment.train), device, steps, max(1, cores - 1))
-        show(f"(b) JPEG + albumentations in {max(1, cores - 1)} DataLoader workers", f"{b:8.0f} img/s")
-        trial = trial_epoch_throughput(config_path.read_text(), 2 if args.gpu else 1)
-        c, trial_start = trial["rate"], trial["ready"]
-        show("(c) a trial's epoch through training/", f"{c:8.0f} img/s")
-        show("start-up of a trial in a running worker (data in memory)", f"{trial_start:.2f} s")
-        d, each, startup = packed(config_path, args.packed, 2 if args.gpu else 1)
-        show(
-            f"(d) {args.packed} trials packed on the device",
-            f"{d:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})",
-        )
-        show(f"start-up of a new worker process, warm decode cache on disk ({args.packed} at once)", f"{startup:.1f} s")
-        if args.compile:
+
+        def decode() -> None:
+            started = time.perf_counter()
+            data = prepare_data(spec.data, spec.seed)  # a worker's first step; its trials share the result
+            show(
+                "decode of all JPEGs (persisted cache written)",
+                f"{time.perf_counter() - started:.1f} s on {cores} cores",
+            )
+            if device.type == "cuda":
+                from training.data.loader import resident_images
+
+                started = time.perf_counter()
+                resident_images(data.decoded.images, device)
+                torch.cuda.synchronize()
+                gib = data.decoded.images.nbytes / 2**30
+                show(
+                    "decoded images to the GPU (once per worker)",
+                    f"{time.perf_counter() - started:.1f} s ({gib:.1f} GiB)",
+                )
+
+        def compute_ceiling() -> None:
+            figures["a"] = ceiling(size, device, 30 if args.gpu else 10)
+            show(
+                f"(a) compute ceiling, {size['model']} batch {size['batch']} at {size['input']}",
+                f"{figures['a']:8.0f} img/s",
+            )
+
+        def competition() -> None:
+            augment = list(spec.train.augment.train)
+            figures["b"] = competition_pipeline(size, paths, augment, device, 30 if args.gpu else 10, max(1, cores - 1))
+            show(f"(b) JPEG + albumentations in {max(1, cores - 1)} DataLoader workers", f"{figures['b']:8.0f} img/s")
+
+        def one_trial() -> None:
+            trial = trial_epoch_throughput(config_path.read_text(), epochs)
+            figures["c"], figures["c_first_epoch"] = trial["rate"], trial["first_epoch"]
+            show("(c) a trial's epoch through training/", f"{figures['c']:8.0f} img/s")
+            show("start-up of a trial in a running worker (data in memory)", f"{trial['ready']:.2f} s")
+
+        def packed_trials() -> None:
+            figures["d"], each, startup = packed(config_path, args.packed, epochs)
+            show(f"(d) {args.packed} trials packed on the device",
+                 f"{figures['d']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
+            show(
+                f"start-up of a new worker process, warm decode cache on disk ({args.packed} at once)",
+                f"{startup:.1f} s",
+            )
+
+        def ratios() -> None:
+            a, b, c, d = (figures.get(k, float("nan")) for k in "abcd")
+            print()
+            print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
+            print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU")
+            print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
+            print(flush=True)
+
+        def study() -> None:
+            result = short_study(size, root, home)
+            show(f"short study: {size['trials']} trials x {size['epochs']} epochs, wall after decode",
+                 f"{result['rest']:.1f} s ({result['complete']} complete, {result['pruned']} pruned)")  # fmt: skip
+            show("short study: busy share (train + validation steps / wall after decode)",
+                 f"{result['busy'] / result['rest']:.2f}")  # fmt: skip
+            show("short study: training img/s, trial 0's first epoch / later trials' first / other epochs",
+                 f"{result['first_trial_first_epoch']:.0f} / {result['later_first_epochs']:.0f} / "
+                 f"{result['later_epochs']:.0f}")  # fmt: skip
+            show("short study: validation per epoch", f"{result['val_seconds']:.2f} s")
+            for line in result["trials"]:
+                print(f"  {line}")
+
+        def compile_twice() -> None:
             compiled_path = Path(tmp) / "compiled.json"
             compiled_path.write_text(config.model_copy(update={"compile": True}).model_dump_json())
-            cold, warm = compiled_twice(compiled_path, 2 if args.gpu else 1)
-            first = f"{cold['first_epoch']:.1f} s / {warm['first_epoch']:.1f} s (plain: {trial['first_epoch']:.1f} s)"
+            cold, warm = compiled_twice(compiled_path, epochs)
+            plain = figures.get("c_first_epoch", float("nan"))
+            first = f"{cold['first_epoch']:.1f} s / {warm['first_epoch']:.1f} s (plain: {plain:.1f} s)"
             show("(c) compiled: first epoch, new cache / cache from the first process", first)
-            show("(c) compiled", f"{warm['rate']:8.0f} img/s ({warm['rate'] / c:.2f} of plain)")
-        print()
-        print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
-        print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU")
-        print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
+            show(
+                "(c) compiled",
+                f"{warm['rate']:8.0f} img/s ({warm['rate'] / figures.get('c', float('nan')):.2f} of plain)",
+            )
+
+        # The ratios print as soon as (a)-(d) are known: a run cut short later still has them.
+        parts = [("decode", decode), ("(a)", compute_ceiling), ("(b)", competition), ("(c)", one_trial),
+                 ("(d)", packed_trials), ("ratios", ratios), ("short study", study)]  # fmt: skip
+        for name, part in parts + ([("compiled (c)", compile_twice)] if args.compile else []):
+            sections.run(name, part)
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {cores} cores"
         print(f"device: {name}; torch {torch.__version__}")
         print(f"whole benchmark: {time.perf_counter() - began:.0f} s after its imports (GPU mode: target < 300 s)")
+    if sections.failed:
+        print(f"failed: {', '.join(sections.failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
