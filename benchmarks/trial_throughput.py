@@ -32,9 +32,10 @@ import torch
 
 SIZES = {
     # people, image (h, w) on disk, model input, model, batch, trials × epochs of the short study
-    "cpu": {"people": 30, "photo": (96, 72), "input": 32, "model": "resnet10t", "batch": 32, "trials": 2, "epochs": 2},
+    "cpu": {"people": 30, "photo": (96, 72), "input": 32, "model": "resnet10t", "batch": 32, "trials": 2, "epochs": 2,
+            "competition_batch": 32},
     "gpu": {"people": 2700, "photo": (512, 384), "input": 224, "model": "efficientnet_b0", "batch": 256,
-            "trials": 8, "epochs": 4},
+            "trials": 8, "epochs": 4, "competition_batch": 64},
 }  # fmt: skip
 
 
@@ -108,10 +109,14 @@ def ceiling(size: dict, device: torch.device, steps: int) -> float:
 
 
 def competition_pipeline(
-    size: dict, paths: list[str], augment: list[dict], device: torch.device, steps: int, workers: int
+    size: dict, paths: list[str], augment: list[dict], device: torch.device, steps: int, workers: int, batch: int
 ) -> float:
     """JPEG decode + albumentations (Resize, the study's training augmentation, Normalize) per image in
-    DataLoader workers, as the competition's baseline does."""
+    DataLoader workers, as the competition's baseline does, feeding the same model step.
+
+    The workers fill their prefetch queue (workers x 2 batches) while the first steps autotune; those
+    batches are drained before the clock starts, so the figure is the pipeline's steady rate, not the
+    GPU eating a queue made in advance."""
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
@@ -126,28 +131,34 @@ def competition_pipeline(
             image = cv2.cvtColor(cv2.imread(paths[i]), cv2.COLOR_BGR2RGB)
             return transform(image=image)["image"], i % 18
 
-    loader = torch.utils.data.DataLoader(
-        Files(), batch_size=size["batch"], shuffle=True, num_workers=workers, pin_memory=device.type == "cuda"
-    )
+    prefetch = 2
+    loader = torch.utils.data.DataLoader(Files(), batch_size=batch, shuffle=True, num_workers=workers,
+                                         prefetch_factor=prefetch, pin_memory=device.type == "cuda",
+                                         persistent_workers=True, drop_last=True)  # fmt: skip
     _, step = model_and_step(size["model"], 18, device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    warmup = 3 + workers * prefetch
 
     def batches():
-        for i, (x, y) in enumerate(loader):
-            if i >= steps + 3:
-                return
-            yield x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
+        served = 0
+        while True:  # as many epochs as the steps need
+            for x, y in loader:
+                if served == warmup + steps:
+                    return
+                served += 1
+                yield x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
 
-    return timed_steps(step, batches(), 3, device)
+    return timed_steps(step, batches(), warmup, device)
 
 
-def trial_epoch_throughput(config_json: str, epochs: int) -> dict[str, float]:
+def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[str, float]:
     """(c): training epochs through training/ with the trial's own loaders (compiled when the config
     says so).
 
     Returns img/s (``rate``), seconds from the call to the first step (``ready``), the wall clock at
-    the first step (``ready_at``) and the first epoch's seconds (``first_epoch``: cuDNN autotuning,
-    and compiling when compiled)."""
+    the first step (``ready_at``), the first epoch's seconds (``first_epoch``: cuDNN autotuning, and
+    compiling when compiled), and the timed epochs' images and wall-clock window. ``barrier``, when
+    given, is called once everything is ready, before the first step."""
     started = time.perf_counter()
     from training import TrainConfig
     from training.loop import InputPipe, build_loaders, compiled, prepare_data, resolve_device, train_one_epoch
@@ -171,22 +182,37 @@ def trial_epoch_throughput(config_json: str, epochs: int) -> dict[str, float]:
     train_loader, _ = build_loaders(config, data, device)
     forward = compiled(model, config) if config.compile else model
     ready, ready_at = time.perf_counter() - started, time.time()
+    if barrier is not None:
+        barrier()
     _, _, first_epoch = train_one_epoch(forward, train_loader, 0, pipe, loss_fn, optimizer, schedule, 1)  # warm-up
-    rates = []
+    rates, images, timed_from = [], 0, time.time()
     for epoch in range(1, epochs + 1):
         _, seen, seconds = train_one_epoch(forward, train_loader, epoch, pipe, loss_fn, optimizer, schedule, 1)
         rates.append(seen / seconds)
+        images += seen
     rate = float(np.median(rates)) if rates else 0.0
-    return {"rate": rate, "ready": ready, "ready_at": ready_at, "first_epoch": first_epoch}
+    return {"rate": rate, "ready": ready, "ready_at": ready_at, "first_epoch": first_epoch,
+            "images": images, "timed_from": timed_from, "timed_to": time.time()}  # fmt: skip
+
+
+READY = "ready: waiting for a line on stdin"
 
 
 def child(args: argparse.Namespace) -> None:
-    print(json.dumps(trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs)), flush=True)
+    def barrier() -> None:
+        print(READY, flush=True)
+        sys.stdin.readline()
+
+    report = trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs, barrier if args.barrier else None)
+    print(json.dumps(report), flush=True)
 
 
-def child_command(config_path: Path, epochs: int) -> list[str]:
-    """A new process running (c) on this config; its last line of output is ``child``'s report."""
-    return [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)]
+def child_command(config_path: Path, epochs: int, barrier: bool = False) -> list[str]:
+    """A new process running (c) on this config; its last line of output is ``child``'s report. With
+    ``barrier`` it prints ``READY`` when set up and starts training when it reads a line."""
+    return [sys.executable, __file__, "--child", str(config_path), "--child-epochs", str(epochs)] + (
+        ["--barrier"] if barrier else []
+    )
 
 
 def child_report(stdout: str) -> dict[str, float]:
@@ -201,17 +227,34 @@ def compiled_twice(config_path: Path, epochs: int) -> list[dict[str, float]]:
 
 
 def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], float]:
-    """(d): K new processes train at once on the device; their rates add up.
+    """(d): K new processes train at once on the device.
 
-    Also returns the slowest one's start-up: imports, the persisted decode cache, the model and
-    loaders, until its first step (K starting at once, as the workers of `search run` do)."""
-    command = child_command(config_path, epochs)
+    They start training together (each waits at a barrier once set up: their imports take different
+    times), and the figure is all their timed images over the window from the first one's timed start
+    to the last one's end, so a process running alone for a while does not count as packed.
+
+    Also returns each one's own rate, and the slowest one's start-up: imports, the persisted decode
+    cache, the model and loaders, until it is ready (K starting at once, as the workers of `search
+    run` do)."""
+    command = child_command(config_path, epochs, barrier=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // k)))  # as `search run --workers`
     spawned = time.time()
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(k)]
-    reports = [child_report(p.communicate()[0]) for p in procs]
-    rates = [r["rate"] for r in reports]
-    return sum(rates), rates, max(r["ready_at"] for r in reports) - spawned
+    procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(k)]  # fmt: skip
+    for proc in procs:
+        while (line := proc.stdout.readline()) and line.strip() != READY:
+            pass
+        if not line:
+            raise RuntimeError(f"a packed trial process exited before it was ready (status {proc.wait()})")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    reports = [child_report(proc.communicate()[0]) for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise RuntimeError(f"a packed trial process failed: {[proc.returncode for proc in procs]}")
+    window = max(r["timed_to"] for r in reports) - min(r["timed_from"] for r in reports)
+    together = sum(r["images"] for r in reports) / window
+    return together, [r["rate"] for r in reports], max(r["ready_at"] for r in reports) - spawned
 
 
 def mask_overrides(size: dict, root: Path, home: Path) -> list[str]:
@@ -318,6 +361,7 @@ def main() -> int:
     parser.add_argument("--device", help="override the device (e.g. cuda with the small sizes: a smoke test)")
     parser.add_argument("--child")
     parser.add_argument("--child-epochs", type=int, default=2)
+    parser.add_argument("--barrier", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--packed", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
     args = parser.parse_args()
@@ -378,9 +422,14 @@ def main() -> int:
             )
 
         def competition() -> None:
-            augment = list(spec.train.augment.train)
-            figures["b"] = competition_pipeline(size, paths, augment, device, 30 if args.gpu else 10, max(1, cores - 1))
-            show(f"(b) JPEG + albumentations in {max(1, cores - 1)} DataLoader workers", f"{figures['b']:8.0f} img/s")
+            # The competition's baseline trains at batch 64 (the study's own batch size); the same
+            # pipeline at the trial's batch shows how much of (b) is the CPU side.
+            augment, workers = list(spec.train.augment.train), max(1, cores - 1)
+            timed_images = 7680 if args.gpu else 320
+            for batch in dict.fromkeys([size["competition_batch"], size["batch"]]):
+                rate = competition_pipeline(size, paths, augment, device, timed_images // batch, workers, batch)
+                figures.setdefault("b", rate)
+                show(f"(b) JPEG + albumentations in {workers} DataLoader workers, batch {batch}", f"{rate:8.0f} img/s")
 
         def one_trial() -> None:
             trial = trial_epoch_throughput(config_path.read_text(), epochs)
@@ -401,7 +450,7 @@ def main() -> int:
             a, b, c, d = (figures.get(k, float("nan")) for k in "abcd")
             print()
             print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
-            print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU")
+            print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU ((b) at the competition's batch)")
             print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
             print(flush=True)
 

@@ -7,7 +7,13 @@ are loaded on first use, so importing the config or the errors does not import t
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# albumentations asks PyPI for a newer version at every import (up to a 2 s timeout, and a warning
+# on machines without network): seconds per worker process, for nothing a training run needs. A
+# user who wants the check sets the variable to 0.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from training.config import (
     AugmentConfig,
