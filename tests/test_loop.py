@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,15 @@ def test_compile_keeps_its_inductor_cache_in_the_shared_cache_folder_unless_the_
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     compiled(model, config)
     assert cache_dir() == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("chosen", [None, "0"])
+def test_albumentations_does_not_ask_pypi_for_updates_unless_the_user_wants_it(chosen):
+    """Importing albumentations asks PyPI for a newer version (up to 2 s, a warning offline) in every
+    worker process; the training package turns that off, and a user's own setting stands."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    if chosen is not None:
+        env["NO_ALBUMENTATIONS_UPDATE"] = chosen
+    code = "import os, training; print(os.environ['NO_ALBUMENTATIONS_UPDATE'])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert run.stdout.strip() == (chosen or "1")
