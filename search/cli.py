@@ -38,12 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         start_worker_server()  # the workers' imports happen there while this process does its own
 
+    from search.studyfile import load_study
+
+    spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
     from search.runner import RunOptions, install_signal_handlers, worker_loop
     from search.storage import artifact_dir, is_sqlite
-    from search.studyfile import load_study
     from search.workers import run_workers
 
-    spec = load_study(args.study, args.set)
     url = _storage(args)
     if args.trials_per_gpu:
         import torch

@@ -13,6 +13,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from training.config import (
+    LOSS_PARAMS,
+    SCHEDULER_PARAMS,
+    WITHOUT_TIMM,
     AugmentConfig,
     DataConfig,
     Frozen,
@@ -104,16 +107,12 @@ class SearchSpace(Frozen):
     @field_validator("scheduler")
     @classmethod
     def _schedulers(cls, table: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
-        from training.schedulers import SCHEDULER_PARAMS
-
         _check_conditionals("scheduler", table, SCHEDULER_PARAMS)
         return table
 
     @field_validator("loss")
     @classmethod
     def _losses(cls, table: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
-        from training.losses import LOSS_PARAMS
-
         _check_conditionals("loss", table, LOSS_PARAMS)
         return table
 
@@ -276,7 +275,10 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> Study:
 
 
 def validate_study(raw: dict[str, Any], where: str) -> Study:
+    """Checked twice: without the names that need timm (seconds to import), so any other problem is
+    answered at once, then in full."""
     try:
+        Study.model_validate(raw, context=WITHOUT_TIMM)
         return Study.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(describe(error, raw, where)) from None

@@ -131,3 +131,25 @@ def test_the_real_command_prints_no_traceback_and_debug_does(tmp_path):
     assert len(plain.stderr.strip().splitlines()) == 1
     with pytest.raises(ConfigError, match="train.epochs"):  # --debug lets it through, traceback and all
         main(["run", "--study", path, "--debug"])
+
+
+def test_the_name_tables_a_study_is_checked_against_are_the_implementations_names():
+    from training.config import LOSS_PARAMS, SCHEDULER_PARAMS
+    from training.losses import LOSSES
+    from training.schedulers import SCHEDULERS
+
+    assert set(LOSS_PARAMS) == set(LOSSES)
+    assert set(SCHEDULER_PARAMS) == set(SCHEDULERS)
+
+
+@pytest.mark.parametrize("mutate", [_set("space.loss", {"dice": {}}), _set("trian", {})], ids=["loss", "key"])
+def test_a_bad_study_file_is_answered_before_torch_is_imported(tmp_path, mutate):
+    """Everything but the timm names is checked first, without the seconds torch and timm take."""
+    path = _write(tmp_path, mutate)
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "search", "run", "--study", path], capture_output=True, text=True
+    )
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and lines[-1].startswith("search: error: "), run.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert "optuna" in imported and "torch" not in imported and "timm" not in imported

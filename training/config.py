@@ -5,7 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+# The names a study file may use, with the config fields each one reads (a study may sample only
+# these under that name). The implementations (``training.losses.LOSSES``,
+# ``training.schedulers.SCHEDULERS``) have exactly these keys; the tables live here, without torch,
+# so a study file is checked before anything heavy is imported.
+LOSS_PARAMS: dict[str, set[str]] = {
+    "cross_entropy": {"class_weights"},
+    "focal": {"focal_gamma", "class_weights"},
+    "label_smoothing": {"smoothing", "class_weights"},
+    "f1": set(),
+}
+SCHEDULER_PARAMS: dict[str, set[str]] = {
+    "step": {"step_size", "step_gamma", "warmup_steps"},
+    "cosine": {"eta_min", "t_max", "warmup_steps"},
+    "plateau": {"plateau_factor", "plateau_patience", "warmup_steps"},
+}
+
+# Validation context that leaves out the checks needing timm (model and optimizer names): it takes
+# seconds to import, so a study file is checked without it first and its other typos answered at once.
+WITHOUT_TIMM = {"timm": False}
+
+
+def _timm_checks(info: ValidationInfo) -> bool:
+    return (info.context or {}).get("timm", True)
 
 
 def registered(kind: str, name: str, registry: dict) -> str:
@@ -74,7 +98,9 @@ class ModelConfig(Frozen):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, name: str) -> str:
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
+        if not _timm_checks(info):
+            return name
         import timm
 
         if not timm.is_model(name):
@@ -94,9 +120,7 @@ class LossConfig(Frozen):
     @field_validator("name")
     @classmethod
     def _known_loss(cls, name: str) -> str:
-        from training.losses import LOSSES
-
-        return registered("loss", name, LOSSES)
+        return registered("loss", name, LOSS_PARAMS)
 
 
 class SchedulerConfig(Frozen):
@@ -114,9 +138,7 @@ class SchedulerConfig(Frozen):
     @field_validator("name")
     @classmethod
     def _known_scheduler(cls, name: str) -> str:
-        from training.schedulers import SCHEDULERS
-
-        return registered("scheduler", name, SCHEDULERS)
+        return registered("scheduler", name, SCHEDULER_PARAMS)
 
 
 class OptimizerConfig(Frozen):
@@ -128,7 +150,9 @@ class OptimizerConfig(Frozen):
 
     @field_validator("name")
     @classmethod
-    def _known_optimizer(cls, name: str) -> str:
+    def _known_optimizer(cls, name: str, info: ValidationInfo) -> str:
+        if not _timm_checks(info):
+            return name
         from timm.optim import list_optimizers
 
         if name not in list_optimizers():

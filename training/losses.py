@@ -1,4 +1,4 @@
-"""Loss registry: the keys of ``LOSSES`` are exactly the names a study file may use."""
+"""Loss registry: the keys of ``LOSSES`` are exactly the names a study file may use (``LOSS_PARAMS``)."""
 
 from __future__ import annotations
 
@@ -77,15 +77,6 @@ LOSSES: dict[str, Callable[[LossConfig, np.ndarray], nn.Module]] = {
     "focal": lambda c, counts: FocalLoss(c.focal_gamma, _weight(c, counts)),
     "label_smoothing": lambda c, counts: nn.CrossEntropyLoss(weight=_weight(c, counts), label_smoothing=c.smoothing),
     "f1": lambda c, counts: SoftF1Loss(len(counts)),
-}
-
-
-# The config fields each loss reads: a study may sample only these under that loss.
-LOSS_PARAMS: dict[str, set[str]] = {
-    "cross_entropy": {"class_weights"},
-    "focal": {"focal_gamma", "class_weights"},
-    "label_smoothing": {"smoothing", "class_weights"},
-    "f1": set(),
 }
 
 

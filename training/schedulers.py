@@ -1,4 +1,5 @@
-"""Scheduler registry: the keys of ``SCHEDULERS`` are exactly the names a study file may use.
+"""Scheduler registry: the keys of ``SCHEDULERS`` are exactly the names a study file may use
+(``SCHEDULER_PARAMS``).
 
 ``step``, ``cosine`` and ``plateau`` step once per epoch (``plateau`` on validation macro-F1,
 mode max). Warm-up, when ``warmup_steps`` > 0, is linear over the first optimizer steps and
@@ -20,13 +21,6 @@ SCHEDULERS: dict[str, Callable[[Optimizer, SchedulerConfig, int], object]] = {
     "plateau": lambda opt, c, epochs: sched.ReduceLROnPlateau(
         opt, mode="max", factor=c.plateau_factor, patience=c.plateau_patience
     ),
-}
-
-# The config fields each schedule reads: a study may sample only these under that schedule.
-SCHEDULER_PARAMS: dict[str, set[str]] = {
-    "step": {"step_size", "step_gamma", "warmup_steps"},
-    "cosine": {"eta_min", "t_max", "warmup_steps"},
-    "plateau": {"plateau_factor", "plateau_patience", "warmup_steps"},
 }
 
 
