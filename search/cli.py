@@ -33,7 +33,8 @@ def _store(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.workers > 1 or args.trials_per_gpu:
+    spawning = args.worker_index is None and (args.workers > 1 or bool(args.trials_per_gpu))
+    if spawning:
         from search.workers import start_worker_server
 
         start_worker_server()  # the workers' imports happen there while this process does its own
@@ -46,12 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.workers import run_workers
 
     url = _storage(args)
-    if args.trials_per_gpu:
+    if spawning and args.trials_per_gpu:
         import torch
 
         # K workers on each GPU: short trials leave a GPU idle between steps; two share it well.
         args.workers = args.trials_per_gpu * max(1, torch.cuda.device_count())
-    if args.workers > 1 and is_sqlite(url):
+    if spawning and is_sqlite(url):
         print(
             f"search: {args.workers} workers share one SQLite file; writes are serialised. "
             "For many workers or machines use PostgreSQL (--storage postgresql+psycopg2://...).",
@@ -63,12 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         n_trials=args.n_trials or spec.budget.n_trials,
         timeout=args.timeout or spec.budget.timeout,
         workers=args.workers,
-        worker_index=args.worker_index,
+        worker_index=args.worker_index or 0,
         quiet=args.quiet,
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period or 3 * args.heartbeat_interval,
     )
-    if args.workers > 1:
+    if spawning:
         from search.runner import create_study
 
         create_study(spec, options)  # once, so workers don't race to create it
@@ -76,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(argv, options)
     install_signal_handlers()
     study = worker_loop(spec, options)
-    if args.worker_index == 0 and not args.quiet:
+    if not args.worker_index and not args.quiet:
         _print_best(study)
     return 0
 
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
     run.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
     run.add_argument("--grace-period", type=int, default=None, help=argparse.SUPPRESS)
-    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    # set by --workers for each worker it starts (with --workers N): this process is one of them
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     for name, text in (("status", "counts, best, top trials"), ("best", "the best trial's params and metrics")):
         p = sub.add_parser(name, parents=[common], help=text)

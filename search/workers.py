@@ -50,7 +50,7 @@ def run_workers(argv: list[str], options: RunOptions) -> int:
         env = {"SEARCH_STORAGE": options.storage_url, "OMP_NUM_THREADS": str(threads)}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        worker_argv = [*argv, "--workers", "1", "--worker-index", str(index)]
+        worker_argv = [*argv, "--workers", str(options.workers), "--worker-index", str(index)]
         workers.append(context.Process(target=_worker_main, args=(worker_argv, env), name=f"search-worker-{index}"))
         workers[-1].start()
 

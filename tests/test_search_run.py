@@ -202,11 +202,17 @@ def test_running_again_continues_the_same_study(finished_study):
 
 def test_two_workers_share_one_sqlite_file(tmp_path):
     env = {"SEARCH_HOME": str(tmp_path)}
-    run = search("run", "--study", "lr-sweep", "--n-trials", "4", "--workers", "2", *TINY, env=env)
+    verbose = [arg for arg in TINY if arg != "--quiet"]
+    run = search("run", "--study", "lr-sweep", "--n-trials", "4", "--workers", "2", *verbose, env=env)
     assert "database is locked" not in run.stderr
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4 and len(study.trials) == 4
+    # each worker's progress lines say which worker printed them; the warning is printed once
+    lines = (run.stdout + run.stderr).splitlines()
+    for index in (0, 1):
+        assert any(line.startswith(f"[worker {index}] trial ") for line in lines), lines
+    assert sum("share one SQLite file" in line for line in lines) == 1
 
 
 def test_eight_workers_share_one_study_on_postgresql(tmp_path):
