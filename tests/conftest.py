@@ -38,7 +38,8 @@ def search_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     from search.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    term = signal.getsignal(signal.SIGTERM)  # `search run` installs its own handler
+    # `search run` sets its own SIGTERM and SIGINT handlers: give the test process its own back
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         patch.setenv("PYTHONWARNINGS", "ignore")  # main sets it; give it back afterwards
         for key, value in (env or {}).items():
@@ -46,7 +47,8 @@ def search_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         try:
             code = main(list(args))
         finally:
-            signal.signal(signal.SIGTERM, term)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
     return subprocess.CompletedProcess(["search", *args], code, out.getvalue(), err.getvalue())
 
 

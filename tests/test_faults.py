@@ -83,6 +83,7 @@ def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path,
     worker = _start(tmp_path, *args)
     _wait_mid_training(url, worker, need_finished=0)
     worker.send_signal(signum)
+    worker.send_signal(signum)  # at once again, as a Ctrl-C reaches a worker directly and through its parent
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == code, err[-2000:]
     assert "Traceback" not in err and "interrupted" in err
@@ -314,3 +315,33 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     reason = study.trials[0].user_attrs["failure_reason"]
     assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
+
+
+def test_an_interrupt_repeated_at_once_is_the_same_interrupt_a_later_one_interrupts_again(monkeypatch):
+    """The second copy of a Ctrl-C must not cut short the first one's bookkeeping; a deliberate
+    second Ctrl-C later still stops what the first one started."""
+    from search import runner
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    clock = iter([100.0, 100.2, 101.5, 200.0, 200.1])
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(clock))
+    try:
+        runner.install_signal_handlers()
+        with pytest.raises(KeyboardInterrupt) as first:
+            signal.raise_signal(signal.SIGINT)
+        assert not isinstance(first.value, runner.Interrupted)
+        try:
+            signal.raise_signal(signal.SIGINT)  # 0.2 s later: the same Ctrl-C, nothing raised
+        except KeyboardInterrupt:
+            pytest.fail("the repeat of an interrupt 0.2 s later interrupted again")
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # 1.5 s after the first: a new one
+        with pytest.raises(runner.Interrupted):
+            signal.raise_signal(signal.SIGTERM)
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pytest.fail("the repeat of a SIGTERM 0.1 s later interrupted again")
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
