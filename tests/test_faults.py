@@ -23,10 +23,13 @@ RUN = ["run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT]
 
 
 def _start(home: Path, *args: str) -> subprocess.Popen:
-    """A worker process, to be killed or interrupted."""
+    """A worker process, to be killed or interrupted; in a process group of its own, as a command
+    started from a terminal is."""
     env = {**os.environ, "SEARCH_HOME": str(home)}
     command = [sys.executable, "-m", "search", *RUN, *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _wait_mid_training(
@@ -99,15 +102,24 @@ def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path,
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
 
 
-def test_interrupting_a_run_of_several_workers_stops_every_worker_and_marks_their_trials(tmp_path):
+@pytest.mark.parametrize(
+    "how, code",
+    [("SIGTERM to the command only, as a scheduler sends it: it passes it on", 143),
+     ("Ctrl-C in a terminal: SIGINT to the whole process group, workers too", 130)],
+    ids=["sigterm", "ctrl-c"],
+)  # fmt: skip
+def test_interrupting_a_run_of_several_workers_stops_every_worker_and_marks_their_trials(tmp_path, how, code):
     url = f"sqlite:///{tmp_path}/studies.db"
     run = _start(
         tmp_path, "--workers", "2", "--n-trials", "4", "--set", "train.epochs=8", "--set", "pruner={name: none}"
     )
     _wait_mid_training(url, run, need_finished=0, need_running=2)
-    run.send_signal(signal.SIGTERM)  # to the command only, as a scheduler does: it passes it on
+    if code == 143:
+        run.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(run.pid, signal.SIGINT)
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 143, err[-2000:]
+    assert run.returncode == code, err[-2000:]
     assert "Traceback" not in err
     study = optuna.load_study(study_name="lr-sweep", storage=url)
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
