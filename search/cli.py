@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spawning and args.trials_per_gpu:
         import torch
 
-        # K workers on each GPU: short trials leave a GPU idle between steps; two share it well.
+        # K workers on each GPU: pays where one trial leaves the GPU idle (README, On a GPU).
         args.workers = args.trials_per_gpu * max(1, torch.cuda.device_count())
     if spawning and is_sqlite(url):
         print(
