@@ -191,6 +191,29 @@ def test_compile_keeps_its_inductor_cache_in_the_shared_cache_folder_unless_the_
     assert cache_dir() == str(tmp_path / "mine")
 
 
+def test_a_compiled_model_trains_and_validation_runs_the_same_model_eager(folder_dataset, monkeypatch):
+    """Only training steps go through ``train.compile``'s module (validation would be more graphs
+    to compile), and validation sees the weights training changed."""
+    import training.loop as loop
+
+    through_compiled: list[bool] = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper: same parameters
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            through_compiled.append(torch.is_grad_enabled() and self.training)
+            return self.model(x)
+
+    monkeypatch.setattr(loop, "compiled", lambda model, config: Compiled(model))
+    compiled_run = train(tiny_config(folder_dataset, compile=True))
+    plain_run = train(tiny_config(folder_dataset))
+    assert through_compiled and all(through_compiled)
+    assert [h["macro_f1"] for h in compiled_run.history] == [h["macro_f1"] for h in plain_run.history]
+
+
 @pytest.mark.parametrize("chosen", [None, "0"])
 def test_albumentations_does_not_ask_pypi_for_updates_unless_the_user_wants_it(chosen):
     """Importing albumentations asks PyPI for a newer version (up to 2 s, a warning offline) in every

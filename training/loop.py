@@ -351,7 +351,9 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
             "train_loss": loss,
             "lr": lr,
             "train_images_per_second": seen / seconds if seconds else float("inf"),
-            **evaluate(forward, val_loader, pipe),
+            # Eager even when compiled: validation without grad, and its short last batch, would each
+            # be one more graph to compile per trial, for a few batches per epoch.
+            **evaluate(model, val_loader, pipe),
         }
         history.append(metrics)
         if metrics["macro_f1"] > best_metrics.get("macro_f1", -1.0):
