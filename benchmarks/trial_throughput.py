@@ -344,17 +344,15 @@ class Sections:
     def __init__(self) -> None:
         self.failed: list[str] = []
 
-    def run(self, name: str, part) -> bool:
+    def run(self, name: str, part) -> None:
         try:
             part()
-            return True
         except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
             import traceback
 
             traceback.print_exc()
             print(f"{name}: FAILED ({type(error).__name__}: {error})", flush=True)
             self.failed.append(name)
-            return False
 
 
 def main() -> int:
