@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.data.loader import BatchLoader, DeviceBatchLoader
 from training.device_augment import DeviceAugment, supported
@@ -144,3 +145,80 @@ def test_hue_saturation_value_changes_a_share_p_of_the_images_and_leaves_the_oth
         changed.append(int((~untouched).sum()))
     assert set(changed) == {12, 13}  # 0.3 x 41 = 12.3: twelve, or thirteen with chance 0.3
     assert np.mean(changed) == pytest.approx(12.3, abs=0.15)
+
+
+class HostWaits(TorchDispatchMode):
+    """Records the operations that make the host wait for a CUDA device: reading a value back
+    (``.item()``, ``bool()``), sizes known only from the data (boolean masks, ``nonzero``), and host
+    data of more than one element made into a tensor (then copied to the device, blocking)."""
+
+    READS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
+             "aten.is_nonzero.default", "aten.equal.default", "aten._unique2.default"}  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        masks = name.startswith("aten.index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ()
+        )
+        host_data = name == "aten.lift_fresh.default" and args[0].numel() > 1
+        if name in self.READS or masks or host_data:
+            self.waits.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal", "label_smoothing", "f1"])
+def test_a_training_epoch_on_the_device_path_waits_for_the_device_only_at_its_ends(loss):
+    """Every wait for the GPU in a step leaves it idle while Python queues the next kernels. The mask
+    study's device path (flip + affine composed, brightness / contrast, HSV on a subset, dropout on
+    the rarest classes) through the real epoch loop, 5 steps: the epoch's order goes over once and
+    its mean loss comes back once, nothing per step."""
+    import timm
+
+    from search.studyfile import load_study
+    from training.config import LossConfig, SchedulerConfig
+    from training.loop import InputPipe, train_one_epoch
+    from training.losses import build_loss
+    from training.schedulers import build_schedule
+
+    augment = load_study("mask-lr-sweep", ["data.root=/unused"]).train.augment
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8))
+    labels = np.arange(40) % 6
+    cpu = torch.device("cpu")
+    loader = DeviceBatchLoader(images, labels, np.arange(40), 8, shuffle=True, seed=0, device=cpu,
+                               augment=DeviceAugment(augment.train, 0), rare_augment=DeviceAugment(augment.rare, 1),
+                               rare_classes=[4, 5])  # fmt: skip
+    model = timm.create_model("resnet10t", num_classes=6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # as build_optimizer on CUDA
+    schedule = build_schedule(optimizer, SchedulerConfig(name="cosine"), 2)
+    loss_fn = build_loss(LossConfig(name=loss), np.bincount(labels))
+    pipe = InputPipe((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), cpu)
+    with HostWaits() as recorder:
+        _, seen, _ = train_one_epoch(model, loader, 0, pipe, loss_fn, optimizer, schedule, accumulation_steps=2)
+    assert seen == 40
+    assert recorder.waits == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]
+
+
+def test_the_host_wait_recorder_sees_the_waits_it_looks_for():
+    x = torch.rand(6)
+    with HostWaits() as recorder:
+        x[x > 0.5] = 0.0
+        x.sum().item()
+        torch.tensor([0.0, 0.0, 1.0])
+        x.nonzero()
+        torch.where(x > 0.2, 1.0, 0.0)  # no wait: the mask stays on the device
+    assert recorder.waits == ["aten.index_put_.default", "aten._local_scalar_dense.default",
+                              "aten.lift_fresh.default", "aten.nonzero.default"]  # fmt: skip
+
+
+def test_composed_geometry_is_the_product_of_the_steps_as_3x3_matrices():
+    from training.device_augment import _compose
+
+    outer, inner = torch.randn(2, 4, 2, 3, generator=torch.Generator().manual_seed(0)).unbind(0)
+    last = torch.tensor([0.0, 0.0, 1.0]).expand(4, 1, 3)
+    expected = torch.bmm(torch.cat([outer, last], 1), torch.cat([inner, last], 1))[:, :2]
+    assert torch.allclose(_compose(outer, inner), expected, atol=1e-6)

@@ -91,8 +91,8 @@ class DeviceAugment:
         name = step["name"]
         on = self._chosen(n, float(step.get("p", 0.5 if name != "RandomResizedCrop" else 1.0)), device)
         eye = torch.eye(2, 3, device=device).expand(n, 2, 3).clone()
-        if name == "HorizontalFlip":
-            eye[on, 0, 0] = -1.0
+        if name == "HorizontalFlip":  # a mask assignment (eye[on] = ...) would read the mask back to the host
+            eye[:, 0, 0] = torch.where(on, -1.0, 1.0)
             return eye
         if name == "RandomResizedCrop":
             area = self._uniform(n, *_pair(step.get("scale"), (0.08, 1.0)), device)
@@ -191,8 +191,7 @@ class DeviceAugment:
             if affine is None:
                 affine = matrix
             else:  # compose: output → (this step) → intermediate → (earlier steps) → input
-                row = torch.tensor([0.0, 0.0, 1.0], device=device).expand(n, 1, 3)
-                affine = torch.bmm(affine, torch.cat([matrix, row], dim=1))
+                affine = _compose(affine, matrix)
         if affine is not None:
             grid = F.affine_grid(affine, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -204,6 +203,14 @@ class DeviceAugment:
             elif step["name"] == "CoarseDropout":
                 self._coarse_dropout(x, step)
         return x.clamp_(0.0, 255.0)
+
+
+def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``outer ∘ inner`` for batches of 2×3 affine matrices (each read as 3×3 with a last row 0 0 1),
+    made on the device: a constant row built from a Python list would be a blocking host copy."""
+    out = torch.bmm(outer[:, :, :2], inner)
+    out[:, :, 2] += outer[:, :, 2]
+    return out
 
 
 def _shift_hsv(

@@ -191,9 +191,10 @@ def predict_probs(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> tup
     for images, y in loader.batches(0):
         with autocast(pipe.device):
             logits = model(pipe(images))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(y.cpu())
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+        probs.append(torch.softmax(logits.float(), dim=1))
+        labels.append(y)
+    # gathered where they were made and read back once: a read per batch would stall every batch
+    return torch.cat(probs).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def evaluate(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> dict[str, Any]:

@@ -45,7 +45,9 @@ class SoftF1Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = F.softmax(logits.float(), dim=1)
-        onehot = F.one_hot(target, self.num_classes).to(probs.dtype)
+        # scatter, not F.one_hot: one_hot reads the labels' range back on the CPU (not on CUDA), and
+        # the loop is kept free of reads on every device so that a test on the CPU can see them
+        onehot = torch.zeros_like(probs).scatter_(1, target[:, None], 1.0)
         tp = (probs * onehot).sum(0)
         fp = (probs * (1 - onehot)).sum(0)
         fn = ((1 - probs) * onehot).sum(0)
