@@ -12,13 +12,16 @@ validation steps).
 
     python benchmarks/trial_throughput.py            # CPU, small sizes (seconds)
     python benchmarks/trial_throughput.py --gpu      # the sizes of the competition, < 5 minutes
+    ... --gpu --mps      # also (d) under CUDA MPS;   ... --compile   # also (c) compiled
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,9 +67,10 @@ def make_mask_data(root: Path, people: int, photo: tuple[int, int], threads: int
     return people * 7
 
 
-def timed_steps(step, batches, warmup: int, device: torch.device) -> float:
-    """Images per second over ``batches`` after ``warmup`` steps; synchronises only at the ends."""
-    count, started = 0, None
+def timed_steps(step, batches, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Images per second over ``batches`` after ``warmup`` steps, and the warm-up's seconds;
+    synchronises only at the ends."""
+    count, began, started = 0, time.perf_counter(), None
     for i, batch in enumerate(batches):
         if i == warmup:
             if device.type == "cuda":
@@ -75,7 +79,7 @@ def timed_steps(step, batches, warmup: int, device: torch.device) -> float:
         count += step(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), started - began
 
 
 def model_and_step(name: str, classes: int, device: torch.device):
@@ -103,7 +107,9 @@ def model_and_step(name: str, classes: int, device: torch.device):
     return model, step
 
 
-def ceiling(size: dict, device: torch.device, steps: int) -> float:
+def ceiling(size: dict, device: torch.device, steps: int) -> tuple[float, float]:
+    """(a) in img/s, and the seconds of the first 3 steps: in a new process on CUDA, that is where
+    cuDNN tries its kernels for every layer's shape (``cudnn.benchmark``)."""
     _, step = model_and_step(size["model"], 18, device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     x = torch.randn(size["batch"], 3, size["input"], size["input"], device=device).contiguous(memory_format=fmt)
@@ -151,7 +157,7 @@ def competition_pipeline(
                 served += 1
                 yield x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
 
-    return timed_steps(step, batches(), warmup, device)
+    return timed_steps(step, batches(), warmup, device)[0]
 
 
 def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[str, float]:
@@ -260,6 +266,21 @@ def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], 
     return together, [r["rate"] for r in reports], max(r["ready_at"] for r in reports) - spawned
 
 
+@contextlib.contextmanager
+def mps_daemon():
+    """CUDA MPS for the duration (kernels of several processes run on the GPU at once instead of
+    taking turns); yields whether it started. Processes that start CUDA later connect to it."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None or subprocess.run([control, "-d"], capture_output=True).returncode != 0:
+        yield False
+        return
+    try:
+        time.sleep(1)  # the daemon answers once its pipe is up
+        yield True
+    finally:
+        subprocess.run([control], input=b"quit\n", capture_output=True)
+
+
 def mask_overrides(size: dict, root: Path, home: Path) -> list[str]:
     """The shipped mask study (its augmentation included) on the generated data, at these sizes."""
     return [
@@ -345,8 +366,10 @@ class Sections:
         self.failed: list[str] = []
 
     def run(self, name: str, part) -> None:
+        started = time.perf_counter()
         try:
             part()
+            print(f"  ({name}: {time.perf_counter() - started:.0f} s)", flush=True)
         except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
             import traceback
 
@@ -365,6 +388,7 @@ def main() -> int:
     parser.add_argument("--barrier", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--packed", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
+    parser.add_argument("--mps", action="store_true", help="also (d) under CUDA MPS (started and stopped here)")
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -416,21 +440,20 @@ def main() -> int:
                 )
 
         def compute_ceiling() -> None:
-            figures["a"] = ceiling(size, device, 30 if args.gpu else 10)
+            figures["a"], first_steps = ceiling(size, device, 30 if args.gpu else 10)
             show(
                 f"(a) compute ceiling, {size['model']} batch {size['batch']} at {size['input']}",
                 f"{figures['a']:8.0f} img/s",
             )
+            show("(a) its first 3 steps in this process (cuDNN autotuning on CUDA)", f"{first_steps:.1f} s")
 
         def competition() -> None:
-            # The competition's baseline trains at batch 64 (the study's own batch size); the same
-            # pipeline at the trial's batch shows how much of (b) is the CPU side.
-            augment, workers = list(spec.train.augment.train), max(1, cores - 1)
+            # The competition's baseline trains at batch 64, the study's own batch size.
+            augment, workers, batch = list(spec.train.augment.train), max(1, cores - 1), size["competition_batch"]
             timed_images = 7680 if args.gpu else 320
-            for batch in dict.fromkeys([size["competition_batch"], size["batch"]]):
-                rate = competition_pipeline(size, paths, augment, device, timed_images // batch, workers, batch)
-                figures.setdefault("b", rate)
-                show(f"(b) JPEG + albumentations in {workers} DataLoader workers, batch {batch}", f"{rate:8.0f} img/s")
+            figures["b"] = competition_pipeline(size, paths, augment, device, timed_images // batch, workers, batch)
+            show(f"(b) JPEG + albumentations in {workers} DataLoader workers, batch {batch}",
+                 f"{figures['b']:8.0f} img/s")  # fmt: skip
 
         def one_trial() -> None:
             trial = trial_epoch_throughput(config_path.read_text(), epochs)
@@ -446,6 +469,15 @@ def main() -> int:
                 f"start-up of a new worker process, warm decode cache on disk ({args.packed} at once)",
                 f"{startup:.1f} s",
             )
+            if not args.mps:
+                return
+            with mps_daemon() as running:
+                if not running:
+                    show("(d) under CUDA MPS", "not run: no nvidia-cuda-mps-control, or it did not start")
+                    return
+                figures["d_mps"], each, _ = packed(config_path, args.packed, epochs)
+            show(f"(d) {args.packed} trials packed, under CUDA MPS",
+                 f"{figures['d_mps']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
 
         def ratios() -> None:
             a, b, c, d = (figures.get(k, float("nan")) for k in "abcd")
@@ -453,6 +485,8 @@ def main() -> int:
             print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
             print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU ((b) at the competition's batch)")
             print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
+            if "d_mps" in figures:
+                print(f"(d)/(c) = {figures['d_mps'] / c:.2f}   under CUDA MPS")
             print(flush=True)
 
         def study() -> None:

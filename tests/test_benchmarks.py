@@ -21,6 +21,8 @@ def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure():
         assert rate and int(rate.group(1)) > 0, label
     assert re.search(r"short study: 2 trials x 2 epochs, wall after decode\s+[\d.]+ s \(2 complete", out)
     assert re.search(r"start-up of a trial in a running worker \(data in memory\)\s+[\d.]+ s", out)
+    assert re.search(r"\(a\) its first 3 steps in this process.*\s[\d.]+ s", out)
+    assert re.search(r"\(\(c\): \d+ s\)", out)  # each part's own seconds
     for ratio in ("(c)/(a)", "(c)/(b)", "(d)/(c)"):
         assert re.search(re.escape(ratio) + r" = \d+\.\d\d", out), ratio
     assert "device: CPU" in out
