@@ -50,8 +50,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spawning and args.trials_per_gpu:
         import torch
 
+        from search.workers import mps_running, packing_warning
+
         # K workers on each GPU: pays where one trial leaves the GPU idle (README, On a GPU).
         args.workers = args.trials_per_gpu * max(1, torch.cuda.device_count())
+        if warning := packing_warning(args.trials_per_gpu, torch.cuda.device_count(), mps_running()):
+            print(warning, file=sys.stderr)
     if spawning and is_sqlite(url):
         print(
             f"search: {args.workers} workers share one SQLite file; writes are serialised. "

@@ -246,3 +246,16 @@ def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     assert f"Best: trial {study.best_trial.number}" in page and "largest / smallest" not in page  # title is in the PNG
     assert "Most confused classes" in page and "<table>" in page
+
+
+def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatch):
+    from search.workers import mps_running, packing_warning
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert not mps_running()
+    os.mkfifo(tmp_path / "control")  # what a running nvidia-cuda-mps-control -d leaves there
+    assert mps_running()
+    warning = packing_warning(2, gpus=1, mps=False)
+    assert warning and "nvidia-cuda-mps-control -d" in warning and "--trials-per-gpu 1" in warning
+    assert packing_warning(2, gpus=1, mps=True) is None  # under MPS their kernels run at once
+    assert packing_warning(1, gpus=1, mps=False) is None and packing_warning(2, gpus=0, mps=False) is None
