@@ -81,7 +81,7 @@ def packing_warning(trials_per_gpu: int, gpus: int, mps: bool) -> str | None:
         return None
     return (
         f"search: {trials_per_gpu} trials per GPU take turns on it (no CUDA MPS daemon found); two mask-study "
-        "trials at batch 256 trained at 0.82x one alone on an H200. Start `nvidia-cuda-mps-control -d` first, "
+        "trials at batch 256 trained at 0.82-0.95x one alone on an H200. Start `nvidia-cuda-mps-control -d` first, "
         "or use --trials-per-gpu 1 for trials that keep the GPU busy."
     )
 
