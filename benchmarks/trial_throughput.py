@@ -13,6 +13,7 @@ validation steps).
     python benchmarks/trial_throughput.py            # CPU, small sizes (seconds)
     python benchmarks/trial_throughput.py --gpu      # the sizes of the competition, < 5 minutes
     ... --gpu --mps      # also (d) under CUDA MPS;   ... --compile   # also (c) compiled
+    ... --gpu --batch 64 --mps   # the trials at the study's own batch, where packing has room
 """
 
 from __future__ import annotations
@@ -389,11 +390,13 @@ def main() -> int:
     parser.add_argument("--packed", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
     parser.add_argument("--mps", action="store_true", help="also (d) under CUDA MPS (started and stopped here)")
+    parser.add_argument("--batch", type=int, help="the trial's batch for (a), (c), (d) and the short study")
     args = parser.parse_args()
     if args.child:
         child(args)
         return 0
-    size = SIZES["gpu" if args.gpu else "cpu"]
+    size = dict(SIZES["gpu" if args.gpu else "cpu"])
+    size["batch"] = args.batch or size["batch"]
     device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
     cores = os.cpu_count() or 1
     epochs = 2 if args.gpu else 1
