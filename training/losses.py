@@ -36,11 +36,11 @@ class FocalLoss(nn.Module):
 
 
 class SoftF1Loss(nn.Module):
-    """1 − macro-F1 computed on softmax probabilities, so it is differentiable."""
+    """1 − macro-F1 computed on softmax probabilities, so it is differentiable; the classes are the
+    logits' columns."""
 
-    def __init__(self, num_classes: int, eps: float = 1e-7) -> None:
+    def __init__(self, eps: float = 1e-7) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.eps = eps
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ LOSSES: dict[str, Callable[[LossConfig, np.ndarray], nn.Module]] = {
     "cross_entropy": lambda c, counts: nn.CrossEntropyLoss(weight=_weight(c, counts)),
     "focal": lambda c, counts: FocalLoss(c.focal_gamma, _weight(c, counts)),
     "label_smoothing": lambda c, counts: nn.CrossEntropyLoss(weight=_weight(c, counts), label_smoothing=c.smoothing),
-    "f1": lambda c, counts: SoftF1Loss(len(counts)),
+    "f1": lambda c, counts: SoftF1Loss(),
 }
 
 
