@@ -20,8 +20,16 @@ import optuna
 
 from search.pictures import TrialPictures
 from search.progress import Progress
+from search.pruners import first_prunable_step
 from search.space import sample
-from search.storage import STORAGE_ERRORS, AtomicArtifactStore, TrialGate, trial_artifact_record, upload
+from search.storage import (
+    STORAGE_ERRORS,
+    AtomicArtifactStore,
+    TrialGate,
+    set_user_attrs,
+    trial_artifact_record,
+    upload,
+)
 from search.studyfile import Study
 from training import ConfigError, NonFiniteLossError, TrainResult, train
 from training.errors import DiskError, SearchError
@@ -44,8 +52,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def record_result(trial: optuna.Trial, result: TrainResult) -> None:
-    """Every validation metric of the best epoch, plus how the run went, as user attributes."""
+def result_attrs(result: TrainResult) -> dict[str, Any]:
+    """Every validation metric of the best epoch, plus how the run went: the trial's user attributes."""
     best = result.best_metrics
     attrs: dict[str, Any] = {name: _json_safe(best.get(name)) for name in SCALAR_METRICS}
     attrs |= {
@@ -57,8 +65,7 @@ def record_result(trial: optuna.Trial, result: TrainResult) -> None:
         "train_images_per_second": round(result.train_images_per_second, 1),
         "device": result.device,
     }
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    return attrs
 
 
 class Objective:
@@ -78,21 +85,27 @@ class Objective:
         self.gate = gate
         self.progress = progress
         self.pictures = TrialPictures(store)
+        self.first_prunable_epoch = first_prunable_step(spec.pruner)
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.gate.release()  # the trial exists now: other workers may start theirs
         params = sample(trial, self.spec.space)
         out_dir = self.work_dir / f"trial-{trial.number}"
         config = self.spec.trial_config(params, out_dir)
-        trial.set_user_attr("seed", config.seed)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr("config", json.dumps(config.model_dump(mode="json"), sort_keys=True))
+        set_user_attrs(
+            trial,
+            {
+                "seed": config.seed,
+                "worker": f"{socket.gethostname()}:{os.getpid()}",
+                "config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+            },
+        )
         self.progress.trial_started(trial.number, params)
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
             trial.report(metrics["macro_f1"], epoch)
             self.progress.epoch(trial.number, epoch, config.epochs, metrics)
-            return trial.should_prune()
+            return epoch >= self.first_prunable_epoch and trial.should_prune()
 
         failure: dict[str, Any] = {}
         try:
@@ -118,28 +131,26 @@ class Objective:
             _note_failure(trial, **failure)
             raise TrialFailed(f"trial {trial.number} failed: {failure['failure_reason']}")
 
-        record_result(trial, result)
+        attrs = result_attrs(result)
+        if not result.stopped_early and result.checkpoint is not None and result.checkpoint.is_file():
+            try:
+                attrs[CHECKPOINT_ATTR] = upload(self.store, result.checkpoint, trial_artifact_record(trial))
+            except DiskError as error:
+                _note_failure(trial, **attrs, failure_reason=str(error))
+                raise
+        set_user_attrs(trial, attrs)
         self.pictures.submit(trial, result, draw=not result.stopped_early)
+        shutil.rmtree(out_dir, ignore_errors=True)
         value = float(result.best_metrics["macro_f1"])
         if result.stopped_early:
-            shutil.rmtree(out_dir, ignore_errors=True)
             raise optuna.TrialPruned(f"macro-F1 {value:.4f} after {result.epochs_run} epochs")
-        if result.checkpoint is not None and result.checkpoint.is_file():
-            try:
-                artifact_id = upload(self.store, result.checkpoint, trial_artifact_record(trial))
-                trial.set_user_attr(CHECKPOINT_ATTR, artifact_id)
-            except DiskError as error:
-                _note_failure(trial, failure_reason=str(error))
-                raise
-        shutil.rmtree(out_dir, ignore_errors=True)
         return value
 
 
 def _note_failure(trial: optuna.Trial, **attrs: Any) -> None:
     """Record why a trial failed, as far as the storage lets us: the failure itself must not be masked."""
     try:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, attrs)
     except STORAGE_ERRORS:
         pass
 

@@ -36,3 +36,11 @@ def build_pruner(component: Any) -> optuna.pruners.BasePruner:
         return PRUNERS[component.name](**options)
     except TypeError as error:
         raise ValueError(f"pruner '{component.name}': {error}") from None
+
+
+def first_prunable_step(component: Any) -> int:
+    """The first step at which the named pruner can stop a trial. Asking earlier only costs two
+    reads of the study (Optuna's pruners read every trial before looking at the step)."""
+    if component.name in ("median", "percentile"):
+        return int(component.options.get("n_warmup_steps", 0))
+    return 0

@@ -14,13 +14,15 @@ import os
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import optuna
 import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -91,12 +93,35 @@ def _engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True, "connect_args": connect_args}
 
 
-def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> optuna.storages.RDBStorage:
+class SearchStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage plus the one write it lacks: several user attributes of a trial in one
+    transaction. A trial records about fifteen (its metrics, configuration, checkpoint); one commit
+    each was a third of the time a demo trial spends outside training."""
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        # Optuna's own per-attribute write (its checks and per-database upsert), committed once.
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """``trial.set_user_attr`` for each of ``attrs``, in one transaction where the storage allows."""
+    storage = getattr(trial.storage, "_backend", trial.storage)  # Optuna puts a cache in front of an RDB storage
+    if not isinstance(storage, SearchStorage):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    storage.set_trial_user_attrs(trial._trial_id, attrs)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what ``trial.user_attrs`` returns, as set_user_attr keeps it
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> SearchStorage:
     """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         try:
-            storage = optuna.storages.RDBStorage(
+            storage = SearchStorage(
                 url,
                 engine_kwargs=_engine_kwargs(url),
                 heartbeat_interval=heartbeat_interval,

@@ -7,7 +7,7 @@ import warnings
 import optuna
 import pytest
 
-from search.pruners import PRUNERS, build_pruner
+from search.pruners import PRUNERS, build_pruner, first_prunable_step
 from search.samplers import SAMPLERS, build_sampler
 from search.space import sample
 from search.studyfile import Component, load_study
@@ -57,3 +57,29 @@ def test_every_pruner_builds_with_its_options(name):
     )
     pruner = build_pruner(Component(name=name, **options))
     assert isinstance(pruner, optuna.pruners.BasePruner)
+
+
+@pytest.mark.parametrize("name", ["median", "percentile"])
+def test_a_trial_is_not_asked_to_prune_before_its_pruner_could_stop_it(name):
+    """The objective skips ``should_prune`` (two reads of the study) before ``first_prunable_step``:
+    Optuna's pruner must indeed never stop a trial there, even one far behind the rest."""
+    options = {"n_warmup_steps": 2, "n_startup_trials": 1} | ({"percentile": 75.0} if name == "percentile" else {})
+    component = Component(name=name, **options)
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(component))
+    ahead = study.ask()
+    for step in range(4):
+        ahead.report(1.0, step)
+    study.tell(ahead, 1.0)
+    behind = study.ask()
+    decisions = []
+    for step in range(4):
+        behind.report(0.0, step)
+        decisions.append(behind.should_prune())
+    assert first_prunable_step(component) == 2
+    assert decisions == [False, False, True, True]
+
+
+def test_pruners_without_a_warm_up_are_asked_from_the_first_step():
+    assert first_prunable_step(Component(name="successive_halving")) == 0
+    assert first_prunable_step(Component(name="median")) == 0
+    assert first_prunable_step(load_study("lr-sweep").pruner) == 2

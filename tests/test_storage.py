@@ -1,0 +1,69 @@
+"""The storage's own writes: a trial's user attributes in one transaction, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy
+from conftest import postgres_url
+
+from search.storage import open_storage, set_user_attrs
+
+ATTRS = {
+    "macro_f1": 0.75,
+    "per_class_f1": [0.5, None, 1.0],
+    "confusion_matrix": [[3, 1], [0, 4]],
+    "device": "cuda",
+    "config": '{"lr": 0.001}',
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else postgres_url()
+
+
+def test_user_attributes_are_one_commit_and_read_back_as_if_set_one_by_one(storage_url):
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
+    one_by_one, batched = study.ask(), study.ask()
+    for key, value in ATTRS.items():
+        one_by_one.set_user_attr(key, value)
+
+    commits = []
+
+    def count(connection) -> None:
+        commits.append(connection)
+
+    sqlalchemy.event.listen(storage.engine, "commit", count)
+    set_user_attrs(batched, ATTRS)
+    set_user_attrs(batched, {"macro_f1": 0.8})  # a second write of a key replaces it, as set_user_attr does
+    sqlalchemy.event.remove(storage.engine, "commit", count)
+
+    assert len(commits) == 2
+    assert batched.user_attrs == ATTRS | {"macro_f1": 0.8}  # the running trial sees them too
+    # Read back through a storage of its own, as another worker or the dashboard would.
+    trials = optuna.load_study(study_name=study.study_name, storage=storage_url).trials
+    assert trials[0].user_attrs == ATTRS
+    assert trials[1].user_attrs == ATTRS | {"macro_f1": 0.8}
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+def test_a_finished_trial_refuses_attributes_as_optuna_does(storage_url):
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    study.tell(trial, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, ATTRS)
+    assert optuna.load_study(study_name=study.study_name, storage=storage_url).trials[0].user_attrs == {}
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+def test_other_storages_get_the_attributes_one_by_one():
+    study = optuna.create_study()  # in memory
+    trial = study.ask()
+    set_user_attrs(trial, ATTRS)
+    assert study.trials[0].user_attrs == ATTRS
