@@ -167,8 +167,8 @@ def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[
 
     Returns img/s (``rate``), seconds from the call to the first step (``ready``), the wall clock at
     the first step (``ready_at``), the first epoch's seconds (``first_epoch``: cuDNN autotuning, and
-    compiling when compiled), and the timed epochs' images and wall-clock window. ``barrier``, when
-    given, is called once everything is ready, before the first step."""
+    compiling when compiled), and each timed epoch's wall-clock start, end and images (``timed``).
+    ``barrier``, when given, is called once everything is ready, before the first step."""
     started = time.perf_counter()
     from training import TrainConfig
     from training.loop import InputPipe, build_loaders, compiled, prepare_data, resolve_device, train_one_epoch
@@ -195,14 +195,14 @@ def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[
     if barrier is not None:
         barrier()
     _, _, first_epoch = train_one_epoch(forward, train_loader, 0, pipe, loss_fn, optimizer, schedule, 1)  # warm-up
-    rates, images, timed_from = [], 0, time.time()
+    rates, timed = [], []
     for epoch in range(1, epochs + 1):
+        epoch_from = time.time()
         _, seen, seconds = train_one_epoch(forward, train_loader, epoch, pipe, loss_fn, optimizer, schedule, 1)
         rates.append(seen / seconds)
-        images += seen
+        timed.append((epoch_from, time.time(), seen))
     rate = float(np.median(rates)) if rates else 0.0
-    return {"rate": rate, "ready": ready, "ready_at": ready_at, "first_epoch": first_epoch,
-            "images": images, "timed_from": timed_from, "timed_to": time.time()}  # fmt: skip
+    return {"rate": rate, "ready": ready, "ready_at": ready_at, "first_epoch": first_epoch, "timed": timed}
 
 
 READY = "ready: waiting for a line on stdin"
@@ -240,8 +240,10 @@ def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], 
     """(d): K new processes train at once on the device.
 
     They start training together (each waits at a barrier once set up: their imports take different
-    times), and the figure is all their timed images over the window from the first one's timed start
-    to the last one's end, so a process running alone for a while does not count as packed.
+    times). The figure counts only the window in which every one of them is in its timed epochs: a
+    process still in its first epoch (cuDNN autotuning) loads the device without counting, and one
+    running alone after the others finished is not packed. Each epoch's images count in proportion
+    to the part of it inside the window.
 
     Also returns each one's own rate, and the slowest one's start-up: imports, the persisted decode
     cache, the model and loaders, until it is ready (K starting at once, as the workers of `search
@@ -262,9 +264,20 @@ def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], 
     reports = [child_report(proc.communicate()[0]) for proc in procs]
     if any(proc.returncode for proc in procs):
         raise RuntimeError(f"a packed trial process failed: {[proc.returncode for proc in procs]}")
-    window = max(r["timed_to"] for r in reports) - min(r["timed_from"] for r in reports)
-    together = sum(r["images"] for r in reports) / window
+    together = common_window_rate([r["timed"] for r in reports])
     return together, [r["rate"] for r in reports], max(r["ready_at"] for r in reports) - spawned
+
+
+def common_window_rate(runs: list[list[tuple[float, float, int]]]) -> float:
+    """Images per second of all ``runs`` together over the window in which every run is in one of
+    its epochs (start, end, images); an epoch's images count pro rata to its part in the window."""
+    start, end = max(run[0][0] for run in runs), min(run[-1][1] for run in runs)
+    if end <= start:
+        raise RuntimeError("the packed trials' timed epochs never ran at the same time; give them more epochs")
+    images = sum(
+        seen * max(0.0, min(to, end) - max(begin, start)) / (to - begin) for run in runs for begin, to, seen in run
+    )
+    return images / (end - start)
 
 
 @contextlib.contextmanager

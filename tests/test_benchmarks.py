@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -26,3 +28,17 @@ def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure():
     for ratio in ("(c)/(a)", "(c)/(b)", "(d)/(c)"):
         assert re.search(re.escape(ratio) + r" = \d+\.\d\d", out), ratio
     assert "device: CPU" in out
+
+
+def test_packed_trials_count_only_the_window_where_all_of_them_train():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from trial_throughput import common_window_rate
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # One run trains from 0 to 20 s, the other from 5 to 25 s: together only from 5 to 20 s, where
+    # the first did half its first epoch and all its second (150 images), the second 50 + 25.
+    first, second = [(0.0, 10.0, 100), (10.0, 20.0, 100)], [(5.0, 15.0, 50), (15.0, 25.0, 50)]
+    assert common_window_rate([first, second]) == pytest.approx(225 / 15)
+    with pytest.raises(RuntimeError, match="never ran at the same time"):
+        common_window_rate([[(0.0, 1.0, 10)], [(2.0, 3.0, 10)]])
