@@ -150,10 +150,17 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     while deadline is None or time.monotonic() < deadline:
         try:
             gate.acquire()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                optuna.storages.fail_stale_trials(study)
             counts = state_counts(study)
+            if (
+                counts["RUNNING"]
+                and sum(counts[state] for state in ("COMPLETE", "PRUNED", "RUNNING")) >= options.n_trials
+            ):
+                # Before waiting on the running trials: a killed worker's turns FAIL (and is queued
+                # again) here. Otherwise Optuna does this itself when the next trial starts.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    optuna.storages.fail_stale_trials(study)
+                counts = state_counts(study)
             finished = counts["COMPLETE"] + counts["PRUNED"]
             if finished >= options.n_trials:
                 break
