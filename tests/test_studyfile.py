@@ -64,6 +64,7 @@ BAD_STUDIES = [
     ("unknown loss", _set("space.loss", {"dice": {}}), "unknown loss 'dice'"),
     ("unknown scheduler", _set("space.scheduler", {"onecycle": {}}), "unknown scheduler 'onecycle'"),
     ("unknown model", _set("model.name", "resnet9000"), "unknown timm model 'resnet9000'"),
+    ("misspelt model", _set("model.name", "convnext_tinyy"), "'convnext_tinyy' (did you mean convnext_tiny,"),
     ("unknown sampler", _set("sampler", {"name": "bayes"}), "unknown sampler 'bayes'"),
     ("unknown pruner", _set("pruner", {"name": "early"}), "unknown pruner 'early'"),
     ("bad pruner option", _set("pruner", {"name": "median", "warmup": 2}), "unexpected keyword argument 'warmup'"),

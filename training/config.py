@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,7 +105,9 @@ class ModelConfig(Frozen):
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown timm model '{name}' (see timm.list_models())")
+            close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
+            hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+            raise ValueError(f"unknown timm model '{name}' ({hint})")
         return name
 
 
