@@ -64,11 +64,8 @@ def test_pictures_are_drawn_outside_the_worker_process(trials, monkeypatch):
     monkeypatch.setattr(search.pictures, "per_class_f1_png", not_here)
     pictures = TrialPictures(store)
     pictures.submit(trial, finished_result())
-    drawer = None
-    while pictures.pending and not pictures.pending[0].done():
-        drawer = drawer or pictures.drawer
-        time.sleep(0.05)
-    drawer = drawer or pictures.drawer
+    pictures.pending[0].result()
+    drawer = pictures.drawer
     pictures.wait()
 
     assert len(pngs(store)) == 2
