@@ -21,8 +21,6 @@ from typing import Any, BinaryIO
 import optuna
 import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -93,6 +91,15 @@ def _engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True, "connect_args": connect_args}
 
 
+try:  # Optuna internals (not pinned): without them a trial's attributes are written one by one
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    _ONE_TRANSACTION = hasattr(optuna.storages.RDBStorage, "_set_trial_attr_without_commit")
+except ImportError:
+    _ONE_TRANSACTION = False
+
+
 class SearchStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage plus the one write it lacks: several user attributes of a trial in one
     transaction. A trial records about fifteen (its metrics, configuration, checkpoint); one commit
@@ -108,7 +115,7 @@ class SearchStorage(optuna.storages.RDBStorage):
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """``trial.set_user_attr`` for each of ``attrs``, in one transaction where the storage allows."""
     storage = getattr(trial.storage, "_backend", trial.storage)  # Optuna puts a cache in front of an RDB storage
-    if not isinstance(storage, SearchStorage):
+    if not (_ONE_TRANSACTION and isinstance(storage, SearchStorage)):
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy
 from conftest import postgres_url
 
+import search.storage
 from search.storage import open_storage, set_user_attrs
 
 ATTRS = {
@@ -67,3 +68,22 @@ def test_other_storages_get_the_attributes_one_by_one():
     trial = study.ask()
     set_user_attrs(trial, ATTRS)
     assert study.trials[0].user_attrs == ATTRS
+
+
+def test_without_the_optuna_internals_it_needs_the_attributes_are_still_written(tmp_path, monkeypatch):
+    """Optuna is not pinned: if a release renames what the one-transaction write uses, the
+    attributes go one commit each instead of failing the trial."""
+    monkeypatch.setattr(search.storage, "_ONE_TRANSACTION", False)
+    storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
+    study = optuna.create_study(storage=storage, study_name="fallback")
+    trial = study.ask()
+    commits = []
+
+    def count(connection) -> None:
+        commits.append(connection)
+
+    sqlalchemy.event.listen(storage.engine, "commit", count)
+    set_user_attrs(trial, ATTRS)
+    sqlalchemy.event.remove(storage.engine, "commit", count)
+    assert len(commits) == len(ATTRS)
+    assert optuna.load_study(study_name="fallback", storage=storage).trials[0].user_attrs == ATTRS
