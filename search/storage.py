@@ -120,7 +120,9 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
             trial.set_user_attr(key, value)
         return
     storage.set_trial_user_attrs(trial._trial_id, attrs)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what ``trial.user_attrs`` returns, as set_user_attr keeps it
+    cached = getattr(trial, "_cached_frozen_trial", None)  # what ``trial.user_attrs`` returns; set_user_attr updates it
+    if cached is not None:
+        cached.user_attrs.update(attrs)
 
 
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> SearchStorage:
