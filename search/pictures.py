@@ -108,9 +108,10 @@ class DrawingProcess:
         )
 
     def draw(self, best: dict[str, Any], class_names: Sequence[str], work: str) -> dict[str, Path]:
-        job = {"matrix": best["confusion_matrix"], "per_class_f1": best["per_class_f1"], "names": list(class_names)}
+        job = {"matrix": best["confusion_matrix"], "per_class_f1": best["per_class_f1"], "names": list(class_names),
+               "work": work}  # fmt: skip
         try:
-            self.process.stdin.write(json.dumps(job | {"work": work}) + "\n")
+            self.process.stdin.write(json.dumps(job) + "\n")
             self.process.stdin.flush()
             answer = self.process.stdout.readline()
         except OSError:

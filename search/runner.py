@@ -65,6 +65,11 @@ def state_counts(study: optuna.Study) -> Counter:
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
+def all_taken(counts: Counter, n_trials: int) -> bool:
+    """Finished and running trials make up the whole budget: nothing is left to start."""
+    return counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= n_trials
+
+
 def best_of(study: optuna.Study) -> tuple[int, float] | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -151,10 +156,7 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
         try:
             gate.acquire()
             counts = state_counts(study)
-            if (
-                counts["RUNNING"]
-                and sum(counts[state] for state in ("COMPLETE", "PRUNED", "RUNNING")) >= options.n_trials
-            ):
+            if counts["RUNNING"] and all_taken(counts, options.n_trials):
                 # Before waiting on the running trials: a killed worker's turns FAIL (and is queued
                 # again) here. Otherwise Optuna does this itself when the next trial starts.
                 with warnings.catch_warnings():
@@ -164,7 +166,7 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
             finished = counts["COMPLETE"] + counts["PRUNED"]
             if finished >= options.n_trials:
                 break
-            if finished + counts["RUNNING"] >= options.n_trials:
+            if all_taken(counts, options.n_trials):
                 gate.release()  # the rest is taken; wait in case one of them fails
                 time.sleep(POLL_SECONDS)
                 continue

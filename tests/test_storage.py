@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import optuna
@@ -21,6 +22,21 @@ ATTRS = {
 }
 
 
+@contextlib.contextmanager
+def counted_commits(engine: sqlalchemy.engine.Engine):
+    """A list that gets one entry per transaction committed on ``engine`` inside the block."""
+    commits: list = []
+
+    def count(connection) -> None:
+        commits.append(connection)
+
+    sqlalchemy.event.listen(engine, "commit", count)
+    try:
+        yield commits
+    finally:
+        sqlalchemy.event.remove(engine, "commit", count)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request, tmp_path) -> str:
     return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else postgres_url()
@@ -33,15 +49,9 @@ def test_user_attributes_are_one_commit_and_read_back_as_if_set_one_by_one(stora
     for key, value in ATTRS.items():
         one_by_one.set_user_attr(key, value)
 
-    commits = []
-
-    def count(connection) -> None:
-        commits.append(connection)
-
-    sqlalchemy.event.listen(storage.engine, "commit", count)
-    set_user_attrs(batched, ATTRS)
-    set_user_attrs(batched, {"macro_f1": 0.8})  # a second write of a key replaces it, as set_user_attr does
-    sqlalchemy.event.remove(storage.engine, "commit", count)
+    with counted_commits(storage.engine) as commits:
+        set_user_attrs(batched, ATTRS)
+        set_user_attrs(batched, {"macro_f1": 0.8})  # a second write of a key replaces it, as set_user_attr does
 
     assert len(commits) == 2
     assert batched.user_attrs == ATTRS | {"macro_f1": 0.8}  # the running trial sees them too
@@ -77,13 +87,7 @@ def test_without_the_optuna_internals_it_needs_the_attributes_are_still_written(
     storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
     study = optuna.create_study(storage=storage, study_name="fallback")
     trial = study.ask()
-    commits = []
-
-    def count(connection) -> None:
-        commits.append(connection)
-
-    sqlalchemy.event.listen(storage.engine, "commit", count)
-    set_user_attrs(trial, ATTRS)
-    sqlalchemy.event.remove(storage.engine, "commit", count)
+    with counted_commits(storage.engine) as commits:
+        set_user_attrs(trial, ATTRS)
     assert len(commits) == len(ATTRS)
     assert optuna.load_study(study_name="fallback", storage=storage).trials[0].user_attrs == ATTRS
