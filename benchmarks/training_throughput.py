@@ -13,20 +13,9 @@ import statistics
 import time
 
 import torch
-from timm.optim import create_optimizer_v2
 
 from search.studyfile import load_study
-from training.loop import (
-    InputPipe,
-    build_loaders,
-    prepare_data,
-    resolve_device,
-    seed_everything,
-    train_one_epoch,
-)
-from training.losses import build_loss
-from training.models import create_model, normalisation
-from training.schedulers import build_schedule
+from training.loop import set_up
 
 
 def bare_step(model, optimizer, loss_fn, x, y, steps: int) -> float:
@@ -51,16 +40,9 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_study(args.study, args.set).trial_config({}, None)
-    device = resolve_device(config.device)
-    data = prepare_data(config.data, config.seed)
-    seed_everything(config.seed)
-    model = create_model(config.model, data.num_classes).to(device)
-    optimizer = create_optimizer_v2(model, opt=config.optimizer.name, lr=1e-4)
-    loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
-    schedule = build_schedule(optimizer, config.scheduler, config.epochs)
-    pipe = InputPipe(*normalisation(model), device)
-    train_loader, _ = build_loaders(config, data)
-    steps = len(train_loader)
+    run = set_up(config)
+    model, optimizer, loss_fn, data, device = run.model, run.optimizer, run.loss_fn, run.data, run.device
+    steps = len(run.train_loader)
     x = torch.randn(config.batch_size, 3, *config.data.image_size, device=device)
     y = torch.randint(0, data.num_classes, (config.batch_size,), device=device)
 
@@ -68,9 +50,7 @@ def main() -> None:
     a_runs, b_runs = [], []
     for epoch in range(args.repeats):
         a_runs.append(bare_step(model, optimizer, loss_fn, x, y, steps))
-        _, seen, seconds = train_one_epoch(
-            model, train_loader, epoch, pipe, loss_fn, optimizer, schedule, config.accumulation_steps
-        )
+        _, seen, seconds = run.train_epoch(epoch)
         b_runs.append(seen / seconds)
     a, b = statistics.median(a_runs), statistics.median(b_runs)
     print(

@@ -14,6 +14,7 @@ validation steps).
     python benchmarks/trial_throughput.py --gpu      # the sizes of the competition, < 5 minutes
     ... --gpu --mps      # also (d) under CUDA MPS;   ... --compile   # also (c) compiled
     ... --gpu --batch 64 --mps   # the trials at the study's own batch, where packing has room
+    ... --only a,c,d             # some of the parts (the data is always made and decoded)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ SIZES = {
     "gpu": {"people": 2700, "photo": (512, 384), "input": 224, "model": "efficientnet_b0", "batch": 256,
             "trials": 8, "epochs": 4, "competition_batch": 64},
 }  # fmt: skip
+PARTS = ("a", "b", "c", "d", "study")  # in the order they run; the ratios print after (d)
 
 
 def make_mask_data(root: Path, people: int, photo: tuple[int, int], threads: int) -> int:
@@ -171,34 +173,17 @@ def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[
     ``barrier``, when given, is called once everything is ready, before the first step."""
     started = time.perf_counter()
     from training import TrainConfig
-    from training.loop import InputPipe, build_loaders, compiled, prepare_data, resolve_device, train_one_epoch
-    from training.losses import build_loss
-    from training.models import create_model, normalisation
-    from training.schedulers import build_schedule
+    from training.loop import set_up
 
-    config = TrainConfig.model_validate_json(config_json)
-    device = resolve_device(config.device)
-    data = prepare_data(config.data, config.seed)
-    model = create_model(config.model, data.num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    from training.loop import build_optimizer
-
-    optimizer = build_optimizer(model, config, device)
-    schedule = build_schedule(optimizer, config.scheduler, config.epochs)
-    loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
-    pipe = InputPipe(*normalisation(model), device)
-    train_loader, _ = build_loaders(config, data, device)
-    forward = compiled(model, config) if config.compile else model
+    run = set_up(TrainConfig.model_validate_json(config_json))
     ready, ready_at = time.perf_counter() - started, time.time()
     if barrier is not None:
         barrier()
-    _, _, first_epoch = train_one_epoch(forward, train_loader, 0, pipe, loss_fn, optimizer, schedule, 1)  # warm-up
+    _, _, first_epoch = run.train_epoch(0, accumulation_steps=1)  # warm-up
     rates, timed = [], []
     for epoch in range(1, epochs + 1):
         epoch_from = time.time()
-        _, seen, seconds = train_one_epoch(forward, train_loader, epoch, pipe, loss_fn, optimizer, schedule, 1)
+        _, seen, seconds = run.train_epoch(epoch, accumulation_steps=1)
         rates.append(seen / seconds)
         timed.append((epoch_from, time.time(), seen))
     rate = float(np.median(rates)) if rates else 0.0
@@ -404,10 +389,16 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
     parser.add_argument("--mps", action="store_true", help="also (d) under CUDA MPS (started and stopped here)")
     parser.add_argument("--batch", type=int, help="the trial's batch for (a), (c), (d) and the short study")
+    parser.add_argument(
+        "--only", help=f"comma-separated parts to run ({','.join(PARTS)}); the data is always made and decoded"
+    )
     args = parser.parse_args()
     if args.child:
         child(args)
         return 0
+    chosen = set(PARTS) if args.only is None else set(args.only.split(","))
+    if chosen - set(PARTS):
+        parser.error(f"--only: unknown part {', '.join(sorted(chosen - set(PARTS)))}; choose from {','.join(PARTS)}")
     size = dict(SIZES["gpu" if args.gpu else "cpu"])
     size["batch"] = args.batch or size["batch"]
     device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
@@ -496,13 +487,15 @@ def main() -> int:
                  f"{figures['d_mps']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
 
         def ratios() -> None:
-            a, b, c, d = (figures.get(k, float("nan")) for k in "abcd")
             print()
-            print(f"(c)/(a) = {c / a:.2f}   target >= 0.9 on the GPU, >= 0.85 on the CPU")
-            print(f"(c)/(b) = {c / b:.2f}   target >= 4 on the GPU ((b) at the competition's batch)")
-            print(f"(d)/(c) = {d / c:.2f}   target >= 1.3 at K = 2")
-            if "d_mps" in figures:
-                print(f"(d)/(c) = {figures['d_mps'] / c:.2f}   under CUDA MPS")
+            for top, bottom, note in [
+                ("c", "a", "target >= 0.9 on the GPU, >= 0.85 on the CPU"),
+                ("c", "b", "target >= 4 on the GPU ((b) at the competition's batch)"),
+                ("d", "c", "target >= 1.3 at K = 2"),
+                ("d_mps", "c", "under CUDA MPS"),
+            ]:
+                if top in figures and bottom in figures:
+                    print(f"({top[0]})/({bottom}) = {figures[top] / figures[bottom]:.2f}   {note}")
             print(flush=True)
 
         def study() -> None:
@@ -531,10 +524,15 @@ def main() -> int:
             )
 
         # The ratios print as soon as (a)-(d) are known: a run cut short later still has them.
-        parts = [("decode", decode), ("(a)", compute_ceiling), ("(b)", competition), ("(c)", one_trial),
-                 ("(d)", packed_trials), ("ratios", ratios), ("short study", study)]  # fmt: skip
-        for name, part in parts + ([("compiled (c)", compile_twice)] if args.compile else []):
-            sections.run(name, part)
+        parts = {"a": compute_ceiling, "b": competition, "c": one_trial, "d": packed_trials, "study": study}
+        sections.run("decode", decode)
+        for key in PARTS:
+            if key in chosen:
+                sections.run("short study" if key == "study" else f"({key})", parts[key])
+            if key == "d":
+                sections.run("ratios", ratios)
+        if args.compile:
+            sections.run("compiled (c)", compile_twice)
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {cores} cores"
         print(f"device: {name}; torch {torch.__version__}")
         print(f"whole benchmark: {time.perf_counter() - began:.0f} s after its imports (GPU mode: target < 300 s)")

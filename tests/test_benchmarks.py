@@ -42,3 +42,17 @@ def test_packed_trials_count_only_the_window_where_all_of_them_train():
     assert common_window_rate([first, second]) == pytest.approx(225 / 15)
     with pytest.raises(RuntimeError, match="never ran at the same time"):
         common_window_rate([[(0.0, 1.0, 10)], [(2.0, 3.0, 10)]])
+
+
+def test_trial_throughput_runs_only_the_parts_asked_for():
+    script = str(BENCHMARKS / "trial_throughput.py")
+    run = subprocess.run([sys.executable, script, "--only", "c"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"\(c\) a trial's epoch through training/\s+\d+ img/s", run.stdout)
+    assert "decode of all JPEGs" in run.stdout  # (c) needs the decoded data
+    for other in ("(a) compute ceiling", "(b) JPEG", "(d) 2 trials", "short study", "(c)/(a)"):
+        assert other not in run.stdout, other
+
+    wrong = subprocess.run([sys.executable, script, "--only", "c,e"], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2
+    assert "unknown part e; choose from a,b,c,d,study" in wrong.stderr.strip().splitlines()[-1]

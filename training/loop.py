@@ -319,8 +319,35 @@ def inductor_cache_dir(config: TrainConfig) -> Path:
     return default_cache_dir(config.data.cache_dir) / "inductor"
 
 
-def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
-    """Train one model as configured; ``on_epoch_end(epoch, metrics)`` returning True stops early."""
+@dataclass
+class Training:
+    """One run's device, data, model, loaders, loss, optimizer and schedule, set up as ``train``
+    uses them (the benchmarks time this same setup's epochs)."""
+
+    config: TrainConfig
+    device: torch.device
+    data: PreparedData
+    model: nn.Module
+    forward: nn.Module  # the model, compiled when the config says so
+    norm: tuple
+    pipe: InputPipe
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+
+    def train_epoch(self, epoch: int, accumulation_steps: int | None = None) -> tuple[float, int, float]:
+        """``train_one_epoch`` on this setup: (mean loss, images seen, seconds)."""
+        steps = accumulation_steps or self.config.accumulation_steps
+        return train_one_epoch(
+            self.forward, self.train_loader, epoch, self.pipe, self.loss_fn, self.optimizer, self.schedule, steps
+        )
+
+
+def set_up(config: TrainConfig) -> Training:
+    """A run ready for its first epoch: the data decoded (or found in the cache), the model on the
+    device (channels_last and cuDNN autotuning on CUDA) and compiled if asked."""
     device = resolve_device(config.device)
     data = prepare_data(config.data, config.seed)
     seed_everything(config.seed)
@@ -329,12 +356,28 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
         model = model.to(memory_format=torch.channels_last)
     norm = normalisation(model)
-    forward = compiled(model, config) if config.compile else model
-    pipe = InputPipe(*norm, device)
     train_loader, val_loader = build_loaders(config, data, device)
-    loss_fn = build_loss(config.loss, data.train_class_counts()).to(device)
     optimizer = build_optimizer(model, config, device)
-    schedule = build_schedule(optimizer, config.scheduler, config.epochs)
+    return Training(
+        config=config,
+        device=device,
+        data=data,
+        model=model,
+        forward=compiled(model, config) if config.compile else model,
+        norm=norm,
+        pipe=InputPipe(*norm, device),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        loss_fn=build_loss(config.loss, data.train_class_counts()).to(device),
+        optimizer=optimizer,
+        schedule=build_schedule(optimizer, config.scheduler, config.epochs),
+    )
+
+
+def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train one model as configured; ``on_epoch_end(epoch, metrics)`` returning True stops early."""
+    run = set_up(config)
+    model, data, schedule = run.model, run.data, run.schedule
     checkpoint_path = Path(config.output_dir) / "best.safetensors" if config.output_dir else None
 
     history: list[dict[str, Any]] = []
@@ -343,9 +386,7 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
     stopped = False
     for epoch in range(config.epochs):
         lr = schedule.lr()
-        loss, seen, seconds = train_one_epoch(
-            forward, train_loader, epoch, pipe, loss_fn, optimizer, schedule, config.accumulation_steps
-        )
+        loss, seen, seconds = run.train_epoch(epoch)
         images_seen, train_seconds = images_seen + seen, train_seconds + seconds
         metrics = {
             "epoch": epoch,
@@ -354,13 +395,13 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
             "train_images_per_second": seen / seconds if seconds else float("inf"),
             # Eager even when compiled: validation without grad, and its short last batch, would each
             # be one more graph to compile per trial, for a few batches per epoch.
-            **evaluate(model, val_loader, pipe),
+            **evaluate(model, run.val_loader, run.pipe),
         }
         history.append(metrics)
         if metrics["macro_f1"] > best_metrics.get("macro_f1", -1.0):
             best_epoch, best_metrics = epoch, metrics
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, model, checkpoint_meta(config, data, norm, epoch, metrics))
+                save_checkpoint(checkpoint_path, model, checkpoint_meta(config, data, run.norm, epoch, metrics))
         schedule.after_epoch(metrics["macro_f1"])
         if on_epoch_end is not None and on_epoch_end(epoch, metrics):
             stopped = epoch < config.epochs - 1
@@ -371,7 +412,7 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
         history=history,
         train_images_per_second=images_seen / train_seconds if train_seconds else 0.0,
         checkpoint=checkpoint_path,
-        device=str(device),
+        device=str(run.device),
         class_names=data.decoded.class_names,
         stopped_early=stopped,
     )
