@@ -121,7 +121,8 @@ class DeviceBatchLoader(BatchLoader):
         self.labels_device = torch.as_tensor(labels, device=device)
         self.augment = augment
         self.rare_augment = rare_augment
-        self.rare_device = torch.as_tensor(self.rare_classes, device=device)
+        self.is_rare = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)  # by label
+        self.is_rare[self.rare_classes] = True
 
     def batch_sizes(self) -> list[int]:
         sizes = super().batch_sizes()
@@ -129,24 +130,25 @@ class DeviceBatchLoader(BatchLoader):
         return full if self.shuffle and full else sizes
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.from_numpy(np.ascontiguousarray(self.order(epoch)))
-        order_device = order.to(self.device)
+        order = np.ascontiguousarray(self.order(epoch))
+        order_host = torch.from_numpy(order)
+        order_device = order_host.to(self.device)
+        labels = self.labels_device[order_device]  # the epoch's labels in order: each batch's is a view
         for augment in (self.augment, self.rare_augment):
             if augment is not None:
-                augment.reseed(epoch, self.device)
+                augment.reseed(epoch)
         start = 0
         for size in self.batch_sizes():
-            rows = order_device if self.resident.is_cuda else order
+            rows = order_device if self.resident.is_cuda else order_host
             images = self.resident[rows[start : start + size]].to(self.device, non_blocking=True)
-            labels = self.labels_device[order_device[start : start + size]]
-            start += size
             if self.augment is not None:
                 images = self.augment(images)
-            if self.rare_augment is not None and len(self.rare_device):
-                rare = torch.isin(labels, self.rare_device)
-                images = images.permute(0, 3, 1, 2).float() if images.dtype == torch.uint8 else images
-                images = torch.where(rare[:, None, None, None], self.rare_augment(images), images)
-            yield images, labels
+            if self.rare_augment is not None and len(self.rare_classes):
+                rare = self.is_rare[self.labels[order[start : start + size]]]
+                if rare.any():  # the batch's own images when the first pipeline made them
+                    images = self.rare_augment(images, eligible=rare, in_place=self.augment is not None)
+            yield images, labels[start : start + size]
+            start += size
 
 
 _RESIDENT: dict[tuple[int, str], torch.Tensor] = {}
