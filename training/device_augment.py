@@ -91,7 +91,6 @@ class DeviceAugment:
     def __init__(self, spec: Sequence[dict[str, Any]], seed: int) -> None:
         self.steps = [dict(step) for step in spec]
         self.seed = seed
-        self.geometric = any(step["name"] in GEOMETRIC for step in self.steps)
         self.rng = np.random.default_rng([seed, 0])
 
     def reseed(self, epoch: int) -> None:
@@ -125,7 +124,7 @@ class DeviceAugment:
             ratio = np.exp(self._uniform(n, *(math.log(r) for r in _pair(step.get("ratio"), (3 / 4, 4 / 3)))))
             sx, sy = np.minimum(np.sqrt(area * ratio), 1.0), np.minimum(np.sqrt(area / ratio), 1.0)
             tx, ty = self._uniform(n, -1, 1) * (1 - sx), self._uniform(n, -1, 1) * (1 - sy)
-            rows = [[sx, 0 * sx, tx], [0 * sy, sy, ty]]
+            rows = [[sx, np.zeros(n), tx], [np.zeros(n), sy, ty]]
         else:
             if name == "Affine":
                 scale = self._uniform(n, *_pair(step.get("scale"), (1.0, 1.0)))
@@ -151,7 +150,10 @@ class DeviceAugment:
         return np.stack([np.where(on, alpha, 1.0), np.where(on, beta, 0.0)]) if on.any() else None
 
     def _hue_saturation_value(self, step: dict[str, Any], eligible: np.ndarray) -> np.ndarray | None:
-        """Rows (image index, hue, saturation and value shifts) for the chosen images; None if none."""
+        """albumentations' shifts on uint8 images (hue in OpenCV's units, 0..180 a full turn;
+        saturation and value added on 0..255, each clipped), for the chosen images only: the round
+        trip through HSV is the pipeline's most costly step. Rows of (image index, hue, saturation
+        and value shifts in ``_shift_hsv``'s units); None when no image is chosen."""
         chosen = self._subset(float(step.get("p", 0.5)), eligible)
         if not len(chosen):
             return None
