@@ -118,10 +118,11 @@ class SearchStorage(optuna.storages.RDBStorage):
         """On PostgreSQL and SQLite: the trial read and checked once, then one upsert of every row
         (the same rows and the same refusal of a finished trial as Optuna's ``set_trial_user_attr``).
         Elsewhere Optuna's own per-attribute write, committed once."""
-        table = models.TrialUserAttributeModel
+        table, upsert = models.TrialUserAttributeModel, _UPSERT.get(self.engine.name)
+        if not attrs:
+            return
         with _create_scoped_session(self.scoped_session, True) as session:
-            upsert = _UPSERT.get(self.engine.name)
-            if upsert is None or not attrs:
+            if upsert is None:
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(session, table, trial_id, key, value)
                 return
