@@ -298,3 +298,15 @@ def test_a_batch_of_the_mask_study_takes_few_device_operations_beside_the_model(
         images, _ = next(batches)
     assert images.shape == (64, 3, 16, 16)
     assert 20 < kernels.count <= 70
+
+
+def test_a_rare_class_without_images_is_no_error(images):
+    """The rarest classes can be ones with no image at all (class 5 of 0..5 here, label 5 absent)."""
+    labels = np.array([0, 1, 2, 3, 4, 4])
+    loader = DeviceBatchLoader(images, labels, np.arange(6), 3, shuffle=True, seed=0, device=torch.device("cpu"),
+                               rare_augment=DeviceAugment([{"name": "HorizontalFlip", "p": 1.0}], 0),
+                               rare_classes=[4, 5])  # fmt: skip
+    served = [(x, y) for x, y in loader.batches(0)]
+    assert sorted(int(v) for _, y in served for v in y) == sorted(labels.tolist())
+    flipped = [x for x, y in served if (y == 4).any()]
+    assert flipped and all(x.dtype == torch.float32 for x in flipped)  # the rare images went through the pipeline

@@ -121,7 +121,8 @@ class DeviceBatchLoader(BatchLoader):
         self.labels_device = torch.as_tensor(labels, device=device)
         self.augment = augment
         self.rare_augment = rare_augment
-        self.is_rare = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)  # by label
+        # By label; a rare class may have no image at all (then it is the highest index there is).
+        self.is_rare = np.zeros(int(max(labels.max(initial=0), self.rare_classes.max(initial=0))) + 1, dtype=bool)
         self.is_rare[self.rare_classes] = True
 
     def batch_sizes(self) -> list[int]:
