@@ -5,7 +5,8 @@
     DataLoader worker processes, then the same model step;
 (c) a trial's training epoch through ``training/`` (decoded cache; on CUDA resident on the GPU
     with device augmentation);
-(d) K trials packed on the device (K processes running (c) at once), images/s together;
+(d) K trials packed on the device (K processes running (c) at once), images/s together (on CUDA
+    the processes start before (a) and set up while it runs);
 plus the start-up of a new trial process with a warm decode cache, and a short study on generated
 competition-sized data (wall time, decode time, share of the rest spent in training and
 validation steps).
@@ -196,7 +197,8 @@ READY = "ready: waiting for a line on stdin"
 def child(args: argparse.Namespace) -> None:
     def barrier() -> None:
         print(READY, flush=True)
-        sys.stdin.readline()
+        if not sys.stdin.readline():  # the benchmark ended (or failed) before it said go
+            sys.exit(0)
 
     report = trial_epoch_throughput(Path(args.child).read_text(), args.child_epochs, barrier if args.barrier else None)
     print(json.dumps(report), flush=True)
@@ -221,36 +223,59 @@ def compiled_twice(config_path: Path, epochs: int) -> list[dict[str, float]]:
     return [child_report(subprocess.run(command, check=True, capture_output=True, text=True).stdout) for _ in range(2)]
 
 
-def packed(config_path: Path, k: int, epochs: int) -> tuple[float, list[float], float]:
-    """(d): K new processes train at once on the device.
+class Packed:
+    """(d): K new processes that train at once on the device.
 
-    They start training together (each waits at a barrier once set up: their imports take different
-    times). The figure counts only the window in which every one of them is in its timed epochs: a
+    They start when made and set up in the background (imports, the persisted decode cache, the
+    model and loaders), so the benchmark can make them while its own parts run on the GPU; each
+    then waits at a barrier. ``ready()`` waits for all of them, ``run()`` starts their training
+    together (their imports take different times) and returns the images/s of all of them
+    together, each one's own rate, and the slowest one's start-up (K starting at once, as the
+    workers of `search run` do).
+
+    The figure counts only the window in which every one of them is in its timed epochs: a
     process still in its first epoch (cuDNN autotuning) loads the device without counting, and one
     running alone after the others finished is not packed. Each epoch's images count in proportion
-    to the part of it inside the window.
+    to the part of it inside the window."""
 
-    Also returns each one's own rate, and the slowest one's start-up: imports, the persisted decode
-    cache, the model and loaders, until it is ready (K starting at once, as the workers of `search
-    run` do)."""
-    command = child_command(config_path, epochs, barrier=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // k)))  # as `search run --workers`
-    spawned = time.time()
-    procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(k)]  # fmt: skip
-    for proc in procs:
-        while (line := proc.stdout.readline()) and line.strip() != READY:
-            pass
-        if not line:
-            raise RuntimeError(f"a packed trial process exited before it was ready (status {proc.wait()})")
-    for proc in procs:
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    reports = [child_report(proc.communicate()[0]) for proc in procs]
-    if any(proc.returncode for proc in procs):
-        raise RuntimeError(f"a packed trial process failed: {[proc.returncode for proc in procs]}")
-    together = common_window_rate([r["timed"] for r in reports])
-    return together, [r["rate"] for r in reports], max(r["ready_at"] for r in reports) - spawned
+    def __init__(self, config_path: Path, k: int, epochs: int) -> None:
+        command = child_command(config_path, epochs, barrier=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // k)))  # as `search run --workers`
+        self.spawned = time.time()
+        self.procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                      for _ in range(k)]  # fmt: skip
+        self.waited, self.failure = False, ""
+
+    def ready(self) -> None:
+        """Blocks until every process is set up and waiting at the barrier (again: at once)."""
+        if not self.waited:
+            self.waited = True
+            for proc in self.procs:
+                while (line := proc.stdout.readline()) and line.strip() != READY:
+                    pass
+                if not line:
+                    self.failure = f"a packed trial process exited before it was ready (status {proc.wait()})"
+                    break
+        if self.failure:
+            raise RuntimeError(self.failure)
+
+    def run(self) -> tuple[float, list[float], float]:
+        self.ready()
+        for proc in self.procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = [child_report(proc.communicate()[0]) for proc in self.procs]
+        if any(proc.returncode for proc in self.procs):
+            raise RuntimeError(f"a packed trial process failed: {[proc.returncode for proc in self.procs]}")
+        together = common_window_rate([r["timed"] for r in reports])
+        return together, [r["rate"] for r in reports], max(r["ready_at"] for r in reports) - self.spawned
+
+    def close(self) -> None:
+        """Ends any process still waiting or running (a run that failed or stopped early)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def common_window_rate(runs: list[list[tuple[float, float, int]]]) -> float:
@@ -388,6 +413,8 @@ def main() -> int:
     parser.add_argument("--packed", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also (c) with train.compile, cold and warm cache")
     parser.add_argument("--mps", action="store_true", help="also (d) under CUDA MPS (started and stopped here)")
+    parser.add_argument("--packed-early", action="store_true",
+                        help="start (d)'s processes before (a) on any device (on CUDA they always do)")  # fmt: skip
     parser.add_argument("--batch", type=int, help="the trial's batch for (a), (c), (d) and the short study")
     parser.add_argument(
         "--only", help=f"comma-separated parts to run ({','.join(PARTS)}); the data is always made and decoded"
@@ -468,12 +495,24 @@ def main() -> int:
             show("(c) a trial's epoch through training/", f"{figures['c']:8.0f} img/s")
             show("start-up of a trial in a running worker (data in memory)", f"{trial['ready']:.2f} s")
 
+        sections.run("decode", decode)  # first: every later part, and (d)'s processes, read its cache
+        # On CUDA, (d)'s processes start before (a): their set-up (host and disk work, 14-18 s on the
+        # H200 machine) overlaps (a)'s GPU-bound autotuning instead of adding to the run. They are
+        # waiting before (b) starts, whose figure is the host's; on the CPU every part is the host's.
+        early_start = (device.type == "cuda" or args.packed_early) and {"a", "d"} <= chosen
+        early = Packed(config_path, args.packed, epochs) if early_start else None
+
         def packed_trials() -> None:
-            figures["d"], each, startup = packed(config_path, args.packed, epochs)
+            trials = early or Packed(config_path, args.packed, epochs)
+            try:
+                figures["d"], each, startup = trials.run()
+            finally:
+                trials.close()
             show(f"(d) {args.packed} trials packed on the device",
                  f"{figures['d']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
             show(
-                f"start-up of a new worker process, warm decode cache on disk ({args.packed} at once)",
+                f"start-up of a new worker process, warm decode cache on disk ({args.packed} at once"
+                + (", during (a))" if early else ")"),
                 f"{startup:.1f} s",
             )
             if not args.mps:
@@ -482,7 +521,11 @@ def main() -> int:
                 if not running:
                     show("(d) under CUDA MPS", "not run: no nvidia-cuda-mps-control, or it did not start")
                     return
-                figures["d_mps"], each, _ = packed(config_path, args.packed, epochs)
+                under_mps = Packed(config_path, args.packed, epochs)  # CUDA starts in them after the daemon
+                try:
+                    figures["d_mps"], each, _ = under_mps.run()
+                finally:
+                    under_mps.close()
             show(f"(d) {args.packed} trials packed, under CUDA MPS",
                  f"{figures['d_mps']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
 
@@ -525,14 +568,19 @@ def main() -> int:
 
         # The ratios print as soon as (a)-(d) are known: a run cut short later still has them.
         parts = {"a": compute_ceiling, "b": competition, "c": one_trial, "d": packed_trials, "study": study}
-        sections.run("decode", decode)
-        for key in PARTS:
-            if key in chosen:
-                sections.run("short study" if key == "study" else f"({key})", parts[key])
-            if key == "d":
-                sections.run("ratios", ratios)
-        if args.compile:
-            sections.run("compiled (c)", compile_twice)
+        try:
+            for key in PARTS:
+                if key in chosen:
+                    sections.run("short study" if key == "study" else f"({key})", parts[key])
+                if key == "a" and early:
+                    sections.run("(d) processes set up", early.ready)
+                if key == "d":
+                    sections.run("ratios", ratios)
+            if args.compile:
+                sections.run("compiled (c)", compile_twice)
+        finally:
+            if early:
+                early.close()
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {cores} cores"
         print(f"device: {name}; torch {torch.__version__}")
         print(f"whole benchmark: {time.perf_counter() - began:.0f} s after its imports (GPU mode: target < 300 s)")

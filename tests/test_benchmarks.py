@@ -56,3 +56,34 @@ def test_trial_throughput_runs_only_the_parts_asked_for():
     wrong = subprocess.run([sys.executable, script, "--only", "c,e"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2
     assert "unknown part e; choose from a,b,c,d,study" in wrong.stderr.strip().splitlines()[-1]
+
+
+def test_packed_trials_can_start_before_the_ceiling_and_wait_for_it():
+    # On CUDA (d)'s processes set up while (a) runs; --packed-early does the same on the CPU.
+    script = str(BENCHMARKS / "trial_throughput.py")
+    run = subprocess.run(
+        [sys.executable, script, "--only", "a,d", "--packed-early"], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert out.index("(a) compute ceiling") < out.index("((d) processes set up:") < out.index("(d) 2 trials packed")
+    assert re.search(r"\(d\) 2 trials packed on the device\s+\d+ img/s together \(\d+, \d+\)", out)
+    assert re.search(r"warm decode cache on disk \(2 at once, during \(a\)\)\s+[\d.]+ s", out)
+
+
+def test_a_packed_process_left_waiting_exits_without_training_when_the_benchmark_goes(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from trial_throughput import Packed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from training import TrainConfig
+
+    config = tmp_path / "config.json"
+    config.write_text(TrainConfig(model={"name": "resnet10t", "pretrained": False}).model_dump_json())
+    trials = Packed(config, 1, epochs=1)
+    trials.ready()
+    [proc] = trials.procs
+    proc.stdin.close()  # what the benchmark's end (or crash) does to a process it never started
+    assert proc.wait(timeout=60) == 0
+    assert proc.stdout.read() == ""  # no report: it trained nothing
