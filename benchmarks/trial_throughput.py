@@ -16,6 +16,7 @@ validation steps).
     ... --gpu --mps      # also (d) under CUDA MPS;   ... --compile   # also (c) compiled
     ... --gpu --batch 64 --mps   # the trials at the study's own batch, where packing has room
     ... --only a,c,d             # some of the parts (the data is always made and decoded)
+    ... --cudnn-limit 2          # cuDNN autotuning times fewer algorithms (a new process starts sooner)
 """
 
 from __future__ import annotations
@@ -192,9 +193,20 @@ def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[
 
 
 READY = "ready: waiting for a line on stdin"
+CUDNN_LIMIT = "TRIAL_THROUGHPUT_CUDNN_LIMIT"  # --cudnn-limit, passed on to the child processes
+
+
+def apply_cudnn_limit() -> int:
+    """How many algorithms cuDNN's autotuning times per convolution in this process (``--cudnn-limit``;
+    torch's default otherwise): the autotuning is most of a new CUDA process's first steps."""
+    if CUDNN_LIMIT in os.environ:
+        torch.backends.cudnn.benchmark_limit = int(os.environ[CUDNN_LIMIT])
+    return torch.backends.cudnn.benchmark_limit
 
 
 def child(args: argparse.Namespace) -> None:
+    apply_cudnn_limit()
+
     def barrier() -> None:
         print(READY, flush=True)
         if not sys.stdin.readline():  # the benchmark ended (or failed) before it said go
@@ -415,6 +427,9 @@ def main() -> int:
     parser.add_argument("--mps", action="store_true", help="also (d) under CUDA MPS (started and stopped here)")
     parser.add_argument("--packed-early", action="store_true",
                         help="start (d)'s processes before (a) on any device (on CUDA they always do)")  # fmt: skip
+    parser.add_argument(
+        "--cudnn-limit", type=int, metavar="N", help="cuDNN autotuning times at most N algorithms per convolution"
+    )
     parser.add_argument("--batch", type=int, help="the trial's batch for (a), (c), (d) and the short study")
     parser.add_argument(
         "--only", help=f"comma-separated parts to run ({','.join(PARTS)}); the data is always made and decoded"
@@ -423,6 +438,11 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
+    if args.cudnn_limit is not None:
+        if args.cudnn_limit < 0:
+            parser.error(f"--cudnn-limit: {args.cudnn_limit} is negative; give 0 (every algorithm) or more")
+        os.environ[CUDNN_LIMIT] = str(args.cudnn_limit)
+    cudnn_limit = apply_cudnn_limit()
     chosen = set(PARTS) if args.only is None else set(args.only.split(","))
     if chosen - set(PARTS):
         parser.error(f"--only: unknown part {', '.join(sorted(chosen - set(PARTS)))}; choose from {','.join(PARTS)}")
@@ -582,7 +602,8 @@ def main() -> int:
             if early:
                 early.close()
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {cores} cores"
-        print(f"device: {name}; torch {torch.__version__}")
+        print(f"device: {name}; torch {torch.__version__}; cuDNN autotuning times up to {cudnn_limit or 'all'} "
+              "algorithms per convolution")  # fmt: skip
         print(f"whole benchmark: {time.perf_counter() - began:.0f} s after its imports (GPU mode: target < 300 s)")
     if sections.failed:
         print(f"failed: {', '.join(sections.failed)}", file=sys.stderr)

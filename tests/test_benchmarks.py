@@ -46,8 +46,11 @@ def test_packed_trials_count_only_the_window_where_all_of_them_train():
 
 def test_trial_throughput_runs_only_the_parts_asked_for():
     script = str(BENCHMARKS / "trial_throughput.py")
-    run = subprocess.run([sys.executable, script, "--only", "c"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, script, "--only", "c", "--cudnn-limit", "2"], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "cuDNN autotuning times up to 2 algorithms per convolution" in run.stdout
     assert re.search(r"\(c\) a trial's epoch through training/\s+\d+ img/s", run.stdout)
     assert "decode of all JPEGs" in run.stdout  # (c) needs the decoded data
     for other in ("(a) compute ceiling", "(b) JPEG", "(d) 2 trials", "short study", "(c)/(a)"):
@@ -56,6 +59,9 @@ def test_trial_throughput_runs_only_the_parts_asked_for():
     wrong = subprocess.run([sys.executable, script, "--only", "c,e"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2
     assert "unknown part e; choose from a,b,c,d,study" in wrong.stderr.strip().splitlines()[-1]
+    negative = subprocess.run([sys.executable, script, "--cudnn-limit", "-1"], capture_output=True, text=True)
+    assert negative.returncode == 2
+    assert "--cudnn-limit: -1 is negative" in negative.stderr.strip().splitlines()[-1]
 
 
 def test_packed_trials_can_start_before_the_ceiling_and_wait_for_it():
