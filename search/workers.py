@@ -43,14 +43,10 @@ def run_workers(argv: list[str], options: RunOptions) -> int:
     """
     import torch
 
-    gpus = _visible_gpus(torch.cuda.device_count())
-    threads = max(1, (os.cpu_count() or 1) // options.workers)
+    envs = worker_environments(options.workers, _visible_gpus(torch.cuda.device_count()), options.storage_url)
     context = start_worker_server()
     workers = []
-    for index in range(options.workers):
-        env = {"SEARCH_STORAGE": options.storage_url, "OMP_NUM_THREADS": str(threads)}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    for index, env in enumerate(envs):
         worker_argv = [*argv, "--workers", str(options.workers), "--worker-index", str(index)]
         workers.append(context.Process(target=_worker_main, args=(worker_argv, env), name=f"search-worker-{index}"))
         workers[-1].start()
@@ -84,6 +80,17 @@ def packing_warning(trials_per_gpu: int, gpus: int, mps: bool) -> str | None:
         "trials at batch 256 trained at 0.82-0.95x one alone on an H200. Start `nvidia-cuda-mps-control -d` first, "
         "or use --trials-per-gpu 1 for trials that keep the GPU busy."
     )
+
+
+def worker_environments(workers: int, gpus: list[str], storage_url: str) -> list[dict[str, str]]:
+    """Each worker's environment: the storage, its share of this machine's CPU threads, and one GPU,
+    handed out round-robin (K workers per GPU when ``workers`` is K times the GPUs)."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    return [
+        {"SEARCH_STORAGE": storage_url, "OMP_NUM_THREADS": threads}
+        | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
+        for index in range(workers)
+    ]
 
 
 def _visible_gpus(count: int) -> list[str]:

@@ -31,15 +31,19 @@ def _expand(text: str) -> str:
     return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", one, text)
 
 
-def test_services_postgres_dashboard_and_scalable_gpu_workers():
+def test_services_postgres_dashboard_and_gpu_workers_on_every_gpu():
     services = COMPOSE["services"]
     assert set(services) == {"postgres", "dashboard", "worker"}
     postgres = services["postgres"]
     assert "healthcheck" in postgres and any("/var/lib/postgresql/data" in v for v in postgres["volumes"])
     worker = services["worker"]
+    # Every GPU of the machine, with worker processes spread over them by `search run --trials-per-gpu`:
+    # replicas that each reserve `count: 1` would all get device 0 (Docker hands out 0..count-1).
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == 1  # one GPU per replica
-    assert "container_name" not in worker and "ports" not in worker  # or --scale worker=N would clash
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == "all"
+    args = build_parser().parse_args([_expand(a) for a in worker["command"]])
+    assert args.trials_per_gpu == int(ENV_EXAMPLE["TRIALS_PER_GPU"]) == 1
+    assert "ports" not in worker
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     shared = {v.split(":")[0] for v in worker["volumes"]} & {v.split(":")[0] for v in services["dashboard"]["volumes"]}
     assert "artifacts" in shared  # the dashboard serves the checkpoints the workers store

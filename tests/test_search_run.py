@@ -259,3 +259,17 @@ def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatc
     assert warning and "nvidia-cuda-mps-control -d" in warning and "--trials-per-gpu 1" in warning
     assert packing_warning(2, gpus=1, mps=True) is None  # under MPS their kernels run at once
     assert packing_warning(1, gpus=1, mps=False) is None and packing_warning(2, gpus=0, mps=False) is None
+
+
+def test_each_gpu_gets_its_share_of_the_workers(monkeypatch):
+    from search.workers import _visible_gpus, worker_environments
+
+    # --trials-per-gpu 2 on a 4-GPU machine: 8 workers, two on every GPU, none without one.
+    envs = worker_environments(8, _visible_gpus(4), "postgresql://db/search")
+    assert sorted(env["CUDA_VISIBLE_DEVICES"] for env in envs) == ["0", "0", "1", "1", "2", "2", "3", "3"]
+    assert all(env["SEARCH_STORAGE"] == "postgresql://db/search" for env in envs)
+    # A container or a Slurm job that was given GPUs 2 and 5 hands out only those.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    given = worker_environments(4, _visible_gpus(2), "u")
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in given] == ["2", "5", "2", "5"]
+    assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, _visible_gpus(0), "u")[0]  # CPU workers
