@@ -272,18 +272,23 @@ class Packed:
             raise RuntimeError(self.failure)
 
     def run(self) -> tuple[float, list[float], float]:
-        self.ready()
-        for proc in self.procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        reports = [child_report(proc.communicate()[0]) for proc in self.procs]
-        if any(proc.returncode for proc in self.procs):
-            raise RuntimeError(f"a packed trial process failed: {[proc.returncode for proc in self.procs]}")
+        """Trains them together, once; every process has ended when it returns or raises."""
+        try:
+            self.ready()
+            for proc in self.procs:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            reports = [child_report(proc.communicate()[0]) for proc in self.procs]
+            if any(proc.returncode for proc in self.procs):
+                raise RuntimeError(f"a packed trial process failed: {[proc.returncode for proc in self.procs]}")
+        finally:
+            self.close()
         together = common_window_rate([r["timed"] for r in reports])
         return together, [r["rate"] for r in reports], max(r["ready_at"] for r in reports) - self.spawned
 
     def close(self) -> None:
-        """Ends any process still waiting or running (a run that failed or stopped early)."""
+        """Ends any process still waiting or running (a run that failed, or a benchmark that stopped
+        before (d))."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
@@ -523,11 +528,7 @@ def main() -> int:
         early = Packed(config_path, args.packed, epochs) if early_start else None
 
         def packed_trials() -> None:
-            trials = early or Packed(config_path, args.packed, epochs)
-            try:
-                figures["d"], each, startup = trials.run()
-            finally:
-                trials.close()
+            figures["d"], each, startup = (early or Packed(config_path, args.packed, epochs)).run()
             show(f"(d) {args.packed} trials packed on the device",
                  f"{figures['d']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
             show(
@@ -541,11 +542,8 @@ def main() -> int:
                 if not running:
                     show("(d) under CUDA MPS", "not run: no nvidia-cuda-mps-control, or it did not start")
                     return
-                under_mps = Packed(config_path, args.packed, epochs)  # CUDA starts in them after the daemon
-                try:
-                    figures["d_mps"], each, _ = under_mps.run()
-                finally:
-                    under_mps.close()
+                # new processes: CUDA starts in them after the daemon did
+                figures["d_mps"], each, _ = Packed(config_path, args.packed, epochs).run()
             show(f"(d) {args.packed} trials packed, under CUDA MPS",
                  f"{figures['d_mps']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
 
