@@ -252,7 +252,9 @@ class Packed:
 
     def __init__(self, config_path: Path, k: int, epochs: int) -> None:
         command = child_command(config_path, epochs, barrier=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // k)))  # as `search run --workers`
+        from search.workers import worker_threads
+
+        env = dict(os.environ, OMP_NUM_THREADS=str(worker_threads(k)))  # as `search run --workers` gives them
         self.spawned = time.time()
         self.procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
                       for _ in range(k)]  # fmt: skip

@@ -82,12 +82,16 @@ def packing_warning(trials_per_gpu: int, gpus: int, mps: bool) -> str | None:
     )
 
 
+def worker_threads(workers: int) -> int:
+    """Each of ``workers`` processes' share of this machine's CPU threads."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def worker_environments(workers: int, gpus: list[str], storage_url: str) -> list[dict[str, str]]:
     """Each worker's environment: the storage, its share of this machine's CPU threads, and one GPU,
     handed out round-robin (K workers per GPU when ``workers`` is K times the GPUs)."""
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
     return [
-        {"SEARCH_STORAGE": storage_url, "OMP_NUM_THREADS": threads}
+        {"SEARCH_STORAGE": storage_url, "OMP_NUM_THREADS": str(worker_threads(workers))}
         | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
         for index in range(workers)
     ]
