@@ -93,3 +93,19 @@ def test_a_packed_process_left_waiting_exits_without_training_when_the_benchmark
     proc.stdin.close()  # what the benchmark's end (or crash) does to a process it never started
     assert proc.wait(timeout=60) == 0
     assert proc.stdout.read() == ""  # no report: it trained nothing
+
+
+def test_decode_cache_benchmark_compares_the_two_formats_across_processes():
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "decode_cache.py"), "--images", "1500", "--size", "64", "64",
+         "--processes", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = r"\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)"  # open s, first pass s, own MiB, PSS MiB
+    rows = {kind: re.search(kind + row, run.stdout) for kind in ("copied", "mapped")}
+    assert all(rows.values()), run.stdout
+    own = {kind: int(row.group(3)) for kind, row in rows.items()}
+    assert own["copied"] >= 15 and own["mapped"] < own["copied"] / 4  # 17.6 MiB of images, mapped from the file
+    for ratio in ("open + first pass, mapped / copied", "memory of all 2 processes (PSS), mapped / copied"):
+        assert re.search(re.escape(ratio) + r": \d+\.\d{3}", run.stdout), ratio

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -63,3 +66,84 @@ def test_a_class_left_with_no_readable_image_stops(folder_dataset):
         path.write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"\['fox'\] have no readable images"):
         decode_cache.decode_images(image_folder(folder_dataset), (16, 16))
+
+
+def test_a_new_process_maps_the_cache_and_cannot_change_it(folder_dataset, tmp_path):
+    data = image_folder(folder_dataset)
+    first = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
+    assert isinstance(first.images, np.memmap)  # the decoding worker reads the file too: one copy
+    expected = np.array(first.images)
+    decode_cache._IN_PROCESS.clear()
+    again = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
+    assert isinstance(again.images, np.memmap) and again.images.filename == first.images.filename
+    again.images[0] = 7  # stays in this process (copy-on-write)
+    decode_cache._IN_PROCESS.clear()
+    third = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
+    assert np.array_equal(third.images, expected)
+
+
+def test_an_unreadable_cache_is_decoded_again_and_replaced(folder_dataset, tmp_path, monkeypatch, caplog):
+    data = image_folder(folder_dataset)
+    first = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
+    expected, stored = np.array(first.images), first.images.filename
+    with open(stored, "r+b") as file:  # a crash or a full disk left it short
+        file.truncate(1000)
+    decode_cache._IN_PROCESS.clear()
+    calls = _count_decodes(monkeypatch)
+    again = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
+    assert len(calls) == 42 and "ignoring unreadable decode cache" in caplog.text
+    assert np.array_equal(again.images, expected) and again.images.filename == stored
+    key = decode_cache.cache_key(data, (16, 16))
+    assert sorted(p.name for p in (tmp_path / "c" / "decoded").iterdir()) == [key, f"{key}.lock"]  # none set aside
+
+
+def test_a_second_worker_saving_the_same_cache_keeps_the_first(folder_dataset, tmp_path):
+    data = image_folder(folder_dataset)
+    decoded = decode_cache.decode_images(data, (16, 16))
+    folder = tmp_path / "decoded" / "key"
+    assert decode_cache._save(folder, decoded)
+    made = (folder / "images.npy").stat().st_mtime_ns
+    assert decode_cache._save(folder, decoded)  # two workers decoded at once: the second finds it there
+    assert [p.name for p in folder.parent.iterdir()] == ["key"]  # its own copy removed
+    assert (folder / "images.npy").stat().st_mtime_ns == made
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_decoded_images(folder_dataset, tmp_path, caplog):
+    (tmp_path / "c").write_text("a file where the cache folder should be")
+    decoded = decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=tmp_path / "c")
+    assert decoded.images.shape == (42, 16, 16, 3) and not isinstance(decoded.images, np.memmap)
+    assert "could not persist the decode cache" in caplog.text
+
+
+DECODE_ONCE = """
+import sys, time
+import cv2
+from training.data import cache
+from training.data.sources import image_folder
+
+calls, real = [], cv2.imread
+def slow(path, flags=cv2.IMREAD_COLOR):
+    calls.append(path)
+    time.sleep(0.02)  # long enough that the two workers overlap
+    return real(path, flags)
+cv2.imread = slow
+data = image_folder(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+decoded = cache.decode_images(data, (16, 16), cache_dir=sys.argv[2])
+print(len(calls), int(decoded.images.sum()), flush=True)
+"""
+
+
+def test_workers_starting_at_once_decode_once_per_machine(folder_dataset, tmp_path):
+    command = [sys.executable, "-c", DECODE_ONCE, str(folder_dataset), str(tmp_path / "c")]
+    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        assert worker.stdout.readline().strip() == "ready"
+    for worker in workers:  # both ask for the images at once
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    reports = [worker.communicate(timeout=120)[0].split() for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers)
+    assert sorted(int(calls) for calls, _ in reports) == [0, 42]  # one decoded, the other waited and mapped
+    assert reports[0][1] == reports[1][1]  # the same images

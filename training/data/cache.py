@@ -1,18 +1,24 @@
-"""Decode every image once per process (and optionally once per machine) into one uint8 array.
+"""Decode every image once into one uint8 array: once per process, and once per machine with a
+cache folder.
 
-Later epochs and later trials in the same process read the array; with a cache folder, a new
-process loads it from disk instead of decoding again. The key covers each file's path, size and
-modification time and the target size, so a changed file is decoded again.
+Later epochs and later trials in the same process read the array. With a cache folder, the first
+worker of the machine decodes (the others wait on a lock file and then read its cache), and every
+later process maps the persisted array from disk instead of decoding: the machine's workers share
+the one copy in the page cache. The key covers each file's path, size and modification time and
+the target size, so a changed file is decoded again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +30,8 @@ from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 1: one .npz per cache, read into each process
+_IMAGES, _INDEX = "images.npy", "index.npz"
 _IN_PROCESS: dict[str, DecodedImages] = {}
 
 
@@ -75,14 +82,36 @@ def decode_images(
     key = cache_key(dataset, image_size)
     if key in _IN_PROCESS:
         return _IN_PROCESS[key]
-    stored = Path(cache_dir) / "decoded" / f"{key}.npz" if cache_dir is not None else None
-    decoded = _load(stored) if stored is not None and stored.is_file() else None
-    if decoded is None:
+    if cache_dir is None:
         decoded = _decode_all(dataset, image_size, threads, progress)
-        if stored is not None:
-            _save(stored, decoded)
+    else:
+        folder = Path(cache_dir) / "decoded" / key
+        with _one_at_a_time(folder):  # the machine's other workers wait for this one's cache
+            decoded = _load(folder) if folder.is_dir() else None
+            if decoded is None:
+                decoded = _decode_all(dataset, image_size, threads, progress)
+                if folder.is_dir():  # there but unreadable
+                    _set_aside(folder)
+                # Mapped from the file like any later worker's: the decoded copy in this process is freed.
+                decoded = (_save(folder, decoded) and _load(folder)) or decoded
     _IN_PROCESS[key] = decoded
     return decoded
+
+
+@contextlib.contextmanager
+def _one_at_a_time(folder: Path) -> Iterator[None]:
+    """Holds the cache's lock file (``<key>.lock`` beside it): of the workers that start at once,
+    one decodes and the others then map its cache instead of decoding too. The lock ends with its
+    holder, however that ends. Without a writable cache folder there is no lock (and no cache)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.with_name(f"{folder.name}.lock"), "a")  # noqa: SIM115 - held across the yield
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _decode_all(
@@ -125,35 +154,62 @@ def _decode_all(
     )
 
 
-def _save(path: Path, decoded: DecodedImages) -> None:
-    """Write atomically: a reader sees the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(folder: Path, decoded: DecodedImages) -> bool:
+    """Write the images as one raw ``.npy`` (mapped by readers, not copied) and the rest beside it,
+    in a temporary folder renamed into place: a reader sees the whole cache or none. Says whether
+    the cache is there (ours, or an identical one another worker renamed into place first)."""
     meta = {"paths": decoded.paths, "class_names": decoded.class_names, "skipped": decoded.skipped}
-    arrays = {"images": decoded.images, "labels": decoded.labels, "meta": np.asarray(json.dumps(meta))}
+    index = {"labels": decoded.labels, "meta": np.asarray(json.dumps(meta))}
     if decoded.groups is not None:
-        arrays["groups"] = decoded.groups.astype(str)
-    handle, temporary = tempfile.mkstemp(prefix=".decoded-", suffix=".npz", dir=path.parent)
+        index["groups"] = decoded.groups.astype(str)
+    staging = None
     try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".decoded-", dir=folder.parent))
+        np.save(staging / _IMAGES, decoded.images)
+        np.savez(staging / _INDEX, **index)
+        os.rename(staging, folder)
+        staging = None
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        log.warning("could not persist the decode cache to %s: %s", path, error)
+        if not folder.is_dir():
+            log.warning("could not persist the decode cache to %s: %s", folder, error)
+            return False
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return True
 
 
-def _load(path: Path) -> DecodedImages | None:
+def _load(folder: Path) -> DecodedImages | None:
+    """The cache in ``folder``, its images mapped from the file: the page cache holds one copy for
+    every worker of the machine, pages are read as batches need them, and a write into the array
+    stays in the process (copy-on-write), so nothing changes the file."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            return DecodedImages(
-                images=stored["images"],
-                labels=stored["labels"],
-                groups=stored["groups"] if "groups" in stored else None,
-                paths=tuple(meta["paths"]),
-                class_names=tuple(meta["class_names"]),
-                skipped=tuple(meta["skipped"]),
-            )
+        with np.load(folder / _INDEX, allow_pickle=False) as index:
+            labels = index["labels"]
+            groups = index["groups"] if "groups" in index else None
+            meta = json.loads(str(index["meta"]))
+        images = np.load(folder / _IMAGES, mmap_mode="c")
+        if images.dtype != np.uint8 or images.ndim != 4 or not len(images) == len(labels) == len(meta["paths"]):
+            raise ValueError(f"images {images.dtype} {images.shape} for {len(labels)} labels")
+        return DecodedImages(
+            images=images,
+            labels=labels,
+            groups=groups,
+            paths=tuple(meta["paths"]),
+            class_names=tuple(meta["class_names"]),
+            skipped=tuple(meta["skipped"]),
+        )
     except (OSError, ValueError, KeyError) as error:
-        log.warning("ignoring unreadable decode cache %s (%s); decoding again", path, error)
+        log.warning("ignoring unreadable decode cache %s (%s); decoding again", folder, error)
         return None
+
+
+def _set_aside(folder: Path) -> None:
+    """Takes an unreadable cache out of the way (renamed first, so no reader meets it half deleted)."""
+    aside = folder.with_name(f".unreadable-{folder.name}-{os.getpid()}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        return  # another worker did it already
+    shutil.rmtree(aside, ignore_errors=True)
