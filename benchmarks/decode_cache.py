@@ -8,7 +8,9 @@ Two formats of the same images, in one run:
 For each: the seconds to open it, the seconds of a first pass over every image (what a first epoch,
 or the copy to the GPU, reads), and the memory that opening and reading added: each process's own
 (anonymous pages, which nothing else can share or the kernel reclaim) and the K processes'
-proportional set size together (shared pages count once in all), then the ratios.
+proportional set size together (shared pages count once in all), then the ratios. Last, the rate
+at which training batches are gathered from the mapped cache, as a GPU worker does when the images
+do not fit on its GPU.
 
     python benchmarks/decode_cache.py                    # 6,000 images at 256x192 (0.9 GB), 4 processes
     python benchmarks/decode_cache.py --images 18900     # the mask competition's data at the study's size
@@ -86,18 +88,36 @@ def open_at_once(kind: str, path: Path, k: int) -> list[dict[str, float]]:
     return reports
 
 
+def staged_rate(folder: Path, batch: int) -> float:
+    """Images per second of ``PinnedStaging``'s host work from the mapped cache, an epoch in random
+    order: the gather of each batch into its buffer, what a GPU worker whose images do not fit on the
+    GPU does per batch on a thread (the copy to the GPU that follows is the GPU's own)."""
+    import torch
+
+    from training.data.loader import PinnedStaging
+
+    images = torch.from_numpy(decode_cache._load(folder).images)
+    staging = PinnedStaging(images, batch, torch.device("cpu"))
+    order = torch.randperm(len(images))
+    started = time.perf_counter()
+    for i, start in enumerate(range(0, len(images) - batch + 1, batch)):
+        staging._gather(i % 2, order[start : start + batch])
+    return (len(images) // batch) * batch / (time.perf_counter() - started)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--size", type=int, nargs=2, default=(256, 192), metavar=("H", "W"))
     parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256, help="the training batch staged from the cache")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return 0
-    if args.images < 1 or args.processes < 1:
-        parser.error("--images and --processes take 1 or more")
+    if min(args.images, args.processes, args.batch) < 1:
+        parser.error("--images, --processes and --batch take 1 or more")
 
     rng = np.random.default_rng(0)
     decoded = decode_cache.DecodedImages(
@@ -119,6 +139,7 @@ def main() -> int:
               f"{args.processes} processes opening the cache at once")  # fmt: skip
         paths = {"copied": copied, "mapped": mapped}
         rows = {kind: open_at_once(kind, path, args.processes) for kind, path in paths.items()}
+        staged = staged_rate(mapped, args.batch)
 
     figures = {}
     print(f"{'':8} {'open s':>8} {'first pass s':>13} {'own memory MiB':>16} {'PSS, all MiB':>15}")
@@ -136,6 +157,8 @@ def main() -> int:
           f"{(mapping['open'] + mapping['pass']) / (copy['open'] + copy['pass']):.3f}")  # fmt: skip
     print(f"memory of all {args.processes} processes (PSS), mapped / copied: {mapping['pss'] / copy['pss']:.3f}")
     print(f"each process's own memory, mapped: {mapping['own']:.0f} MiB against {copy['own']:.0f} MiB copied")
+    print(f"training batches of {args.batch} gathered from the mapped cache in random order "
+          f"(PinnedStaging's host work per batch): {staged:.0f} img/s")  # fmt: skip
     return 0
 
 

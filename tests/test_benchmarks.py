@@ -98,7 +98,7 @@ def test_a_packed_process_left_waiting_exits_without_training_when_the_benchmark
 def test_decode_cache_benchmark_compares_the_two_formats_across_processes():
     run = subprocess.run(
         [sys.executable, str(BENCHMARKS / "decode_cache.py"), "--images", "1500", "--size", "64", "64",
-         "--processes", "2"],
+         "--processes", "2", "--batch", "100"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -109,3 +109,5 @@ def test_decode_cache_benchmark_compares_the_two_formats_across_processes():
     assert own["copied"] >= 15 and own["mapped"] < own["copied"] / 4  # 17.6 MiB of images, mapped from the file
     for ratio in ("open + first pass, mapped / copied", "memory of all 2 processes (PSS), mapped / copied"):
         assert re.search(re.escape(ratio) + r": \d+\.\d{3}", run.stdout), ratio
+    gathered = re.search(r"training batches of 100 gathered from the mapped cache.*: (\d+) img/s", run.stdout)
+    assert gathered and int(gathered.group(1)) > 0

@@ -310,3 +310,28 @@ def test_a_rare_class_without_images_is_no_error(images):
     assert sorted(int(v) for _, y in served for v in y) == sorted(labels.tolist())
     flipped = [x for x, y in served if (y == 4).any()]
     assert flipped and all(x.dtype == torch.float32 for x in flipped)  # the rare images went through the pipeline
+
+
+def test_staged_batches_from_host_memory_are_the_direct_ones_and_stay_as_served():
+    """The path for images that do not fit on the GPU: gathered on a thread into two reused buffers.
+    Every batch is kept here until the end, so one overwritten by a later gather would show."""
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (23, 8, 6, 3), dtype=np.uint8))
+    labels = np.arange(23) % 4
+    for shuffle in (True, False):  # training (full batches) and validation (a short last one)
+        made = [DeviceBatchLoader(images, labels, np.arange(23), 5, shuffle=shuffle, seed=2, device=torch.device("cpu"),
+                                  staged=staged) for staged in (False, True)]  # fmt: skip
+        assert made[1].staging is not None and made[0].staging is None
+        direct, staged = ([(x, y) for epoch in (0, 1) for x, y in loader.batches(epoch)] for loader in made)
+        assert [len(y) for _, y in staged] == ([5] * 4 if shuffle else [5, 5, 5, 5, 3]) * 2
+        for (x1, y1), (x2, y2) in zip(direct, staged, strict=True):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_images_that_do_not_fit_on_the_gpu_stay_where_they_are(monkeypatch):
+    from training.data import loader
+
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    monkeypatch.setattr(loader, "_RESIDENT", {})
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100, 10**9))  # 100 bytes free
+    host = loader.resident_images(images, torch.device("cuda"))
+    assert host.device.type == "cpu" and host.data_ptr() == images.ctypes.data  # no copy of its own

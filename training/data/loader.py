@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import albumentations as A
 import numpy as np
@@ -105,16 +106,18 @@ def rarest_classes(labels: np.ndarray, num_classes: int, fraction: float) -> lis
 
 
 class DeviceBatchLoader(BatchLoader):
-    """The same order as ``BatchLoader``, served from images resident on the GPU (or in pinned host
-    memory when they do not fit) and augmented there: no per-image Python, no host round trip.
-    Yields uint8 NHWC batches, or float NCHW (0..255) when augmented.
+    """The same order as ``BatchLoader``, served from images resident on the GPU (or in host memory
+    when they do not fit, through ``PinnedStaging``) and augmented there: no per-image Python, no
+    host round trip. Yields uint8 NHWC batches, or float NCHW (0..255) when augmented.
 
     Training batches are all full: one shape per trial, so cuDNN's autotuning and ``torch.compile``
     happen once instead of again for a short last batch (its images come in other epochs).
+    ``staged`` forces the host path on or off (by default: images on the host, device CUDA).
     """
 
     def __init__(self, resident: torch.Tensor, labels: np.ndarray, indices: np.ndarray, batch_size: int, *,
-                 device: torch.device, augment=None, rare_augment=None, **kwargs) -> None:  # fmt: skip
+                 device: torch.device, augment=None, rare_augment=None, staged: bool | None = None,
+                 **kwargs) -> None:  # fmt: skip
         super().__init__(resident, labels, indices, batch_size, **kwargs)
         self.device = device
         self.resident = resident
@@ -124,6 +127,9 @@ class DeviceBatchLoader(BatchLoader):
         # By label; a rare class may have no image at all (then it is the highest index there is).
         self.is_rare = np.zeros(int(max(labels.max(initial=0), self.rare_classes.max(initial=0))) + 1, dtype=bool)
         self.is_rare[self.rare_classes] = True
+        if staged is None:
+            staged = not resident.is_cuda and device.type == "cuda"
+        self.staging = PinnedStaging(resident, batch_size, device) if staged else None
 
     def batch_sizes(self) -> list[int]:
         sizes = super().batch_sizes()
@@ -138,10 +144,14 @@ class DeviceBatchLoader(BatchLoader):
         for augment in (self.augment, self.rare_augment):
             if augment is not None:
                 augment.reseed(epoch)
-        start = 0
-        for size in self.batch_sizes():
+        sizes = self.batch_sizes()
+        starts = [0, *np.cumsum(sizes)[:-1].tolist()]
+        if self.staging is not None:
+            served = self.staging.batches(order_host, sizes)
+        else:
             rows = order_device if self.resident.is_cuda else order_host
-            images = self.resident[rows[start : start + size]].to(self.device, non_blocking=True)
+            served = (self.resident[rows[start : start + size]].to(self.device) for start, size in zip(starts, sizes))
+        for start, size, images in zip(starts, sizes, served):
             if self.augment is not None:
                 images = self.augment(images)
             if self.rare_augment is not None and len(self.rare_classes):
@@ -149,7 +159,53 @@ class DeviceBatchLoader(BatchLoader):
                 if rare.any():  # the batch's own images when the first pipeline made them
                     images = self.rare_augment(images, eligible=rare, in_place=self.augment is not None)
             yield images, labels[start : start + size]
-            start += size
+
+
+class PinnedStaging:
+    """Batches of images kept in host memory, gathered into two pinned buffers by a thread one batch
+    ahead and copied to the device without the host waiting.
+
+    The images stay where they are (the decode cache's mapping, one copy in the page cache for
+    every worker of the machine) instead of each worker pinning a whole copy of its own; the gather
+    is a memory copy that releases the interpreter lock, so it overlaps the device's work on the
+    batch before. A buffer is filled again only once the device has finished copying out of it (an
+    event recorded after the copy). Off CUDA the batch is cloned out of the buffer instead.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+        self.images, self.device = images, device
+        pin = device.type == "cuda"
+        self.buffers = [torch.empty((batch_size, *images.shape[1:]), dtype=images.dtype, pin_memory=pin)
+                        for _ in range(2)]  # fmt: skip
+        self.copied: list[torch.cuda.Event | None] = [None, None]
+
+    def _gather(self, slot: int, rows: torch.Tensor) -> torch.Tensor:
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # this thread waits for the copy of the batch before last, not the host
+        return torch.index_select(self.images, 0, rows, out=self.buffers[slot][: len(rows)])
+
+    def _send(self, slot: int, host: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return host.clone()  # the buffer is filled again two batches on
+        images = host.to(self.device, non_blocking=True)
+        self.copied[slot] = torch.cuda.Event()
+        self.copied[slot].record()
+        return images
+
+    def batches(self, order: torch.Tensor, sizes: list[int]) -> Iterator[torch.Tensor]:
+        """The images of ``order`` on the device, in batches of ``sizes`` (each at most the buffer's)."""
+        starts = [0, *np.cumsum(sizes)[:-1].tolist()]
+        with ThreadPoolExecutor(1, thread_name_prefix="pinned-staging") as pool:
+
+            def gather(i: int) -> Future[torch.Tensor]:
+                return pool.submit(self._gather, i % 2, order[starts[i] : starts[i] + sizes[i]])
+
+            ahead = gather(0) if sizes else None
+            for i in range(len(sizes)):
+                host = ahead.result()
+                if i + 1 < len(sizes):
+                    ahead = gather(i + 1)  # into the other buffer, once its last copy is done
+                yield self._send(i % 2, host)
 
 
 _RESIDENT: dict[tuple[int, str], torch.Tensor] = {}
@@ -157,10 +213,11 @@ _RESIDENT: dict[tuple[int, str], torch.Tensor] = {}
 
 def resident_images(images: np.ndarray, device: torch.device, share_of_free: float = 0.5) -> torch.Tensor:
     """The decoded images on ``device`` when they fit in ``share_of_free`` of its free memory, else
-    in pinned host memory; once per process (later trials reuse them)."""
+    where they are in host memory, without a copy (``DeviceBatchLoader`` stages their batches); once
+    per process (later trials reuse them)."""
     key = (id(images), str(device))
     if key not in _RESIDENT:
         free, _ = torch.cuda.mem_get_info(device)
         host = torch.from_numpy(images)
-        _RESIDENT[key] = host.to(device) if images.nbytes < share_of_free * free else host.pin_memory()
+        _RESIDENT[key] = host.to(device) if images.nbytes < share_of_free * free else host
     return _RESIDENT[key]
