@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import albumentations as A
 import numpy as np
@@ -146,11 +146,12 @@ class DeviceBatchLoader(BatchLoader):
                 augment.reseed(epoch)
         sizes = self.batch_sizes()
         starts = [0, *np.cumsum(sizes)[:-1].tolist()]
+        rows = order_device if self.resident.is_cuda else order_host
+        batch_rows = [rows[start : start + size] for start, size in zip(starts, sizes)]
         if self.staging is not None:
-            served = self.staging.batches(order_host, sizes)
+            served = self.staging.batches(batch_rows)
         else:
-            rows = order_device if self.resident.is_cuda else order_host
-            served = (self.resident[rows[start : start + size]].to(self.device) for start, size in zip(starts, sizes))
+            served = (self.resident[chosen].to(self.device) for chosen in batch_rows)
         for start, size, images in zip(starts, sizes, served):
             if self.augment is not None:
                 images = self.augment(images)
@@ -192,19 +193,14 @@ class PinnedStaging:
         self.copied[slot].record()
         return images
 
-    def batches(self, order: torch.Tensor, sizes: list[int]) -> Iterator[torch.Tensor]:
-        """The images of ``order`` on the device, in batches of ``sizes`` (each at most the buffer's)."""
-        starts = [0, *np.cumsum(sizes)[:-1].tolist()]
+    def batches(self, batch_rows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Each batch's images on the device, from its rows (host indices, at most a buffer's)."""
         with ThreadPoolExecutor(1, thread_name_prefix="pinned-staging") as pool:
-
-            def gather(i: int) -> Future[torch.Tensor]:
-                return pool.submit(self._gather, i % 2, order[starts[i] : starts[i] + sizes[i]])
-
-            ahead = gather(0) if sizes else None
-            for i in range(len(sizes)):
+            ahead = pool.submit(self._gather, 0, batch_rows[0]) if batch_rows else None
+            for i in range(len(batch_rows)):
                 host = ahead.result()
-                if i + 1 < len(sizes):
-                    ahead = gather(i + 1)  # into the other buffer, once its last copy is done
+                if i + 1 < len(batch_rows):  # into the other buffer, once its last copy is done
+                    ahead = pool.submit(self._gather, (i + 1) % 2, batch_rows[i + 1])
                 yield self._send(i % 2, host)
 
 
