@@ -147,3 +147,13 @@ def test_workers_starting_at_once_decode_once_per_machine(folder_dataset, tmp_pa
     assert all(worker.returncode == 0 for worker in workers)
     assert sorted(int(calls) for calls, _ in reports) == [0, 42]  # one decoded, the other waited and mapped
     assert reports[0][1] == reports[1][1]  # the same images
+
+
+def test_caches_of_the_first_format_are_removed_when_a_new_one_is_written(folder_dataset, tmp_path):
+    decoded = tmp_path / "c" / "decoded"
+    decoded.mkdir(parents=True)
+    old, other = decoded / "0123456789abcdef0123.npz", decoded / "notes.npz"
+    old.write_bytes(b"PK")
+    other.write_bytes(b"PK")  # not a cache of ours: left alone
+    decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=tmp_path / "c")
+    assert not old.exists() and other.exists()

@@ -94,6 +94,7 @@ def decode_images(
                     _set_aside(folder)
                 # Mapped from the file like any later worker's: the decoded copy in this process is freed.
                 decoded = (_save(folder, decoded) and _load(folder)) or decoded
+                _remove_version_1(folder.parent)
     _IN_PROCESS[key] = decoded
     return decoded
 
@@ -203,6 +204,16 @@ def _load(folder: Path) -> DecodedImages | None:
     except (OSError, ValueError, KeyError) as error:
         log.warning("ignoring unreadable decode cache %s (%s); decoding again", folder, error)
         return None
+
+
+def _remove_version_1(decoded: Path) -> None:
+    """Removes caches of the first format (``<key>.npz``, read by no version since) from the folder:
+    as large as the images, and nothing else would ever remove them."""
+    for old in decoded.glob("*.npz"):
+        if len(old.stem) == 20 and all(c in "0123456789abcdef" for c in old.stem):
+            with contextlib.suppress(OSError):
+                old.unlink()
+                log.info("removed %s, a decode cache of an older format", old)
 
 
 def _set_aside(folder: Path) -> None:
