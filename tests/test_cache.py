@@ -157,3 +157,17 @@ def test_caches_of_the_first_format_are_removed_when_a_new_one_is_written(folder
     other.write_bytes(b"PK")  # not a cache of ours: left alone
     decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=tmp_path / "c")
     assert not old.exists() and other.exists()
+
+
+def test_what_a_worker_killed_while_writing_the_cache_left_is_removed(folder_dataset, tmp_path):
+    data = image_folder(folder_dataset)
+    key = decode_cache.cache_key(data, (16, 16))
+    decoded = tmp_path / "c" / "decoded"
+    left = decoded / f".{key}-x1y2z3"  # its temporary folder, never renamed into place
+    left.mkdir(parents=True)
+    (left / "images.npy").write_bytes(b"\x93NUMPY" + bytes(100))
+    other = decoded / ".0123456789abcdef0123-a1b2c3"  # another cache's, maybe being written now
+    other.mkdir()
+    decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
+    assert not left.exists() and other.exists()
+    assert sorted(p.name for p in decoded.iterdir()) == sorted([key, f"{key}.lock", other.name])

@@ -89,6 +89,7 @@ def decode_images(
         with _one_at_a_time(folder):  # the machine's other workers wait for this one's cache
             decoded = _load(folder) if folder.is_dir() else None
             if decoded is None:
+                _remove_leftovers(folder)
                 decoded = _decode_all(dataset, image_size, threads, progress)
                 if folder.is_dir():  # there but unreadable
                     _set_aside(folder)
@@ -166,7 +167,7 @@ def _save(folder: Path, decoded: DecodedImages) -> bool:
     staging = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".decoded-", dir=folder.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         np.save(staging / _IMAGES, decoded.images)
         np.savez(staging / _INDEX, **index)
         os.rename(staging, folder)
@@ -206,6 +207,14 @@ def _load(folder: Path) -> DecodedImages | None:
         return None
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Removes what a worker that died while writing this cache left (its temporary folder, as
+    large as the images): the caller holds the cache's lock, so nobody is writing it now."""
+    for left in folder.parent.glob(f".{folder.name}-*"):
+        shutil.rmtree(left, ignore_errors=True)
+        log.info("removed %s, left by a worker that stopped while writing the decode cache", left)
+
+
 def _remove_version_1(decoded: Path) -> None:
     """Removes caches of the first format (``<key>.npz``, read by no version since) from the folder:
     as large as the images, and nothing else would ever remove them."""
@@ -218,7 +227,7 @@ def _remove_version_1(decoded: Path) -> None:
 
 def _set_aside(folder: Path) -> None:
     """Takes an unreadable cache out of the way (renamed first, so no reader meets it half deleted)."""
-    aside = folder.with_name(f".unreadable-{folder.name}-{os.getpid()}")
+    aside = folder.with_name(f".{folder.name}-unreadable-{os.getpid()}")
     try:
         os.rename(folder, aside)
     except OSError:
