@@ -116,14 +116,17 @@ def test_a_cache_that_cannot_be_written_leaves_the_decoded_images(folder_dataset
 
 
 DECODE_ONCE = """
-import sys, time
+import sys, threading, time
 import cv2
 from training.data import cache
 from training.data.sources import image_folder
 
-calls, real = [], cv2.imread
+calls, real, lock = [], cv2.imread, threading.Lock()
 def slow(path, flags=cv2.IMREAD_COLOR):
-    calls.append(path)
+    with lock:  # the decode's threads call it at once
+        if not calls:
+            print("decoding", flush=True)
+        calls.append(path)
     time.sleep(0.02)  # long enough that the two workers overlap
     return real(path, flags)
 cv2.imread = slow
@@ -145,8 +148,27 @@ def test_workers_starting_at_once_decode_once_per_machine(folder_dataset, tmp_pa
         worker.stdin.flush()
     reports = [worker.communicate(timeout=120)[0].split() for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
+    reports = [report[1:] if report[0] == "decoding" else report for report in reports]
     assert sorted(int(calls) for calls, _ in reports) == [0, 42]  # one decoded, the other waited and mapped
     assert reports[0][1] == reports[1][1]  # the same images
+
+
+def test_a_worker_killed_while_decoding_leaves_the_next_one_to_decode(folder_dataset, tmp_path):
+    command = [sys.executable, "-c", DECODE_ONCE, str(folder_dataset), str(tmp_path / "c")]
+    first, second = (subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                     for _ in range(2))  # fmt: skip
+    for worker in (first, second):
+        assert worker.stdout.readline().strip() == "ready"
+    first.stdin.write("go\n")
+    first.stdin.flush()
+    assert first.stdout.readline().strip() == "decoding"  # it holds the lock now
+    second.stdin.write("go\n")
+    second.stdin.flush()
+    first.kill()  # mid-decode
+    first.wait()
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 0 and out.split()[:2] == ["decoding", "42"]  # waited, then decoded itself
+    assert (tmp_path / "c" / "decoded" / decode_cache.cache_key(image_folder(folder_dataset), (16, 16))).is_dir()
 
 
 def test_caches_of_the_first_format_are_removed_when_a_new_one_is_written(folder_dataset, tmp_path):
