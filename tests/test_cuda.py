@@ -1,0 +1,80 @@
+"""What only a GPU can show. Skipped without CUDA: run them where there is one
+(``pytest tests/test_cuda.py``); the CPU suite covers the same code paths with CPU tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from optuna.trial import TrialState
+
+from training.data.loader import DeviceBatchLoader
+from training.device_augment import DeviceAugment
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+AUGMENT = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "Affine", "rotate": [-10, 10], "p": 0.7},
+           {"name": "RandomBrightnessContrast", "p": 0.5}]  # fmt: skip
+
+
+def test_staged_batches_are_the_resident_ones_and_come_from_pinned_buffers():
+    """Images kept on the host (too large for the GPU) serve the same batches as images on the GPU.
+    Every batch of an epoch is kept until the end: a buffer filled again before its copy to the GPU
+    had finished would show as a batch that changed."""
+    cuda = torch.device("cuda")
+    host = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (301, 32, 24, 3), dtype=np.uint8))
+    labels = np.arange(301) % 7
+
+    def loader(images: torch.Tensor, augment: bool) -> DeviceBatchLoader:
+        return DeviceBatchLoader(images, labels, np.arange(301), 64, shuffle=True, seed=3, device=cuda,
+                                 augment=DeviceAugment(AUGMENT, 0) if augment else None)  # fmt: skip
+
+    for augment in (False, True):
+        resident, staged = loader(host.to(cuda), augment), loader(host, augment)
+        assert resident.staging is None and staged.staging is not None
+        assert all(buffer.is_pinned() for buffer in staged.staging.buffers)
+        for epoch in range(3):
+            kept = list(staged.batches(epoch))
+            for (x1, y1), (x2, y2) in zip(resident.batches(epoch), kept, strict=True):
+                assert x2.is_cuda and torch.equal(y1, y2)
+                assert torch.equal(x1, x2) if not augment else torch.allclose(x1, x2, atol=1e-3)
+
+
+def test_a_trial_trains_from_staged_host_images(monkeypatch):
+    from training import loop
+    from training.data.loader import resident_images
+
+    monkeypatch.setattr(loop, "resident_images", lambda images, device: resident_images(images, device, 0.0))
+    run = loop.set_up(tiny_config(device="cuda"))
+    assert run.train_loader.staging is not None and not run.train_loader.resident.is_cuda
+    loss, seen, _ = run.train_epoch(0)
+    assert seen > 0 and math.isfinite(loss)
+
+
+def test_a_real_out_of_memory_fails_its_trial_frees_its_memory_and_the_worker_goes_on(tmp_path, monkeypatch):
+    import search.objective as objective
+    from search.runner import RunOptions, worker_loop
+    from search.studyfile import load_study
+
+    real_train, held_at_next_trial = objective.train, []
+
+    def too_large_once(config, on_epoch_end=None):
+        if not held_at_next_trial:
+            held_at_next_trial.append(None)
+            activations = torch.empty(2**30, dtype=torch.uint8, device="cuda")  # what the failed trial held
+            activations += torch.empty(2**50, dtype=torch.uint8, device="cuda")  # 1 PiB: the allocator says no
+        held_at_next_trial[0] = torch.cuda.memory_allocated()
+        return real_train(config, on_epoch_end)
+
+    monkeypatch.setattr(objective, "train", too_large_once)
+    overrides = ["model.name=test_resnet", "data.image_size=16", "train.epochs=2", "train.batch_size=32",
+                 "train.device=cuda", "pruner={name: none}", "name=oom"]  # fmt: skip
+    options = RunOptions(storage_url=f"sqlite:///{tmp_path}/s.db", artifacts=tmp_path / "artifacts", n_trials=1,
+                         timeout=None, quiet=True)  # fmt: skip
+    study = worker_loop(load_study("lr-sweep", overrides), options)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["failure_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert held_at_next_trial[0] < 2**30  # the failed trial's gigabyte was gone when the next one started
