@@ -17,6 +17,7 @@ validation steps).
     ... --gpu --batch 64 --mps   # the trials at the study's own batch, where packing has room
     ... --only a,c,d             # some of the parts (the data is always made and decoded)
     ... --cudnn-limit 2          # cuDNN autotuning times fewer algorithms (a new process starts sooner)
+    ... --staged                 # also (c) with the images in host memory, batches staged to the GPU
 """
 
 from __future__ import annotations
@@ -439,6 +440,9 @@ def main() -> int:
     )
     parser.add_argument("--batch", type=int, help="the trial's batch for (a), (c), (d) and the short study")
     parser.add_argument(
+        "--staged", action="store_true", help="also (c) with the images in host memory (as if too large for the GPU)"
+    )
+    parser.add_argument(
         "--only", help=f"comma-separated parts to run ({','.join(PARTS)}); the data is always made and decoded"
     )
     args = parser.parse_args()
@@ -521,6 +525,23 @@ def main() -> int:
             figures["c"], figures["c_first_epoch"] = trial["rate"], trial["first_epoch"]
             show("(c) a trial's epoch through training/", f"{figures['c']:8.0f} img/s")
             show("start-up of a trial in a running worker (data in memory)", f"{trial['ready']:.2f} s")
+            if args.staged:
+                staged_trial()
+
+        def staged_trial() -> None:
+            name = "(c) with the images in host memory (batches staged to the GPU)"
+            if device.type != "cuda":
+                show(name, "not run: CUDA only (on the CPU every batch comes from host memory)")
+                return
+            import training.loop as loop
+
+            real = loop.resident_images
+            loop.resident_images = lambda images, device: torch.from_numpy(images)  # as if too large for the GPU
+            try:
+                rate = trial_epoch_throughput(config_path.read_text(), epochs)["rate"]
+            finally:
+                loop.resident_images = real
+            show(name, f"{rate:8.0f} img/s ({rate / figures['c']:.2f} of (c))")
 
         sections.run("decode", decode)  # first: every later part, and (d)'s processes, read its cache
         # On CUDA, (d)'s processes start before (a): their set-up (host and disk work, 14-18 s on the

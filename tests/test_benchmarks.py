@@ -47,12 +47,14 @@ def test_packed_trials_count_only_the_window_where_all_of_them_train():
 def test_trial_throughput_runs_only_the_parts_asked_for():
     script = str(BENCHMARKS / "trial_throughput.py")
     run = subprocess.run(
-        [sys.executable, script, "--only", "c", "--cudnn-limit", "2"], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, script, "--only", "c", "--cudnn-limit", "2", "--staged"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cuDNN autotuning times up to 2 algorithms per convolution" in run.stdout
     assert re.search(r"\(c\) a trial's epoch through training/\s+\d+ img/s", run.stdout)
     assert "decode of all JPEGs" in run.stdout  # (c) needs the decoded data
+    assert re.search(r"\(c\) with the images in host memory .*\s+not run: CUDA only", run.stdout)
     for other in ("(a) compute ceiling", "(b) JPEG", "(d) 2 trials", "short study", "(c)/(a)"):
         assert other not in run.stdout, other
 
