@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -95,6 +96,14 @@ def test_an_unreadable_cache_is_decoded_again_and_replaced(folder_dataset, tmp_p
     assert np.array_equal(again.images, expected) and again.images.filename == stored
     key = decode_cache.cache_key(data, (16, 16))
     assert sorted(p.name for p in (tmp_path / "c" / "decoded").iterdir()) == [key, f"{key}.lock"]  # none set aside
+
+
+def test_the_cache_folder_has_the_permissions_of_a_plain_folder(folder_dataset, tmp_path):
+    """Readable by the workers of other users where the umask lets it (a temporary folder is private)."""
+    (tmp_path / "plain").mkdir()
+    decoded = decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=tmp_path / "c")
+    folder = Path(decoded.images.filename).parent
+    assert folder.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
 
 
 def test_a_second_worker_saving_the_same_cache_keeps_the_first(folder_dataset, tmp_path):

@@ -168,6 +168,7 @@ def _save(folder: Path, decoded: DecodedImages) -> bool:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        staging.chmod(0o777 & ~_umask())  # as a plain mkdir would make it (mkdtemp's is private), for every worker
         np.save(staging / _IMAGES, decoded.images)
         np.savez(staging / _INDEX, **index)
         os.rename(staging, folder)
@@ -180,6 +181,15 @@ def _save(folder: Path, decoded: DecodedImages) -> bool:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` would, for every thread at once)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def _load(folder: Path) -> DecodedImages | None:
