@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -202,3 +203,23 @@ def test_what_a_worker_killed_while_writing_the_cache_left_is_removed(folder_dat
     decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
     assert not left.exists() and other.exists()
     assert sorted(p.name for p in decoded.iterdir()) == sorted([key, f"{key}.lock", other.name])
+
+
+def test_a_worker_waiting_for_another_ones_decode_says_so(folder_dataset, tmp_path, caplog):
+    import fcntl
+    import threading
+
+    data = image_folder(folder_dataset)
+    lock_path = tmp_path / "c" / "decoded" / f"{decode_cache.cache_key(data, (16, 16))}.lock"
+    lock_path.parent.mkdir(parents=True)
+    said = f"waiting for another worker of this machine to decode the images (it holds {lock_path})"
+    with open(lock_path, "a") as held:  # another worker, decoding
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=decode_cache.decode_images, args=(data, (16, 16), tmp_path / "c"))
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while said not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert said in caplog.text and waiting.is_alive()  # it says why it waits, and waits
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()  # the other one let go: it went on

@@ -112,7 +112,11 @@ def _one_at_a_time(folder: Path) -> Iterator[None]:
         yield
         return
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another worker of this machine to decode the images (it holds %s)", lock.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
