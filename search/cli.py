@@ -40,8 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         start_worker_server()  # the workers' imports happen there while this process does its own
 
     from search.studyfile import load_study
+    from search.workers import GPU_WORKERS
 
     spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
+    if args.worker_index is not None and int(os.environ.get(GPU_WORKERS, "1")) > 1:
+        spec = spec.model_copy(update={"train": spec.train.sharing_the_gpu(int(os.environ[GPU_WORKERS]))})
     from search.runner import RunOptions, install_signal_handlers, worker_loop
     from search.storage import artifact_dir, is_sqlite
     from search.workers import run_workers

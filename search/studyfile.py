@@ -141,6 +141,12 @@ class TrainSettings(Frozen):
     eval_batch_size: int = Field(256, ge=1)
     device: str = "auto"
     compile: bool = False
+    gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
+
+    def sharing_the_gpu(self, workers: int) -> TrainSettings:
+        """These settings for one of ``workers`` processes on a GPU: each may keep its images there
+        only within its part of the share (they all decide at once, each seeing the GPU empty)."""
+        return self.model_copy(update={"gpu_images_share": self.gpu_images_share / workers})
 
 
 class Budget(Frozen):

@@ -87,12 +87,17 @@ def worker_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+GPU_WORKERS = "SEARCH_GPU_WORKERS"  # how many workers share this worker's GPU
+
+
 def worker_environments(workers: int, gpus: list[str], storage_url: str) -> list[dict[str, str]]:
     """Each worker's environment: the storage, its share of this machine's CPU threads, and one GPU,
-    handed out round-robin (K workers per GPU when ``workers`` is K times the GPUs)."""
+    handed out round-robin (K workers per GPU when ``workers`` is K times the GPUs), with the
+    number of workers on that GPU."""
+    on_gpu = [gpus[index % len(gpus)] for index in range(workers)] if gpus else []
     return [
         {"SEARCH_STORAGE": storage_url, "OMP_NUM_THREADS": str(worker_threads(workers))}
-        | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
+        | ({"CUDA_VISIBLE_DEVICES": on_gpu[index], GPU_WORKERS: str(on_gpu.count(on_gpu[index]))} if gpus else {})
         for index in range(workers)
     ]
 

@@ -45,9 +45,10 @@ def test_staged_batches_are_the_resident_ones_and_come_from_pinned_buffers():
 
 def test_a_trial_trains_from_staged_host_images(monkeypatch):
     from training import loop
+    from training.data import loader
 
-    monkeypatch.setattr(loop, "resident_images", lambda images, device: torch.from_numpy(images))  # as if too large
-    run = loop.set_up(tiny_config(device="cuda"))
+    monkeypatch.setattr(loader, "_RESIDENT", {})  # this process's earlier decision, if any
+    run = loop.set_up(tiny_config(device="cuda", gpu_images_share=1e-12))  # the images take more than that
     assert run.train_loader.staging is not None and not run.train_loader.resident.is_cuda
     loss, seen, _ = run.train_epoch(0)
     assert seen > 0 and math.isfinite(loss)

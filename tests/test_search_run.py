@@ -273,3 +273,24 @@ def test_each_gpu_gets_its_share_of_the_workers(monkeypatch):
     given = worker_environments(4, _visible_gpus(2), "u")
     assert [env["CUDA_VISIBLE_DEVICES"] for env in given] == ["2", "5", "2", "5"]
     assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, _visible_gpus(0), "u")[0]  # CPU workers
+    # Each worker knows how many share its GPU (3 workers on 2 GPUs: two on the first, one alone).
+    assert [env["SEARCH_GPU_WORKERS"] for env in envs] == ["2"] * 8
+    assert [env["SEARCH_GPU_WORKERS"] for env in worker_environments(3, ["0", "1"], "u")] == ["2", "1", "2"]
+    assert "SEARCH_GPU_WORKERS" not in worker_environments(2, [], "u")[0]
+
+
+def test_workers_sharing_a_gpu_split_the_share_their_images_may_take_there(monkeypatch):
+    """Packed workers decide at once, each seeing the GPU empty: each gets its part of the share."""
+    import search.runner
+
+    seen = []
+    monkeypatch.setattr(search.runner, "worker_loop", lambda spec, options: seen.append(spec) or _NoTrials())
+    monkeypatch.setenv("SEARCH_GPU_WORKERS", "4")
+    assert search_here("run", "--study", "lr-sweep", "--worker-index", "1", "--workers", "8", *TINY).returncode == 0
+    assert search_here("run", "--study", "lr-sweep", *TINY).returncode == 0  # not a spawned worker: as written
+    assert [spec.train.gpu_images_share for spec in seen] == [0.125, 0.5]
+    assert seen[0].trial_config({}, None).gpu_images_share == 0.125
+
+
+class _NoTrials:
+    trials: list = []

@@ -179,4 +179,8 @@ class TrainConfig(Frozen):
     seed: int = 0
     device: str = "auto"  # auto: CUDA when there is one, else CPU
     compile: bool = False  # torch.compile the model; the inductor cache persists under data.cache_dir
+    # The decoded images stay on the GPU when they take at most this share of its free memory, else
+    # they stay in host memory and their batches are staged (`search run` divides it among the
+    # workers that share a GPU).
+    gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
     output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written

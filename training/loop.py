@@ -228,7 +228,7 @@ def build_loaders(
     on_device = device_augment.supported(augment.train) and device_augment.supported(augment.rare)
     if device is not None and device.type == "cuda":
         if on_device and not augment.val:  # validation runs un-augmented on the device
-            resident = resident_images(images, device)
+            resident = resident_images(images, device, config.gpu_images_share)
             train_augment = device_augment.DeviceAugment(augment.train, config.seed) if augment.train else None
             rare_augment = device_augment.DeviceAugment(augment.rare, config.seed + 1) if augment.rare else None
             train_loader = DeviceBatchLoader(
