@@ -43,8 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.workers import GPU_WORKERS
 
     spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
-    if args.worker_index is not None and int(os.environ.get(GPU_WORKERS, "1")) > 1:
-        spec = spec.model_copy(update={"train": spec.train.sharing_the_gpu(int(os.environ[GPU_WORKERS]))})
+    sharing = int(os.environ.get(GPU_WORKERS, "1")) if args.worker_index is not None else 1  # set by run_workers
+    if sharing > 1:
+        spec = spec.model_copy(update={"train": spec.train.sharing_the_gpu(sharing)})
     from search.runner import RunOptions, install_signal_handlers, worker_loop
     from search.storage import artifact_dir, is_sqlite
     from search.workers import run_workers
