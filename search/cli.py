@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         start_worker_server()  # the workers' imports happen there while this process does its own
 
     from search.studyfile import load_study
-    from search.workers import GPU_WORKERS
+    from search.workers import GPU_WORKERS, run_workers  # light: no torch until run_workers runs
 
     spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
     sharing = int(os.environ.get(GPU_WORKERS, "1")) if args.worker_index is not None else 1  # set by run_workers
@@ -48,7 +48,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = spec.model_copy(update={"train": spec.train.sharing_the_gpu(sharing)})
     from search.runner import RunOptions, install_signal_handlers, worker_loop
     from search.storage import artifact_dir, is_sqlite
-    from search.workers import run_workers
 
     url = _storage(args)
     if spawning and args.trials_per_gpu:
