@@ -23,10 +23,8 @@ validation steps).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -251,11 +249,12 @@ class Packed:
     running alone after the others finished is not packed. Each epoch's images count in proportion
     to the part of it inside the window."""
 
-    def __init__(self, config_path: Path, k: int, epochs: int) -> None:
+    def __init__(self, config_path: Path, k: int, epochs: int, env: dict[str, str] | None = None) -> None:
         command = child_command(config_path, epochs, barrier=True)
         from search.workers import worker_threads
 
-        env = dict(os.environ, OMP_NUM_THREADS=str(worker_threads(k)))  # as `search run --workers` gives them
+        # as `search run --workers` gives them, and ``env`` (an MPS daemon's pipe folder)
+        env = dict(os.environ, OMP_NUM_THREADS=str(worker_threads(k)), **(env or {}))
         self.spawned = time.time()
         self.procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
                       for _ in range(k)]  # fmt: skip
@@ -308,21 +307,6 @@ def common_window_rate(runs: list[list[tuple[float, float, int]]]) -> float:
         seen * max(0.0, min(to, end) - max(begin, start)) / (to - begin) for run in runs for begin, to, seen in run
     )
     return images / (end - start)
-
-
-@contextlib.contextmanager
-def mps_daemon():
-    """CUDA MPS for the duration (kernels of several processes run on the GPU at once instead of
-    taking turns); yields whether it started. Processes that start CUDA later connect to it."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None or subprocess.run([control, "-d"], capture_output=True).returncode != 0:
-        yield False
-        return
-    try:
-        time.sleep(1)  # the daemon answers once its pipe is up
-        yield True
-    finally:
-        subprocess.run([control], input=b"quit\n", capture_output=True)
 
 
 def mask_overrides(size: dict, root: Path, home: Path) -> list[str]:
@@ -561,12 +545,16 @@ def main() -> int:
             )
             if not args.mps:
                 return
-            with mps_daemon() as running:
-                if not running:
-                    show("(d) under CUDA MPS", "not run: no nvidia-cuda-mps-control, or it did not start")
-                    return
-                # new processes: CUDA starts in them after the daemon did
-                figures["d_mps"], each, _ = Packed(config_path, args.packed, epochs).run()
+            from search.workers import mps_daemon
+            from training.errors import SearchError
+
+            try:
+                with mps_daemon() as mps:  # what `search run --mps` starts
+                    # new processes: CUDA starts in them after the daemon did
+                    figures["d_mps"], each, _ = Packed(config_path, args.packed, epochs, mps).run()
+            except SearchError as error:
+                show("(d) under CUDA MPS", f"not run: {error}")
+                return
             show(f"(d) {args.packed} trials packed, under CUDA MPS",
                  f"{figures['d_mps']:8.0f} img/s together ({', '.join(f'{r:.0f}' for r in each)})")  # fmt: skip
 

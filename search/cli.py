@@ -50,14 +50,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.storage import artifact_dir, is_sqlite
 
     url = _storage(args)
+    packed_under_mps = False
     if spawning and args.trials_per_gpu:
         import torch
 
         from search.workers import mps_running, packing_warning
 
         # K workers on each GPU: pays where one trial leaves the GPU idle (README, On a GPU).
-        args.workers = args.trials_per_gpu * max(1, torch.cuda.device_count())
-        if warning := packing_warning(args.trials_per_gpu, torch.cuda.device_count(), mps_running()):
+        gpus = torch.cuda.device_count()
+        args.workers = args.trials_per_gpu * max(1, gpus)
+        packed_under_mps = args.mps and args.trials_per_gpu > 1 and gpus > 0
+        if warning := packing_warning(args.trials_per_gpu, gpus, packed_under_mps or mps_running()):
             print(warning, file=sys.stderr)
     if spawning and is_sqlite(url):
         print(
@@ -81,7 +84,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         create_study(spec, options)  # once, so workers don't race to create it
         argv = _without_option(args.argv, ("--workers", "--storage", "--trials-per-gpu"))
-        return run_workers(argv, options)
+        if not packed_under_mps:
+            return run_workers(argv, options)
+        from search.workers import mps_daemon
+
+        with mps_daemon() as mps:
+            return run_workers(argv, options, mps)
     install_signal_handlers()
     study = worker_loop(spec, options)
     if not args.worker_index and not args.quiet:
@@ -226,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     run.add_argument("--trials-per-gpu", type=int, metavar="K", help="K workers per GPU (sets --workers)")
+    run.add_argument(
+        "--mps", action="store_true",
+        help="with --trials-per-gpu K > 1: run them under a CUDA MPS daemon of this run (their kernels run at once)",
+    )  # fmt: skip
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
     run.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
     run.add_argument("--grace-period", type=int, default=None, help=argparse.SUPPRESS)

@@ -6,13 +6,21 @@ workers come from before it imports anything heavy itself.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from multiprocessing import forkserver
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from training.errors import SearchError
 
 if TYPE_CHECKING:
     from search.runner import RunOptions
@@ -30,7 +38,7 @@ def start_worker_server() -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_workers(argv: list[str], options: RunOptions) -> int:
+def run_workers(argv: list[str], options: RunOptions, mps: dict[str, str] | None = None) -> int:
     """Run ``options.workers`` workers of this command, each in its own process, and wait for them.
 
     The workers are forked from a server process that has imported torch, timm and the rest once
@@ -39,11 +47,13 @@ def run_workers(argv: list[str], options: RunOptions) -> int:
     why it is a fork server and not a plain fork of this process (which also holds an open
     database connection). GPUs are handed out round-robin; the storage URL travels in the
     worker's environment, never in a command line, so its password does not show in a process
-    list. Signals are forwarded to the workers.
+    list. Signals are forwarded to the workers. ``mps``: the environment of this run's own MPS
+    daemon (``mps_daemon``), if it has one.
     """
     import torch
 
-    envs = worker_environments(options.workers, _visible_gpus(torch.cuda.device_count()), options.storage_url)
+    gpus = _visible_gpus(torch.cuda.device_count())
+    envs = worker_environments(options.workers, gpus, options.storage_url, mps)
     context = start_worker_server()
     workers = []
     for index, env in enumerate(envs):
@@ -77,9 +87,75 @@ def packing_warning(trials_per_gpu: int, gpus: int, mps: bool) -> str | None:
         return None
     return (
         f"search: {trials_per_gpu} trials per GPU take turns on it (no CUDA MPS daemon found); two mask-study "
-        "trials at batch 256 trained at 0.82-0.95x one alone on an H200. Start `nvidia-cuda-mps-control -d` first, "
+        "trials at batch 256 trained at 0.82-0.95x one alone on an H200. Add --mps (a daemon for this run), "
         "or use --trials-per-gpu 1 for trials that keep the GPU busy."
     )
+
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+@contextlib.contextmanager
+def mps_daemon(ready_within: float = 10.0) -> Iterator[dict[str, str] | None]:
+    """A CUDA MPS control daemon of this run's own while the block runs, so that the kernels of
+    the workers packed on one GPU run at once instead of taking turns.
+
+    Yields what its clients need in their environment (its pipe and log folders, in a temporary
+    folder of its own: nothing else on the machine connects to it by chance), or None when a
+    daemon already runs where CUDA programs look by default, which the workers then use as it is.
+    It runs in the foreground as this process's child, in a session of its own (a Ctrl-C meant
+    for the workers does not take their GPU away while they mark their trials), and is told to
+    quit when the block ends, after the workers did. Processes must start CUDA after it is up.
+    """
+    if mps_running():
+        yield None
+        return
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        raise SearchError(
+            f"--mps: {MPS_CONTROL} is not on PATH (it comes with the NVIDIA driver; in a container, with the "
+            "NVIDIA container toolkit's compute capability); install it, or run without --mps"
+        )
+    home = Path(tempfile.mkdtemp(prefix="search-mps-"))
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(home / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(home / "log")}
+    for folder in env.values():
+        Path(folder).mkdir()
+    output = (home / "daemon.out").open("wb")
+    daemon = subprocess.Popen(
+        [control, "-f"], env=os.environ | env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + ready_within
+        while not (home / "pipe" / "control").exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                said = _last_line(home / "daemon.out") or _last_line(home / "log" / "control.log")
+                raise SearchError(
+                    f"--mps: {MPS_CONTROL} did not start "
+                    + (f"(exit status {daemon.returncode})" if daemon.returncode is not None else "in time")
+                    + (f": {said}" if said else "")
+                    + "; run without --mps, or start a daemon yourself (nvidia-cuda-mps-control -d)"
+                )
+            time.sleep(0.05)
+        yield env
+    finally:
+        if daemon.poll() is None:
+            try:
+                subprocess.run([control], input=b"quit\n", env=os.environ | env, capture_output=True, timeout=30)
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        output.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a text file, or "" if there is none."""
+    with contextlib.suppress(OSError):
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+    return ""
 
 
 def worker_threads(workers: int) -> int:
@@ -90,14 +166,23 @@ def worker_threads(workers: int) -> int:
 GPU_WORKERS = "SEARCH_GPU_WORKERS"  # how many workers share this worker's GPU
 
 
-def worker_environments(workers: int, gpus: list[str], storage_url: str) -> list[dict[str, str]]:
+def worker_environments(
+    workers: int, gpus: list[str], storage_url: str, mps: dict[str, str] | None = None
+) -> list[dict[str, str]]:
     """Each worker's environment: the storage, its share of this machine's CPU threads, and one GPU,
     handed out round-robin (K workers per GPU when ``workers`` is K times the GPUs), with the
-    number of workers on that GPU."""
-    on_gpu = [gpus[index % len(gpus)] for index in range(workers)] if gpus else []
+    number of workers on that GPU.
+
+    Under this run's own MPS daemon (``mps``: what its clients need in their environment) a worker
+    names its GPU by its place in ``gpus``: the daemon was started with this process's
+    CUDA_VISIBLE_DEVICES, and its server numbers the GPUs it was given from 0, so "2,5" becomes
+    0 and 1 for its clients (NVIDIA's MPS guide, on CUDA_VISIBLE_DEVICES)."""
+    names = [str(place) for place in range(len(gpus))] if mps is not None else gpus
+    on_gpu = [names[index % len(names)] for index in range(workers)] if gpus else []
     return [
         {"SEARCH_STORAGE": storage_url, "OMP_NUM_THREADS": str(worker_threads(workers))}
         | ({"CUDA_VISIBLE_DEVICES": on_gpu[index], GPU_WORKERS: str(on_gpu.count(on_gpu[index]))} if gpus else {})
+        | (mps or {})
         for index in range(workers)
     ]
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -121,3 +122,42 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return PG_URL
+
+
+# A stand-in for nvidia-cuda-mps-control (no GPU here) that speaks its protocol: -f serves a
+# `control` pipe in CUDA_MPS_PIPE_DIRECTORY until a client writes `quit` to it; without -f it passes
+# its standard input to that pipe. It records what it was told, with the time, in $MPS_RECORD.
+MPS_CONTROL = """#!/usr/bin/env bash
+pipe="${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}"
+if [ "$1" = -f ]; then
+    echo "start $(date +%s.%N) pipe=$pipe visible=${CUDA_VISIBLE_DEVICES-unset}" >> "$MPS_RECORD"
+    mkfifo "$pipe/control"
+    while read -r line < "$pipe/control"; do
+        echo "$line $(date +%s.%N)" >> "$MPS_RECORD"
+        if [ "$line" = quit ]; then rm "$pipe/control"; exit 0; fi
+    done
+fi
+cat > "$pipe/control"
+"""
+BROKEN_MPS_CONTROL = """#!/usr/bin/env bash
+echo "CUDA driver version is insufficient for CUDA runtime version" >&2
+exit 1
+"""
+
+
+def install_mps_control(folder, text: str) -> None:
+    """Puts ``text`` on PATH as nvidia-cuda-mps-control."""
+    folder.mkdir(exist_ok=True)
+    path = folder / "nvidia-cuda-mps-control"
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def mps_control(tmp_path, monkeypatch):
+    """The stand-in on PATH, no daemon where CUDA looks by default; returns its record file."""
+    install_mps_control(tmp_path / "bin", MPS_CONTROL)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MPS_RECORD", str(tmp_path / "record"))
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "no-daemon-here"))
+    return tmp_path / "record"

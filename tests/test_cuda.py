@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import torch
 from conftest import tiny_config
 from optuna.trial import TrialState
 
+from search.workers import MPS_CONTROL, mps_daemon
 from training.data.loader import DeviceBatchLoader
 from training.device_augment import DeviceAugment
 
@@ -78,3 +83,25 @@ def test_a_real_out_of_memory_fails_its_trial_frees_its_memory_and_the_worker_go
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["failure_reason"].startswith("OutOfMemoryError: CUDA out of memory")
     assert held_at_next_trial[0] < 2**30  # the failed trial's gigabyte was gone when the next one started
+
+
+@pytest.mark.skipif(shutil.which(MPS_CONTROL) is None, reason=f"needs {MPS_CONTROL} (it comes with the driver)")
+def test_a_worker_started_under_the_runs_own_daemon_is_its_client():
+    """What `search run --trials-per-gpu K --mps` gives its workers makes their CUDA go through MPS:
+    once one of them holds a context, the daemon has a server running for it."""
+    code = "import sys, torch; print(torch.ones(1, device='cuda').item(), flush=True); sys.stdin.read()"
+    with mps_daemon() as env:
+        if env is None:
+            pytest.skip("this machine already runs an MPS daemon; the workers use it as it is")
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code], env=os.environ | env | {"CUDA_VISIBLE_DEVICES": "0"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        said = worker.stdout.readline()
+        servers = subprocess.run(
+            [MPS_CONTROL], input="get_server_list\n", env=os.environ | env, capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        worker.stdin.close()
+        assert worker.wait(timeout=60) == 0
+    assert said.strip() == "1.0"
+    assert servers and all(pid.isdigit() for pid in servers), servers

@@ -43,6 +43,7 @@ def test_services_postgres_dashboard_and_gpu_workers_on_every_gpu():
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == "all"
     args = build_parser().parse_args([_expand(a) for a in worker["command"]])
     assert args.trials_per_gpu == int(ENV_EXAMPLE["TRIALS_PER_GPU"]) == 1
+    assert args.mps  # packed workers (TRIALS_PER_GPU > 1) run under the container's own MPS daemon
     assert "ports" not in worker
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     shared = {v.split(":")[0] for v in worker["volumes"]} & {v.split(":")[0] for v in services["dashboard"]["volumes"]}

@@ -256,7 +256,7 @@ def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatc
     os.mkfifo(tmp_path / "control")  # what a running nvidia-cuda-mps-control -d leaves there
     assert mps_running()
     warning = packing_warning(2, gpus=1, mps=False)
-    assert warning and "nvidia-cuda-mps-control -d" in warning and "--trials-per-gpu 1" in warning
+    assert warning and "Add --mps" in warning and "--trials-per-gpu 1" in warning
     assert packing_warning(2, gpus=1, mps=True) is None  # under MPS their kernels run at once
     assert packing_warning(1, gpus=1, mps=False) is None and packing_warning(2, gpus=0, mps=False) is None
 
