@@ -286,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:  # argparse has printed its one-line usage error
         return int(exit.code or 0)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
+    # a worker of `search run --workers N` says which one it is, as its progress lines do
+    worker = getattr(args, "worker_index", None)
+    logging.basicConfig(
+        level=logging.WARNING, format=f"{'' if worker is None else f'[worker {worker}] '}search: %(message)s"
+    )
     if not args.debug:
         warnings.simplefilter("ignore")
         os.environ.setdefault("PYTHONWARNINGS", "ignore")

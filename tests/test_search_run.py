@@ -215,6 +215,16 @@ def test_two_workers_share_one_sqlite_file(tmp_path):
     assert sum("share one SQLite file" in line for line in lines) == 1
 
 
+def test_a_workers_log_lines_say_which_worker_wrote_them(folder_dataset, tmp_path):
+    (folder_dataset / "cat" / "broken.jpg").write_bytes(b"not an image")  # logged as skipped while decoding
+    data = f"data={{source: folder, root: {folder_dataset}, image_size: 16}}"
+    args = ("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", data, "--set", "train.epochs=1")
+    worker = search(*args, "--workers", "2", "--worker-index", "1", env={"SEARCH_HOME": str(tmp_path / "w")})
+    assert f"[worker 1] search: skipping unreadable image {folder_dataset / 'cat' / 'broken.jpg'}" in worker.stderr
+    alone = search(*args, env={"SEARCH_HOME": str(tmp_path / "alone"), "SEARCH_CACHE_DIR": str(tmp_path / "c")})
+    assert "\nsearch: skipping unreadable image" in f"\n{alone.stderr}" and "[worker" not in alone.stderr
+
+
 def test_eight_workers_share_one_study_on_postgresql(tmp_path):
     url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
