@@ -218,6 +218,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` (to ``maximum``), else a usage error naming it."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--storage", help="SQLAlchemy URL (default: $SEARCH_STORAGE or .search/studies.db)")
@@ -230,29 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run (or continue) a study")
     run.add_argument("--study", required=True, help="study name in studies/ or a YAML path")
-    run.add_argument("--n-trials", type=int, help="finished trials the study should reach")
-    run.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    run.add_argument("--trials-per-gpu", type=int, metavar="K", help="K workers per GPU (sets --workers)")
+    run.add_argument("--n-trials", type=_count(1), help="finished trials the study should reach")
+    run.add_argument("--timeout", type=_seconds, help="seconds after which no new trial starts")
+    run.add_argument("--workers", type=_count(1), default=1, help="worker processes on this machine")
+    run.add_argument("--trials-per-gpu", type=_count(1), metavar="K", help="K workers per GPU (sets --workers)")
     run.add_argument(
         "--mps", action="store_true",
         help="with --trials-per-gpu K > 1: run them under a CUDA MPS daemon of this run (their kernels run at once)",
     )  # fmt: skip
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
-    run.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
-    run.add_argument("--grace-period", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--heartbeat-interval", type=_count(1), default=10, help=argparse.SUPPRESS)
+    run.add_argument("--grace-period", type=_count(1), default=None, help=argparse.SUPPRESS)
     # set by --workers for each worker it starts (with --workers N): this process is one of them
-    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--worker-index", type=_count(0), default=None, help=argparse.SUPPRESS)
 
     for name, text in (("status", "counts, best, top trials"), ("best", "the best trial's params and metrics")):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--study", required=True)
         if name == "status":
-            p.add_argument("--top", type=int, default=10)
+            p.add_argument("--top", type=_count(1), default=10)
 
     export = sub.add_parser("export", parents=[common], help="write a trial's checkpoint")
     export.add_argument("--study", required=True)
-    export.add_argument("--trial", type=int, help="trial number (default: the best)")
+    export.add_argument("--trial", type=_count(0), help="trial number (default: the best)")
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true", help="overwrite --out")
     export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
@@ -269,13 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--info", help="the competition's info.csv (ImageID,ans): fill ans in its order")
     predict.add_argument("--out", required=True, help="CSV to write")
     predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--batch-size", type=_count(1), default=256)
     predict.add_argument("--force", action="store_true", help="overwrite --out")
 
     dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the same storage")
     dash.add_argument("--study", required=True)
     dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--port", type=_count(0, 65535), default=8080)
     return parser
 
 

@@ -196,6 +196,20 @@ BAD_INPUTS = [
     ("missing trial", ["export", "--study", "lr-sweep", "--trial", "99", "--out", "x.safetensors"], 1,
      "has no trial 99; trials are numbered 0.."),
     ("unknown option", ["run", "--study", "lr-sweep", "--n-trails", "3"], 2, "unrecognized arguments"),
+    # numbers out of range are usage errors, not runs that quietly do nothing (or something else)
+    ("negative trials", ["run", "--study", "lr-sweep", "--n-trials", "-3"], 2,
+     "argument --n-trials: must be 1 or more, got -3; see search run --help"),
+    ("no workers", ["run", "--study", "lr-sweep", "--workers", "0"], 2, "argument --workers: must be 1 or more, got 0"),
+    ("no trials per GPU", ["run", "--study", "lr-sweep", "--trials-per-gpu", "0"], 2,
+     "argument --trials-per-gpu: must be 1 or more, got 0"),
+    ("negative timeout", ["run", "--study", "lr-sweep", "--timeout", "-1"], 2,
+     "argument --timeout: must be more than 0 seconds, got -1"),
+    ("words for a number", ["run", "--study", "lr-sweep", "--workers", "four"], 2,
+     "argument --workers: expected a whole number, got 'four'"),
+    ("port out of range", ["dashboard", "--study", "lr-sweep", "--port", "70000"], 2,
+     "argument --port: must be from 0 to 65535, got 70000"),
+    ("negative trial", ["export", "--study", "lr-sweep", "--trial", "-1", "--out", "x"], 2,
+     "argument --trial: must be 0 or more, got -1"),
 ]  # fmt: skip
 
 
