@@ -67,3 +67,22 @@ def test_predict_names_a_missing_listed_image(checkpoint_and_images, tmp_path, c
     code = main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--info", str(info),
                  "--out", str(tmp_path / "s.csv"), "--quiet"])  # fmt: skip
     assert code == 1 and "not_there.jpg" in capsys.readouterr().err
+
+
+def test_predict_with_a_file_that_is_not_a_checkpoint_says_so_in_one_line(checkpoint_and_images, tmp_path, capsys):
+    _, checkpoint, images, names, _ = checkpoint_and_images
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"  # a safetensors file, but not one of ours
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    cases = {
+        images / names[0]: "is not a readable checkpoint (",  # an image given as the checkpoint
+        tmp_path / "missing.safetensors": "is not a readable checkpoint (",
+        foreign: "is a safetensors file but not a search checkpoint",
+    }
+    for path, said in cases.items():
+        code = main(["predict", "--checkpoint", str(path), "--images", str(images), "--out", str(tmp_path / "p.csv")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and said in err[-1] and str(path) in err[-1], err
+        assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "p.csv").exists()

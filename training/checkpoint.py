@@ -72,8 +72,8 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), "pt") as file:
             meta = json.loads((file.metadata() or {}).get("search", "{}"))
-    except (OSError, ValueError) as error:
-        raise SearchError(f"{path} is not a readable checkpoint: {error}") from None
+    except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: not a safetensors file at all
+        raise SearchError(f"{path} is not a readable checkpoint ({error}); give one written by search export") from None
     if meta.get("format") != FORMAT:
         raise SearchError(f"{path} is a safetensors file but not a search checkpoint (no header)")
     return meta
