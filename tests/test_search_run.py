@@ -256,6 +256,11 @@ def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     assert f"Best: trial {study.best_trial.number}" in page and "largest / smallest" not in page  # title is in the PNG
     assert "Most confused classes" in page and "<table>" in page
+    (tmp_path / "a-file").write_text("x")
+    taken = search_here("report", "--study", "lr-sweep", "--out", str(tmp_path / "a-file"), env=finished_study["env"])
+    assert taken.returncode == 1 and taken.stderr.strip().splitlines() == [
+        f"search: error: cannot make the report folder {tmp_path / 'a-file'}: File exists; give another --out"
+    ]
 
 
 def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatch):
