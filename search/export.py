@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,8 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.objective import CHECKPOINT_ATTR
 from search.storage import AtomicArtifactStore
 from training import TrainConfig, train
-from training.checkpoint import make_readable
 from training.errors import ConfigError, SearchError
+from training.files import replacing
 
 
 def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -47,21 +46,14 @@ def export_checkpoint(
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(handle)
-    try:
+    with replacing(out, "checkpoint") as temporary:
         if not _download(store, trial, temporary):
             if not retrain:
                 raise SearchError(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
                     f"({_why_missing(trial)}); pass --retrain to train its params again"
                 )
-            _retrain(trial, Path(temporary))
-        make_readable(temporary)
-        os.replace(temporary, out)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+            _retrain(trial, temporary)
     return trial, out
 
 
@@ -71,7 +63,7 @@ def _why_missing(trial: FrozenTrial) -> str:
     return "removed by checkpoint retention" if trial.user_attrs.get(CHECKPOINT_ATTR) else "none was written"
 
 
-def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: str) -> bool:
+def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: Path) -> bool:
     artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
     if not artifact_id:
         return False

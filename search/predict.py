@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
-from training.checkpoint import make_readable
 from training.data.sources import IMAGE_EXTENSIONS
 from training.errors import ConfigError, DataError
+from training.files import replacing
 
 
 def _listed(images: Path, info: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
@@ -58,9 +57,7 @@ def write_predictions(
         probs, meta = predict_files(checkpoint, paths, batch_size, flip_tta, progress=bar.update)
     labels = probs.argmax(axis=1)
     names = meta["class_names"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(handle, "w", newline="") as file:
+    with replacing(out, "predictions") as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file)
         if info is not None:  # the competition's format: its own rows, ans filled in
             writer.writerow(fields)
@@ -70,6 +67,4 @@ def write_predictions(
             writer.writerow(["path", "label", "class_name", *(f"prob_{n}" for n in names)])
             for path, label, p in zip(paths, labels, probs):
                 writer.writerow([os.path.relpath(path, images), int(label), names[label], *(f"{v:.6f}" for v in p)])
-    make_readable(temporary)
-    os.replace(temporary, out)
     return len(paths)

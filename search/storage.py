@@ -27,8 +27,8 @@ from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from training.checkpoint import make_readable
 from training.errors import ConfigError, DiskError, SearchError
+from training.files import make_readable
 
 
 class StorageError(SearchError):

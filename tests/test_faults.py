@@ -210,6 +210,11 @@ BAD_INPUTS = [
      "argument --port: must be from 0 to 65535, got 70000"),
     ("negative trial", ["export", "--study", "lr-sweep", "--trial", "-1", "--out", "x"], 2,
      "argument --trial: must be 0 or more, got -1"),
+    # where an output cannot be written: one line naming it, nothing left behind (checked below)
+    ("export onto a folder", ["export", "--study", "lr-sweep", "--out", "{empty}", "--force"], 1,
+     "empty: Is a directory"),
+    ("export under a file", ["export", "--study", "lr-sweep", "--out", "{csv}/best.safetensors"], 1,
+     "could not write checkpoint"),
 ]  # fmt: skip
 
 
@@ -223,6 +228,7 @@ def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1 and "s3cret" not in err
+    assert not [p.name for p in tmp_path.rglob(".*.tmp")]  # no temporary file of a failed write stays
 
 
 def test_export_of_a_study_with_no_finished_trial(tmp_path, capsys, monkeypatch):

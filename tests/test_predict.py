@@ -47,7 +47,7 @@ def test_predict_fills_the_competition_info_csv(checkpoint_and_images, tmp_path,
     assert {r["ImageID"]: int(r["ans"]) for r in rows} == expected
 
 
-def test_predict_without_info_writes_labels_and_probabilities_and_tta_runs(checkpoint_and_images, tmp_path):
+def test_predict_without_info_writes_labels_and_probabilities_and_tta_runs(checkpoint_and_images, tmp_path, capsys):
     _, checkpoint, images, names, _ = checkpoint_and_images
     out = tmp_path / "pred.csv"
     args = ["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--quiet"]
@@ -58,6 +58,9 @@ def test_predict_without_info_writes_labels_and_probabilities_and_tta_runs(check
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     assert all(r["class_name"] == ("cat", "dog", "fox")[int(r["label"])] for r in rows)
     assert main(args) == 2  # exists: refuses without --force
+    under_a_file = out / "pred.csv"
+    assert main([*args[:-2], str(under_a_file), "--quiet"]) == 1
+    assert f"could not write predictions {under_a_file}" in capsys.readouterr().err
 
 
 def test_predict_names_a_missing_listed_image(checkpoint_and_images, tmp_path, capsys):

@@ -15,8 +15,6 @@ model can be rebuilt from the file alone::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from training.errors import DiskError, SearchError
+from training.files import replacing
 
 FORMAT = "search-checkpoint/1"
 
@@ -38,33 +37,14 @@ def library_versions() -> dict[str, str]:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
     """Write weights and header atomically: a crash leaves the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     header = {"search": json.dumps({"format": FORMAT, **meta, "versions": library_versions()})}
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-    except OSError as error:
-        raise DiskError(f"could not write checkpoint {path}: {error.strerror or error}") from None
-    try:
-        save_file(state, temporary, metadata=header)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        make_readable(temporary)
-        os.replace(temporary, path)
-    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
-        Path(temporary).unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or str(error).rsplit(": ", 1)[-1]
-        raise DiskError(f"could not write checkpoint {path}: {reason}") from None
-    return path
-
-
-def make_readable(path: str | Path) -> None:
-    """What ``open()`` would have given (0666 less the umask): mkstemp's files are owner-only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    with replacing(path, "checkpoint") as temporary:
+        try:
+            save_file(state, str(temporary), metadata=header)
+        except SafetensorError as error:  # safetensors reports a full disk as its own error
+            raise DiskError(f"could not write checkpoint {path}: {str(error).rsplit(': ', 1)[-1]}") from None
+    return Path(path)
 
 
 def read_meta(path: Path) -> dict[str, Any]:
