@@ -47,9 +47,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if sharing > 1:
         spec = spec.model_copy(update={"train": spec.train.sharing_the_gpu(sharing)})
     from search.runner import RunOptions, install_signal_handlers, worker_loop
-    from search.storage import artifact_dir, is_sqlite
+    from search.storage import AtomicArtifactStore, artifact_dir, is_sqlite
 
     url = _storage(args)
+    if spawning:
+        AtomicArtifactStore(artifact_dir(args.artifacts))  # an unusable folder: one line here, not one per worker
     packed_under_mps = False
     if spawning and args.trials_per_gpu:
         import torch

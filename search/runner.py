@@ -140,11 +140,11 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     """Run trials until the study has ``n_trials`` finished or the timeout passes."""
     prefix = f"[worker {options.worker_index}] " if options.workers > 1 else ""
     progress = Progress(options.quiet, prefix)
+    store = AtomicArtifactStore(options.artifacts)  # before the decode: an unusable folder is answered at once
     study = create_study(spec, options)
     prepare_data(spec.data, spec.seed, progress=progress.decode)  # decode once, before any trial
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
-    store = AtomicArtifactStore(options.artifacts)
     gate = TrialGate(options.storage_url, spec.name)
     work_dir = options.artifacts.parent / "work" / spec.name / f"worker-{os.getpid()}"
     objective = Objective(spec, store, work_dir, gate, progress)

@@ -204,7 +204,12 @@ class AtomicArtifactStore(FileSystemArtifactStore):
     """Optuna's file-system store, but a write is a temporary file then a rename: never half a file."""
 
     def __init__(self, base_path: Path) -> None:
-        base_path.mkdir(parents=True, exist_ok=True)
+        try:
+            base_path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file of that name, no permission, no such place
+            raise DiskError(
+                f"cannot make the artifact folder {base_path}: {error.strerror}; give another --artifacts"
+            ) from None
         super().__init__(base_path)
         self.base_path = base_path
 

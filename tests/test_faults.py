@@ -215,6 +215,10 @@ BAD_INPUTS = [
      "empty: Is a directory"),
     ("export under a file", ["export", "--study", "lr-sweep", "--out", "{csv}/best.safetensors"], 1,
      "could not write checkpoint"),
+    ("artifacts under a file", ["run", "--study", "lr-sweep", "--artifacts", "{csv}/artifacts"], 1,
+     "cannot make the artifact folder"),
+    ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
+     "{csv}/artifacts"], 1, "cannot make the artifact folder"),
 ]  # fmt: skip
 
 
