@@ -178,7 +178,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         f"dashboard for '{study.study_name}': http://{args.host}:{args.port}/dashboard/studies/{study._study_id}",
         file=sys.stderr,
     )
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=_store(args))
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=_store(args))
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        raise SearchError(
+            f"cannot serve the dashboard on {args.host}:{args.port}: {error.strerror}; give another --port or --host"
+        ) from None
     return 0
 
 

@@ -12,12 +12,16 @@ from training.files import replacing
 
 
 def _listed(images: Path, info: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
-    with open(info, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if "ImageID" not in (reader.fieldnames or ()):
-            raise DataError(f"{info}: no ImageID column; expected the competition's ImageID,ans")
-        rows = list(reader)
-        fields = list(reader.fieldnames or ())
+    try:
+        with open(info, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if "ImageID" not in (reader.fieldnames or ()):
+                raise DataError(f"{info}: no ImageID column; expected the competition's ImageID,ans")
+            rows = list(reader)
+            fields = list(reader.fieldnames or ())
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not a text file"
+        raise DataError(f"cannot read --info {info}: {reason}; give the competition's info.csv") from None
     paths = [str(images / row["ImageID"]) for row in rows]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:

@@ -64,7 +64,14 @@ def resolve_storage_url(given: str | None) -> str:
             "postgresql+psycopg2://user@host:5432/db"
         ) from None
     if parsed.drivername.startswith("sqlite") and parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file of that name, no permission, no such place
+            raise DiskError(
+                f"cannot make {folder} for the SQLite file {parsed.database}: {error.strerror}; "
+                "set SEARCH_HOME or --storage to a place that can be written"
+            ) from None
     return url
 
 

@@ -217,6 +217,10 @@ BAD_INPUTS = [
      "could not write checkpoint"),
     ("artifacts under a file", ["run", "--study", "lr-sweep", "--artifacts", "{csv}/artifacts"], 1,
      "cannot make the artifact folder"),
+    ("SQLite folder under a file", ["status", "--study", "x", "--storage", "sqlite:///{csv}/db/s.db"], 1,
+     "/db for the SQLite file"),
+    ("info.csv not there", ["predict", "--checkpoint", "x", "--images", "{empty}", "--info", "{empty}/info.csv",
+     "--out", "{empty}/p.csv"], 1, "cannot read --info"),
     ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
      "{csv}/artifacts"], 1, "cannot make the artifact folder"),
 ]  # fmt: skip
@@ -233,6 +237,24 @@ def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, cap
     assert message in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1 and "s3cret" not in err
     assert not [p.name for p in tmp_path.rglob(".*.tmp")]  # no temporary file of a failed write stays
+
+
+def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("SEARCH_HOME", str(one_trial_study))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--study", "lr-sweep", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"search: error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use; "
+        "give another --port or --host"
+    )
+    assert err[0].startswith("dashboard for 'lr-sweep': http://127.0.0.1:")  # then the web server's own banner
+    assert not any("Traceback" in line for line in err)
 
 
 def test_export_of_a_study_with_no_finished_trial(tmp_path, capsys, monkeypatch):
