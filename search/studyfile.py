@@ -266,7 +266,10 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> Study:
     """Read, override and validate a study file; any problem is one ``ConfigError`` line."""
     path = find_study_file(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read it ({reason}); a study file is UTF-8 YAML") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

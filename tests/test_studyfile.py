@@ -119,6 +119,14 @@ def test_malformed_yaml_names_the_line(tmp_path, capsys):
     assert "broken.yaml: line" in err and "fix the YAML syntax" in err
 
 
+def test_a_study_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00name: x")  # UTF-16 from an editor, or not a study file at all
+    assert main(["run", "--study", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"search: error: {path}: cannot read it (not UTF-8 text); a study file is UTF-8 YAML"
+
+
 def test_unknown_study_name_lists_the_known_ones(capsys):
     assert main(["run", "--study", "no-such-study"]) == 2
     err = capsys.readouterr().err
