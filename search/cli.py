@@ -53,16 +53,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spawning:
         AtomicArtifactStore(artifact_dir(args.artifacts))  # an unusable folder: one line here, not one per worker
     packed_under_mps = False
-    if spawning and args.trials_per_gpu:
+    if spawning and (args.trials_per_gpu or args.mps):
         import torch
 
         from search.workers import mps_running, packing_warning
 
-        # K workers on each GPU: pays where one trial leaves the GPU idle (README, On a GPU).
         gpus = torch.cuda.device_count()
-        args.workers = args.trials_per_gpu * max(1, gpus)
-        packed_under_mps = args.mps and args.trials_per_gpu > 1 and gpus > 0
-        if warning := packing_warning(args.trials_per_gpu, gpus, packed_under_mps or mps_running()):
+        if args.trials_per_gpu:  # K workers on each GPU: pays where one trial leaves the GPU idle
+            args.workers = args.trials_per_gpu * max(1, gpus)
+        # --mps wherever some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N > GPUs)
+        packed_under_mps = args.mps and args.workers > gpus > 0
+        if args.trials_per_gpu and (warning := packing_warning(args.trials_per_gpu, gpus, args.mps or mps_running())):
             print(warning, file=sys.stderr)
     if spawning and is_sqlite(url):
         print(
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials-per-gpu", type=_count(1), metavar="K", help="K workers per GPU (sets --workers)")
     run.add_argument(
         "--mps", action="store_true",
-        help="with --trials-per-gpu K > 1: run them under a CUDA MPS daemon of this run (their kernels run at once)",
+        help="where a GPU gets several workers: run them under a CUDA MPS daemon of this run (kernels run at once)",
     )  # fmt: skip
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
     run.add_argument("--heartbeat-interval", type=_count(1), default=10, help=argparse.SUPPRESS)

@@ -96,3 +96,29 @@ def test_search_run_packs_its_trials_under_a_daemon_started_before_and_stopped_a
     assert lines[0].startswith("start ") and "visible=unset" in lines[0] and lines[-1].startswith("quit ")
     assert started < min(t.datetime_start.timestamp() for t in study.trials)
     assert quit > max(t.datetime_complete.timestamp() for t in study.trials)
+
+
+@pytest.mark.parametrize(
+    "gpus, args, daemon",
+    [
+        (1, ["--trials-per-gpu", "2", "--mps"], True),
+        (1, ["--workers", "2", "--mps"], True),  # two workers on one GPU are packed too
+        (2, ["--workers", "2", "--mps"], False),  # one worker on each GPU: nothing to share
+        (1, ["--trials-per-gpu", "1", "--mps"], False),
+        (0, ["--workers", "2", "--mps"], False),  # CPU workers
+        (1, ["--trials-per-gpu", "2"], False),  # packed without --mps: only the warning
+    ],
+)
+def test_the_daemon_is_started_where_a_gpu_gets_several_workers_and_mps_is_asked_for(
+    mps_control, tmp_path, monkeypatch, gpus, args, daemon
+):
+    import search.workers
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(search.workers, "run_workers", lambda argv, options, mps=None: seen.append(mps) or 0)
+    run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    assert len(seen) == 1 and (seen[0] is not None) == daemon
+    assert mps_control.exists() == daemon
+    assert ("take turns" in run.stderr) == (args == ["--trials-per-gpu", "2"])
