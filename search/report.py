@@ -15,7 +15,7 @@ from search.export import choose_trial
 from search.pictures import confusion_png, new_figure, per_class_f1_png
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
-from training.errors import DiskError
+from training.files import make_folder
 
 
 def class_distribution_png(train_counts: np.ndarray, val_counts: np.ndarray, names: Sequence[str], path: Path) -> Path:
@@ -132,10 +132,7 @@ def _confused_examples(study_spec, store: AtomicArtifactStore, best: FrozenTrial
 def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> Path:
     from training.loop import prepare_data
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file of that name, no permission
-        raise DiskError(f"cannot make the report folder {out}: {error.strerror}; give another --out") from None
+    make_folder(out, "the report folder", "give another --out")
     spec = validate_study(json.loads(study.user_attrs["spec"]), f"study '{study.study_name}'")
     data = prepare_data(spec.data, spec.seed)
     names = data.decoded.class_names

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from training.errors import ConfigError, DiskError, SearchError
-from training.files import make_readable
+from training.files import make_folder, make_readable
 
 
 class StorageError(SearchError):
@@ -64,14 +64,8 @@ def resolve_storage_url(given: str | None) -> str:
             "postgresql+psycopg2://user@host:5432/db"
         ) from None
     if parsed.drivername.startswith("sqlite") and parsed.database:
-        folder = Path(parsed.database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:  # a file of that name, no permission, no such place
-            raise DiskError(
-                f"cannot make {folder} for the SQLite file {parsed.database}: {error.strerror}; "
-                "set SEARCH_HOME or --storage to a place that can be written"
-            ) from None
+        instead = "set SEARCH_HOME or --storage to a place that can be written"
+        make_folder(Path(parsed.database).parent, "the folder of the SQLite file", instead)
     return url
 
 
@@ -211,12 +205,7 @@ class AtomicArtifactStore(FileSystemArtifactStore):
     """Optuna's file-system store, but a write is a temporary file then a rename: never half a file."""
 
     def __init__(self, base_path: Path) -> None:
-        try:
-            base_path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:  # a file of that name, no permission, no such place
-            raise DiskError(
-                f"cannot make the artifact folder {base_path}: {error.strerror}; give another --artifacts"
-            ) from None
+        make_folder(base_path, "the artifact folder", "give another --artifacts")
         super().__init__(base_path)
         self.base_path = base_path
 

@@ -218,7 +218,7 @@ BAD_INPUTS = [
     ("artifacts under a file", ["run", "--study", "lr-sweep", "--artifacts", "{csv}/artifacts"], 1,
      "cannot make the artifact folder"),
     ("SQLite folder under a file", ["status", "--study", "x", "--storage", "sqlite:///{csv}/db/s.db"], 1,
-     "/db for the SQLite file"),
+     "cannot make the folder of the SQLite file"),
     ("info.csv not there", ["predict", "--checkpoint", "x", "--images", "{empty}", "--info", "{empty}/info.csv",
      "--out", "{empty}/p.csv"], 1, "cannot read --info"),
     ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",

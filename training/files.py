@@ -11,6 +11,16 @@ from pathlib import Path
 from training.errors import DiskError
 
 
+def make_folder(path: Path, what: str, instead: str) -> Path:
+    """``mkdir -p path``; a failure (a file of that name on the way, no permission, no such place)
+    is one ``DiskError``: cannot make ``what`` ``path``, why, and ``instead`` (what to do)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DiskError(f"cannot make {what} {path}: {error.strerror or error}; {instead}") from None
+    return path
+
+
 def make_readable(path: str | Path) -> None:
     """What ``open()`` would have given (0666 less the umask): mkstemp's files are owner-only."""
     umask = os.umask(0)
