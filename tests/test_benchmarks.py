@@ -12,10 +12,13 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure():
+def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure(mps_control):
+    # --packed-early: (d)'s processes set up while (a) runs, as on CUDA; --mps: (d) again under the
+    # daemon `search run --mps` starts (here the stand-in for nvidia-cuda-mps-control)
     run = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "trial_throughput.py")], capture_output=True, text=True, timeout=400
-    )
+        [sys.executable, str(BENCHMARKS / "trial_throughput.py"), "--packed-early", "--mps"],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
     for label in ("(a) compute ceiling", "(b) JPEG + albumentations", "(c) a trial's epoch", "(d) 2 trials packed"):
@@ -28,6 +31,13 @@ def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure():
     for ratio in ("(c)/(a)", "(c)/(b)", "(d)/(c)"):
         assert re.search(re.escape(ratio) + r" = \d+\.\d\d", out), ratio
     assert "device: CPU" in out
+    assert out.index("(a) compute ceiling") < out.index("((d) processes set up:") < out.index("(d) 2 trials packed")
+    assert re.search(r"\(d\) 2 trials packed on the device\s+\d+ img/s together \(\d+, \d+\)", out)
+    assert re.search(r"warm decode cache on disk \(2 at once, during \(a\)\)\s+[\d.]+ s", out)
+    assert re.search(r"\(d\) 2 trials packed, under CUDA MPS\s+\d+ img/s together \(\d+, \d+\)", out)
+    assert re.search(r"\(d\)/\(c\) = \d+\.\d\d   under CUDA MPS", out)
+    record = mps_control.read_text().splitlines()
+    assert record[0].startswith("start ") and record[-1].startswith("quit ")  # and told to quit after
 
 
 def test_packed_trials_count_only_the_window_where_all_of_them_train():
@@ -64,24 +74,6 @@ def test_trial_throughput_runs_only_the_parts_asked_for():
     negative = subprocess.run([sys.executable, script, "--cudnn-limit", "-1"], capture_output=True, text=True)
     assert negative.returncode == 2
     assert "--cudnn-limit: -1 is negative" in negative.stderr.strip().splitlines()[-1]
-
-
-def test_packed_trials_can_start_before_the_ceiling_and_wait_for_it_then_run_under_mps(mps_control):
-    # On CUDA (d)'s processes set up while (a) runs; --packed-early does the same on the CPU.
-    script = str(BENCHMARKS / "trial_throughput.py")
-    run = subprocess.run(
-        [sys.executable, script, "--only", "a,d", "--packed-early", "--mps"], capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
-    assert out.index("(a) compute ceiling") < out.index("((d) processes set up:") < out.index("(d) 2 trials packed")
-    assert re.search(r"\(d\) 2 trials packed on the device\s+\d+ img/s together \(\d+, \d+\)", out)
-    assert re.search(r"warm decode cache on disk \(2 at once, during \(a\)\)\s+[\d.]+ s", out)
-    # (d) again under the daemon `search run --mps` starts (here the stand-in), told to quit after
-    assert re.search(r"\(d\) 2 trials packed, under CUDA MPS\s+\d+ img/s together \(\d+, \d+\)", out)
-    record = mps_control.read_text().splitlines()
-    assert record[0].startswith("start ") and record[-1].startswith("quit ")
 
 
 def test_a_packed_process_left_waiting_exits_without_training_when_the_benchmark_goes(tmp_path):
