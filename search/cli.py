@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spawning:
         AtomicArtifactStore(artifact_dir(args.artifacts))  # an unusable folder: one line here, not one per worker
     packed_under_mps = False
-    if spawning and (args.trials_per_gpu or args.mps):
+    if spawning:
         import torch
 
         from search.workers import mps_running, packing_warning
@@ -61,9 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         gpus = torch.cuda.device_count()
         if args.trials_per_gpu:  # K workers on each GPU: pays where one trial leaves the GPU idle
             args.workers = args.trials_per_gpu * max(1, gpus)
-        # --mps wherever some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N > GPUs)
-        packed_under_mps = args.mps and args.workers > gpus > 0
-        if args.trials_per_gpu and (warning := packing_warning(args.trials_per_gpu, gpus, args.mps or mps_running())):
+        # some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N above the GPUs)
+        packed = args.workers > gpus > 0
+        packed_under_mps = args.mps and packed
+        if packed and (warning := packing_warning(-(-args.workers // gpus), gpus, args.mps or mps_running())):
             print(warning, file=sys.stderr)
     if spawning and is_sqlite(url):
         print(

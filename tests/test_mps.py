@@ -107,6 +107,7 @@ def test_search_run_packs_its_trials_under_a_daemon_started_before_and_stopped_a
         (1, ["--trials-per-gpu", "1", "--mps"], False),
         (0, ["--workers", "2", "--mps"], False),  # CPU workers
         (1, ["--trials-per-gpu", "2"], False),  # packed without --mps: only the warning
+        (1, ["--workers", "2"], False),  # the same
     ],
 )
 def test_the_daemon_is_started_where_a_gpu_gets_several_workers_and_mps_is_asked_for(
@@ -121,4 +122,5 @@ def test_the_daemon_is_started_where_a_gpu_gets_several_workers_and_mps_is_asked
     assert run.returncode == 0, run.stderr
     assert len(seen) == 1 and (seen[0] is not None) == daemon
     assert mps_control.exists() == daemon
-    assert ("take turns" in run.stderr) == (args == ["--trials-per-gpu", "2"])
+    packed_without_mps = args in (["--trials-per-gpu", "2"], ["--workers", "2"])
+    assert ("2 trials per GPU take turns on it" in run.stderr) == packed_without_mps
