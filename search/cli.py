@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -170,22 +171,33 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    import socket
+    from wsgiref.simple_server import WSGIServer, make_server
+
     import optuna_dashboard
 
     from search.storage import open_storage
 
     storage = open_storage(_storage(args))
     study = _open_study(args)
-    print(
-        f"dashboard for '{study.study_name}': http://{args.host}:{args.port}/dashboard/studies/{study._study_id}",
-        file=sys.stderr,
-    )
+    app = optuna_dashboard.wsgi(storage, artifact_store=_store(args))
+
+    class Server(WSGIServer):  # the wsgiref server optuna-dashboard's own run_server uses, bound here first
+        address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=_store(args))
+        server = make_server(args.host, args.port, app, server_class=Server)
     except OSError as error:  # the port is taken, or the address is not this machine's
         raise SearchError(
             f"cannot serve the dashboard on {args.host}:{args.port}: {error.strerror}; give another --port or --host"
         ) from None
+    where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(
+        f"dashboard for '{study.study_name}': http://{where}:{server.server_port}/dashboard/studies/{study._study_id}",
+        file=sys.stderr,
+    )
+    with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it; nothing to mark
+        server.serve_forever()
     return 0
 
 

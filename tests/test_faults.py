@@ -249,12 +249,10 @@ def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatc
         port = taken.getsockname()[1]
         assert main(["dashboard", "--study", "lr-sweep", "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (
+    assert err == [  # only this: no address it is not serving on, no web server banner
         f"search: error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use; "
         "give another --port or --host"
-    )
-    assert err[0].startswith("dashboard for 'lr-sweep': http://127.0.0.1:")  # then the web server's own banner
-    assert not any("Traceback" in line for line in err)
+    ]
 
 
 def test_export_of_a_study_with_no_finished_trial(tmp_path, capsys, monkeypatch):
