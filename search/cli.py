@@ -51,28 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.storage import AtomicArtifactStore, artifact_dir, is_sqlite
 
     url = _storage(args)
-    if spawning:
-        AtomicArtifactStore(artifact_dir(args.artifacts))  # an unusable folder: one line here, not one per worker
-    packed_under_mps = False
+    gpus = 0
     if spawning:
         import torch
-
-        from search.workers import mps_running, packing_warning
 
         gpus = torch.cuda.device_count()
         if args.trials_per_gpu:  # K workers on each GPU: pays where one trial leaves the GPU idle
             args.workers = args.trials_per_gpu * max(1, gpus)
-        # some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N above the GPUs)
-        packed = args.workers > gpus > 0
-        packed_under_mps = args.mps and packed
-        if packed and (warning := packing_warning(-(-args.workers // gpus), gpus, args.mps or mps_running())):
-            print(warning, file=sys.stderr)
-    if spawning and is_sqlite(url):
-        print(
-            f"search: {args.workers} workers share one SQLite file; writes are serialised. "
-            "For many workers or machines use PostgreSQL (--storage postgresql+psycopg2://...).",
-            file=sys.stderr,
-        )
     options = RunOptions(
         storage_url=url,
         artifacts=artifact_dir(args.artifacts),
@@ -85,14 +70,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         grace_period=args.grace_period or 3 * args.heartbeat_interval,
     )
     if spawning:
+        from search.progress import Progress
         from search.runner import create_study
+        from search.workers import mps_daemon, mps_running, packing_warning
+        from training import prepare_data
 
+        # What every worker would find wrong is found here, once, before any of them starts: an
+        # unusable artifact folder, the storage, the data (no such root, a class with no images, a
+        # split the data cannot give). The images are decoded here into the machine's cache, which
+        # the workers then map; the skipped images and the decode's progress are printed once.
+        AtomicArtifactStore(options.artifacts)
         create_study(spec, options)  # once, so workers don't race to create it
+        prepare_data(spec.data, spec.seed, progress=Progress(args.quiet).decode)
+        # some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N above the GPUs)
+        packed = args.workers > gpus > 0
+        if packed and (warning := packing_warning(-(-args.workers // gpus), gpus, args.mps or mps_running())):
+            print(warning, file=sys.stderr)
+        if is_sqlite(url):
+            print(
+                f"search: {args.workers} workers share one SQLite file; writes are serialised. "
+                "For many workers or machines use PostgreSQL (--storage postgresql+psycopg2://...).",
+                file=sys.stderr,
+            )
         argv = _without_option(args.argv, ("--workers", "--storage", "--trials-per-gpu"))
-        if not packed_under_mps:
+        if not (args.mps and packed):
             return run_workers(argv, options)
-        from search.workers import mps_daemon
-
         with mps_daemon() as mps:
             return run_workers(argv, options, mps)
     install_signal_handlers()

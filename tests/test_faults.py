@@ -223,6 +223,11 @@ BAD_INPUTS = [
      "--out", "{empty}/p.csv"], 1, "cannot read --info"),
     ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
      "{csv}/artifacts"], 1, "cannot make the artifact folder"),
+    # the run decodes and splits before its workers start: one line, not one per worker
+    ("data root missing, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--set", "data.source=folder",
+     "--set", "data.root=/nope"], 1, "/nope does not exist"),
+    ("a split the data cannot give", ["run", "--study", "lr-sweep", "--workers", "2", "--quiet", "--set",
+     "data.val_ratio=0.001"], 1, "data.val_ratio = 0.001 cuts the data into 1000 parts, it has only 675 images"),
 ]  # fmt: skip
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from training.data.sources import competition_layout
 from training.data.split import split_train_val
+from training.errors import DataError
 
 
 def test_no_person_on_both_sides_where_a_random_split_would_leak(competition_root):
@@ -18,7 +19,7 @@ def test_no_person_on_both_sides_where_a_random_split_would_leak(competition_roo
     assert set(data.groups[random_train]) & set(data.groups[random_val])
 
 
-@pytest.mark.parametrize("ratio", [0.2, 0.25, 0.5])
+@pytest.mark.parametrize("ratio", [0.2, 0.25, 0.5, 0.75, 0.9])  # above a half the fold is the training side
 def test_stratified_and_honours_val_ratio(ratio):
     labels = np.repeat(np.arange(4), [200, 100, 60, 40])
     train, val = split_train_val(labels, None, ratio, seed=3)
@@ -35,3 +36,30 @@ def test_split_is_deterministic_by_seed():
     c = split_train_val(labels, groups, 0.2, seed=8)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[1], c[1])
+
+
+THREE_PEOPLE = np.repeat(np.arange(3), 40)
+TOO_FEW = "it has only 3 groups (people) and 30 images in its largest class"
+
+
+@pytest.mark.parametrize(
+    "groups, ratio, message",
+    [
+        (THREE_PEOPLE, 0.2, f"cuts the data into 5 parts, {TOO_FEW}: give a val_ratio of at least 0.333"),
+        (THREE_PEOPLE, 0.8, f"cuts the data into 5 parts, {TOO_FEW}: give a val_ratio of at most 0.667"),
+        # without groups, the largest class is the limit: 30 images of 120
+        (None, 0.01, "cuts the data into 100 parts, it has only 120 images and 30 images in its largest class: "
+                     "give a val_ratio of at least 0.0333"),
+        (np.zeros(120, int), 0.5, "the data has one group (person): a train/validation split needs at least 2"),
+    ],
+)  # fmt: skip
+def test_a_split_the_data_cannot_give_says_what_would_do(groups, ratio, message):
+    labels = np.tile(np.arange(4), 30)
+    with pytest.raises(DataError) as error:
+        split_train_val(labels, groups, ratio, seed=0)
+    assert message in str(error.value)
+    # the bound it names works
+    if "val_ratio of" in message:
+        bound = float(message.rsplit(" ", 1)[1])
+        train, val = split_train_val(labels, groups, bound, seed=0)
+        assert len(train) and len(val)

@@ -7,20 +7,40 @@ import warnings
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from training.errors import DataError
+
 
 def split_train_val(
     labels: np.ndarray, groups: np.ndarray | None, val_ratio: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of (train, validation); no group has images on both sides.
 
-    scikit-learn's ``StratifiedGroupKFold`` with ``round(1 / val_ratio)`` folds keeps every
-    class's share and every person on one side; its first fold is the validation set.
+    scikit-learn's ``StratifiedGroupKFold`` keeps every class's share and every person on one
+    side. Its first fold is the smaller side: the validation set with ``round(1 / val_ratio)``
+    folds when ``val_ratio`` is at most a half, else the training set with
+    ``round(1 / (1 - val_ratio))`` folds.
     """
-    n_splits = max(2, round(1.0 / val_ratio))
+    small = min(val_ratio, 1.0 - val_ratio)
+    n_splits = max(2, round(1.0 / small))
     groups = np.arange(len(labels)) if groups is None else groups
+    found = len(np.unique(groups))
+    unit = "images" if found == len(labels) else "groups (people)"
+    if found < 2:
+        one = "one image" if unit == "images" else "one group (person)"
+        raise DataError(f"the data has {one}: a train/validation split needs at least 2")
+    # scikit-learn cannot cut more parts than there are groups, nor than the largest class has images
+    largest = int(np.bincount(labels).max())
+    parts = min(found, largest)
+    if n_splits > parts:
+        bound = f"at least {1 / parts:.3g}" if val_ratio <= 0.5 else f"at most {1 - 1 / parts:.3g}"
+        raise DataError(
+            f"data.val_ratio = {val_ratio:g} cuts the data into {n_splits} parts, it has only {found} {unit}"
+            f" and {largest} images in its largest class: give a val_ratio of {bound}"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Classes rarer than the fold count are expected in long-tailed data.
         warnings.simplefilter("ignore", UserWarning)
-        train, val = next(splitter.split(np.zeros(len(labels)), labels, groups))
+        rest, fold = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    train, val = (rest, fold) if val_ratio <= 0.5 else (fold, rest)
     return np.sort(train), np.sort(val)
