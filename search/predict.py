@@ -45,7 +45,8 @@ def write_predictions(
     from training.predict import predict_files
 
     if not images.is_dir():
-        raise DataError(f"image folder {images} does not exist")
+        what = "is a file, not a folder" if images.exists() else "does not exist"
+        raise DataError(f"image folder {images} {what}; give --images the folder of the images to predict")
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to overwrite it")
     if info is not None:

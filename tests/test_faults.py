@@ -219,6 +219,8 @@ BAD_INPUTS = [
      "cannot make the artifact folder"),
     ("SQLite folder under a file", ["status", "--study", "x", "--storage", "sqlite:///{csv}/db/s.db"], 1,
      "cannot make the folder of the SQLite file"),
+    ("images not a folder", ["predict", "--checkpoint", "x", "--images", "{csv}", "--out", "{empty}/p.csv"], 1,
+     "labels.csv is a file, not a folder; give --images the folder"),
     ("info.csv not there", ["predict", "--checkpoint", "x", "--images", "{empty}", "--info", "{empty}/info.csv",
      "--out", "{empty}/p.csv"], 1, "cannot read --info"),
     ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
