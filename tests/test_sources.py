@@ -103,3 +103,16 @@ def test_corrupt_image_is_skipped_named_and_counted(competition_root, caplog):
     assert len(decoded.labels) == len(data.paths) - 1
     assert any("mask2" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
     assert any("skipped 1 unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_listed_file_that_is_not_there_is_skipped_in_words_without_opencvs_own_warning(
+    folder_dataset, tmp_path, caplog, capfd
+):
+    listing = tmp_path / "labels.csv"
+    rows = [f"folder/{c}/{i}.png,{c}" for c in ("cat", "dog") for i in (1, 3, 5)]
+    listing.write_text("\n".join(["path,label", *rows, "folder/dog/gone.png,dog"]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        decoded = decode_images(csv_list(listing), (16, 16))
+    assert decoded.skipped == (str(tmp_path / "folder/dog/gone.png"),)
+    assert f"skipping {tmp_path / 'folder/dog/gone.png'}: no such file" in caplog.text
+    assert "[ WARN" not in capfd.readouterr().err  # OpenCV's own line (findDecoder imread_ ...) is not added

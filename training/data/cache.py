@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -59,10 +60,19 @@ def cache_key(dataset: Dataset, image_size: tuple[int, int]) -> str:
     return digest.hexdigest()[:20]
 
 
-def decode_image(path: str, size: tuple[int, int]) -> np.ndarray | None:
-    """One image as RGB uint8 resized to (height, width), or None when it cannot be decoded."""
+@functools.cache
+def _opencv():
+    """OpenCV, told to keep its own warnings to itself: a file it cannot read is reported once, by
+    the caller, in words (OpenCV would add a ``[ WARN:0@1.5] global loadsave.cpp ...`` line)."""
     import cv2
 
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return cv2
+
+
+def decode_image(path: str, size: tuple[int, int]) -> np.ndarray | None:
+    """One image as RGB uint8 resized to (height, width), or None when it cannot be decoded."""
+    cv2 = _opencv()
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         return None
@@ -141,7 +151,10 @@ def _decode_all(
         progress(len(dataset.paths), len(dataset.paths))
     skipped = tuple(p for p, good in zip(dataset.paths, ok) if not good)
     for path in skipped:
-        log.warning("skipping unreadable image %s", path)
+        if os.path.exists(path):
+            log.warning("skipping unreadable image %s", path)
+        else:  # listed by a CSV (or train.csv) but not there
+            log.warning("skipping %s: no such file", path)
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(ok), dataset.source)
     labels = dataset.labels[ok]
