@@ -51,16 +51,26 @@ def export_checkpoint(
             if not retrain:
                 raise SearchError(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
-                    f"({_why_missing(trial)}); pass --retrain to train its params again"
+                    f"({_why_missing(trial, store)}); pass --retrain to train its params again"
                 )
             _retrain(trial, temporary)
     return trial, out
 
 
-def _why_missing(trial: FrozenTrial) -> str:
+def _why_missing(trial: FrozenTrial, store: AtomicArtifactStore) -> str:
     if trial.state != TrialState.COMPLETE:
         return f"it is {trial.state.name}"
-    return "removed by checkpoint retention" if trial.user_attrs.get(CHECKPOINT_ATTR) else "none was written"
+    if not trial.user_attrs.get(CHECKPOINT_ATTR):
+        return "none was written"
+    return f"it is {not_in_store(store)}"
+
+
+def not_in_store(store: AtomicArtifactStore) -> str:
+    """Why a checkpoint a trial recorded is not found."""
+    return (
+        f"not in {store.base_path}: removed by checkpoint retention, or the run kept its artifacts in "
+        "another folder (--artifacts, $SEARCH_ARTIFACTS)"
+    )
 
 
 def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: Path) -> bool:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.export import choose_trial
+from search.export import choose_trial, not_in_store
 from search.pictures import confusion_png, new_figure, per_class_f1_png
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
@@ -103,8 +104,11 @@ def _confused_examples(study_spec, store: AtomicArtifactStore, best: FrozenTrial
     if not artifact_id:
         return "<p>The best trial's checkpoint is not stored; no example images.</p>"
     with tempfile.NamedTemporaryFile(suffix=".safetensors") as file:
-        with store.open_reader(artifact_id) as reader:
-            file.write(reader.read())
+        try:
+            with store.open_reader(artifact_id) as reader:
+                file.write(reader.read())
+        except ArtifactNotFound:
+            return f"<p>The best trial's checkpoint is {html.escape(not_in_store(store))}; no example images.</p>"
         file.flush()
         model, meta = load_checkpoint(Path(file.name))
     config = study_spec.trial_config(best.params, None)

@@ -181,6 +181,11 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
         out = tmp_path / "again.safetensors"
         refused = search_here("export", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"])
         assert refused.returncode == 1 and "--retrain" in refused.stderr and not out.exists()
+        assert f"it is not in {finished_study['home'] / 'artifacts'}: removed by checkpoint retention" in refused.stderr
+        # the report still has its page, saying why it has no example images
+        report = search_here("report", "--study", "lr-sweep", "--out", str(tmp_path / "r"), env=finished_study["env"])
+        assert report.returncode == 0, report.stderr
+        assert "The best trial's checkpoint is not in" in (tmp_path / "r" / "index.html").read_text()
         retrained = search_here(
             "export", "--study", "lr-sweep", "--out", str(out), "--retrain", env=finished_study["env"]
         )
