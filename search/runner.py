@@ -25,6 +25,7 @@ from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
+from search.space import check_space
 from search.storage import (
     STORAGE_ERRORS,
     AtomicArtifactStore,
@@ -91,6 +92,7 @@ def create_study(spec: Study, options: RunOptions) -> optuna.Study:
             pruner=build_pruner(spec.pruner),
             load_if_exists=True,
         )
+    check_space(study, spec.space)  # before anything is written: a space the study's trials cannot take
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", json.dumps(spec.model_dump(mode="json"), sort_keys=True))
     for params in spec.enqueue:

@@ -10,17 +10,35 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 
 from search.studyfile import Distribution, SearchSpace
 from training.config import TrainConfig
+from training.errors import ConfigError
+
+
+def to_optuna(dist: Distribution) -> BaseDistribution:
+    """The Optuna distribution a study file's ``dist`` is sampled from (and recorded as)."""
+    if dist.choices is not None:
+        return CategoricalDistribution(dist.choices)
+    if dist.integer:
+        return IntDistribution(int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
+    return FloatDistribution(dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
-    if dist.choices is not None:
-        return trial.suggest_categorical(name, dist.choices)
-    if dist.integer:
-        return trial.suggest_int(name, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    d = to_optuna(dist)
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(name, d.choices)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
 
 
 def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -35,6 +53,45 @@ def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         for field, dist in table[chosen].items():
             params[field] = suggest(trial, field, dist)
     return params
+
+
+def space_distributions(space: SearchSpace) -> list[tuple[str, BaseDistribution]]:
+    """Every parameter ``sample`` can ask for, with its distribution (a branch field may appear in
+    several branches)."""
+    named = [("lr", space.lr), ("weight_decay", space.weight_decay), ("accumulation_steps", space.accumulation_steps)]
+    pairs = [(name, to_optuna(dist)) for name, dist in named if dist is not None]
+    for kind, table in (("scheduler", space.scheduler), ("loss", space.loss)):
+        pairs.append((kind, CategoricalDistribution(list(table))))
+        pairs += [(field, to_optuna(dist)) for branch in table.values() for field, dist in branch.items()]
+    return pairs
+
+
+def check_space(study: optuna.Study, space: SearchSpace) -> None:
+    """Refuse, before a trial starts, a space that Optuna cannot mix with the study's earlier trials:
+    a parameter whose kind (float, integer, choices), log scale or choices changed. (New ranges are
+    fine.) Optuna would otherwise fail the next trial that samples it, with a traceback."""
+    recorded: dict[str, BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        recorded |= trial.distributions  # the latest trial's, where they differ
+    for name, new in space_distributions(space):
+        old = recorded.get(name)
+        if old is None:
+            continue
+        try:
+            check_distribution_compatibility(old, new)
+        except ValueError:
+            raise ConfigError(
+                f"study '{study.study_name}' has trials that sampled '{name}' from {_describe(old)}; the study "
+                f"file now gives {_describe(new)}, which one Optuna study cannot mix with them. Keep '{name}' as it "
+                "was, or run the changed space as a new study (--set name=NEW_NAME)"
+            ) from None
+
+
+def _describe(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return f"choices {list(dist.choices)}"
+    kind = "integers" if isinstance(dist, IntDistribution) else "floats"
+    return f"{kind} {dist.low:g}..{dist.high:g}{' (log scale)' if dist.log else ''}"
 
 
 def apply_params(config: TrainConfig, params: dict[str, Any]) -> TrainConfig:

@@ -83,3 +83,37 @@ def test_pruners_without_a_warm_up_are_asked_from_the_first_step():
     assert first_prunable_step(Component(name="successive_halving")) == 0
     assert first_prunable_step(Component(name="median")) == 0
     assert first_prunable_step(load_study("lr-sweep").pruner) == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("space.loss={cross_entropy: {}, focal: {focal_gamma: {low: 0.5, high: 3.0}}}",
+         "sampled 'loss' from choices ['cross_entropy', 'focal', 'label_smoothing', 'f1']; the study file now gives "
+         "choices ['cross_entropy', 'focal']"),
+        ("space.lr={low: 0.001, high: 0.01}", "sampled 'lr' from floats 0.0003..0.03 (log scale); the study file now "
+         "gives floats 0.001..0.01,"),
+        ("space.accumulation_steps={low: 1, high: 8}", "sampled 'accumulation_steps' from choices [1, 2, 4, 8]; the "
+         "study file now gives integers 1..8,"),
+        ("space.scheduler={step: {step_size: {low: 1.0, high: 3.5}}, cosine: {}, plateau: {}}",
+         "sampled 'step_size' from integers 1..3; the study file now gives floats 1..3.5,"),
+        ("space.scheduler={step: {step_size: {low: 1, high: 5}}, cosine: {}, plateau: {}}", None),  # fields dropped
+        ("space.lr={low: 0.001, high: 0.01, log: true}", None),  # a new range of the same kind is fine
+    ],
+)  # fmt: skip
+def test_a_changed_space_the_studys_trials_cannot_take_is_refused_before_a_trial(change, message):
+    from search.space import check_space
+
+    spec = load_study("lr-sweep", ["enqueue=[]"])
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):  # every scheduler and loss branch sampled at least once
+        trial = study.ask()
+        sample(trial, spec.space)
+        study.tell(trial, 0.5)
+    changed = load_study("lr-sweep", ["enqueue=[]", change]).space
+    if message is None:
+        check_space(study, changed)
+        return
+    with pytest.raises(ConfigError) as refused:
+        check_space(study, changed)
+    assert message in str(refused.value) and "(--set name=NEW_NAME)" in str(refused.value)
