@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from training.config import (
     LOSS_PARAMS,
@@ -24,6 +24,7 @@ from training.config import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    check_input_size,
     registered,
 )
 from training.errors import ConfigError
@@ -188,6 +189,11 @@ class Study(Frozen):
 
         build_pruner(component)  # raises ValueError naming the bad option
         return component
+
+    @model_validator(mode="after")
+    def _input_size_fits_the_model(self, info: ValidationInfo) -> Study:
+        check_input_size(self.model, self.data, info)
+        return self
 
     @model_validator(mode="after")
     def _enqueued_fit_the_space(self) -> Study:

@@ -224,3 +224,14 @@ def test_albumentations_does_not_ask_pypi_for_updates_unless_the_user_wants_it(c
     code = "import os, training; print(os.environ['NO_ALBUMENTATIONS_UPDATE'])"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert run.stdout.strip() == (chosen or "1")
+
+
+def test_a_model_of_fixed_input_size_is_refused_at_another_size_before_training():
+    from pydantic import ValidationError
+
+    from training import TrainConfig
+
+    config = {"model": {"name": "vit_tiny_patch16_224", "pretrained": False}, "data": {"image_size": 32}}
+    with pytest.raises(ValidationError, match="takes only 224x224 images"):
+        TrainConfig.model_validate(config)
+    assert TrainConfig.model_validate({**config, "data": {"image_size": 224}}).data.image_size == (224, 224)

@@ -65,6 +65,13 @@ BAD_STUDIES = [
     ("unknown scheduler", _set("space.scheduler", {"onecycle": {}}), "unknown scheduler 'onecycle'"),
     ("unknown model", _set("model.name", "resnet9000"), "unknown timm model 'resnet9000'"),
     ("misspelt model", _set("model.name", "convnext_tinyy"), "'convnext_tinyy' (did you mean convnext_tiny,"),
+    # a ViT takes only the size it was built for: said here, not by every trial's first batch
+    (
+        "fixed input size",
+        _set("model.name", "vit_tiny_patch16_224"),
+        "model.name = 'vit_tiny_patch16_224' takes only 224x224 images (a fixed input size in timm), "
+        "data.image_size is 32x32: set data.image_size: 224 or choose a model without a fixed input size",
+    ),
     ("unknown sampler", _set("sampler", {"name": "bayes"}), "unknown sampler 'bayes'"),
     ("unknown pruner", _set("pruner", {"name": "early"}), "unknown pruner 'early'"),
     ("bad pruner option", _set("pruner", {"name": "median", "warmup": 2}), "unexpected keyword argument 'warmup'"),

@@ -33,6 +33,26 @@ def _timm_checks(info: ValidationInfo) -> bool:
     return (info.context or {}).get("timm", True)
 
 
+def check_input_size(model: ModelConfig, data: DataConfig, info: ValidationInfo) -> None:
+    """A timm model whose input size is fixed (ViT, DeiT, Swin, ...) takes only that size: said once
+    when the configuration is read, not by every trial's first batch."""
+    if not _timm_checks(info):
+        return
+    import timm
+
+    cfg = timm.get_pretrained_cfg(model.name)
+    if cfg is None or not cfg.fixed_input_size:
+        return
+    fixed = tuple(cfg.input_size[1:])
+    if fixed != tuple(data.image_size):
+        size = fixed[0] if fixed[0] == fixed[1] else list(fixed)
+        raise ValueError(
+            f"model.name = {model.name!r} takes only {fixed[0]}x{fixed[1]} images (a fixed input size in timm), "
+            f"data.image_size is {data.image_size[0]}x{data.image_size[1]}: set data.image_size: {size} or "
+            "choose a model without a fixed input size"
+        )
+
+
 def registered(kind: str, name: str, registry: dict) -> str:
     """``name`` if the registry has it; else an error that lists the names it has."""
     if name not in registry:
@@ -184,3 +204,8 @@ class TrainConfig(Frozen):
     # workers that share a GPU).
     gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
     output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written
+
+    @model_validator(mode="after")
+    def _input_size_fits_the_model(self, info: ValidationInfo) -> TrainConfig:
+        check_input_size(self.model, self.data, info)
+        return self
