@@ -74,13 +74,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from search.runner import create_study
         from search.workers import mps_daemon, mps_running, packing_warning
         from training import prepare_data
+        from training.loop import resolve_device
 
         # What every worker would find wrong is found here, once, before any of them starts: an
-        # unusable artifact folder, the storage, the data (no such root, a class with no images, a
+        # unusable artifact folder, the storage, the device, the data (no such root, a class with no images, a
         # split the data cannot give). The images are decoded here into the machine's cache, which
         # the workers then map; the skipped images and the decode's progress are printed once.
         AtomicArtifactStore(options.artifacts)
         create_study(spec, options)  # once, so workers don't race to create it
+        resolve_device(spec.train.device)
         prepare_data(spec.data, spec.seed, progress=Progress(args.quiet).decode)
         # some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N above the GPUs)
         packed = args.workers > gpus > 0
@@ -357,3 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print("search: interrupted; the running trial is marked FAIL, run again to continue", file=sys.stderr)
         return getattr(interrupt, "exit_code", 130)
+    except BrokenPipeError:  # the reader went away (`search status | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it

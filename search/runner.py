@@ -38,6 +38,7 @@ from search.storage import (
 from search.studyfile import Study
 from training import prepare_data
 from training.errors import SearchError
+from training.loop import resolve_device
 
 POLL_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
@@ -144,6 +145,7 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     progress = Progress(options.quiet, prefix)
     store = AtomicArtifactStore(options.artifacts)  # before the decode: an unusable folder is answered at once
     study = create_study(spec, options)
+    resolve_device(spec.train.device)  # a device this machine lacks: one line, not a failed trial
     prepare_data(spec.data, spec.seed, progress=progress.decode)  # decode once, before any trial
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")

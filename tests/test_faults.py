@@ -224,6 +224,8 @@ BAD_INPUTS = [
     ("a space the study's trials cannot take", ["run", "--study", "lr-sweep", "--set",
      "space.lr.log=false"], 2,
      "study 'lr-sweep' has trials that sampled 'lr' from floats 0.0003..0.03 (log scale)"),
+    ("a device torch does not know", ["run", "--study", "lr-sweep", "--set", "train.device=tpu"], 2,
+     "train.device = 'tpu' is not a device torch knows; use auto, cpu, cuda, cuda:N"),
     ("info.csv not there", ["predict", "--checkpoint", "x", "--images", "{empty}", "--info", "{empty}/info.csv",
      "--out", "{empty}/p.csv"], 1, "cannot read --info"),
     ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
@@ -247,6 +249,15 @@ def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, cap
     assert message in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1 and "s3cret" not in err
     assert not [p.name for p in tmp_path.rglob(".*.tmp")]  # no temporary file of a failed write stays
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(one_trial_study):
+    """`search status | head -1`: the rest of the output has nowhere to go; no traceback about it."""
+    env = {**os.environ, "SEARCH_HOME": str(one_trial_study)}
+    command = [sys.executable, "-m", "search", "status", "--study", "lr-sweep"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before it writes a line
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
 
 
 def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatch):

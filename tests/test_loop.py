@@ -235,3 +235,14 @@ def test_a_model_of_fixed_input_size_is_refused_at_another_size_before_training(
     with pytest.raises(ValidationError, match="takes only 224x224 images"):
         TrainConfig.model_validate(config)
     assert TrainConfig.model_validate({**config, "data": {"image_size": 224}}).data.image_size == (224, 224)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_asking_for_cuda_where_there_is_none_is_a_configuration_error():
+    from training import ConfigError
+    from training.loop import resolve_device
+
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"train.device = '{name}', but torch finds no CUDA device here"):
+            resolve_device(name)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")

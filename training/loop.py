@@ -30,7 +30,7 @@ from training.data.cache import DecodedImages, decode_images
 from training.data.loader import BatchLoader, DeviceBatchLoader, rarest_classes, resident_images
 from training.data.sources import default_cache_dir, load_source
 from training.data.split import split_train_val
-from training.errors import NonFiniteLossError
+from training.errors import ConfigError, NonFiniteLossError
 from training.losses import build_loss
 from training.metrics import classification_metrics
 from training.models import create_model, normalisation
@@ -96,9 +96,21 @@ def prepare_data(config: DataConfig, seed: int, progress: Callable[[int, int], N
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; ``auto`` is CUDA when there is one. A device this machine
+    does not have is a configuration error (one line, before a trial), not a failure of each trial."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device = {name!r} is not a device torch knows; use auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if not count:
+            raise ConfigError(f"train.device = {name!r}, but torch finds no CUDA device here; use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"train.device = {name!r}, but torch finds {count} CUDA device(s): cuda:0..{count - 1}")
+    return device
 
 
 def seed_everything(seed: int) -> None:
