@@ -77,9 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from training.loop import resolve_device
 
         # What every worker would find wrong is found here, once, before any of them starts: an
-        # unusable artifact folder, the storage, the device, the data (no such root, a class with no images, a
-        # split the data cannot give). The images are decoded here into the machine's cache, which
-        # the workers then map; the skipped images and the decode's progress are printed once.
+        # unusable artifact folder, the storage, the device, the data (no such root, a class with no
+        # images, a split the data cannot give). The images are decoded here into the machine's
+        # cache, which the workers then map; the skipped images and the decode's progress are
+        # printed once.
         AtomicArtifactStore(options.artifacts)
         create_study(spec, options)  # once, so workers don't race to create it
         resolve_device(spec.train.device)
