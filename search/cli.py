@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if sharing > 1:
         spec = spec.model_copy(update={"train": spec.train.sharing_the_gpu(sharing)})
     from search.runner import RunOptions, install_signal_handlers, worker_loop
-    from search.storage import AtomicArtifactStore, artifact_dir, is_sqlite
+    from search.storage import artifact_dir, is_sqlite
 
     url = _storage(args)
     gpus = 0
@@ -71,20 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if spawning:
         from search.progress import Progress
-        from search.runner import create_study
+        from search.runner import open_run
         from search.workers import mps_daemon, mps_running, packing_warning
-        from training import prepare_data
-        from training.loop import resolve_device
 
-        # What every worker would find wrong is found here, once, before any of them starts: an
-        # unusable artifact folder, the storage, the device, the data (no such root, a class with no
-        # images, a split the data cannot give). The images are decoded here into the machine's
-        # cache, which the workers then map; the skipped images and the decode's progress are
-        # printed once.
-        AtomicArtifactStore(options.artifacts)
-        create_study(spec, options)  # once, so workers don't race to create it
-        resolve_device(spec.train.device)
-        prepare_data(spec.data, spec.seed, progress=Progress(args.quiet).decode)
+        # What every worker would find wrong is found here, once, before any of them starts (the
+        # artifact folder, the storage and space, the device, the data); the study is made once, so
+        # workers don't race to create it, and the images are decoded once into the machine's
+        # cache, which the workers then map (the skipped images and the progress printed once).
+        open_run(spec, options, Progress(args.quiet))
         # some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N above the GPUs)
         packed = args.workers > gpus > 0
         if packed and (warning := packing_warning(-(-args.workers // gpus), gpus, args.mps or mps_running())):

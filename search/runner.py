@@ -139,14 +139,23 @@ class AfterTrial:
         self.progress.study(study.study_name, Counter(t.state.name for t in trials), self.n_trials, best)
 
 
+def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[AtomicArtifactStore, optuna.Study]:
+    """What a run needs before its first trial, each mistake one line before anything trains: the
+    artifact folder (before the decode, so it is answered at once), the study (a space its trials
+    cannot take), the device (one this machine lacks), the data (decoded once, into the machine's
+    cache). `search run --workers N` calls it once itself, before its workers start."""
+    store = AtomicArtifactStore(options.artifacts)
+    study = create_study(spec, options)
+    resolve_device(spec.train.device)
+    prepare_data(spec.data, spec.seed, progress=progress.decode)
+    return store, study
+
+
 def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     """Run trials until the study has ``n_trials`` finished or the timeout passes."""
     prefix = f"[worker {options.worker_index}] " if options.workers > 1 else ""
     progress = Progress(options.quiet, prefix)
-    store = AtomicArtifactStore(options.artifacts)  # before the decode: an unusable folder is answered at once
-    study = create_study(spec, options)
-    resolve_device(spec.train.device)  # a device this machine lacks: one line, not a failed trial
-    prepare_data(spec.data, spec.seed, progress=progress.decode)  # decode once, before any trial
+    store, study = open_run(spec, options, progress)
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, spec.name)
