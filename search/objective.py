@@ -31,7 +31,7 @@ from search.storage import (
     upload,
 )
 from search.studyfile import Study
-from training import ConfigError, NonFiniteLossError, TrainResult, train
+from training import ConfigError, NonFiniteLossError, TrainConfig, TrainResult, train
 from training.errors import DiskError, SearchError
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,14 @@ class Objective:
         )
         self.progress.trial_started(trial.number, params)
 
+        try:
+            return self._train(trial, config)
+        finally:  # stored or not, the trial's own copy of its checkpoint goes (a failed trial's too)
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    def _train(self, trial: optuna.Trial, config: TrainConfig) -> float:
+        """Train the trial's config, reporting each epoch; record how it ended."""
+
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
             trial.report(metrics["macro_f1"], epoch)
             self.progress.epoch(trial.number, epoch, config.epochs, metrics)
@@ -140,7 +148,6 @@ class Objective:
                 raise
         set_user_attrs(trial, attrs)
         self.pictures.submit(trial, result, draw=not result.stopped_early)
-        shutil.rmtree(out_dir, ignore_errors=True)
         value = float(result.best_metrics["macro_f1"])
         if result.stopped_early:
             raise optuna.TrialPruned(f"macro-F1 {value:.4f} after {result.epochs_run} epochs")

@@ -8,12 +8,16 @@ re-queued, so the study still ends with exactly ``n_trials`` finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,10 +163,19 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, spec.name)
-    work_dir = options.artifacts.parent / "work" / spec.name / f"worker-{os.getpid()}"
-    objective = Objective(spec, store, work_dir, gate, progress)
-    after_trial = AfterTrial(store, spec.checkpoints.keep_top_k, progress, options.n_trials)
+    with scratch_folder(options.artifacts.parent / "work" / spec.name) as work_dir:
+        objective = Objective(spec, store, work_dir, gate, progress)
+        after_trial = AfterTrial(store, spec.checkpoints.keep_top_k, progress, options.n_trials)
+        _run_trials(study, objective, after_trial, gate, options, progress)
+        objective.pictures.wait()
+    return study
 
+
+def _run_trials(
+    study: optuna.Study, objective: Objective, after_trial: AfterTrial, gate: TrialGate, options: RunOptions,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """One trial after another, while the study wants more and the timeout has not passed."""
     deadline = time.monotonic() + options.timeout if options.timeout else None
     outage = StorageOutage(progress)
     while deadline is None or time.monotonic() < deadline:
@@ -197,8 +210,36 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
             outage.wait(cause)  # the running trial is lost; the heartbeat fails it and it is retried
         finally:
             gate.release()
-    objective.pictures.wait()
-    return study
+
+
+@contextlib.contextmanager
+def scratch_folder(root: Path) -> Iterator[Path]:
+    """This worker's folder under ``root`` for its running trial's checkpoint until it is stored,
+    removed when the worker ends, however it ends. Named by machine and process, so the workers of
+    many machines sharing ``root`` (beside a shared artifact folder) never meet; what a killed
+    worker of this machine left is removed by the next one to start here."""
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for left in root.iterdir():
+            name, _, pid = left.name.rpartition("-")
+            if name == host and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(left, ignore_errors=True)
+    folder = root / f"{host}-{os.getpid()}"
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine has ``pid``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def storage_failure(error: BaseException) -> BaseException | None:

@@ -61,6 +61,7 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     before = {t.number: t for t in optuna.load_study(study_name="lr-sweep", storage=url).trials}
     killed = [n for n, t in before.items() if t.state == TrialState.RUNNING]
     assert len(killed) == 1
+    assert list((tmp_path / "work").rglob("*.safetensors"))  # the killed trial's best epoch so far
 
     second = search_here(*RUN, *args, env={"SEARCH_HOME": str(tmp_path)})  # the next worker
     assert second.returncode == 0, second.stderr[-2000:]
@@ -69,6 +70,7 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     assert by_number[killed[0]].state == TrialState.FAIL
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert list((tmp_path / "work").rglob("*")) == [tmp_path / "work" / "lr-sweep"]  # the next worker removed it
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
     assert retried and retried[0].params == by_number[killed[0]].params  # the same params, run again
     for number, old in before.items():  # finished trials untouched, checkpoints readable
@@ -76,6 +78,31 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
             assert by_number[number].user_attrs == old.user_attrs and by_number[number].value == old.value
             stored = tmp_path / "artifacts" / old.user_attrs["checkpoint_artifact"]
             assert read_meta(stored)["metrics"]["macro_f1"] == old.value
+
+
+def test_a_worker_removes_only_what_dead_workers_of_its_own_machine_left(tmp_path):
+    """The scratch folder may sit beside an artifact folder shared by many machines: another
+    machine's folders, and those of this machine's live workers, are not its to remove."""
+    import socket
+
+    from search.runner import scratch_folder
+
+    host = socket.gethostname()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        left = {
+            "dead here": tmp_path / f"{host}-{ended.stdout.strip()}",
+            "live here": tmp_path / f"{host}-{live.pid}",
+            "elsewhere": tmp_path / f"other-{host}-{ended.stdout.strip()}",
+        }
+        for folder in left.values():
+            (folder / "trial-3").mkdir(parents=True)
+            (folder / "trial-3" / "best.safetensors").write_bytes(b"weights")
+        with scratch_folder(tmp_path) as mine:
+            (mine / "trial-4").mkdir(parents=True)
+            assert {name for name, folder in left.items() if folder.exists()} == {"live here", "elsewhere"}
+        live.kill()
+    assert not mine.exists() and mine.name == f"{host}-{os.getpid()}"
 
 
 # The run after an interruption does not depend on which signal it was: it is checked once.
@@ -377,6 +404,8 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     def train_out_of_memory_once(config, on_epoch_end=None):
         if not tensors:
             activations = torch.empty(1 << 20)  # what the failed step held
+            config.output_dir.mkdir(parents=True)
+            (config.output_dir / "best.safetensors").write_bytes(b"its best epoch so far")
             tensors.append(weakref.ref(activations))
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_train(config, on_epoch_end)
@@ -392,6 +421,7 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     reason = study.trials[0].user_attrs["failure_reason"]
     assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
+    assert list((tmp_path / "work").rglob("*")) == [tmp_path / "work" / "oom"]  # its checkpoint went with it
 
 
 def test_an_interrupt_repeated_at_once_is_the_same_interrupt_a_later_one_interrupts_again(monkeypatch):
