@@ -29,7 +29,7 @@ from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
-from search.space import check_space
+from search.space import fit_space, recorded_distributions
 from search.storage import (
     STORAGE_ERRORS,
     AtomicArtifactStore,
@@ -84,9 +84,13 @@ def best_of(study: optuna.Study) -> tuple[int, float] | None:
     return best.number, float(best.value)
 
 
-def create_study(spec: Study, options: RunOptions) -> optuna.Study:
-    """Create the study or load it by name; record its spec once; queue the known-good configs."""
+def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]:
+    """Create the study or load it by name; record its spec once; queue the known-good configs.
+    Returns the spec with its space as the study's earlier trials can take it (``fit_space``):
+    refused before anything is written where they cannot."""
     storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    space = fit_space(spec.name, recorded_distributions(storage, spec.name), spec.space)
+    spec = spec.model_copy(update={"space": space})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental samplers and options
         study = optuna.create_study(
@@ -97,12 +101,11 @@ def create_study(spec: Study, options: RunOptions) -> optuna.Study:
             pruner=build_pruner(spec.pruner),
             load_if_exists=True,
         )
-    check_space(study, spec.space)  # before anything is written: a space the study's trials cannot take
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", json.dumps(spec.model_dump(mode="json"), sort_keys=True))
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
-    return study
+    return spec, study
 
 
 class AfterTrial:
@@ -143,23 +146,23 @@ class AfterTrial:
         self.progress.study(study.study_name, Counter(t.state.name for t in trials), self.n_trials, best)
 
 
-def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[AtomicArtifactStore, optuna.Study]:
+def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Study, AtomicArtifactStore, optuna.Study]:
     """What a run needs before its first trial, each mistake one line before anything trains: the
     artifact folder (before the decode, so it is answered at once), the study (a space its trials
     cannot take), the device (one this machine lacks), the data (decoded once, into the machine's
     cache). `search run --workers N` calls it once itself, before its workers start."""
     store = AtomicArtifactStore(options.artifacts)
-    study = create_study(spec, options)
+    spec, study = create_study(spec, options)
     resolve_device(spec.train.device)
     prepare_data(spec.data, spec.seed, progress=progress.decode)
-    return store, study
+    return spec, store, study
 
 
 def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     """Run trials until the study has ``n_trials`` finished or the timeout passes."""
     prefix = f"[worker {options.worker_index}] " if options.workers > 1 else ""
     progress = Progress(options.quiet, prefix)
-    store, study = open_run(spec, options, progress)
+    spec, store, study = open_run(spec, options, progress)
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, spec.name)

@@ -66,25 +66,66 @@ def space_distributions(space: SearchSpace) -> list[tuple[str, BaseDistribution]
     return pairs
 
 
-def check_space(study: optuna.Study, space: SearchSpace) -> None:
-    """Refuse, before a trial starts, a space that Optuna cannot mix with the study's earlier trials:
-    a parameter whose kind (float, integer, choices), log scale or choices changed. (New ranges are
-    fine.) Optuna would otherwise fail the next trial that samples it, with a traceback."""
+def recorded_distributions(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, BaseDistribution]:
+    """What the study's trials sampled each parameter from (the latest trial's, where they differ);
+    nothing for a study that does not exist yet."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return {}
     recorded: dict[str, BaseDistribution] = {}
-    for trial in study.get_trials(deepcopy=False):
-        recorded |= trial.distributions  # the latest trial's, where they differ
+    for trial in storage.get_all_trials(study_id, deepcopy=False):
+        recorded |= trial.distributions
+    return recorded
+
+
+def fit_space(study_name: str, recorded: dict[str, BaseDistribution], space: SearchSpace) -> SearchSpace:
+    """``space`` as the study's earlier trials (``recorded``) can take it, checked before a trial
+    starts. A parameter whose kind (float, integer, choices), log scale or choices changed is
+    refused: Optuna would fail the next trial that samples it, with a traceback. New ranges are
+    fine, and so are the same choices in another order, which are put back in the order the trials
+    recorded (Optuna counts a reordered list as another distribution)."""
+    orders: dict[str, list[Any]] = {}
     for name, new in space_distributions(space):
         old = recorded.get(name)
         if old is None:
+            continue
+        if _same_choices_reordered(old, new):
+            orders[name] = list(old.choices)
             continue
         try:
             check_distribution_compatibility(old, new)
         except ValueError:
             raise ConfigError(
-                f"study '{study.study_name}' has trials that sampled '{name}' from {_describe(old)}; the study "
+                f"study '{study_name}' has trials that sampled '{name}' from {_describe(old)}; the study "
                 f"file now gives {_describe(new)}, which one Optuna study cannot mix with them. Keep '{name}' as it "
                 "was, or run the changed space as a new study (--set name=NEW_NAME)"
             ) from None
+    return _reorder(space, orders) if orders else space
+
+
+def _same_choices_reordered(old: BaseDistribution, new: BaseDistribution) -> bool:
+    if not (isinstance(old, CategoricalDistribution) and isinstance(new, CategoricalDistribution)):
+        return False
+    return old.choices != new.choices and sorted(map(repr, old.choices)) == sorted(map(repr, new.choices))
+
+
+def _reorder(space: SearchSpace, orders: dict[str, list[Any]]) -> SearchSpace:
+    """``space`` with the choices of the parameters in ``orders`` listed in that order."""
+
+    def fit(name: str, dist: Distribution) -> Distribution:
+        return dist.model_copy(update={"choices": orders[name]}) if name in orders else dist
+
+    update: dict[str, Any] = {
+        name: fit(name, getattr(space, name))
+        for name in ("lr", "weight_decay", "accumulation_steps")
+        if getattr(space, name) is not None
+    }
+    for kind in ("scheduler", "loss"):
+        table = getattr(space, kind)
+        branches = orders.get(kind, list(table))
+        update[kind] = {branch: {f: fit(f, d) for f, d in table[branch].items()} for branch in branches}
+    return space.model_copy(update=update)
 
 
 def _describe(dist: BaseDistribution) -> str:

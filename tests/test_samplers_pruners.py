@@ -9,8 +9,8 @@ import pytest
 
 from search.pruners import PRUNERS, build_pruner, first_prunable_step
 from search.samplers import SAMPLERS, build_sampler
-from search.space import sample
-from search.studyfile import Component, load_study
+from search.space import fit_space, recorded_distributions, sample
+from search.studyfile import Component, SearchSpace, load_study
 from training import ConfigError
 
 GRID_SPACE = [
@@ -102,18 +102,41 @@ def test_pruners_without_a_warm_up_are_asked_from_the_first_step():
     ],
 )  # fmt: skip
 def test_a_changed_space_the_studys_trials_cannot_take_is_refused_before_a_trial(change, message):
-    from search.space import check_space
+    study, _ = _study_with_every_branch_sampled()
+    changed = load_study("lr-sweep", ["enqueue=[]", change]).space
+    recorded = recorded_distributions(study._storage, study.study_name)
+    if message is None:
+        fit_space(study.study_name, recorded, changed)
+        return
+    with pytest.raises(ConfigError) as refused:
+        fit_space(study.study_name, recorded, changed)
+    assert message in str(refused.value) and "(--set name=NEW_NAME)" in str(refused.value)
 
-    spec = load_study("lr-sweep", ["enqueue=[]"])
+
+def test_the_same_choices_in_another_order_continue_the_study_in_the_order_its_trials_recorded():
+    study, space = _study_with_every_branch_sampled()
+    changes = [
+        "space.loss={f1: {}, label_smoothing: {smoothing: {low: 0.05, high: 0.1}}, cross_entropy: {}, "
+        "focal: {focal_gamma: {low: 0.5, high: 3.0}}}",
+        "space.accumulation_steps={choices: [8, 1, 4, 2]}",
+    ]
+    changed = load_study("lr-sweep", ["enqueue=[]", *changes]).space
+    fitted = fit_space(study.study_name, recorded_distributions(study._storage, study.study_name), changed)
+    assert list(fitted.loss) == list(space.loss) and fitted.accumulation_steps.choices == [1, 2, 4, 8]
+    assert fitted.loss["label_smoothing"]["smoothing"].low == 0.05  # the edit itself is kept
+    with pytest.raises(ValueError, match="does not support dynamic value space"):
+        sample(study.ask(), changed)  # what Optuna makes of the reordered lists themselves
+    for _ in range(6):
+        trial = study.ask()
+        sample(trial, fitted)
+        study.tell(trial, 0.5)
+
+
+def _study_with_every_branch_sampled() -> tuple[optuna.Study, SearchSpace]:
+    space = load_study("lr-sweep", ["enqueue=[]"]).space
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(12):  # every scheduler and loss branch sampled at least once
         trial = study.ask()
-        sample(trial, spec.space)
+        sample(trial, space)
         study.tell(trial, 0.5)
-    changed = load_study("lr-sweep", ["enqueue=[]", change]).space
-    if message is None:
-        check_space(study, changed)
-        return
-    with pytest.raises(ConfigError) as refused:
-        check_space(study, changed)
-    assert message in str(refused.value) and "(--set name=NEW_NAME)" in str(refused.value)
+    return study, space
