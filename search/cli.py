@@ -51,13 +51,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.storage import artifact_dir, is_sqlite
 
     url = _storage(args)
-    gpus = 0
+    gpus: list[str] = []
     if spawning:
         import torch
 
-        gpus = torch.cuda.device_count()
+        from search.workers import worker_gpus
+
+        gpus = worker_gpus(spec.train.device, torch.cuda.device_count())
         if args.trials_per_gpu:  # K workers on each GPU: pays where one trial leaves the GPU idle
-            args.workers = args.trials_per_gpu * max(1, gpus)
+            args.workers = args.trials_per_gpu * max(1, len(gpus))
     options = RunOptions(
         storage_url=url,
         artifacts=artifact_dir(args.artifacts),
@@ -80,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # cache, which the workers then map (the skipped images and the progress printed once).
         open_run(spec, options, Progress(args.quiet))
         # some GPU gets more than one worker (--trials-per-gpu K > 1, or --workers N above the GPUs)
-        packed = args.workers > gpus > 0
-        if packed and (warning := packing_warning(-(-args.workers // gpus), gpus, args.mps or mps_running())):
+        packed = args.workers > len(gpus) > 0
+        if packed and (warning := packing_warning(-(-args.workers // len(gpus)), len(gpus), args.mps or mps_running())):
             print(warning, file=sys.stderr)
         if is_sqlite(url):
             print(
@@ -90,10 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         argv = _without_option(args.argv, ("--workers", "--storage", "--trials-per-gpu"))
+        if spec.train.device.startswith("cuda:"):
+            argv += ["--set", "train.device=cuda"]  # the one GPU each worker sees is the one it named
         if not (args.mps and packed):
-            return run_workers(argv, options)
+            return run_workers(argv, options, gpus)
         with mps_daemon() as mps:
-            return run_workers(argv, options, mps)
+            return run_workers(argv, options, gpus, mps)
     install_signal_handlers()
     study = worker_loop(spec, options)
     if not args.worker_index and not args.quiet:

@@ -38,21 +38,18 @@ def start_worker_server() -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_workers(argv: list[str], options: RunOptions, mps: dict[str, str] | None = None) -> int:
+def run_workers(argv: list[str], options: RunOptions, gpus: list[str], mps: dict[str, str] | None = None) -> int:
     """Run ``options.workers`` workers of this command, each in its own process, and wait for them.
 
     The workers are forked from a server process that has imported torch, timm and the rest once
     (multiprocessing's forkserver), so N workers start in the time of one instead of each paying
     its imports. That server never touches CUDA: every worker initialises its own GPU, which is
     why it is a fork server and not a plain fork of this process (which also holds an open
-    database connection). GPUs are handed out round-robin; the storage URL travels in the
+    database connection). ``gpus`` (``worker_gpus``) are handed out round-robin; the storage URL travels in the
     worker's environment, never in a command line, so its password does not show in a process
     list. Signals are forwarded to the workers. ``mps``: the environment of this run's own MPS
     daemon (``mps_daemon``), if it has one.
     """
-    import torch
-
-    gpus = _visible_gpus(torch.cuda.device_count())
     envs = worker_environments(options.workers, gpus, options.storage_url, mps)
     context = start_worker_server()
     workers = []
@@ -187,12 +184,20 @@ def worker_environments(
     ]
 
 
-def _visible_gpus(count: int) -> list[str]:
-    """The GPUs workers may be given, as CUDA_VISIBLE_DEVICES entries (within the caller's own list)."""
+def worker_gpus(device: str, count: int) -> list[str]:
+    """The GPUs the workers of a study on ``train.device`` are given, as CUDA_VISIBLE_DEVICES
+    entries (within the caller's own list), of the ``count`` torch finds: all of them for ``auto``
+    and ``cuda``, the one it names for ``cuda:N`` (every worker on that GPU, where it is ``cuda``),
+    none for the CPU."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [gpu.strip() for gpu in visible.split(",") if gpu.strip()][:count]
-    return [str(index) for index in range(count)]
+        gpus = [gpu.strip() for gpu in visible.split(",") if gpu.strip()][:count]
+    else:
+        gpus = [str(index) for index in range(count)]
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cuda"):
+        return []
+    return [gpus[int(index)]] if index.isdigit() and int(index) < len(gpus) else gpus
 
 
 def _worker_main(argv: list[str], env: dict[str, str]) -> None:

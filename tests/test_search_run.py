@@ -282,21 +282,46 @@ def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatc
 
 
 def test_each_gpu_gets_its_share_of_the_workers(monkeypatch):
-    from search.workers import _visible_gpus, worker_environments
+    from search.workers import worker_environments, worker_gpus
 
     # --trials-per-gpu 2 on a 4-GPU machine: 8 workers, two on every GPU, none without one.
-    envs = worker_environments(8, _visible_gpus(4), "postgresql://db/search")
+    envs = worker_environments(8, worker_gpus("auto", 4), "postgresql://db/search")
     assert sorted(env["CUDA_VISIBLE_DEVICES"] for env in envs) == ["0", "0", "1", "1", "2", "2", "3", "3"]
     assert all(env["SEARCH_STORAGE"] == "postgresql://db/search" for env in envs)
+    assert worker_gpus("cuda", 4) == ["0", "1", "2", "3"] and worker_gpus("cuda:2", 4) == ["2"]  # the one it names
     # A container or a Slurm job that was given GPUs 2 and 5 hands out only those.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    given = worker_environments(4, _visible_gpus(2), "u")
+    given = worker_environments(4, worker_gpus("auto", 2), "u")
     assert [env["CUDA_VISIBLE_DEVICES"] for env in given] == ["2", "5", "2", "5"]
-    assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, _visible_gpus(0), "u")[0]  # CPU workers
+    assert worker_gpus("cuda:1", 2) == ["5"]  # torch's cuda:1 there
+    assert worker_gpus("cpu", 2) == [] and worker_gpus("auto", 0) == []
+    assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, worker_gpus("auto", 0), "u")[0]  # CPU workers
     # Each worker knows how many share its GPU (3 workers on 2 GPUs: two on the first, one alone).
     assert [env["SEARCH_GPU_WORKERS"] for env in envs] == ["2"] * 8
     assert [env["SEARCH_GPU_WORKERS"] for env in worker_environments(3, ["0", "1"], "u")] == ["2", "1", "2"]
     assert "SEARCH_GPU_WORKERS" not in worker_environments(2, [], "u")[0]
+
+
+def test_workers_of_a_study_on_one_named_gpu_all_train_there(tmp_path, monkeypatch):
+    """``train.device: cuda:1`` with --workers: each worker sees only that GPU, as its cuda."""
+    import torch
+
+    import search.cli
+    import search.runner
+    import search.workers
+    from search.workers import worker_environments
+
+    started = []
+    monkeypatch.setattr(search.workers, "start_worker_server", lambda: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(search.runner, "open_run", lambda spec, options, progress: (spec, None, None))
+    monkeypatch.setattr(search.workers, "run_workers", lambda argv, options, gpus, mps=None: started.append(
+        (argv, worker_environments(options.workers, gpus, "u"))) or 0)  # fmt: skip
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    assert search.cli.main(["run", "--study", "lr-sweep", "--trials-per-gpu", "2", "--set", "train.device=cuda:1"]) == 0
+    argv, envs = started[0]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == ["1", "1"]
+    assert argv[-2:] == ["--set", "train.device=cuda"]  # the last word on the device
 
 
 def test_workers_sharing_a_gpu_split_the_share_their_images_may_take_there(monkeypatch):
