@@ -117,7 +117,7 @@ def test_the_daemon_is_started_where_a_gpu_gets_several_workers_and_mps_is_asked
 
     seen = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    monkeypatch.setattr(search.workers, "run_workers", lambda argv, options, mps=None: seen.append(mps) or 0)
+    monkeypatch.setattr(search.workers, "run_workers", lambda argv, options, gpus, mps=None: seen.append(mps) or 0)
     run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr
     assert len(seen) == 1 and (seen[0] is not None) == daemon
