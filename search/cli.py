@@ -50,6 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.runner import RunOptions, install_signal_handlers, worker_loop
     from search.storage import artifact_dir, is_sqlite
 
+    # huggingface_hub (timm's pretrained weights) prints its warnings (a download's retries) through
+    # a handler of its own and again through ours: once, with our prefix, is enough.
+    logging.getLogger("huggingface_hub").handlers.clear()
+
     url = _storage(args)
     gpus: list[str] = []
     if spawning:

@@ -43,6 +43,7 @@ from search.studyfile import Study
 from training import prepare_data
 from training.errors import SearchError
 from training.loop import resolve_device
+from training.models import fetch_weights
 
 POLL_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
@@ -149,11 +150,13 @@ class AfterTrial:
 def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Study, AtomicArtifactStore, optuna.Study]:
     """What a run needs before its first trial, each mistake one line before anything trains: the
     artifact folder (before the decode, so it is answered at once), the study (a space its trials
-    cannot take), the device (one this machine lacks), the data (decoded once, into the machine's
-    cache). `search run --workers N` calls it once itself, before its workers start."""
+    cannot take), the device (one this machine lacks), the pretrained weights (fetched once into the
+    machine's cache; a hub out of reach), the data (decoded once, into the machine's cache).
+    `search run --workers N` calls it once itself, before its workers start."""
     store = AtomicArtifactStore(options.artifacts)
     spec, study = create_study(spec, options)
     resolve_device(spec.train.device)
+    fetch_weights(spec.model)
     prepare_data(spec.data, spec.seed, progress=progress.decode)
     return spec, store, study
 

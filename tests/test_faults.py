@@ -184,6 +184,21 @@ def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
     assert len(ran) == 1 and ran[0].state == TrialState.FAIL and "augmentation" in ran[0].user_attrs["failure_reason"]
 
 
+@pytest.mark.parametrize("source", ["a local file that is not there", "timm's hub, out of reach"])
+def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, source):
+    if source.startswith("a local file"):
+        args, env = ["--set", f"model.weights={tmp_path}/nope.safetensors"], {}
+    else:  # offline, and nothing in this Hugging Face cache: as on a machine without the hub
+        args, env = ["--set", "model.pretrained=true"], {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = search_here(
+        "run", "--study", "lr-sweep", "--n-trials", "3", *TINY, *args, env={"SEARCH_HOME": str(tmp_path), **env}
+    )
+    assert run.returncode == 1 and run.stderr.startswith("search: error: could not load weights for test_resnet")
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    assert {t.state for t in study.trials} == {TrialState.WAITING}  # the queued ones, and not one trial run
+
+
 def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
     started = time.monotonic()
     run = search(

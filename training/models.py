@@ -31,6 +31,15 @@ def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
         ) from None
 
 
+def fetch_weights(config: ModelConfig) -> None:
+    """Load a pretrained model's weights once, before any trial: from timm's hub into this machine's
+    Hugging Face cache, where every later trial and worker finds them, or from the local file. A hub
+    this machine cannot reach, or a file that is missing or of another model, is then one line
+    before the first trial, not the same failure in every trial. Nothing to do without weights."""
+    if config.pretrained or config.weights is not None:
+        create_model(config, num_classes=2)  # the head is made anew either way; the backbone is what is loaded
+
+
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the model was (pre)trained with, from timm's config for it."""
     data = timm.data.resolve_model_data_config(model)
