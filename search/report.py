@@ -12,7 +12,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.export import choose_trial, not_in_store
+from search.export import not_in_store
 from search.pictures import confusion_png, new_figure, per_class_f1_png
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
@@ -148,11 +148,8 @@ def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> 
     samples = [(n, data.decoded.images[rng.permutation(np.flatnonzero(labels == c))[:8]]) for c, n in enumerate(names)]
     image_grid_png(samples, out / "samples.png")
 
-    best = choose_trial(study, None)
-    confusion_png(best.user_attrs["confusion_matrix"], names, out / "confusion.png")
-    per_class_f1_png(best.user_attrs["per_class_f1"], names, out / "per_class_f1.png")
-    confused = _confused_examples(spec, store, best, data, out)
     trials = study.get_trials(deepcopy=False)
+    best_section = _best_section(spec, store, trials, data, out)
     f1_vs_lr_png(trials, out / "f1_vs_lr.png")
     learning_curves_png(trials, out / "curves.png")
 
@@ -179,17 +176,33 @@ def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> 
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
 <h1>Study {html.escape(study.study_name)}</h1>
-<p>{", ".join(f"{n} {k}" for k, n in counts.items() if n)}. Best: trial {best.number},
-validation macro-F1 {best.value:.4f} (accuracy {best.user_attrs.get("accuracy", float("nan")):.4f}).
+<p>{", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no trials yet"}.
 Data: {len(labels)} images, {len(names)} classes, {len(data.val_idx)} for validation; model {spec.model.name}.</p>
 <h2>The data</h2><img src="classes.png" alt="class distribution"><img src="samples.png" alt="samples per class">
-<h2>The best trial</h2><img src="confusion.png" alt="confusion matrix"><img src="per_class_f1.png" alt="per-class F1">
-<h3>Most confused classes</h3>{confused}
+{best_section}
 <h2>The search</h2><img src="f1_vs_lr.png" alt="F1 against learning rate"><img src="curves.png" alt="learning curves">
 <h3>Top trials</h3><table><tr>{head}</tr>{body}</table>
 </body></html>"""
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+def _best_section(spec, store: AtomicArtifactStore, trials: list[FrozenTrial], data, out: Path) -> str:
+    """The best complete trial's pictures and most confused classes; what there is instead while
+    no trial has completed (a study still in its first trial, or only pruned and failed ones)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return "<h2>The best trial</h2><p>No trial has completed yet; run the study on and write the report again.</p>"
+    best = max(complete, key=lambda t: t.value)
+    names = data.decoded.class_names
+    confusion_png(best.user_attrs["confusion_matrix"], names, out / "confusion.png")
+    per_class_f1_png(best.user_attrs["per_class_f1"], names, out / "per_class_f1.png")
+    confused = _confused_examples(spec, store, best, data, out)
+    accuracy = best.user_attrs.get("accuracy", float("nan"))
+    return f"""<h2>The best trial</h2>
+<p>Best: trial {best.number}, validation macro-F1 {best.value:.4f} (accuracy {accuracy:.4f}).</p>
+<img src="confusion.png" alt="confusion matrix"><img src="per_class_f1.png" alt="per-class F1">
+<h3>Most confused classes</h3>{confused}"""
 
 
 def _short(value: object) -> str:

@@ -268,6 +268,26 @@ def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     ]
 
 
+def test_report_of_a_study_with_no_complete_trial_yet_shows_what_there_is(finished_study, tmp_path):
+    """Asked for early (only pruned or failed trials so far): the page, without a best trial."""
+    from optuna.distributions import FloatDistribution
+
+    storage = finished_study["url"]
+    done = optuna.load_study(study_name="lr-sweep", storage=storage)
+    early = optuna.create_study(study_name=f"early-{uuid.uuid4().hex[:6]}", storage=storage, direction="maximize")
+    early.set_user_attr("spec", done.user_attrs["spec"])
+    early.add_trial(optuna.trial.create_trial(
+        state=TrialState.PRUNED, params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+        intermediate_values={0: 0.3, 1: 0.4},
+    ))  # fmt: skip
+    out = tmp_path / "report"
+    run = search_here("report", "--study", early.study_name, "--out", str(out), env=finished_study["env"])
+    assert run.returncode == 0, run.stderr
+    page = (out / "index.html").read_text()
+    assert "1 pruned" in page and "No trial has completed yet" in page and "confusion.png" not in page
+    assert {"classes.png", "samples.png", "curves.png"} <= set(re.findall(r'<img src="([^"]+)"', page))
+
+
 def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatch):
     from search.workers import mps_running, packing_warning
 
