@@ -29,7 +29,7 @@ def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         raise SearchError(f"study '{study.study_name}' has no trial {number}; {span}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        raise SearchError(f"study '{study.study_name}' has no complete trial to export yet; run it first")
+        raise SearchError(f"study '{study.study_name}' has no complete trial yet; run it on (search status shows it)")
     return max(complete, key=lambda t: t.value)
 
 

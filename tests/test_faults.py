@@ -318,12 +318,14 @@ def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatc
     ]
 
 
-def test_export_of_a_study_with_no_finished_trial(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("command", [["export", "--out", "x.safetensors"], ["best"]], ids=["export", "best"])
+def test_a_study_with_no_finished_trial_has_no_best_to_give(tmp_path, capsys, monkeypatch, command):
     monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
     storage = f"sqlite:///{tmp_path}/studies.db"
     optuna.create_study(study_name="empty", storage=storage)
-    assert main(["export", "--study", "empty", "--out", str(tmp_path / "x")]) == 1
-    assert "has no complete trial to export yet" in capsys.readouterr().err
+    assert main([command[0], "--study", "empty", *command[1:]]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "search: error: study 'empty' has no complete trial yet; run it on (search status shows it)"
 
 
 def _restart_postgresql() -> None:
