@@ -568,6 +568,8 @@ def main() -> int:
             ]:
                 if top in figures and bottom in figures:
                     print(f"({top[0]})/({bottom}) = {figures[top] / figures[bottom]:.2f}   {note}")
+            if early and device.type != "cuda":  # (a) ran while (d)'s processes started on the same cores
+                print("(a) shared this CPU with (d)'s start-up (--packed-early): ratios to (a) say nothing here")
             print(flush=True)
 
         def study() -> None:

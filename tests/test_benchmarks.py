@@ -32,6 +32,7 @@ def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure(mps_control):
         assert re.search(re.escape(ratio) + r" = \d+\.\d\d", out), ratio
     assert "device: CPU" in out
     assert out.index("(a) compute ceiling") < out.index("((d) processes set up:") < out.index("(d) 2 trials packed")
+    assert "(a) shared this CPU with (d)'s start-up (--packed-early): ratios to (a) say nothing here" in out
     assert re.search(r"\(d\) 2 trials packed on the device\s+\d+ img/s together \(\d+, \d+\)", out)
     assert re.search(r"warm decode cache on disk \(2 at once, during \(a\)\)\s+[\d.]+ s", out)
     assert re.search(r"\(d\) 2 trials packed, under CUDA MPS\s+\d+ img/s together \(\d+, \d+\)", out)
