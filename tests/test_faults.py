@@ -53,7 +53,7 @@ def _wait_mid_training(
 
 def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
-    args = ["--n-trials", "3", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
+    args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
     first = _start(tmp_path, *args)
     _wait_mid_training(url, first, need_finished=1)
     first.send_signal(signal.SIGKILL)
@@ -68,7 +68,7 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     study = optuna.load_study(study_name="lr-sweep", storage=url)
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed[0]].state == TrialState.FAIL
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     assert list((tmp_path / "work").rglob("*")) == [tmp_path / "work" / "lr-sweep"]  # the next worker removed it
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
@@ -185,14 +185,16 @@ def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["a local file that is not there", "timm's hub, out of reach"])
-def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, source):
+def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, monkeypatch, source):
+    from huggingface_hub import constants
+
     if source.startswith("a local file"):
-        args, env = ["--set", f"model.weights={tmp_path}/nope.safetensors"], {}
-    else:  # offline, and nothing in this Hugging Face cache: as on a machine without the hub
-        args, env = ["--set", "model.pretrained=true"], {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    run = search_here(
-        "run", "--study", "lr-sweep", "--n-trials", "3", *TINY, *args, env={"SEARCH_HOME": str(tmp_path), **env}
-    )
+        args = ["--set", f"model.weights={tmp_path}/nope.safetensors"]
+    else:  # offline (HF_HUB_OFFLINE=1, read at import) and nothing in this Hugging Face cache, as without the hub
+        args = ["--set", "model.pretrained=true"]
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    run = search_here("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, *args, env={"SEARCH_HOME": str(tmp_path)})
     assert run.returncode == 1 and run.stderr.startswith("search: error: could not load weights for test_resnet")
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")

@@ -142,7 +142,7 @@ def test_missing_weights_file_says_so_in_one_line(tmp_path):
     from training import ModelConfig
 
     with pytest.raises(
-        SearchError, match=r"could not load weights for test_resnet from .*nope.safetensors.*model.pretrained=false"
+        SearchError, match=r"could not load weights for test_resnet: model.weights .*nope.safetensors is not a file; "
     ):
         create_model(ModelConfig(name="test_resnet", weights=tmp_path / "nope.safetensors"), 3)
 

@@ -11,6 +11,11 @@ from training.errors import SearchError
 
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
     """A timm model with a ``num_classes`` head; pretrained from timm's source or a local file."""
+    if config.weights is not None and not config.weights.is_file():
+        raise SearchError(
+            f"could not load weights for {config.name}: model.weights {config.weights} is not a file; "
+            "give the path of a weights file, or model.pretrained for timm's own"
+        )
     overlay = {"file": str(config.weights)} if config.weights is not None else None
     try:
         return timm.create_model(
