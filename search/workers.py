@@ -45,10 +45,10 @@ def run_workers(argv: list[str], options: RunOptions, gpus: list[str], mps: dict
     (multiprocessing's forkserver), so N workers start in the time of one instead of each paying
     its imports. That server never touches CUDA: every worker initialises its own GPU, which is
     why it is a fork server and not a plain fork of this process (which also holds an open
-    database connection). ``gpus`` (``worker_gpus``) are handed out round-robin; the storage URL travels in the
-    worker's environment, never in a command line, so its password does not show in a process
-    list. Signals are forwarded to the workers. ``mps``: the environment of this run's own MPS
-    daemon (``mps_daemon``), if it has one.
+    database connection). ``gpus`` (``worker_gpus``) are handed out round-robin; the storage URL
+    travels in the worker's environment, never in a command line, so its password does not show in
+    a process list. Signals are forwarded to the workers. ``mps``: the environment of this run's own
+    MPS daemon (``mps_daemon``), if it has one.
     """
     envs = worker_environments(options.workers, gpus, options.storage_url, mps)
     context = start_worker_server()
