@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from training import TrainConfig, loop
+from training import TrainConfig, loop, models
 from training.data import cache as decode_cache
 
 PG_URL = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -29,6 +29,35 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
     decode_cache._IN_PROCESS.clear()
     loop._PREPARED.clear()
+    monkeypatch.setattr(models, "_hub_files", {})
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A Hugging Face cache holding test_resnet's hub weights, as after a download, with the hub out
+    of reach (offline); returns the weights, and every file name timm asked the hub for in `asked`."""
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    weights = {k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}
+    repo = tmp_path / "hf" / "models--timm--test_resnet.r160_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(weights, snapshot / "model.safetensors")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: HF_HUB_OFFLINE=1 comes too late
+    asked: list[str] = []
+    download = timm.models._hub.hf_hub_download
+
+    def counted(*args, **kwargs):
+        asked.append(kwargs.get("filename") or args[1])
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", counted)
+    return {"weights": weights, "asked": asked, "file": snapshot / "model.safetensors"}
 
 
 def search_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -201,6 +201,15 @@ def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, m
     assert {t.state for t in study.trials} == {TrialState.WAITING}  # the queued ones, and not one trial run
 
 
+def test_a_run_asks_the_hub_for_pretrained_weights_once_not_in_every_trial(tmp_path, hub_cache):
+    args = ["--n-trials", "2", *TINY, "--set", "train.epochs=1", "--set", "model.pretrained=true"]
+    run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    assert hub_cache["asked"] == ["model.safetensors"]  # before the first trial; the trials read that file
+
+
 def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
     started = time.monotonic()
     run = search(

@@ -162,6 +162,22 @@ def test_local_weights_file_loads_the_backbone_and_a_fresh_head(tmp_path):
     # timm re-creates a classifier whose class count differs from the weights' own (1000 here)
 
 
+def test_hub_weights_are_asked_for_once_then_read_from_the_cache(hub_cache):
+    from training import ModelConfig
+
+    config = ModelConfig(name="test_resnet", pretrained=True)
+    models = [create_model(config, 3) for _ in range(3)]
+    assert hub_cache["asked"] == ["model.safetensors"]  # the first load only; the others read its file
+    backbone = [k for k in hub_cache["weights"] if not k.startswith("fc.")]
+    assert len(backbone) > 10
+    for model in models:
+        assert all(torch.equal(model.state_dict()[k], hub_cache["weights"][k]) for k in backbone)
+    hub_cache["file"].unlink()  # the cache cleared: back to the hub, which is out of reach here
+    with pytest.raises(SearchError, match=r"could not load weights for test_resnet from timm's hub"):
+        create_model(config, 3)
+    assert hub_cache["asked"][:2] == ["model.safetensors"] * 2  # asked again (then for its .bin too)
+
+
 def test_albumentations_own_serialised_form_is_accepted(folder_dataset):
     import albumentations as A
 

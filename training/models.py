@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import timm
 from torch import nn
 
 from training.config import ModelConfig
 from training.errors import SearchError
+
+# The file in this machine's Hugging Face cache that each model's hub weights were loaded from, by
+# this process: later loads of the model read it directly. Through timm, every load asks the hub
+# for the file's latest version first (a request per trial; where the hub's packets are dropped,
+# its time-outs per trial before timm falls back on the cache).
+_hub_files: dict[str, str] = {}
 
 
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
@@ -16,12 +25,11 @@ def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
             f"could not load weights for {config.name}: model.weights {config.weights} is not a file; "
             "give the path of a weights file, or model.pretrained for timm's own"
         )
-    overlay = {"file": str(config.weights)} if config.weights is not None else None
     try:
-        return timm.create_model(
+        model = timm.create_model(
             config.name,
             pretrained=config.pretrained or config.weights is not None,
-            pretrained_cfg_overlay=overlay,
+            pretrained_cfg_overlay=_weights_overlay(config),
             num_classes=num_classes,
             drop_rate=config.drop_rate,
         )
@@ -34,13 +42,46 @@ def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
             f"could not load weights for {config.name} from {where} ({first}); "
             "set model.weights to a local file or model.pretrained=false"
         ) from None
+    if config.pretrained and config.weights is None and config.name not in _hub_files:
+        _remember_hub_file(config.name, model.pretrained_cfg)
+    return model
+
+
+def _weights_overlay(config: ModelConfig) -> dict[str, str] | None:
+    """Where timm is to load the weights from instead of its own source: the study's file, or the
+    hub's file that this process loaded before (if it is still in the cache)."""
+    if config.weights is not None:
+        return {"file": str(config.weights)}
+    cached = _hub_files.get(config.name) if config.pretrained else None
+    if cached and Path(cached).is_file():
+        return {"file": cached, "source": ""}  # an empty source: a file is not read for source 'hf-hub'
+    return None
+
+
+def _remember_hub_file(name: str, pretrained_cfg: dict[str, Any]) -> None:
+    """Note the cached file that timm just loaded ``name``'s hub weights from, if it did: the file
+    it asks the hub for, or its safetensors twin, which it prefers."""
+    repo, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename") or "pytorch_model.bin"
+    if not repo or pretrained_cfg.get("custom_load") or pretrained_cfg.get("file"):
+        return  # weights from a URL (torch's own cache, no request when cached), or a loader of the model's own
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = repo.partition("@")
+    twins = {"pytorch_model.bin": "model.safetensors", "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}
+    safe = twins.get(filename, filename.removesuffix(".bin") + ".safetensors") if filename.endswith(".bin") else None
+    for candidate in (safe, filename):
+        found = candidate and try_to_load_from_cache(repo_id, candidate, revision=revision or None)
+        if isinstance(found, str):
+            _hub_files[name] = found
+            return
 
 
 def fetch_weights(config: ModelConfig) -> None:
     """Load a pretrained model's weights once, before any trial: from timm's hub into this machine's
-    Hugging Face cache, where every later trial and worker finds them, or from the local file. A hub
-    this machine cannot reach, or a file that is missing or of another model, is then one line
-    before the first trial, not the same failure in every trial. Nothing to do without weights."""
+    Hugging Face cache, where every later worker finds them (and this process's trials, without
+    asking the hub again), or from the local file. A hub this machine cannot reach, or a file that
+    is missing or of another model, is then one line before the first trial, not the same failure
+    in every trial. Nothing to do without weights."""
     if config.pretrained or config.weights is not None:
         create_model(config, num_classes=2)  # the head is made anew either way; the backbone is what is loaded
 
