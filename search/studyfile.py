@@ -284,27 +284,32 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> Study:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
-    for key, value in parse_overrides(list(overrides)):
+    pairs = parse_overrides(list(overrides))
+    for key, value in pairs:
         _set(raw, key, value)
-    return validate_study(expand_env(raw), str(path))
+    return validate_study(expand_env(raw), str(path), [key for key, _ in pairs])
 
 
-def validate_study(raw: dict[str, Any], where: str) -> Study:
+def validate_study(raw: dict[str, Any], where: str, overridden: list[str] = ()) -> Study:
     """Checked twice: without the names that need timm (seconds to import), so any other problem is
     answered at once, then in full."""
     try:
         Study.model_validate(raw, context=WITHOUT_TIMM)
         return Study.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(describe(error, raw, where)) from None
+        raise ConfigError(describe(error, where, overridden)) from None
 
 
-def describe(error: ValidationError, raw: dict[str, Any], where: str) -> str:
-    """The first problem of a validation error as ``file: key = value: what is wrong``."""
+def describe(error: ValidationError, where: str, overridden: list[str] = ()) -> str:
+    """The first problem of a validation error as ``file: key = value: what is wrong``; the file
+    ``with --set KEY`` where that key (the last one that did) set the value or a part of it."""
     first = error.errors(include_url=False)[0]
     loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union"))]
     key = ".".join(loc) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
+    related = [k for k in overridden if loc and (f"{k}.".startswith(f"{key}.") or key.startswith(f"{k}."))]
+    if related:
+        where = f"{where} with --set {related[-1]}"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key '{key}'; remove it or check its spelling"
     if first["type"] == "missing":

@@ -103,10 +103,11 @@ def test_bad_study_file_is_one_line_naming_file_key_value_exit_2(tmp_path, capsy
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["train.epochs=0"], "train.epochs = 0"),
-        (["space.lr.low=-1"], "log scale needs low > 0"),
+        (["train.epochs=0"], "lr-sweep.yaml with --set train.epochs: train.epochs = 0"),
+        (["space.lr.low=-1", "train.epochs=2"], "lr-sweep.yaml with --set space.lr.low: space.lr = {"),
+        (["train={epochs: 2, turbo: 1}"], "with --set train: unknown key 'train.turbo'"),
         (["noequals"], "expected key=value"),
-        (["model.name=nonexistent_net"], "unknown timm model"),
+        (["model.name=nonexistent_net"], "with --set model.name: model.name = 'nonexistent_net': unknown timm model"),
     ],
 )
 def test_bad_set_is_validated_the_same_way(capsys, overrides, message):
