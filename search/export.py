@@ -10,9 +10,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.objective import CHECKPOINT_ATTR
-from search.storage import AtomicArtifactStore
-from training import TrainConfig, train
+from search.storage import CHECKPOINT_ATTR, AtomicArtifactStore
 from training.errors import ConfigError, SearchError
 from training.files import replacing
 
@@ -86,6 +84,8 @@ def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: Path) -> b
 
 
 def _retrain(trial: FrozenTrial, target: Path) -> None:
+    from training import TrainConfig, train  # torch and timm: seconds to import, for this path only
+
     if "config" not in trial.user_attrs:
         raise SearchError(f"trial {trial.number} has no recorded config to retrain from")
     with tempfile.TemporaryDirectory(dir=target.parent) as work:

@@ -23,6 +23,7 @@ from search.progress import Progress
 from search.pruners import first_prunable_step
 from search.space import sample
 from search.storage import (
+    CHECKPOINT_ATTR,
     STORAGE_ERRORS,
     AtomicArtifactStore,
     TrialGate,
@@ -35,7 +36,6 @@ from training import ConfigError, NonFiniteLossError, TrainConfig, TrainResult, 
 from training.errors import DiskError, SearchError
 
 log = logging.getLogger(__name__)
-CHECKPOINT_ATTR = "checkpoint_artifact"
 SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
 
 

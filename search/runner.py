@@ -25,12 +25,13 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.objective import CHECKPOINT_ATTR, Objective, TrialFailed
+from search.objective import Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
 from search.samplers import build_sampler
 from search.space import fit_space, recorded_distributions
 from search.storage import (
+    CHECKPOINT_ATTR,
     STORAGE_ERRORS,
     AtomicArtifactStore,
     StorageError,

@@ -35,6 +35,7 @@ class StorageError(SearchError):
     """The storage cannot be reached or used (exit code 1)."""
 
 
+CHECKPOINT_ATTR = "checkpoint_artifact"  # the user attribute naming a trial's checkpoint in the artifact store
 # What a database that went away raises, directly or through Optuna.
 STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 

@@ -171,6 +171,19 @@ def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_stu
     assert forced.returncode == 0 and read_meta(out)["metrics"] == meta["metrics"]
 
 
+@pytest.mark.parametrize("command", ["status", "best", "export"])
+def test_commands_that_read_the_study_answer_without_importing_torch(finished_study, tmp_path, command):
+    """They read the database and copy a file: torch and timm would add seconds to each."""
+    out = ["--out", str(tmp_path / "best.safetensors")] if command == "export" else []
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "search", command, "--study", "lr-sweep", *out],
+        capture_output=True, text=True, env={**os.environ, **finished_study["env"]},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    imported = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "optuna" in imported and "torch" not in imported and "timm" not in imported
+
+
 def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     best = study.best_trial
