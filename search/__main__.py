@@ -1,8 +1,6 @@
 """``python -m search``: the same as the ``search`` command."""
 
-import sys
-
-from search.cli import main
+from search.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

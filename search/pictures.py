@@ -147,6 +147,7 @@ def serve_drawing() -> None:
             reply = {"error": f"{type(error).__name__}: {error}"}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
+    os._exit(0)  # every reply is out; the worker waits for this exit, not for matplotlib's teardown (0.5 s)
 
 
 log = logging.getLogger(__name__)

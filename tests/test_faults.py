@@ -313,6 +313,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(one_trial_study):
     assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
 
 
+def test_the_command_exits_with_mains_code_after_its_output_without_pythons_teardown(monkeypatch, capsys):
+    """Python's teardown of torch and the rest costs 1-2 s after a run's work is done: skipped."""
+    from search.cli import entry
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(sys, "argv", ["search", "status", "--study", "nope"])
+    monkeypatch.setattr(os, "_exit", exit_now)
+    with pytest.raises(Exited) as exited:
+        entry()
+    assert exited.value.args == (1,)
+    assert capsys.readouterr().err.startswith("search: error: no study 'nope' in this storage")
+
+
 def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatch):
     import socket
 
