@@ -375,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as interrupt:
-        print("search: interrupted; a trial that was running is marked FAIL; run again to continue", file=sys.stderr)
+        trial = getattr(interrupt, "trial", None)
+        marked = "no trial was running" if trial is None else f"trial {trial} is marked FAIL (interrupted)"
+        print(f"search: interrupted; {marked}; run again to continue", file=sys.stderr)
         return getattr(interrupt, "exit_code", 130)
     except BrokenPipeError:  # the reader went away (`search status | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again

@@ -123,8 +123,9 @@ class Objective:
             raise
         except NonFiniteLossError as error:
             failure = {"failure_reason": str(error), "failed_epoch": error.epoch}
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             _note_failure(trial, failure_reason="interrupted")
+            interrupt.trial = trial.number  # for the command's last line
             raise
         except STORAGE_ERRORS:
             raise  # the database is away: the worker waits for it (see StorageOutage)

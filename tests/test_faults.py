@@ -121,12 +121,25 @@ def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path,
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["failure_reason"] == "interrupted"
+    assert err.strip().splitlines()[-1] == (
+        f"search: interrupted; trial {failed[0].number} is marked FAIL (interrupted); run again to continue"
+    )
     if not run_again:
         return
     again = search_here(*RUN, *args, env={"SEARCH_HOME": str(tmp_path)})
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="lr-sweep", storage=url)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
+
+
+def test_interrupted_before_any_trial_ran_says_that_none_was_marked(tmp_path, monkeypatch):
+    def decode_interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as a Ctrl-C while the images are decoded
+
+    monkeypatch.setattr("search.runner.prepare_data", decode_interrupted)
+    run = search_here(*RUN, "--n-trials", "1", env={"SEARCH_HOME": str(tmp_path)})
+    assert run.returncode == 130
+    assert run.stderr.strip().splitlines() == ["search: interrupted; no trial was running; run again to continue"]
 
 
 @pytest.mark.parametrize(
