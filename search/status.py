@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections import defaultdict
+from datetime import datetime
 
 import optuna
 from optuna.trial import TrialState
@@ -36,6 +39,7 @@ def status_text(study: optuna.Study, top: int = 10) -> str:
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     lines = [f"study {study.study_name}: {len(trials)} trials"]
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
+    lines += _running(trials) + _failures(trials)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
     if not complete:
         lines.append("  no complete trial yet")
@@ -58,6 +62,40 @@ def status_text(study: optuna.Study, top: int = 10) -> str:
         lines += ["", "  parameter importance (fANOVA):"]
         lines += [f"  {name:>20} {value:.3f}" for name, value in ranked.items()]
     return "\n".join(lines)
+
+
+def _running(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """One line per running trial: where it runs, how far it got and since when."""
+    lines = []
+    now = datetime.now()
+    for t in (t for t in trials if t.state == TrialState.RUNNING):
+        epochs = json.loads(t.user_attrs["config"])["epochs"] if "config" in t.user_attrs else "?"
+        done = len(t.intermediate_values)
+        latest = f", macro-F1 {t.intermediate_values[max(t.intermediate_values)]:.4f}" if done else ""
+        since = _duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
+        worker = t.user_attrs.get("worker", "a worker")
+        lines.append(f"  running: trial {t.number} on {worker}, {done}/{epochs} epochs{latest}, for {since}")
+    return lines
+
+
+def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """The failed trials grouped by their reason, the most frequent first."""
+    unknown = "no reason recorded (its worker was killed or lost, or the database went away)"
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for t in (t for t in trials if t.state == TrialState.FAIL):
+        by_reason[t.user_attrs.get("failure_reason", unknown)].append(t.number)
+    lines = []
+    for reason, numbers in sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0])):
+        shown = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
+        short = reason if len(reason) <= 100 else reason[:97] + "..."
+        lines.append(f"  failed: {len(numbers)} x {short} (trial{'s' if len(numbers) > 1 else ''} {shown})")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
 def _cell(value: object) -> str:

@@ -129,6 +129,35 @@ def test_status_best_and_studies_commands(finished_study):
     assert "lr-sweep" in search_here("studies", env=env).stdout
 
 
+def test_status_shows_the_running_trials_and_why_trials_failed(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    lr = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
+    for reason in ["OutOfMemoryError: CUDA out of memory", "interrupted", None, "interrupted"]:
+        attrs = {"failure_reason": reason} if reason else {}
+        study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 0.1}, distributions=lr, user_attrs=attrs))
+    running = study.ask(lr)
+    for epoch, value in enumerate([0.31, 0.52]):
+        running.report(value, epoch)
+    running.set_user_attr("worker", "gpu-node-3:4711")
+    running.set_user_attr("config", json.dumps({"epochs": 10}))
+    status = search_here("status", "--study", "s", "--storage", url)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[1] == "  running 1, fail 4"
+    running_line = r"  running: trial 4 on gpu-node-3:4711, 2/10 epochs, macro-F1 0.5200, for 0 min 0\d s"
+    assert re.fullmatch(running_line, lines[2]), lines[2]
+    assert lines[3:6] == [
+        "  failed: 2 x interrupted (trials 1, 3)",
+        "  failed: 1 x OutOfMemoryError: CUDA out of memory (trial 0)",
+        "  failed: 1 x no reason recorded (its worker was killed or lost, or the database went away) (trial 2)",
+    ]
+    assert lines[6] == "  no complete trial yet"
+
+
 def _val_images(meta: dict) -> tuple[np.ndarray, np.ndarray]:
     from training import TrainConfig
     from training.loop import prepare_data
