@@ -138,8 +138,11 @@ def _print_best(study) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from search.status import status_text
+    from search.storage import load_existing, open_storage
 
-    print(status_text(_open_study(args), top=args.top))
+    storage = open_storage(_storage(args))
+    study = load_existing(storage, args.study)
+    print(status_text(study, top=args.top, stale=storage.stale_trial_numbers(args.study)))
     return 0
 
 

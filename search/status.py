@@ -34,12 +34,13 @@ def importance(study: optuna.Study) -> dict[str, float] | None:
             return None
 
 
-def status_text(study: optuna.Study, top: int = 10) -> str:
+def status_text(study: optuna.Study, top: int = 10, stale: set[int] = frozenset()) -> str:
+    """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     lines = [f"study {study.study_name}: {len(trials)} trials"]
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
-    lines += _running(trials) + _failures(trials)
+    lines += _running(trials, stale) + _failures(trials)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
     if not complete:
         lines.append("  no complete trial yet")
@@ -64,8 +65,9 @@ def status_text(study: optuna.Study, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _running(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
-    """One line per running trial: where it runs, how far it got and since when."""
+def _running(trials: list[optuna.trial.FrozenTrial], stale: set[int]) -> list[str]:
+    """One line per running trial: where it runs, how far it got and since when, and whether its
+    worker still sends heartbeats."""
     lines = []
     now = datetime.now()
     for t in (t for t in trials if t.state == TrialState.RUNNING):
@@ -75,6 +77,11 @@ def _running(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
         since = _duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
         worker = t.user_attrs.get("worker", "a worker")
         lines.append(f"  running: trial {t.number} on {worker}, {done}/{epochs} epochs{latest}, for {since}")
+        if t.number in stale:
+            lines[-1] += (
+                "; no heartbeat for longer than the grace period: its worker is gone, and the next trial "
+                "to start fails it and queues its params again"
+            )
     return lines
 
 

@@ -116,6 +116,12 @@ class SearchStorage(optuna.storages.RDBStorage):
     transaction. A trial records about fifteen (its metrics, configuration, checkpoint); one commit
     each was a third of the time a demo trial spends outside training."""
 
+    def stale_trial_numbers(self, study_name: str) -> set[int]:
+        """The study's running trials whose worker has sent no heartbeat for the grace period (it
+        was killed or lost): the next worker to start a trial fails them and queues them again."""
+        study_id = self.get_study_id_from_name(study_name)
+        return {self.get_trial_number_from_id(trial_id) for trial_id in self._get_stale_trial_ids(study_id)}
+
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """On PostgreSQL and SQLite: the trial read and checked once, then one upsert of every row
         (the same rows and the same refusal of a finished trial as Optuna's ``set_trial_user_attr``).

@@ -8,17 +8,20 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 import torch
 from conftest import postgres_url, search_here
 from optuna.trial import TrialState
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from search.storage import open_storage
 from training.checkpoint import read_meta
 
 FOUR = {"lr", "scheduler", "loss", "accumulation_steps"}
@@ -144,12 +147,22 @@ def test_status_shows_the_running_trials_and_why_trials_failed(tmp_path):
         running.report(value, epoch)
     running.set_user_attr("worker", "gpu-node-3:4711")
     running.set_user_attr("config", json.dumps({"epochs": 10}))
+    gone = study.ask(lr)  # its worker was killed: its last heartbeat an hour ago
+    storage = open_storage(url)
+    for trial in (running, gone):
+        storage.record_heartbeat(trial._trial_id)
+    with sqlalchemy.create_engine(url).begin() as db:
+        db.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id = :id"),
+                   {"t": datetime.now() - timedelta(hours=1), "id": gone._trial_id})  # fmt: skip
     status = search_here("status", "--study", "s", "--storage", url)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[1] == "  running 1, fail 4"
+    assert lines[1] == "  running 2, fail 4"
     running_line = r"  running: trial 4 on gpu-node-3:4711, 2/10 epochs, macro-F1 0.5200, for 0 min 0\d s"
     assert re.fullmatch(running_line, lines[2]), lines[2]
+    assert re.fullmatch(r"  running: trial 5 on a worker, 0/\? epochs, for 0 min 0\d s; no heartbeat for longer than "
+                        r"the grace period: its worker is gone, .*", lines[3]), lines[3]  # fmt: skip
+    lines = lines[:3] + lines[4:]
     assert lines[3:6] == [
         "  failed: 2 x interrupted (trials 1, 3)",
         "  failed: 1 x OutOfMemoryError: CUDA out of memory (trial 0)",
