@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import defaultdict
+from collections.abc import Set
 from datetime import datetime
 
 import optuna
@@ -34,7 +35,7 @@ def importance(study: optuna.Study) -> dict[str, float] | None:
             return None
 
 
-def status_text(study: optuna.Study, top: int = 10, stale: set[int] = frozenset()) -> str:
+def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset()) -> str:
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
@@ -65,7 +66,7 @@ def status_text(study: optuna.Study, top: int = 10, stale: set[int] = frozenset(
     return "\n".join(lines)
 
 
-def _running(trials: list[optuna.trial.FrozenTrial], stale: set[int]) -> list[str]:
+def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:
     """One line per running trial: where it runs, how far it got and since when, and whether its
     worker still sends heartbeats."""
     lines = []

@@ -6,6 +6,7 @@ Every mistake becomes one ``ConfigError`` line naming the file, the key and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,7 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> Study:
     return validate_study(expand_env(raw), str(path), [key for key, _ in pairs])
 
 
-def validate_study(raw: dict[str, Any], where: str, overridden: list[str] = ()) -> Study:
+def validate_study(raw: dict[str, Any], where: str, overridden: Sequence[str] = ()) -> Study:
     """Checked twice: without the names that need timm (seconds to import), so any other problem is
     answered at once, then in full."""
     try:
@@ -300,7 +301,7 @@ def validate_study(raw: dict[str, Any], where: str, overridden: list[str] = ()) 
         raise ConfigError(describe(error, where, overridden)) from None
 
 
-def describe(error: ValidationError, where: str, overridden: list[str] = ()) -> str:
+def describe(error: ValidationError, where: str, overridden: Sequence[str] = ()) -> str:
     """The first problem of a validation error as ``file: key = value: what is wrong``; the file
     ``with --set KEY`` where that key (the last one that did) set the value or a part of it."""
     first = error.errors(include_url=False)[0]
