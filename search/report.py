@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.export import not_in_store
 from search.pictures import confusion_png, new_figure, per_class_f1_png
+from search.status import failures_by_reason
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
 from training.files import make_folder
@@ -182,6 +183,7 @@ Data: {len(labels)} images, {len(names)} classes, {len(data.val_idx)} for valida
 {best_section}
 <h2>The search</h2><img src="f1_vs_lr.png" alt="F1 against learning rate"><img src="curves.png" alt="learning curves">
 <h3>Top trials</h3><table><tr>{head}</tr>{body}</table>
+{_failed_section(trials)}
 </body></html>"""
     (out / "index.html").write_text(page)
     return out / "index.html"
@@ -203,6 +205,19 @@ def _best_section(spec, store: AtomicArtifactStore, trials: list[FrozenTrial], d
 <p>Best: trial {best.number}, validation macro-F1 {best.value:.4f} (accuracy {accuracy:.4f}).</p>
 <img src="confusion.png" alt="confusion matrix"><img src="per_class_f1.png" alt="per-class F1">
 <h3>Most confused classes</h3>{confused}"""
+
+
+def _failed_section(trials: list[FrozenTrial]) -> str:
+    """The failed trials by reason (out of memory, NaN loss, interrupted...), if any failed."""
+    groups = failures_by_reason(trials)
+    if not groups:
+        return ""
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(reason)}</td><td>{len(numbers)}</td>"
+        f"<td>{', '.join(map(str, numbers))}</td></tr>"
+        for reason, numbers in groups
+    )
+    return f"<h3>Failed trials</h3><table><tr><th>reason</th><th>how many</th><th>trials</th></tr>{rows}</table>"
 
 
 def _short(value: object) -> str:

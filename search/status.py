@@ -86,14 +86,18 @@ def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[st
     return lines
 
 
-def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
-    """The failed trials grouped by their reason, the most frequent first."""
+def failures_by_reason(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[str, list[int]]]:
+    """The failed trials' numbers grouped by their reason, the most frequent reason first."""
     unknown = "no reason recorded (its worker was killed or lost, or the database went away)"
     by_reason: dict[str, list[int]] = defaultdict(list)
     for t in (t for t in trials if t.state == TrialState.FAIL):
         by_reason[t.user_attrs.get("failure_reason", unknown)].append(t.number)
+    return sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0]))
+
+
+def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     lines = []
-    for reason, numbers in sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0])):
+    for reason, numbers in failures_by_reason(trials):
         shown = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
         short = reason if len(reason) <= 100 else reason[:97] + "..."
         lines.append(f"  failed: {len(numbers)} x {short} (trial{'s' if len(numbers) > 1 else ''} {shown})")

@@ -335,11 +335,18 @@ def test_report_of_a_study_with_no_complete_trial_yet_shows_what_there_is(finish
         state=TrialState.PRUNED, params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
         intermediate_values={0: 0.3, 1: 0.4},
     ))  # fmt: skip
+    oom = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    for reason in [oom, "loss became nan at epoch 1"] * 2:
+        early.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"failure_reason": reason}))
     out = tmp_path / "report"
     run = search_here("report", "--study", early.study_name, "--out", str(out), env=finished_study["env"])
     assert run.returncode == 0, run.stderr
     page = (out / "index.html").read_text()
     assert "1 pruned" in page and "No trial has completed yet" in page and "confusion.png" not in page
+    failed = re.search(r"<h3>Failed trials</h3><table>(.*?)</table>", page)
+    assert failed, page[-2000:]
+    cells = [re.sub(r"<[^>]+>", "", row).strip() for row in re.findall(r"<td[^>]*>(.*?)</td>", failed.group(1))]
+    assert cells == [oom, "2", "1, 3", "loss became nan at epoch 1", "2", "2, 4"]
     assert {"classes.png", "samples.png", "curves.png"} <= set(re.findall(r'<img src="([^"]+)"', page))
 
 
