@@ -302,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     # set by --workers for each worker it starts (with --workers N): this process is one of them
     run.add_argument("--worker-index", type=_count(0), default=None, help=argparse.SUPPRESS)
 
-    for name, text in (("status", "counts, best, top trials"), ("best", "the best trial's params and metrics")):
+    for name, text in (
+        ("status", "counts, running and failed trials, best, top trials"),
+        ("best", "the best trial's params and metrics"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--study", required=True)
         if name == "status":
