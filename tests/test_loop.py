@@ -178,6 +178,18 @@ def test_hub_weights_are_asked_for_once_then_read_from_the_cache(hub_cache):
     assert hub_cache["asked"][:2] == ["model.safetensors"] * 2  # asked again (then for its .bin too)
 
 
+def test_weights_not_from_the_hub_are_left_to_timm_and_looked_for_once(monkeypatch):
+    import huggingface_hub
+
+    from training import ModelConfig, models
+
+    looked = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: looked.append(a) or None)
+    models._remember_hub_file("test_resnet", {"hf_hub_id": "timm/test_resnet.r160_in1k"})  # not in the cache
+    assert len(looked) == 2 and models._hub_files == {"test_resnet": None}  # safetensors, then the .bin
+    assert models._weights_overlay(ModelConfig(name="test_resnet", pretrained=True)) is None  # timm's own way
+
+
 def test_albumentations_own_serialised_form_is_accepted(folder_dataset):
     import albumentations as A
 

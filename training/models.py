@@ -14,8 +14,9 @@ from training.errors import SearchError
 # The file in this machine's Hugging Face cache that each model's hub weights were loaded from, by
 # this process: later loads of the model read it directly. Through timm, every load asks the hub
 # for the file's latest version first (a request per trial; where the hub's packets are dropped,
-# its time-outs per trial before timm falls back on the cache).
-_hub_files: dict[str, str] = {}
+# its time-outs per trial before timm falls back on the cache). None: not from the hub (a URL's
+# weights, in torch's cache, which asks nothing once cached), so there is nothing to look for again.
+_hub_files: dict[str, str | None] = {}
 
 
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
@@ -61,6 +62,7 @@ def _weights_overlay(config: ModelConfig) -> dict[str, str] | None:
 def _remember_hub_file(name: str, pretrained_cfg: dict[str, Any]) -> None:
     """Note the cached file that timm just loaded ``name``'s hub weights from, if it did: the file
     it asks the hub for, or its safetensors twin, which it prefers."""
+    _hub_files[name] = None
     repo, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename") or "pytorch_model.bin"
     if not repo or pretrained_cfg.get("custom_load") or pretrained_cfg.get("file"):
         return  # weights from a URL (torch's own cache, no request when cached), or a loader of the model's own
