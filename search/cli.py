@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from search.progress import Progress
         from search.runner import open_run
         from search.workers import mps_daemon, mps_running, packing_warning
+        from training.data.sources import cache_folder, default_cache_dir
 
         # What every worker would find wrong is found here, once, before any of them starts (the
         # artifact folder, the storage and space, the device, the data); the study is made once, so
@@ -98,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv = _without_option(args.argv, ("--workers", "--storage", "--trials-per-gpu"))
         if spec.train.device.startswith("cuda:"):
             argv += ["--set", "train.device=cuda"]  # the one GPU each worker sees is the one it named
+        if (cache := cache_folder(spec.data.cache_dir)) not in (None, default_cache_dir(spec.data.cache_dir)):
+            argv += ["--set", f"data.cache_dir={cache}"]  # the fallback this process decoded into, said once
         if not (args.mps and packed):
             return run_workers(argv, options, gpus)
         with mps_daemon() as mps:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -9,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from training import DataError
+from training import DataConfig, DataError
 from training.data import cache as decode_cache
-from training.data.sources import image_folder
+from training.data.sources import cache_folder, image_folder, load_source
 
 
 def _count_decodes(monkeypatch):
@@ -123,6 +126,45 @@ def test_a_cache_that_cannot_be_written_leaves_the_decoded_images(folder_dataset
     decoded = decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=tmp_path / "c")
     assert decoded.images.shape == (42, 16, 16, 3) and not isinstance(decoded.images, np.memmap)
     assert "could not persist the decode cache" in caplog.text
+
+
+def test_a_cache_folder_that_cannot_be_written_gives_way_to_a_private_temporary_one(
+    folder_dataset, tmp_path, monkeypatch, caplog
+):
+    (tmp_path / "home").write_text("a file where the home folder should be")  # as a home of /, read-only
+    monkeypatch.setenv("SEARCH_CACHE_DIR", str(tmp_path / "home" / ".cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    fallback = tmp_path / "tmp" / f"search-cache-{os.getuid()}"
+    assert cache_folder(None) == fallback and cache_folder(None) == fallback
+    assert stat.S_IMODE(fallback.stat().st_mode) == 0o700  # this user's, in a folder every user shares
+    said = [r.getMessage() for r in caplog.records if "cannot write the cache folder" in r.getMessage()]
+    assert len(said) == 1 and str(tmp_path / "home" / ".cache") in said[0] and str(fallback) in said[0]
+    # the demo is written there, and the decoded images persisted there for the next process
+    assert load_source(DataConfig(source="demo")).source.startswith(str(fallback))
+    decoded = decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=cache_folder(None))
+    assert isinstance(decoded.images, np.memmap) and (fallback / "decoded").is_dir()
+
+
+@pytest.mark.parametrize("made", ["by another user", "as a link"])
+def test_a_temporary_cache_folder_someone_else_made_is_not_used(made, tmp_path, monkeypatch, caplog):
+    # made first by another user of the machine, who could plant a cache in it
+    if made == "by another user" and os.getuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("SEARCH_CACHE_DIR", str(tmp_path / "home" / ".cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    theirs = tmp_path / f"search-cache-{os.getuid()}"
+    if made == "as a link":
+        (tmp_path / "planted").mkdir()
+        theirs.symlink_to(tmp_path / "planted")
+    else:
+        theirs.mkdir(mode=0o777)
+        os.chown(theirs, os.getuid() + 1, -1)
+    assert cache_folder(None) is None
+    assert "nor" in caplog.text and "each process decodes the images itself" in caplog.text
+    with pytest.raises(DataError, match="no writable folder for the demo images.*SEARCH_CACHE_DIR"):
+        load_source(DataConfig(source="demo"))
 
 
 DECODE_ONCE = """

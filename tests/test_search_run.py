@@ -267,10 +267,15 @@ def test_running_again_continues_the_same_study(finished_study):
     assert sum(t.params.get("lr") == 0.01 and t.params.get("scheduler") == "cosine" for t in study.trials) == 1
 
 
-def test_two_workers_share_one_sqlite_file(tmp_path, folder_dataset):
+@pytest.mark.parametrize("cache", ["writable", "read-only"])
+def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
     broken = folder_dataset / "cat" / "broken.jpg"
     broken.write_bytes(b"not an image")  # logged as skipped by the run, which decodes for its workers
     env = {"SEARCH_HOME": str(tmp_path)}
+    if cache == "read-only":  # the run decodes into a temporary folder of its own, and its workers map that
+        (tmp_path / "home").write_text("a file where a folder should be")
+        (tmp_path / "tmp").mkdir()
+        env |= {"SEARCH_CACHE_DIR": str(tmp_path / "home" / "cache"), "TMPDIR": str(tmp_path / "tmp")}
     verbose = [arg for arg in TINY if arg != "--quiet"]
     data = f"data={{source: folder, root: {folder_dataset}, image_size: 16}}"
     run = search("run", "--study", "lr-sweep", "--n-trials", "4", "--workers", "2", *verbose, "--set", data, env=env)
@@ -285,6 +290,9 @@ def test_two_workers_share_one_sqlite_file(tmp_path, folder_dataset):
     assert sum("share one SQLite file" in line for line in lines) == 1
     skipped = [line for line in lines if f"skipping unreadable image {broken}" in line]
     assert skipped == [f"search: skipping unreadable image {broken}"], skipped  # decoded once, before the workers
+    if cache == "read-only":
+        assert sum("cannot write the cache folder" in line for line in lines) == 1, lines
+        assert (tmp_path / "tmp" / f"search-cache-{os.getuid()}" / "decoded").is_dir()
 
 
 def test_eight_workers_share_one_study_on_postgresql(tmp_path):

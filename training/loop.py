@@ -28,7 +28,7 @@ from training.checkpoint import save_checkpoint
 from training.config import DataConfig, TrainConfig
 from training.data.cache import DecodedImages, decode_images
 from training.data.loader import BatchLoader, DeviceBatchLoader, rarest_classes, resident_images
-from training.data.sources import default_cache_dir, load_source
+from training.data.sources import cache_folder, default_cache_dir, load_source
 from training.data.split import split_train_val
 from training.errors import ConfigError, NonFiniteLossError
 from training.losses import build_loss
@@ -87,9 +87,7 @@ def prepare_data(config: DataConfig, seed: int, progress: Callable[[int, int], N
     if key in _PREPARED:
         return _PREPARED[key]
     dataset = load_source(config)
-    decoded = decode_images(
-        dataset, config.image_size, default_cache_dir(config.cache_dir), config.decode_threads, progress
-    )
+    decoded = decode_images(dataset, config.image_size, cache_folder(config.cache_dir), config.decode_threads, progress)
     train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
     _PREPARED[key] = PreparedData(decoded, train_idx, val_idx)
     return _PREPARED[key]
@@ -328,7 +326,7 @@ def inductor_cache_dir(config: TrainConfig) -> Path:
         torch_default = None
     if chosen and (torch_default is None or os.path.abspath(chosen) != os.path.abspath(torch_default())):
         return Path(chosen)
-    return default_cache_dir(config.data.cache_dir) / "inductor"
+    return (cache_folder(config.data.cache_dir) or default_cache_dir(config.data.cache_dir)) / "inductor"
 
 
 @dataclass

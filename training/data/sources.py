@@ -7,6 +7,7 @@ source knows people, a group per image so that no person lands on both sides of 
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import shutil
@@ -44,7 +45,7 @@ def load_source(config: DataConfig) -> Dataset:
         "competition": lambda: competition_layout(config.root, config.age_bounds),
         "folder": lambda: image_folder(config.root),
         "csv": lambda: csv_list(config.root),
-        "demo": lambda: image_folder(write_demo(default_cache_dir(config.cache_dir), config.demo_imbalance)),
+        "demo": lambda: image_folder(write_demo(_demo_folder(config.cache_dir), config.demo_imbalance)),
     }
     dataset = loaders[config.source]()
     if len(dataset.paths) == 0:
@@ -57,6 +58,59 @@ def default_cache_dir(configured: Path | None) -> Path:
     if configured is not None:
         return Path(configured)
     return Path(os.environ.get("SEARCH_CACHE_DIR", Path.home() / ".cache" / "search"))
+
+
+def cache_folder(configured: Path | None) -> Path | None:
+    """The cache folder this process can write: the configured one (``default_cache_dir``), else a
+    folder of this user's in the temporary folder (as torch's compiler does), so that a read-only
+    home (a container run as another user, whose home is ``/``) still decodes once per machine
+    rather than once per worker; said once per process. None when neither can be written."""
+    return _writable_or_fallback(default_cache_dir(configured), tempfile.gettempdir())
+
+
+@functools.cache
+def _writable_or_fallback(folder: Path, temporary: str) -> Path | None:
+    error = _cannot_write(folder)
+    if error is None:
+        return folder
+    fallback = Path(temporary) / f"search-cache-{os.getuid()}"
+    if _cannot_write(fallback, private=True) is None:
+        log.warning(
+            "cannot write the cache folder %s (%s); using %s instead. Set SEARCH_CACHE_DIR or data.cache_dir "
+            "to a writable folder to keep the decoded images there",
+            folder, error, fallback,
+        )  # fmt: skip
+        return fallback
+    log.warning(
+        "cannot write the cache folder %s (%s) nor %s: each process decodes the images itself. Set "
+        "SEARCH_CACHE_DIR or data.cache_dir to a writable folder",
+        folder, error, fallback,
+    )  # fmt: skip
+    return None
+
+
+def _cannot_write(folder: Path, private: bool = False) -> str | None:
+    """Why this process cannot make files in ``folder`` (made if missing), or None. ``private``: a
+    folder of this user's only (mode 0700), refused if someone else made it first (a shared
+    temporary folder)."""
+    try:
+        folder.mkdir(mode=0o700 if private else 0o777, parents=True, exist_ok=True)
+        if private and (folder.is_symlink() or folder.stat().st_uid != os.getuid()):
+            return "made by another user"
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def _demo_folder(configured: Path | None) -> Path:
+    folder = cache_folder(configured)
+    if folder is None:
+        raise DataError(
+            f"no writable folder for the demo images: {default_cache_dir(configured)} and the temporary folder "
+            "cannot be written; set SEARCH_CACHE_DIR to a writable folder"
+        )
+    return folder
 
 
 def _existing_dir(root: Path | None, what: str) -> Path:
