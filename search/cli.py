@@ -161,12 +161,17 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.export import export_checkpoint
+    from search.export import export_checkpoint, export_top
 
-    trial, out = export_checkpoint(
-        _open_study(args), _store(args), Path(args.out), args.trial, args.force, args.retrain
-    )
-    print(f"trial {trial.number} (macro-F1 {trial.value if trial.value is not None else 'n/a'}) exported to {out}")
+    study, store = _open_study(args), _store(args)
+    if args.top is None:
+        exported = [export_checkpoint(study, store, Path(args.out), args.trial, args.force, args.retrain)]
+    else:
+        exported = export_top(study, store, Path(args.out), args.top, args.force, args.retrain)
+    for trial, out in exported:
+        print(f"trial {trial.number} (macro-F1 {trial.value if trial.value is not None else 'n/a'}) exported to {out}")
+    if args.top is not None and len(exported) < args.top:
+        print(f"only {len(exported)} complete trial(s) in '{study.study_name}'; all exported", file=sys.stderr)
     return 0
 
 
@@ -226,8 +231,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from search.predict import write_predictions
 
     rows = write_predictions(
-        Path(args.checkpoint), Path(args.images), Path(args.out), info=Path(args.info) if args.info else None,
-        flip_tta=args.tta, batch_size=args.batch_size, quiet=args.quiet, force=args.force,
+        [Path(c) for c in args.checkpoint], Path(args.images), Path(args.out),
+        info=Path(args.info) if args.info else None, flip_tta=args.tta, batch_size=args.batch_size,
+        quiet=args.quiet, force=args.force,
     )  # fmt: skip
     print(f"{rows} predictions written to {args.out}", file=sys.stderr)
     return 0
@@ -314,10 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--top", type=_count(1), default=10)
 
-    export = sub.add_parser("export", parents=[common], help="write a trial's checkpoint")
+    export = sub.add_parser("export", parents=[common], help="write a trial's checkpoint (or the best K)")
     export.add_argument("--study", required=True)
-    export.add_argument("--trial", type=_count(0), help="trial number (default: the best)")
-    export.add_argument("--out", required=True)
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=_count(0), help="trial number (default: the best)")
+    which.add_argument(
+        "--top", type=_count(1), metavar="K", help="the K best trials, into the folder --out (an ensemble for predict)"
+    )
+    export.add_argument("--out", required=True, help="the checkpoint file (with --top, the folder) to write")
     export.add_argument("--force", action="store_true", help="overwrite --out")
     export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
 
@@ -327,8 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--study", required=True)
     report.add_argument("--out", required=True, help="folder for index.html and its pictures")
 
-    predict = sub.add_parser("predict", parents=[common], help="predict image files with a checkpoint")
-    predict.add_argument("--checkpoint", required=True, help="a checkpoint written by search export")
+    predict = sub.add_parser("predict", parents=[common], help="predict image files with a checkpoint (or an ensemble)")
+    predict.add_argument(
+        "--checkpoint", required=True, nargs="+", metavar="FILE",
+        help="a checkpoint written by search export; several: their class probabilities averaged (an ensemble)",
+    )  # fmt: skip
     predict.add_argument("--images", required=True, help="folder of images")
     predict.add_argument("--info", help="the competition's info.csv (ImageID,ans): fill ans in its order")
     predict.add_argument("--out", required=True, help="CSV to write")

@@ -55,6 +55,55 @@ def export_checkpoint(
     return trial, out
 
 
+def export_top(
+    study: optuna.Study,
+    store: AtomicArtifactStore,
+    folder: Path,
+    top: int,
+    force: bool = False,
+    retrain: bool = False,
+) -> list[tuple[FrozenTrial, Path]]:
+    """The ``top`` best complete trials' checkpoints as ``folder/trial-<number>.safetensors``, for an
+    ensemble (``search predict`` with all of them). Everything is checked before the first file is
+    written, so a refused export leaves nothing behind."""
+    complete = sorted(
+        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), key=lambda t: -t.value
+    )
+    if not complete:
+        choose_trial(study, None)  # says there is none yet
+    chosen = complete[:top]
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; --out with --top is the folder to write the checkpoints in")
+    outs = [folder / f"trial-{t.number}.safetensors" for t in chosen]
+    there = [str(out) for out in outs if out.exists()]
+    if there and not force:
+        raise ConfigError(f"{there[0]} already exists; pass --force to overwrite it")
+    missing = [t for t in chosen if not _stored(store, t)]
+    if missing and not retrain:
+        which = f"trial {missing[0].number} has" if len(missing) == 1 else f"trials {_numbers(missing)} have"
+        raise SearchError(
+            f"{which} no stored checkpoint ({_why_missing(missing[0], store)}); pass --retrain to train "
+            "their params again, or ask for fewer with --top"
+        )
+    return [export_checkpoint(study, store, out, t.number, force, retrain) for t, out in zip(chosen, outs)]
+
+
+def _numbers(trials: list[FrozenTrial]) -> str:
+    return ", ".join(str(t.number) for t in trials)
+
+
+def _stored(store: AtomicArtifactStore, trial: FrozenTrial) -> bool:
+    artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if not artifact_id:
+        return False
+    try:
+        store.open_reader(artifact_id).close()
+    except ArtifactNotFound:
+        return False
+    return True
+
+
 def _why_missing(trial: FrozenTrial, store: AtomicArtifactStore) -> str:
     if trial.state != TrialState.COMPLETE:
         return f"it is {trial.state.name}"

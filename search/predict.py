@@ -1,10 +1,13 @@
-"""``search predict``: a submission CSV from a checkpoint and a folder of images."""
+"""``search predict``: a submission CSV from a checkpoint (or an ensemble of them) and a folder of images."""
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from training.data.sources import IMAGE_EXTENSIONS
 from training.errors import ConfigError, DataError
@@ -30,7 +33,7 @@ def _listed(images: Path, info: Path) -> tuple[list[str], list[dict[str, str]], 
 
 
 def write_predictions(
-    checkpoint: Path,
+    checkpoints: Sequence[Path],
     images: Path,
     out: Path,
     info: Path | None = None,
@@ -39,9 +42,12 @@ def write_predictions(
     quiet: bool = False,
     force: bool = False,
 ) -> int:
-    """Predict every image and write the CSV atomically; returns the number of rows."""
+    """Predict every image and write the CSV atomically; returns the number of rows. Several
+    checkpoints are an ensemble: each predicts at its own input size and normalisation, and their
+    class probabilities are averaged."""
     from tqdm import tqdm
 
+    from training.checkpoint import read_meta
     from training.predict import predict_files
 
     if not images.is_dir():
@@ -58,10 +64,18 @@ def write_predictions(
         rows, fields = [], []
     if not paths:
         raise DataError(f"no images in {images}")
-    with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
-        probs, meta = predict_files(checkpoint, paths, batch_size, flip_tta, progress=bar.update)
+    checked = [read_meta(c) for c in checkpoints]  # before any of them predicts
+    names = checked[0]["class_names"]
+    for checkpoint, meta in zip(checkpoints[1:], checked[1:]):
+        if meta["class_names"] != names:
+            raise ConfigError(
+                f"{checkpoint} predicts other classes than {checkpoints[0]} ({meta['class_names']} against {names}); "
+                "an ensemble needs checkpoints of the same classes"
+            )
+    with tqdm(total=len(paths) * len(checkpoints), unit="img", disable=quiet, desc="predicting") as bar:
+        each = [predict_files(c, paths, batch_size, flip_tta, progress=bar.update)[0] for c in checkpoints]
+    probs = np.mean(each, axis=0)
     labels = probs.argmax(axis=1)
-    names = meta["class_names"]
     with replacing(out, "predictions") as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file)
         if info is not None:  # the competition's format: its own rows, ans filled in

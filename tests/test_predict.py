@@ -10,8 +10,9 @@ from conftest import tiny_config
 
 from search.cli import main
 from training import train
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.loop import InputPipe, build_loaders, predict_probs, prepare_data
+from training.predict import predict_files
 
 
 @pytest.fixture
@@ -89,3 +90,25 @@ def test_predict_with_a_file_that_is_not_a_checkpoint_says_so_in_one_line(checkp
         assert code == 1 and said in err[-1] and str(path) in err[-1], err
         assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_several_checkpoints_predict_as_an_ensemble_each_at_its_own_size(checkpoint_and_images, tmp_path):
+    config, checkpoint, images, names, _ = checkpoint_and_images
+    other = train(tiny_config(config.data.root, seed=7, data={"image_size": 24}, output_dir=tmp_path / "other"))
+    paths = [str(images / n) for n in sorted(names)]
+    single = [predict_files(c, paths)[0] for c in (checkpoint, other.checkpoint)]
+    assert not np.allclose(single[0], single[1])  # two different models
+    out = tmp_path / "ensemble.csv"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(other.checkpoint), "--images", str(images),
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    rows = sorted(csv.DictReader(open(out)), key=lambda r: r["path"])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in ("cat", "dog", "fox")] for r in rows])
+    assert np.allclose(probs, (single[0] + single[1]) / 2, atol=2e-6)
+    assert [int(r["label"]) for r in rows] == probs.argmax(1).tolist()
+
+    model, meta = load_checkpoint(checkpoint)  # a checkpoint of other classes cannot join the ensemble
+    save_checkpoint(tmp_path / "birds.safetensors", model, {**meta, "class_names": ["crow", "gull", "owl"]})
+    mixed = tmp_path / "mixed.csv"
+    code = main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "birds.safetensors"),
+                 "--images", str(images), "--out", str(mixed), "--quiet"])  # fmt: skip
+    assert code == 2 and not mixed.exists()

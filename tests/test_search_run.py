@@ -251,6 +251,38 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
         aside.rename(stored)
 
 
+def test_export_top_writes_the_best_trials_for_an_ensemble_and_nothing_when_it_refuses(tmp_path):
+    env = {"SEARCH_HOME": str(tmp_path / "home")}
+    three = ["--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "pruner={name: none}", "--set", "enqueue=[]"]
+    assert search_here("run", *three, "--set", "checkpoints.keep_top_k=2", env=env).returncode == 0
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/home/studies.db")
+    best = sorted(study.trials, key=lambda t: -t.value)
+    assert [t.state for t in best] == [TrialState.COMPLETE] * 3
+    folder = tmp_path / "top"
+    # the third best's checkpoint went to retention (keep_top_k=2): the export stops before writing any
+    refused = search_here("export", "--study", "lr-sweep", "--top", "3", "--out", str(folder), env=env)
+    assert refused.returncode == 1 and f"trial {best[2].number} has no stored checkpoint" in refused.stderr
+    assert "removed by checkpoint retention" in refused.stderr and "--retrain" in refused.stderr
+    assert not folder.exists() or not any(folder.iterdir())
+    two = search_here("export", "--study", "lr-sweep", "--top", "2", "--out", str(folder), env=env)
+    assert two.returncode == 0, two.stderr
+    assert sorted(folder.iterdir()) == sorted(folder / f"trial-{t.number}.safetensors" for t in best[:2])
+    for trial in best[:2]:
+        assert read_meta(folder / f"trial-{trial.number}.safetensors")["metrics"]["macro_f1"] == trial.value
+    again = search_here("export", "--study", "lr-sweep", "--top", "1", "--out", str(folder), env=env)
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+    # more than there are: all of them (the third trained again), and it says so
+    four = search_here(
+        "export", "--study", "lr-sweep", "--top", "4", "--out", str(folder), "--retrain", "--force", env=env
+    )
+    assert four.returncode == 0 and "only 3 complete trial(s)" in four.stderr, four.stderr
+    assert read_meta(folder / f"trial-{best[2].number}.safetensors")["metrics"]["macro_f1"] == pytest.approx(
+        best[2].value
+    )
+    both = search_here("export", "--study", "lr-sweep", "--top", "1", "--trial", "0", "--out", str(folder), env=env)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_running_again_continues_the_same_study(finished_study):
     args = [a if a != "5" else "7" for a in finished_study["args"]]
     reordered = [  # the study file edited: the same choices in another order are the same space
