@@ -7,8 +7,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from training.data.sources import IMAGE_EXTENSIONS
 from training.errors import ConfigError, DataError
 from training.files import replacing
@@ -72,9 +70,8 @@ def write_predictions(
                 f"{checkpoint} predicts other classes than {checkpoints[0]} ({meta['class_names']} against {names}); "
                 "an ensemble needs checkpoints of the same classes"
             )
-    with tqdm(total=len(paths) * len(checkpoints), unit="img", disable=quiet, desc="predicting") as bar:
-        each = [predict_files(c, paths, batch_size, flip_tta, progress=bar.update)[0] for c in checkpoints]
-    probs = np.mean(each, axis=0)
+    with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
+        probs, _ = predict_files(checkpoints, paths, batch_size, flip_tta, progress=bar.update)
     labels = probs.argmax(axis=1)
     with replacing(out, "predictions") as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file)

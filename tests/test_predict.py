@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
+import training.predict
 from search.cli import main
 from training import train
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data.cache import decode_image
 from training.loop import InputPipe, build_loaders, predict_probs, prepare_data
 from training.predict import predict_files
 
@@ -92,11 +94,11 @@ def test_predict_with_a_file_that_is_not_a_checkpoint_says_so_in_one_line(checkp
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_several_checkpoints_predict_as_an_ensemble_each_at_its_own_size(checkpoint_and_images, tmp_path):
+def test_several_checkpoints_predict_as_an_ensemble_each_at_its_own_size(checkpoint_and_images, tmp_path, monkeypatch):
     config, checkpoint, images, names, _ = checkpoint_and_images
     other = train(tiny_config(config.data.root, seed=7, data={"image_size": 24}, output_dir=tmp_path / "other"))
     paths = [str(images / n) for n in sorted(names)]
-    single = [predict_files(c, paths)[0] for c in (checkpoint, other.checkpoint)]
+    single = [predict_files([c], paths)[0] for c in (checkpoint, other.checkpoint)]
     assert not np.allclose(single[0], single[1])  # two different models
     out = tmp_path / "ensemble.csv"
     assert main(["predict", "--checkpoint", str(checkpoint), str(other.checkpoint), "--images", str(images),
@@ -105,6 +107,10 @@ def test_several_checkpoints_predict_as_an_ensemble_each_at_its_own_size(checkpo
     probs = np.array([[float(r[f"prob_{c}"]) for c in ("cat", "dog", "fox")] for r in rows])
     assert np.allclose(probs, (single[0] + single[1]) / 2, atol=2e-6)
     assert [int(r["label"]) for r in rows] == probs.argmax(1).tolist()
+    decodes = []  # an image is decoded once for each input size among the checkpoints, not for each checkpoint
+    monkeypatch.setattr(training.predict, "decode_image", lambda p, size: decodes.append(size) or decode_image(p, size))
+    predict_files([checkpoint, other.checkpoint, checkpoint], paths)
+    assert sorted(decodes) == sorted([(16, 16)] * len(paths) + [(24, 24)] * len(paths))
 
     model, meta = load_checkpoint(checkpoint)  # a checkpoint of other classes cannot join the ensemble
     save_checkpoint(tmp_path / "birds.safetensors", model, {**meta, "class_names": ["crow", "gull", "owl"]})

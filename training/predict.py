@@ -17,38 +17,53 @@ from training.loop import InputPipe, autocast, resolve_device
 
 
 def predict_files(
-    checkpoint: Path,
+    checkpoints: Sequence[Path],
     paths: Sequence[str],
     batch_size: int = 256,
     flip_tta: bool = False,
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Class probabilities (N, C) for image files, and the checkpoint's header.
+) -> tuple[np.ndarray, list[dict]]:
+    """Class probabilities (N, C) for image files, averaged over the checkpoints (an ensemble), and
+    their headers.
 
-    Images are decoded and resized exactly as for training (OpenCV, INTER_AREA, RGB).
-    ``flip_tta`` averages the probabilities of each image and its horizontal mirror.
+    Images are decoded and resized exactly as for training (OpenCV, INTER_AREA, RGB), once per
+    batch for each input size among the checkpoints. ``flip_tta`` averages the probabilities of
+    each image and its horizontal mirror.
     """
     where = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint, device=str(where))
+    models, metas = zip(*(load_checkpoint(c, device=str(where)) for c in checkpoints))
     if where.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    size = tuple(meta["input_size"][1:])
-    pipe = InputPipe(meta["mean"], meta["std"], where)
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    pipes = [InputPipe(meta["mean"], meta["std"], where) for meta in metas]
     out = []
     with torch.inference_mode(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            images = list(pool.map(lambda p: decode_image(p, size), chunk))
-            for path, image in zip(chunk, images):
-                if image is None:
-                    raise DataError(f"cannot read image {path}; replace or remove it")
-            x = pipe(torch.from_numpy(np.stack(images)))
-            with autocast(where):
-                probs = torch.softmax(model(x).float(), dim=1)
-                if flip_tta:
-                    probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
-            out.append(probs.cpu())
+            decoded: dict[tuple[int, int], torch.Tensor] = {}
+            probs = torch.zeros(())
+            for model, meta, pipe in zip(models, metas, pipes):
+                size = tuple(meta["input_size"][1:])
+                if size not in decoded:
+                    decoded[size] = _decode(pool, chunk, size)
+                probs = probs + _probabilities(model, pipe(decoded[size]), where, flip_tta)
+            out.append(probs / len(models))
             if progress is not None:
                 progress(len(chunk))
-    return torch.cat(out).numpy(), meta
+    return torch.cat(out).numpy(), list(metas)
+
+
+def _decode(pool: ThreadPoolExecutor, chunk: Sequence[str], size: tuple[int, int]) -> torch.Tensor:
+    images = list(pool.map(lambda p: decode_image(p, size), chunk))
+    for path, image in zip(chunk, images):
+        if image is None:
+            raise DataError(f"cannot read image {path}; replace or remove it")
+    return torch.from_numpy(np.stack(images))
+
+
+def _probabilities(model: torch.nn.Module, x: torch.Tensor, where: torch.device, flip_tta: bool) -> torch.Tensor:
+    with autocast(where):
+        probs = torch.softmax(model(x).float(), dim=1)
+        if flip_tta:
+            probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
+    return probs.cpu()
