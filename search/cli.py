@@ -149,6 +149,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    from search.delete import delete_study
+    from search.storage import load_existing, open_storage
+
+    storage = open_storage(_storage(args))
+    print(delete_study(storage, load_existing(storage, args.study), _store(args), args.yes), file=sys.stderr)
+    return 0
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from search.export import choose_trial
 
@@ -241,6 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
+    "delete": cmd_delete,
     "report": cmd_report,
     "run": cmd_run,
     "status": cmd_status,
@@ -348,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     predict.add_argument("--batch-size", type=_count(1), default=256)
     predict.add_argument("--force", action="store_true", help="overwrite --out")
+
+    delete = sub.add_parser("delete", parents=[common], help="delete a study and the files it stored")
+    delete.add_argument("--study", required=True)
+    delete.add_argument("--yes", action="store_true", help="delete (without it: say what would be deleted)")
 
     dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the same storage")
     dash.add_argument("--study", required=True)

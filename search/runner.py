@@ -40,9 +40,9 @@ from search.storage import (
     open_storage,
     redact,
 )
-from search.studyfile import Study
+from search.studyfile import Study, changed_setup
 from training import prepare_data
-from training.errors import SearchError
+from training.errors import ConfigError, SearchError
 from training.loop import resolve_device
 from training.models import fetch_weights
 
@@ -105,6 +105,13 @@ def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]
         )
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", json.dumps(spec.model_dump(mode="json"), sort_keys=True))
+    elif changes := changed_setup(json.loads(study.user_attrs["spec"]), spec):
+        then = ", ".join(f"{key}={before!r}" for key, before, _ in changes[:3])
+        now = ", ".join(f"{key}={after!r}" for key, _, after in changes[:3])
+        raise ConfigError(
+            f"study '{spec.name}' was made with {then}; this run has {now}, and its trials would not compare "
+            "with the study's earlier ones. Put these back, or run the change as a new study (--set name=NEW_NAME)"
+        )
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return spec, study
@@ -150,13 +157,14 @@ class AfterTrial:
 
 def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Study, AtomicArtifactStore, optuna.Study]:
     """What a run needs before its first trial, each mistake one line before anything trains: the
-    artifact folder (before the decode, so it is answered at once), the study (a space its trials
-    cannot take), the device (one this machine lacks), the pretrained weights (fetched once into the
-    machine's cache; a hub out of reach), the data (decoded once, into the machine's cache).
+    artifact folder (before the decode, so it is answered at once), the device (one this machine
+    lacks), the study (a space its trials cannot take, another setup than it was made with), the
+    pretrained weights (fetched once into the machine's cache; a hub out of reach), the data
+    (decoded once, into the machine's cache).
     `search run --workers N` calls it once itself, before its workers start."""
     store = AtomicArtifactStore(options.artifacts)
-    spec, study = create_study(spec, options)
     resolve_device(spec.train.device)
+    spec, study = create_study(spec, options)
     fetch_weights(spec.model)
     prepare_data(spec.data, spec.seed, progress=progress.decode)
     return spec, store, study

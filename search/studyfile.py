@@ -217,6 +217,46 @@ class Study(Frozen):
         return apply_params(base, params)
 
 
+# What may differ between runs of one study without making their trials incomparable: the study's
+# bookkeeping (the space has its own check, `fit_space`), where this machine keeps its files, and how
+# fast it trains. Everything else in a study file decides what a trial's macro-F1 means.
+_RUN_ONLY = (
+    "name", "budget", "checkpoints", "enqueue", "space", "sampler", "pruner",
+    "data.root", "data.cache_dir", "data.decode_threads", "model.weights",
+    "train.eval_batch_size", "train.device", "train.compile", "train.gpu_images_share",
+    "train.optimizer.lr", "train.accumulation_steps", "train.loss.name", "train.scheduler.name",
+)  # fmt: skip
+
+
+def changed_setup(recorded: dict[str, Any], spec: Study) -> list[tuple[str, Any, Any]]:
+    """What this run trains differently from the spec the study recorded when it was made, as
+    ``(key, then, now)``: the model, the data, the epochs, the fixed training settings, the seed.
+    The parameters the space samples are left out (a trial's own value wins), and so are keys the
+    recorded spec does not have (written by an earlier version)."""
+    now = spec.model_dump(mode="json")
+    sampled = {f"train.loss.{n}" for branch in now["space"]["loss"].values() for n in branch}
+    sampled |= {f"train.scheduler.{n}" for branch in now["space"]["scheduler"].values() for n in branch}
+    if now["space"].get("weight_decay") is not None:
+        sampled.add("train.optimizer.weight_decay")
+    skipped = (*_RUN_ONLY, *sampled)
+    changes = []
+    for key, value in _flat(now).items():
+        before = _flat(recorded).get(key, value)
+        if before != value and not any(key == k or key.startswith(f"{k}.") for k in skipped):
+            changes.append((key, before, value))
+    return changes
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def find_study_file(name_or_path: str) -> Path:
     """A path as given, else ``./studies/NAME.yaml``, else the project's own ``studies/NAME.yaml``."""
     given = Path(name_or_path)

@@ -122,7 +122,8 @@ def test_dashboard_reading_the_sqlite_file_never_disturbs_a_running_study(small_
     shutil.copytree(small_study, home)
     dashboard = Dashboard(home)
     env = {**os.environ, "SEARCH_HOME": str(home)}
-    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", "--n-trials", "6", *TINY]
+    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", "--n-trials", "6", *TINY,
+               "--set", "train.epochs=2"]  # fmt: skip
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reads = 0
     try:

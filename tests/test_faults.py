@@ -250,11 +250,15 @@ def _bad_data(tmp_path: Path) -> dict[str, str]:
 
 
 BAD_INPUTS = [
-    ("missing data root", ["run", "--study", "lr-sweep", "--set", "data.source=folder", "--set", "data.root=/nope"],
+    # the data cases run as new studies: the one-trial study was made on other data, and says so first
+    ("missing data root", ["run", "--study", "lr-sweep", "--set", "name=d1", "--set", "data.source=folder", "--set",
+     "data.root=/nope"],
      1, "/nope does not exist"),
-    ("empty data root", ["run", "--study", "lr-sweep", "--set", "data.source=folder", "--set", "data.root={empty}"],
+    ("empty data root", ["run", "--study", "lr-sweep", "--set", "name=d2", "--set", "data.source=folder", "--set",
+     "data.root={empty}"],
      1, "has no class subfolders"),
-    ("bad labels csv", ["run", "--study", "lr-sweep", "--set", "data.source=csv", "--set", "data.root={csv}"],
+    ("bad labels csv", ["run", "--study", "lr-sweep", "--set", "name=d3", "--set", "data.source=csv", "--set",
+     "data.root={csv}"],
      1, "labels.csv:3: empty path or label"),
     ("malformed storage URL", ["status", "--study", "lr-sweep", "--storage", "not a url"], 2, "is malformed"),
     ("password never shown", ["status", "--study", "x", "--storage", "postgresql://u:s3cret@"], 1, "***"),
@@ -297,10 +301,12 @@ BAD_INPUTS = [
     ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
      "{csv}/artifacts"], 1, "cannot make the artifact folder"),
     # the run decodes and splits before its workers start: one line, not one per worker
-    ("data root missing, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--set", "data.source=folder",
+    ("data root missing, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--set", "name=d4", "--set",
+     "data.source=folder",
      "--set", "data.root=/nope"], 1, "/nope does not exist"),
     ("a split the data cannot give", ["run", "--study", "lr-sweep", "--workers", "2", "--quiet", "--set",
-     "data.val_ratio=0.001"], 1, "data.val_ratio = 0.001 cuts the data into 1000 parts, it has only 675 images"),
+     "name=d5", "--set", "data.val_ratio=0.001"], 1,
+     "data.val_ratio = 0.001 cuts the data into 1000 parts, it has only 675 images"),
 ]  # fmt: skip
 
 

@@ -283,6 +283,47 @@ def test_export_top_writes_the_best_trials_for_an_ensemble_and_nothing_when_it_r
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
+def test_running_again_with_another_model_data_or_training_is_refused_before_a_trial(finished_study):
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    before = len(study.trials)
+    changed = search_here("run", *finished_study["args"], "--set", "train.epochs=4", "--set", "data.image_size=20",
+                          env=finished_study["env"])  # fmt: skip
+    assert changed.returncode == 2, changed.stderr
+    assert "was made with data.image_size=[16, 16], train.epochs=3; this run has data.image_size=[20, 20], " \
+           "train.epochs=4" in changed.stderr and "--set name=NEW_NAME" in changed.stderr  # fmt: skip
+    assert len(changed.stderr.strip().splitlines()) == 1
+    # where it runs, how fast, and the study's bookkeeping may change: nothing a trial's F1 depends on
+    same = ["--set", "train.device=cpu", "--set", "train.eval_batch_size=7", "--set", "data.decode_threads=1",
+            "--set", "checkpoints.keep_top_k=2", "--set", "pruner={name: none}", "--n-trials", "1"]  # fmt: skip
+    assert search_here("run", *finished_study["args"], *same, env=finished_study["env"]).returncode == 0
+    assert len(optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).trials) == before
+
+
+def test_delete_removes_a_study_and_every_file_it_stored_and_nothing_of_another(tmp_path):
+    env = {"SEARCH_HOME": str(tmp_path)}
+    two = ["--study", "lr-sweep", "--n-trials", "2", *TINY, "--set", "pruner={name: none}", "--set", "enqueue=[]"]
+    assert search_here("run", *two, "--set", "name=kept", env=env).returncode == 0
+    kept = {p.name for p in (tmp_path / "artifacts").iterdir()}
+    assert search_here("run", *two, "--set", "name=gone", env=env).returncode == 0
+    theirs = {p.name for p in (tmp_path / "artifacts").iterdir()} - kept
+    assert len(theirs) >= 3  # two checkpoints and the pictures of the trials' notes
+    url = f"sqlite:///{tmp_path}/studies.db"
+    running = optuna.load_study(study_name="gone", storage=url).ask()  # a worker still at it
+    busy = search_here("delete", "--study", "gone", "--yes", env=env)
+    assert busy.returncode == 1 and f"has running trials ({running.number}); stop its workers first" in busy.stderr
+    optuna.load_study(study_name="gone", storage=url).tell(running, state=TrialState.FAIL)
+
+    asked = search_here("delete", "--study", "gone", env=env)
+    assert asked.returncode == 2 and "pass --yes" in asked.stderr
+    assert f"study 'gone' (3 trials) and its {len(theirs)} stored files" in asked.stderr
+    assert {p.name for p in (tmp_path / "artifacts").iterdir()} == kept | theirs  # nothing deleted yet
+    done = search_here("delete", "--study", "gone", "--yes", env=env)
+    assert done.returncode == 0 and "deleted study 'gone'" in done.stderr, done.stderr
+    assert {p.name for p in (tmp_path / "artifacts").iterdir()} == kept
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["kept"]
+    assert "kept" in optuna_cli("studies", "--storage", url)  # the plain CLI still reads what is left
+
+
 def test_running_again_continues_the_same_study(finished_study):
     args = [a if a != "5" else "7" for a in finished_study["args"]]
     reordered = [  # the study file edited: the same choices in another order are the same space
