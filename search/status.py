@@ -49,7 +49,7 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     best = complete[0]
     lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
     names = sorted({k for t in complete[:top] for k in t.params})
-    widths = {n: max(8, len(n)) for n in names}
+    widths = {n: max(8, len(n), *(len(_cell(t.params.get(n))) for t in complete[:top])) for n in names}
     header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>{widths[n]}}" for n in names)
     lines += ["", header]
     for t in complete[:top]:

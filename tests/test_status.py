@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -52,3 +53,15 @@ def test_status_shows_no_importance_before_enough_trials_finished(tmp_path, monk
     assert main(["status", "--study", "lr-sweep"]) in (0, None)
     out = capsys.readouterr().out
     assert "best: trial" in out and _importance_lines(out) == []
+
+
+def test_the_top_trials_table_keeps_its_columns_whatever_the_values(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    _study_with(tmp_path, 6)  # 'cross_entropy' is wider than its column's name
+    assert main(["status", "--study", "lr-sweep"]) in (0, None)
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "macro-F1"])
+    table = lines[start : start + 7]
+    ends = [[m.end() for m in re.finditer(r"\S+", line)] for line in table]
+    assert all(row == ends[0] for row in ends[1:]), "\n".join(table)  # every value right-aligned under its name
+    assert any("cross_entropy" in line for line in table)
