@@ -149,6 +149,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    from search.storage import request_stop
+
+    study = _open_study(args)
+    request_stop(study)
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    print(
+        f"asked the workers of '{study.study_name}' to stop: they start no new trial, and finish the {running} "
+        "running first (search status shows them); a run started from now on goes on",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     from search.delete import delete_study
     from search.storage import load_existing, open_storage
@@ -251,6 +267,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "delete": cmd_delete,
+    "stop": cmd_stop,
     "report": cmd_report,
     "run": cmd_run,
     "status": cmd_status,
@@ -320,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace-period", type=_count(1), default=None, help=argparse.SUPPRESS)
     # set by --workers for each worker it starts (with --workers N): this process is one of them
     run.add_argument("--worker-index", type=_count(0), default=None, help=argparse.SUPPRESS)
+
+    stop = sub.add_parser("stop", parents=[common], help="let every running worker finish its trial and stop")
+    stop.add_argument("--study", required=True)
 
     for name, text in (
         ("status", "counts, running and failed trials, best, top trials"),

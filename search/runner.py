@@ -39,6 +39,7 @@ from search.storage import (
     describe_db_error,
     open_storage,
     redact,
+    stop_requests,
 )
 from search.studyfile import Study, changed_setup
 from training import prepare_data
@@ -181,21 +182,25 @@ def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     with scratch_folder(options.artifacts.parent / "work" / spec.name) as work_dir:
         objective = Objective(spec, store, work_dir, gate, progress)
         after_trial = AfterTrial(store, spec.checkpoints.keep_top_k, progress, options.n_trials)
-        _run_trials(study, objective, after_trial, gate, options, progress)
+        _run_trials(study, objective, after_trial, gate, options, progress, stop_requests(study))
         objective.pictures.wait()
     return study
 
 
 def _run_trials(
     study: optuna.Study, objective: Objective, after_trial: AfterTrial, gate: TrialGate, options: RunOptions,
-    progress: Progress,
+    progress: Progress, stops: int,
 ) -> None:  # fmt: skip
-    """One trial after another, while the study wants more and the timeout has not passed."""
+    """One trial after another, while the study wants more, the timeout has not passed and nobody
+    asked the study to stop since this worker started (``stops``: the count of requests then)."""
     deadline = time.monotonic() + options.timeout if options.timeout else None
     outage = StorageOutage(progress)
     while deadline is None or time.monotonic() < deadline:
         try:
             gate.acquire()
+            if stop_requests(study) > stops:
+                progress.line(f"study '{study.study_name}' was asked to stop (search stop): no new trial here")
+                break
             counts = state_counts(study)
             if counts["RUNNING"] and all_taken(counts, options.n_trials):
                 # Before waiting on the running trials: a killed worker's turns FAIL (and is queued

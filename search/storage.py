@@ -36,6 +36,7 @@ class StorageError(SearchError):
 
 
 CHECKPOINT_ATTR = "checkpoint_artifact"  # the user attribute naming a trial's checkpoint in the artifact store
+STOP_ATTR = "stop_requests"  # the study user attribute `search stop` counts up
 # What a database that went away raises, directly or through Optuna.
 STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
@@ -201,6 +202,18 @@ def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Stu
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
         raise SearchError(f"no study '{name}' in this storage; studies here: {names}") from None
+
+
+def stop_requests(study: optuna.Study) -> int:
+    """How many times ``search stop`` was asked for this study. A worker notes the count when it
+    starts and stops before its next trial once the count grew: a stop reaches the workers running
+    at the time, wherever they run, and a run started later goes on (no flag for it to clear, or to
+    clear too early for workers still finishing a trial)."""
+    return int(study.user_attrs.get(STOP_ATTR, 0))
+
+
+def request_stop(study: optuna.Study) -> None:
+    study.set_user_attr(STOP_ATTR, stop_requests(study) + 1)
 
 
 def artifact_dir(given: str | None) -> Path:

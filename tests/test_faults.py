@@ -22,11 +22,11 @@ FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
 RUN = ["run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT]
 
 
-def _start(home: Path, *args: str) -> subprocess.Popen:
+def _start(home: Path, *args: str, quiet: bool = True) -> subprocess.Popen:
     """A worker process, to be killed or interrupted; in a process group of its own, as a command
     started from a terminal is."""
     env = {**os.environ, "SEARCH_HOME": str(home)}
-    command = [sys.executable, "-m", "search", *RUN, *args]
+    command = [sys.executable, "-m", "search", *(a for a in RUN if quiet or a != "--quiet"), *args]
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -78,6 +78,28 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
             assert by_number[number].user_attrs == old.user_attrs and by_number[number].value == old.value
             stored = tmp_path / "artifacts" / old.user_attrs["checkpoint_artifact"]
             assert read_meta(stored)["metrics"]["macro_f1"] == old.value
+
+
+def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_on(tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    args = ["--n-trials", "30", "--workers", "2", "--set", "train.epochs=4", "--set", "pruner={name: none}"]
+    run = _start(tmp_path, *args, quiet=False)
+    _wait_mid_training(url, run, need_finished=0, need_running=2)
+    stop = search_here("stop", "--study", "lr-sweep", env={"SEARCH_HOME": str(tmp_path)})
+    stopped_at = time.time()
+    assert stop.returncode == 0 and "finish the 2 running first" in stop.stderr, stop.stderr
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err[-2000:]
+    assert err.count("was asked to stop (search stop): no new trial here") == 2, err[-2000:]
+    trials = optuna.load_study(study_name="lr-sweep", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * len(trials)  # the two finished, none failed
+    assert all(t.datetime_start.timestamp() < stopped_at for t in trials)  # and none started after the stop
+    assert all(t.user_attrs["epochs_run"] == 4 for t in trials)
+
+    later = search_here(*RUN, "--n-trials", str(len(trials) + 1), "--set", "train.epochs=4",
+                        "--set", "pruner={name: none}", env={"SEARCH_HOME": str(tmp_path)})  # fmt: skip
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert len(optuna.load_study(study_name="lr-sweep", storage=url).trials) == len(trials) + 1
 
 
 def test_a_worker_removes_only_what_dead_workers_of_its_own_machine_left(tmp_path):

@@ -213,7 +213,7 @@ def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_stu
     assert forced.returncode == 0 and read_meta(out)["metrics"] == meta["metrics"]
 
 
-@pytest.mark.parametrize("command", ["status", "best", "export"])
+@pytest.mark.parametrize("command", ["status", "best", "export", "stop"])
 def test_commands_that_read_the_study_answer_without_importing_torch(finished_study, tmp_path, command):
     """They read the database and copy a file: torch and timm would add seconds to each."""
     out = ["--out", str(tmp_path / "best.safetensors")] if command == "export" else []
