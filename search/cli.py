@@ -157,9 +157,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     study = _open_study(args)
     request_stop(study)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    now = f"finish the {running} running first (search status shows them)" if running else "none is running one now"
     print(
-        f"asked the workers of '{study.study_name}' to stop: they start no new trial, and finish the {running} "
-        "running first (search status shows them); a run started from now on goes on",
+        f"asked the workers of '{study.study_name}' to stop: they start no new trial, and {now}; a run started from "
+        "now on goes on",
         file=sys.stderr,
     )
     return 0

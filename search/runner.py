@@ -107,8 +107,8 @@ def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", json.dumps(spec.model_dump(mode="json"), sort_keys=True))
     elif changes := changed_setup(json.loads(study.user_attrs["spec"]), spec):
-        then = ", ".join(f"{key}={before!r}" for key, before, _ in changes[:3])
-        now = ", ".join(f"{key}={after!r}" for key, _, after in changes[:3])
+        then = ", ".join(f"{key}={_clipped(before)}" for key, before, _ in changes[:3])
+        now = ", ".join(f"{key}={_clipped(after)}" for key, _, after in changes[:3])
         raise ConfigError(
             f"study '{spec.name}' was made with {then}; this run has {now}, and its trials would not compare "
             "with the study's earlier ones. Put these back, or run the change as a new study (--set name=NEW_NAME)"
@@ -116,6 +116,11 @@ def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return spec, study
+
+
+def _clipped(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class AfterTrial:

@@ -292,6 +292,11 @@ def test_running_again_with_another_model_data_or_training_is_refused_before_a_t
     assert "was made with data.image_size=[16, 16], train.epochs=3; this run has data.image_size=[20, 20], " \
            "train.epochs=4" in changed.stderr and "--set name=NEW_NAME" in changed.stderr  # fmt: skip
     assert len(changed.stderr.strip().splitlines()) == 1
+    augment = ["--set", "train.augment.train=[{name: HorizontalFlip, p: 0.5}, {name: Affine, rotate: [-10, 10]}]"]
+    long = search_here("run", *finished_study["args"], *augment, env=finished_study["env"])
+    assert long.returncode == 2  # a long value clipped to 60 characters, the line still one line
+    clipped = re.search(r"this run has train\.augment\.train=(\[\{'name': 'Horiz.*?\.\.\.), and", long.stderr)
+    assert clipped and len(clipped.group(1)) == 60, long.stderr
     # where it runs, how fast, and the study's bookkeeping may change: nothing a trial's F1 depends on
     same = ["--set", "train.device=cpu", "--set", "train.eval_batch_size=7", "--set", "data.decode_threads=1",
             "--set", "checkpoints.keep_top_k=2", "--set", "pruner={name: none}", "--n-trials", "1"]  # fmt: skip
