@@ -200,6 +200,7 @@ def _run_trials(
     asked the study to stop since this worker started (``stops``: the count of requests then)."""
     deadline = time.monotonic() + options.timeout if options.timeout else None
     outage = StorageOutage(progress)
+    started = 0
     while deadline is None or time.monotonic() < deadline:
         try:
             gate.acquire()
@@ -216,11 +217,17 @@ def _run_trials(
                 counts = state_counts(study)
             finished = counts["COMPLETE"] + counts["PRUNED"]
             if finished >= options.n_trials:
+                if not started and options.worker_index == 0:
+                    progress.line(
+                        f"the study has {finished} finished trials of the {options.n_trials} asked for: nothing to "
+                        "run (a larger --n-trials or budget.n_trials goes on)"
+                    )
                 break
             if all_taken(counts, options.n_trials):
                 gate.release()  # the rest is taken; wait in case one of them fails
                 time.sleep(POLL_SECONDS)
                 continue
+            started += 1
             study.optimize(
                 objective,
                 n_trials=1,

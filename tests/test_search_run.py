@@ -300,8 +300,13 @@ def test_running_again_with_another_model_data_or_training_is_refused_before_a_t
     # where it runs, how fast, and the study's bookkeeping may change: nothing a trial's F1 depends on
     same = ["--set", "train.device=cpu", "--set", "train.eval_batch_size=7", "--set", "data.decode_threads=1",
             "--set", "checkpoints.keep_top_k=2", "--set", "pruner={name: none}", "--n-trials", "1"]  # fmt: skip
-    assert search_here("run", *finished_study["args"], *same, env=finished_study["env"]).returncode == 0
-    assert len(optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).trials) == before
+    verbose = [a for a in finished_study["args"] if a != "--quiet"]
+    again = search_here("run", *verbose, *same, env=finished_study["env"])
+    assert (
+        again.returncode == 0
+        and len(optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).trials) == before
+    )
+    assert f"the study has {before} finished trials of the 1 asked for: nothing to run" in again.stderr, again.stderr
 
 
 def test_delete_removes_a_study_and_every_file_it_stored_and_nothing_of_another(tmp_path):
