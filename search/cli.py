@@ -207,11 +207,25 @@ def cmd_studies(args: argparse.Namespace) -> int:
     from search.storage import open_storage
 
     summaries = optuna.get_all_study_summaries(open_storage(_storage(args)), include_best_trial=True)
-    print(f"{'study':30} {'trials':>6} {'best macro-F1':>14}")
+    print(f"{'study':30} {'trials':>6} {'best macro-F1':>14}  {'started':16}  what it trains")
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
-        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}")
+        started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
+        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {_setup(s.user_attrs.get('spec'))}")
     return 0
+
+
+def _setup(spec_json: str | None) -> str:
+    """A study's model, data and epochs, from the spec it recorded when it was made."""
+    if spec_json is None:
+        return "-"
+    spec = json.loads(spec_json)
+    data, train = spec["data"], spec["train"]
+    height, width = data["image_size"]
+    return (
+        f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} epochs "
+        f"of batch {train['batch_size']}"
+    )
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

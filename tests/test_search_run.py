@@ -129,7 +129,14 @@ def test_status_best_and_studies_commands(finished_study):
     assert "complete" in status and "pruned" in status and "best: trial" in status
     best = json.loads(search_here("best", "--study", "lr-sweep", env=env).stdout)
     assert FOUR <= set(best["params"]) and best["metrics"]["macro_f1"] == best["value"]
-    assert "lr-sweep" in search_here("studies", env=env).stdout
+    studies = search_here("studies", env=env).stdout.splitlines()
+    best_value = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).best_value
+    assert studies[0].split()[:3] == ["study", "trials", "best"] and len(studies) == 2
+    assert re.fullmatch(
+        rf"lr-sweep +\d+ +{best_value:.4f}  \d{{4}}-\d\d-\d\d \d\d:\d\d  "
+        r"test_resnet, demo data at 16x16, 3 epochs of batch 32",
+        studies[1],
+    ), studies
 
 
 def test_status_shows_the_running_trials_and_why_trials_failed(tmp_path):
