@@ -217,15 +217,16 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 def _setup(spec_json: str | None) -> str:
     """A study's model, data and epochs, from the spec it recorded when it was made."""
-    if spec_json is None:
+    try:
+        spec = json.loads(spec_json)
+        data, train = spec["data"], spec["train"]
+        height, width = data["image_size"]
+        return (
+            f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} epochs "
+            f"of batch {train['batch_size']}"
+        )
+    except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
         return "-"
-    spec = json.loads(spec_json)
-    data, train = spec["data"], spec["train"]
-    height, width = data["image_size"]
-    return (
-        f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} epochs "
-        f"of batch {train['batch_size']}"
-    )
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -8,20 +8,17 @@ import json
 
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search.storage import CHECKPOINT_ATTR, AtomicArtifactStore, SearchStorage
 from training.errors import ConfigError, SearchError
 
 
-def study_artifacts(storage: SearchStorage, study: optuna.Study) -> set[str]:
+def study_artifacts(storage: SearchStorage, study: optuna.Study, trials: list[FrozenTrial]) -> set[str]:
     """The ids of everything the study stored: checkpoints (recorded on their trials) and the
     pictures of the trials' notes (recorded on the study, where optuna-dashboard looks)."""
-    ids = {t.user_attrs[CHECKPOINT_ATTR] for t in study.get_trials(deepcopy=False) if CHECKPOINT_ATTR in t.user_attrs}
-    attrs = [
-        storage.get_study_system_attrs(study._study_id),
-        *(t.system_attrs for t in study.get_trials(deepcopy=False)),
-    ]
+    ids = {t.user_attrs[CHECKPOINT_ATTR] for t in trials if CHECKPOINT_ATTR in t.user_attrs}
+    attrs = [storage.get_study_system_attrs(study._study_id), *(t.system_attrs for t in trials)]
     for key, value in ((k, v) for a in attrs for k, v in a.items()):
         if key.startswith(("artifacts:", "dashboard:artifacts:")):
             with contextlib.suppress(ValueError, TypeError, KeyError):
@@ -39,7 +36,7 @@ def delete_study(storage: SearchStorage, study: optuna.Study, store: AtomicArtif
         raise SearchError(
             f"study '{study.study_name}' has running trials ({', '.join(map(str, running))}); stop its workers first"
         )
-    ids = study_artifacts(storage, study)
+    ids = study_artifacts(storage, study, trials)
     files = [store.base_path / i for i in ids if (store.base_path / i).is_file()]
     size = sum(f.stat().st_size for f in files) / 1e6
     what = f"study '{study.study_name}' ({len(trials)} trials) and its {len(files)} stored "

@@ -66,9 +66,7 @@ def export_top(
     """The ``top`` best complete trials' checkpoints as ``folder/trial-<number>.safetensors``, for an
     ensemble (``search predict`` with all of them). Everything is checked before the first file is
     written, so a refused export leaves nothing behind."""
-    complete = sorted(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), key=lambda t: -t.value
-    )
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     if not complete:
         choose_trial(study, None)  # says there is none yet
     chosen = complete[:top]
