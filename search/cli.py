@@ -222,8 +222,8 @@ def _setup(spec_json: str | None) -> str:
         data, train = spec["data"], spec["train"]
         height, width = data["image_size"]
         return (
-            f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} epochs "
-            f"of batch {train['batch_size']}"
+            f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} "
+            f"epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
         )
     except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
         return "-"
