@@ -111,7 +111,8 @@ def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]
         now = ", ".join(f"{key}={_clipped(after)}" for key, _, after in changes[:3])
         raise ConfigError(
             f"study '{spec.name}' was made with {then}; this run has {now}, and its trials would not compare "
-            "with the study's earlier ones. Put these back, or run the change as a new study (--set name=NEW_NAME)"
+            "with the study's earlier ones. Put these back, run the change as a new study (--set name=NEW_NAME), "
+            f"or delete this one first (search delete --study {spec.name})"
         )
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)

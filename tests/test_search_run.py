@@ -297,7 +297,8 @@ def test_running_again_with_another_model_data_or_training_is_refused_before_a_t
                           env=finished_study["env"])  # fmt: skip
     assert changed.returncode == 2, changed.stderr
     assert "was made with data.image_size=[16, 16], train.epochs=3; this run has data.image_size=[20, 20], " \
-           "train.epochs=4" in changed.stderr and "--set name=NEW_NAME" in changed.stderr  # fmt: skip
+           "train.epochs=4" in changed.stderr  # fmt: skip
+    assert "(--set name=NEW_NAME), or delete this one first (search delete --study lr-sweep)" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
     augment = ["--set", "train.augment.train=[{name: HorizontalFlip, p: 0.5}, {name: Affine, rotate: [-10, 10]}]"]
     long = search_here("run", *finished_study["args"], *augment, env=finished_study["env"])
