@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from training.errors import SearchError
+from training.errors import ConfigError, SearchError
 
 
 def _storage(args: argparse.Namespace) -> str:
@@ -187,9 +187,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.export import export_checkpoint, export_top
+    from search.export import export_all_data, export_checkpoint, export_top
 
     study, store = _open_study(args), _store(args)
+    if args.all_data:
+        if args.top is not None or args.retrain:
+            raise ConfigError("--all-data trains one trial's recipe on all the data: not with --top or --retrain")
+        trial = export_all_data(study, Path(args.out), args.trial, args.force)
+        print(
+            f"trial {trial.number}'s params trained on all the data for {trial.user_attrs['best_epoch'] + 1} "
+            f"epoch(s), its best (its macro-F1 then {trial.value:.4f}), exported to {args.out}"
+        )
+        return 0
     if args.top is None:
         exported = [export_checkpoint(study, store, Path(args.out), args.trial, args.force, args.retrain)]
     else:
@@ -376,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the checkpoint file (with --top, the folder) to write")
     export.add_argument("--force", action="store_true", help="overwrite --out")
     export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
+    export.add_argument(
+        "--all-data", action="store_true",
+        help="train the trial's params again on all the data (its validation split too) up to its best epoch",
+    )  # fmt: skip
 
     sub.add_parser("studies", parents=[common], help="list the studies in a storage")
 

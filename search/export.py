@@ -55,6 +55,29 @@ def export_checkpoint(
     return trial, out
 
 
+def export_all_data(study: optuna.Study, out: Path, number: int | None = None, force: bool = False) -> FrozenTrial:
+    """The trial's params trained again on all the data (its validation split too) up to the epoch
+    where the trial peaked, for the final submission; the best complete trial unless ``number``."""
+    from training import TrainConfig  # torch and timm: seconds to import, for this path only
+    from training.loop import train_on_all_data
+
+    trial = choose_trial(study, number)
+    if trial.state != TrialState.COMPLETE or "config" not in trial.user_attrs:
+        raise SearchError(
+            f"trial {trial.number} is {trial.state.name}: --all-data trains a complete trial's recipe up to its "
+            "best epoch; give a complete one (search status lists them)"
+        )
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force to overwrite it")
+    epochs = trial.user_attrs["best_epoch"] + 1
+    validation_f1 = [trial.intermediate_values[epoch] for epoch in range(epochs)]
+    config = TrainConfig.model_validate_json(trial.user_attrs["config"]).model_copy(update={"output_dir": None})
+    with replacing(out, "checkpoint") as temporary:
+        train_on_all_data(config, validation_f1, temporary)
+    return trial
+
+
 def export_top(
     study: optuna.Study,
     store: AtomicArtifactStore,

@@ -14,8 +14,8 @@ from conftest import tiny_config
 from safetensors import safe_open
 
 from training import NonFiniteLossError, SearchError, train
-from training.checkpoint import load_checkpoint
-from training.loop import InputPipe, build_loaders, predict_probs, prepare_data
+from training.checkpoint import load_checkpoint, read_meta
+from training.loop import InputPipe, build_loaders, predict_probs, prepare_data, set_up, train_on_all_data
 from training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,3 +274,19 @@ def test_asking_for_cuda_where_there_is_none_is_a_configuration_error():
         with pytest.raises(ConfigError, match=f"train.device = '{name}', but torch finds no CUDA device here"):
             resolve_device(name)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+
+
+def test_training_on_all_the_data_trains_every_image_and_replays_the_trials_schedule(folder_dataset, tmp_path):
+    config = tiny_config(folder_dataset, scheduler={"name": "plateau", "plateau_factor": 0.5, "plateau_patience": 0})
+    data = prepare_data(config.data, config.seed)
+    assert len(data.val_idx) > 0
+    run = set_up(config, all_data=True)
+    assert run.data.train_idx.tolist() == list(range(len(data.decoded.labels)))  # the validation split trains too
+    assert run.train_epoch(0)[1] == len(data.decoded.labels)
+    # a trial whose macro-F1 fell after its first epoch: plateau (patience 0) halved its rate twice
+    out = train_on_all_data(config, [0.5, 0.4, 0.3], tmp_path / "all.safetensors")
+    meta = read_meta(out)
+    assert meta["trained_on"]["images"] == len(data.decoded.labels) and meta["metrics"] == {}
+    assert meta["trained_on"]["epoch_lr"] == pytest.approx([3e-3, 3e-3, 1.5e-3])
+    model, _ = load_checkpoint(out)
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)

@@ -220,6 +220,28 @@ def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_stu
     assert forced.returncode == 0 and read_meta(out)["metrics"] == meta["metrics"]
 
 
+def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_best_epoch(finished_study, tmp_path):
+    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    best, env = study.best_trial, finished_study["env"]
+    out = tmp_path / "final.safetensors"
+    done = search_here("export", "--study", "lr-sweep", "--all-data", "--out", str(out), env=env)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"trial {best.number}'s params trained on all the data for {best.user_attrs['best_epoch'] + 1}" in done.stdout
+    )
+    meta = read_meta(out)
+    assert meta["epoch"] == best.user_attrs["best_epoch"] and meta["metrics"] == {}
+    assert meta["trained_on"]["images"] == 675 and meta["config"]["optimizer"]["lr"] == best.params["lr"]
+    trial_model = read_meta(finished_study["home"] / "artifacts" / best.user_attrs["checkpoint_artifact"])
+    assert trial_model["metrics"]["macro_f1"] == best.value  # the trial's own checkpoint, untouched
+    pruned = next(t for t in study.trials if t.state == TrialState.PRUNED)
+    refused = search_here("export", "--study", "lr-sweep", "--all-data", "--trial", str(pruned.number), "--out",
+                          str(tmp_path / "p.safetensors"), env=env)  # fmt: skip
+    assert refused.returncode == 1 and f"trial {pruned.number} is PRUNED" in refused.stderr
+    both = search_here("export", "--study", "lr-sweep", "--all-data", "--top", "2", "--out", str(tmp_path), env=env)
+    assert both.returncode == 2 and "not with --top or --retrain" in both.stderr
+
+
 @pytest.mark.parametrize("command", ["status", "best", "export", "stop"])
 def test_commands_that_read_the_study_answer_without_importing_torch(finished_study, tmp_path, command):
     """They read the database and copy a file: torch and timm would add seconds to each."""

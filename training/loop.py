@@ -13,8 +13,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -355,11 +355,14 @@ class Training:
         )
 
 
-def set_up(config: TrainConfig) -> Training:
+def set_up(config: TrainConfig, all_data: bool = False) -> Training:
     """A run ready for its first epoch: the data decoded (or found in the cache), the model on the
-    device (channels_last and cuDNN autotuning on CUDA) and compiled if asked."""
+    device (channels_last and cuDNN autotuning on CUDA) and compiled if asked. ``all_data``: the
+    validation split trains too."""
     device = resolve_device(config.device)
     data = prepare_data(config.data, config.seed)
+    if all_data:
+        data = replace(data, train_idx=np.sort(np.concatenate([data.train_idx, data.val_idx])))
     seed_everything(config.seed)
     model = create_model(config.model, data.num_classes).to(device)
     if device.type == "cuda":
@@ -382,6 +385,23 @@ def set_up(config: TrainConfig) -> Training:
         optimizer=optimizer,
         schedule=build_schedule(optimizer, config.scheduler, config.epochs),
     )
+
+
+def train_on_all_data(config: TrainConfig, validation_f1: Sequence[float], out: Path) -> Path:
+    """A trial's recipe again on every image, its validation split included, for as many epochs as
+    ``validation_f1`` holds (the trial's macro-F1 per epoch up to its best: where it peaked), as the
+    final model of a competition. The schedule steps as in the trial, the plateau scheduler reading
+    the trial's own macro-F1 since nothing is held out to measure a new one. The last epoch's
+    weights are the checkpoint; its header has no metrics, only what it was trained on."""
+    run = set_up(config, all_data=True)
+    rates = []
+    for epoch, f1 in enumerate(validation_f1):
+        rates.append(run.schedule.lr())
+        run.train_epoch(epoch)
+        run.schedule.after_epoch(f1)
+    meta = checkpoint_meta(config, run.data, run.norm, len(validation_f1) - 1, {})
+    meta["trained_on"] = {"images": len(run.data.train_idx), "held_out": 0, "epoch_lr": rates}
+    return save_checkpoint(out, run.model, meta)
 
 
 def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
