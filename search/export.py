@@ -1,4 +1,6 @@
-"""Export a trial's checkpoint as a self-describing file that loads into a plain timm model."""
+"""Export a trial's checkpoint as a self-describing file that loads into a plain timm model: the
+best trial's, any trial's, the best K for an ensemble, or the trial's params trained again on all
+the data for the final submission."""
 
 from __future__ import annotations
 
