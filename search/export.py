@@ -43,9 +43,7 @@ def export_checkpoint(
 ) -> tuple[FrozenTrial, Path]:
     """Copy (or with ``retrain``, remake) the trial's best checkpoint to ``out``, atomically."""
     trial = choose_trial(study, number)
-    out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to overwrite it")
+    out = _free(out, force)
     with replacing(out, "checkpoint") as temporary:
         if not _download(store, trial, temporary):
             if not retrain:
@@ -60,24 +58,28 @@ def export_checkpoint(
 def export_all_data(study: optuna.Study, out: Path, number: int | None = None, force: bool = False) -> FrozenTrial:
     """The trial's params trained again on all the data (its validation split too) up to the epoch
     where the trial peaked, for the final submission; the best complete trial unless ``number``."""
-    from training import TrainConfig  # torch and timm: seconds to import, for this path only
-    from training.loop import train_on_all_data
+    from training.loop import train_on_all_data  # torch and timm: seconds to import, for this path only
 
     trial = choose_trial(study, number)
-    if trial.state != TrialState.COMPLETE or "config" not in trial.user_attrs:
+    if trial.state != TrialState.COMPLETE:
         raise SearchError(
             f"trial {trial.number} is {trial.state.name}: --all-data trains a complete trial's recipe up to its "
             "best epoch; give a complete one (search status lists them)"
         )
+    out = _free(out, force)
+    epochs = trial.user_attrs["best_epoch"] + 1
+    validation_f1 = [trial.intermediate_values[epoch] for epoch in range(epochs)]
+    with replacing(out, "checkpoint") as temporary:
+        train_on_all_data(_recorded_config(trial, None), validation_f1, temporary)
+    return trial
+
+
+def _free(out: Path, force: bool) -> Path:
+    """``out``, unless a file is there already and ``force`` does not allow replacing it."""
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to overwrite it")
-    epochs = trial.user_attrs["best_epoch"] + 1
-    validation_f1 = [trial.intermediate_values[epoch] for epoch in range(epochs)]
-    config = TrainConfig.model_validate_json(trial.user_attrs["config"]).model_copy(update={"output_dir": None})
-    with replacing(out, "checkpoint") as temporary:
-        train_on_all_data(config, validation_f1, temporary)
-    return trial
+    return out
 
 
 def export_top(
@@ -156,13 +158,17 @@ def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: Path) -> b
 
 
 def _retrain(trial: FrozenTrial, target: Path) -> None:
-    from training import TrainConfig, train  # torch and timm: seconds to import, for this path only
+    from training import train  # torch and timm: seconds to import, for this path only
+
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        result = train(_recorded_config(trial, Path(work)))
+        shutil.copyfile(result.checkpoint, target)
+
+
+def _recorded_config(trial: FrozenTrial, output_dir: Path | None):
+    """The training config the trial ran with, writing its checkpoint to ``output_dir``."""
+    from training import TrainConfig
 
     if "config" not in trial.user_attrs:
-        raise SearchError(f"trial {trial.number} has no recorded config to retrain from")
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        config = TrainConfig.model_validate_json(trial.user_attrs["config"]).model_copy(
-            update={"output_dir": Path(work)}
-        )
-        result = train(config)
-        shutil.copyfile(result.checkpoint, target)
+        raise SearchError(f"trial {trial.number} has no recorded config to train again from")
+    return TrainConfig.model_validate_json(trial.user_attrs["config"]).model_copy(update={"output_dir": output_dir})

@@ -239,9 +239,9 @@ def changed_setup(recorded: dict[str, Any], spec: Study) -> list[tuple[str, Any,
     if now["space"].get("weight_decay") is not None:
         sampled.add("train.optimizer.weight_decay")
     skipped = (*_RUN_ONLY, *sampled)
-    changes = []
+    changes, then = [], _flat(recorded)
     for key, value in _flat(now).items():
-        before = _flat(recorded).get(key, value)
+        before = then.get(key, value)
         if before != value and not any(key == k or key.startswith(f"{k}.") for k in skipped):
             changes.append((key, before, value))
     return changes
