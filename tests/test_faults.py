@@ -70,7 +70,7 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     assert by_number[killed[0]].state == TrialState.FAIL
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    assert list((tmp_path / "work").rglob("*")) == [tmp_path / "work" / "lr-sweep"]  # the next worker removed it
+    assert not (tmp_path / "work").exists()  # the next worker removed it, and its own folder, and their parents
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
     assert retried and retried[0].params == by_number[killed[0]].params  # the same params, run again
     for number, old in before.items():  # finished trials untouched, checkpoints readable
@@ -121,10 +121,22 @@ def test_a_worker_removes_only_what_dead_workers_of_its_own_machine_left(tmp_pat
             (folder / "trial-3").mkdir(parents=True)
             (folder / "trial-3" / "best.safetensors").write_bytes(b"weights")
         with scratch_folder(tmp_path) as mine:
+            assert mine.is_dir()  # from the start: the folders above it are not empty while it runs
             (mine / "trial-4").mkdir(parents=True)
             assert {name for name, folder in left.items() if folder.exists()} == {"live here", "elsewhere"}
         live.kill()
     assert not mine.exists() and mine.name == f"{host}-{os.getpid()}"
+    assert tmp_path.is_dir()  # the other workers' folders are still in it
+
+    study = tmp_path / "work" / "s"
+    (study / "elsewhere-7").mkdir(parents=True)  # a worker of another machine, still running
+    with scratch_folder(study):
+        pass
+    assert [p.name for p in study.iterdir()] == ["elsewhere-7"]
+    (study / "elsewhere-7").rmdir()  # it ended
+    with scratch_folder(study):
+        pass
+    assert not (tmp_path / "work").exists()  # the last worker to end leaves no empty folders behind
 
 
 # The run after an interruption does not depend on which signal it was: it is checked once.
@@ -508,7 +520,7 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     reason = study.trials[0].user_attrs["failure_reason"]
     assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
-    assert list((tmp_path / "work").rglob("*")) == [tmp_path / "work" / "oom"]  # its checkpoint went with it
+    assert not (tmp_path / "work").exists()  # its checkpoint went with its folder
 
 
 def test_an_interrupt_repeated_at_once_is_the_same_interrupt_a_later_one_interrupts_again(monkeypatch):
