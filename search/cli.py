@@ -213,6 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from search.status import setup_text
     from search.storage import open_storage
 
     summaries = optuna.get_all_study_summaries(open_storage(_storage(args)), include_best_trial=True)
@@ -220,22 +221,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {_setup(s.user_attrs.get('spec'))}")
+        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {setup_text(s.user_attrs.get('spec'))}")
     return 0
-
-
-def _setup(spec_json: str | None) -> str:
-    """A study's model, data and epochs, from the spec it recorded when it was made."""
-    try:
-        spec = json.loads(spec_json)
-        data, train = spec["data"], spec["train"]
-        height, width = data["image_size"]
-        return (
-            f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} "
-            f"epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
-        )
-    except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
-        return "-"
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    lines = [f"study {study.study_name}: {len(trials)} trials"]
+    lines = [f"study {study.study_name}: {len(trials)} trials of {setup_text(study.user_attrs.get('spec'))}"]
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
@@ -64,6 +64,20 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
         lines += ["", "  parameter importance (fANOVA):"]
         lines += [f"  {name:>20} {value:.3f}" for name, value in ranked.items()]
     return "\n".join(lines)
+
+
+def setup_text(spec_json: str | None) -> str:
+    """What a study trains (model, data, epochs), from the spec it recorded when it was made."""
+    try:
+        spec = json.loads(spec_json)
+        data, train = spec["data"], spec["train"]
+        height, width = data["image_size"]
+        return (
+            f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} "
+            f"epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
+        )
+    except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
+        return "-"
 
 
 def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:

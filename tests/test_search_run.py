@@ -127,6 +127,7 @@ def test_status_best_and_studies_commands(finished_study):
     env = finished_study["env"]
     status = search_here("status", "--study", "lr-sweep", env=env).stdout
     assert "complete" in status and "pruned" in status and "best: trial" in status
+    assert re.match(r"study lr-sweep: \d+ trials of test_resnet, demo data at 16x16, 3 epochs of batch 32\n", status)
     best = json.loads(search_here("best", "--study", "lr-sweep", env=env).stdout)
     assert FOUR <= set(best["params"]) and best["metrics"]["macro_f1"] == best["value"]
     studies = search_here("studies", env=env).stdout.splitlines()
