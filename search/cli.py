@@ -221,7 +221,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {setup_text(s.user_attrs.get('spec'))}")
+        trains = setup_text(s.user_attrs.get("spec")) or "-"
+        print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {trains}")
     return 0
 
 

@@ -39,7 +39,8 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    lines = [f"study {study.study_name}: {len(trials)} trials of {setup_text(study.user_attrs.get('spec'))}"]
+    setup = setup_text(study.user_attrs.get("spec"))
+    lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
@@ -66,7 +67,7 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     return "\n".join(lines)
 
 
-def setup_text(spec_json: str | None) -> str:
+def setup_text(spec_json: str | None) -> str | None:
     """What a study trains (model, data, epochs), from the spec it recorded when it was made."""
     try:
         spec = json.loads(spec_json)
@@ -77,7 +78,7 @@ def setup_text(spec_json: str | None) -> str:
             f"epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
         )
     except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
-        return "-"
+        return None
 
 
 def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:

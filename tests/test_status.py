@@ -53,6 +53,7 @@ def test_status_shows_no_importance_before_enough_trials_finished(tmp_path, monk
     assert main(["status", "--study", "lr-sweep"]) in (0, None)
     out = capsys.readouterr().out
     assert "best: trial" in out and _importance_lines(out) == []
+    assert out.startswith("study lr-sweep: 3 trials\n")  # made by plain Optuna: no spec to say what it trains
 
 
 def test_the_top_trials_table_keeps_its_columns_whatever_the_values(tmp_path, monkeypatch, capsys):
