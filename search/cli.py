@@ -190,21 +190,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.export import export_all_data, export_checkpoint, export_top
 
     study, store = _open_study(args), _store(args)
-    if args.all_data:
-        if args.top is not None or args.retrain:
-            raise ConfigError("--all-data trains one trial's recipe on all the data: not with --top or --retrain")
-        trial = export_all_data(study, Path(args.out), args.trial, args.force)
-        print(
-            f"trial {trial.number}'s params trained on all the data for {trial.user_attrs['best_epoch'] + 1} "
-            f"epoch(s), its best (its macro-F1 then {trial.value:.4f}), exported to {args.out}"
-        )
-        return 0
-    if args.top is None:
-        exported = [export_checkpoint(study, store, Path(args.out), args.trial, args.force, args.retrain)]
+    if args.all_data and args.retrain:
+        raise ConfigError("--all-data trains the params again already: not with --retrain")
+    if args.top is not None:
+        exported = export_top(study, store, Path(args.out), args.top, args.force, args.retrain, args.all_data)
+    elif args.all_data:
+        exported = [(export_all_data(study, Path(args.out), args.trial, args.force), Path(args.out))]
     else:
-        exported = export_top(study, store, Path(args.out), args.top, args.force, args.retrain)
+        exported = [export_checkpoint(study, store, Path(args.out), args.trial, args.force, args.retrain)]
     for trial, out in exported:
-        print(f"trial {trial.number} (macro-F1 {trial.value if trial.value is not None else 'n/a'}) exported to {out}")
+        value = f"{trial.value:.4f}" if trial.value is not None else "n/a"
+        if args.all_data:
+            epochs = trial.user_attrs["best_epoch"] + 1
+            print(f"trial {trial.number}'s params trained on all the data for {epochs} epoch(s), its best "
+                  f"(its macro-F1 then {value}), exported to {out}")  # fmt: skip
+        else:
+            print(f"trial {trial.number} (macro-F1 {value}) exported to {out}")
     if args.top is not None and len(exported) < args.top:
         print(f"only {len(exported)} complete trial(s) in '{study.study_name}'; all exported", file=sys.stderr)
     return 0

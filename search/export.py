@@ -89,9 +89,11 @@ def export_top(
     top: int,
     force: bool = False,
     retrain: bool = False,
+    all_data: bool = False,
 ) -> list[tuple[FrozenTrial, Path]]:
     """The ``top`` best complete trials' checkpoints as ``folder/trial-<number>.safetensors``, for an
-    ensemble (``search predict`` with all of them). Everything is checked before the first file is
+    ensemble (``search predict`` with all of them); with ``all_data`` each trial's params trained
+    again on all the data (``export_all_data``). Everything is checked before the first file is
     written, so a refused export leaves nothing behind."""
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     if not complete:
@@ -104,6 +106,8 @@ def export_top(
     there = [str(out) for out in outs if out.exists()]
     if there and not force:
         raise ConfigError(f"{there[0]} already exists; pass --force to overwrite it")
+    if all_data:
+        return [(export_all_data(study, out, t.number, force), out) for t, out in zip(chosen, outs)]
     missing = [t for t in chosen if not _stored(store, t)]
     if missing and not retrain:
         which = f"trial {missing[0].number} has" if len(missing) == 1 else f"trials {_numbers(missing)} have"

@@ -239,8 +239,19 @@ def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_
     refused = search_here("export", "--study", "lr-sweep", "--all-data", "--trial", str(pruned.number), "--out",
                           str(tmp_path / "p.safetensors"), env=env)  # fmt: skip
     assert refused.returncode == 1 and f"trial {pruned.number} is PRUNED" in refused.stderr
-    both = search_here("export", "--study", "lr-sweep", "--all-data", "--top", "2", "--out", str(tmp_path), env=env)
-    assert both.returncode == 2 and "not with --top or --retrain" in both.stderr
+    both = search_here("export", "--study", "lr-sweep", "--all-data", "--retrain", "--out", str(out), env=env)
+    assert both.returncode == 2 and "not with --retrain" in both.stderr
+    # the best K for an ensemble, each trained again on all the data
+    complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    top = search_here("export", "--study", "lr-sweep", "--all-data", "--top", str(len(complete) + 1), "--out",
+                      str(tmp_path / "top"), env=env)  # fmt: skip
+    assert top.returncode == 0 and top.stdout.count("params trained on all the data") == len(complete), top.stderr
+    assert sorted(p.name for p in (tmp_path / "top").iterdir()) == sorted(
+        f"trial-{t.number}.safetensors" for t in complete
+    )
+    for trial in complete:
+        meta = read_meta(tmp_path / "top" / f"trial-{trial.number}.safetensors")
+        assert meta["trained_on"]["images"] == 675 and meta["epoch"] == trial.user_attrs["best_epoch"]
 
 
 @pytest.mark.parametrize("command", ["status", "best", "export", "stop"])
