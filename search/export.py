@@ -67,8 +67,10 @@ def export_all_data(study: optuna.Study, out: Path, number: int | None = None, f
             "best epoch; give a complete one (search status lists them)"
         )
     out = _free(out, force)
-    epochs = trial.user_attrs["best_epoch"] + 1
-    validation_f1 = [trial.intermediate_values[epoch] for epoch in range(epochs)]
+    epochs = trial.user_attrs.get("best_epoch", -1) + 1
+    validation_f1 = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
+    if not validation_f1 or None in validation_f1:
+        raise SearchError(f"trial {trial.number} did not record its best epoch and the macro-F1 of every epoch to it")
     with replacing(out, "checkpoint") as temporary:
         train_on_all_data(_recorded_config(trial, None), validation_f1, temporary)
     return trial
