@@ -254,6 +254,20 @@ def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_
         assert meta["trained_on"]["images"] == 675 and meta["epoch"] == trial.user_attrs["best_epoch"]
 
 
+def test_export_all_data_of_a_trial_without_its_epochs_is_one_error(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from search.export import export_all_data
+    from training import SearchError
+
+    study = optuna.create_study(direction="maximize")  # a trial recorded by plain Optuna: no epochs
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": FloatDistribution(0.001, 0.1)},
+                                              value=0.5, user_attrs={"config": "{}"}))  # fmt: skip
+    with pytest.raises(SearchError, match="trial 0 did not record its best epoch"):
+        export_all_data(study, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 @pytest.mark.parametrize("command", ["status", "best", "export", "stop"])
 def test_commands_that_read_the_study_answer_without_importing_torch(finished_study, tmp_path, command):
     """They read the database and copy a file: torch and timm would add seconds to each."""
