@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from training.errors import ConfigError, SearchError
+from training.errors import SearchError
 
 
 def _storage(args: argparse.Namespace) -> str:
@@ -190,8 +190,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.export import export_all_data, export_checkpoint, export_top
 
     study, store = _open_study(args), _store(args)
-    if args.all_data and args.retrain:
-        raise ConfigError("--all-data trains the params again already: not with --retrain")
     if args.top is not None:
         exported = export_top(study, store, Path(args.out), args.top, args.force, args.retrain, args.all_data)
     elif args.all_data:
@@ -373,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", required=True, help="the checkpoint file (with --top, the folder) to write")
     export.add_argument("--force", action="store_true", help="overwrite --out")
-    export.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
-    export.add_argument(
+    how = export.add_mutually_exclusive_group()
+    how.add_argument("--retrain", action="store_true", help="train again when no checkpoint is stored")
+    how.add_argument(
         "--all-data", action="store_true",
         help="train the trial's params again on all the data (its validation split too) up to its best epoch",
     )  # fmt: skip

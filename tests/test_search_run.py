@@ -240,7 +240,7 @@ def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_
                           str(tmp_path / "p.safetensors"), env=env)  # fmt: skip
     assert refused.returncode == 1 and f"trial {pruned.number} is PRUNED" in refused.stderr
     both = search_here("export", "--study", "lr-sweep", "--all-data", "--retrain", "--out", str(out), env=env)
-    assert both.returncode == 2 and "not with --retrain" in both.stderr
+    assert both.returncode == 2 and "argument --retrain: not allowed with argument --all-data" in both.stderr
     # the best K for an ensemble, each trained again on all the data
     complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     top = search_here("export", "--study", "lr-sweep", "--all-data", "--top", str(len(complete) + 1), "--out",
