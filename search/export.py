@@ -67,13 +67,19 @@ def export_all_data(study: optuna.Study, out: Path, number: int | None = None, f
             "best epoch; give a complete one (search status lists them)"
         )
     out = _free(out, force)
+    validation_f1 = _f1_to_best_epoch(trial)
+    with replacing(out, "checkpoint") as temporary:
+        train_on_all_data(_recorded_config(trial, None), validation_f1, temporary)
+    return trial
+
+
+def _f1_to_best_epoch(trial: FrozenTrial) -> list[float]:
+    """The trial's validation macro-F1 of each epoch up to its best, which ``--all-data`` trains to."""
     epochs = trial.user_attrs.get("best_epoch", -1) + 1
     validation_f1 = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
     if not validation_f1 or None in validation_f1:
         raise SearchError(f"trial {trial.number} did not record its best epoch and the macro-F1 of every epoch to it")
-    with replacing(out, "checkpoint") as temporary:
-        train_on_all_data(_recorded_config(trial, None), validation_f1, temporary)
-    return trial
+    return validation_f1
 
 
 def _free(out: Path, force: bool) -> Path:
@@ -104,11 +110,10 @@ def export_top(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file; --out with --top is the folder to write the checkpoints in")
-    outs = [folder / f"trial-{t.number}.safetensors" for t in chosen]
-    there = [str(out) for out in outs if out.exists()]
-    if there and not force:
-        raise ConfigError(f"{there[0]} already exists; pass --force to overwrite it")
+    outs = [_free(folder / f"trial-{t.number}.safetensors", force) for t in chosen]
     if all_data:
+        for trial in chosen:
+            _f1_to_best_epoch(trial)  # every trial's epochs checked before the first one trains
         return [(export_all_data(study, out, t.number, force), out) for t, out in zip(chosen, outs)]
     missing = [t for t in chosen if not _stored(store, t)]
     if missing and not retrain:
