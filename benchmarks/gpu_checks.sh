@@ -27,7 +27,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 step 1 throughput 330 "$python" benchmarks/trial_throughput.py --gpu
 # 2: what only a GPU shows: staged batches, host-resident images, a real out-of-memory, MPS clients
 step 2 cuda-tests 120 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-# 3: the study's own batch, where packing has room: (c) and (d) under `search run --mps`'s daemon
-step 3 batch64-packed 150 "$python" benchmarks/trial_throughput.py --gpu --batch 64 --mps --only c,d
+# 3: the study's own batch, where packing has room: (c) and (d) under `search run --mps`'s daemon,
+#    and (c) with its steps replayed as CUDA graphs (train.cuda_graphs), the other way to fill the GPU
+step 3 batch64-packed 180 "$python" benchmarks/trial_throughput.py --gpu --batch 64 --mps --cuda-graphs --only c,d
 # 4: images kept in host memory (staged), and cuDNN autotuning limited to 2 algorithms
 step 4 staged-cudnn2 120 "$python" benchmarks/trial_throughput.py --gpu --only a,c --cudnn-limit 2 --staged

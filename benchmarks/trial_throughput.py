@@ -18,6 +18,7 @@ validation steps).
     ... --only a,c,d             # some of the parts (the data is always made and decoded)
     ... --cudnn-limit 2          # cuDNN autotuning times fewer algorithms (a new process starts sooner)
     ... --staged                 # also (c) with the images in host memory, batches staged to the GPU
+    ... --cuda-graphs            # also (c) with train.cuda_graphs (steps replayed as CUDA graphs)
 """
 
 from __future__ import annotations
@@ -426,6 +427,7 @@ def main() -> int:
     parser.add_argument(
         "--staged", action="store_true", help="also (c) with the images in host memory (as if too large for the GPU)"
     )
+    parser.add_argument("--cuda-graphs", action="store_true", help="also (c) with train.cuda_graphs (CUDA only)")
     parser.add_argument(
         "--only", help=f"comma-separated parts to run ({','.join(PARTS)}); the data is always made and decoded"
     )
@@ -511,6 +513,19 @@ def main() -> int:
             show("start-up of a trial in a running worker (data in memory)", f"{trial['ready']:.2f} s")
             if args.staged:
                 staged_trial()
+            if args.cuda_graphs:
+                graphed_trial()
+
+        def graphed_trial() -> None:
+            name = "(c) with train.cuda_graphs (steps replayed as CUDA graphs)"
+            if device.type != "cuda":
+                show(name, "not run: CUDA only")
+                return
+            trial = trial_epoch_throughput(config.model_copy(update={"cuda_graphs": True}).model_dump_json(), epochs)
+            figures["c_graphs"] = trial["rate"]
+            show(name, f"{trial['rate']:8.0f} img/s ({trial['rate'] / figures['c']:.2f} of (c))")
+            first = f"{trial['first_epoch']:.1f} s (plain: {figures['c_first_epoch']:.1f} s)"
+            show("(c) with CUDA graphs: first epoch (the capture in it)", first)
 
         def staged_trial() -> None:
             name = "(c) with the images in host memory (batches staged to the GPU)"
@@ -565,6 +580,7 @@ def main() -> int:
                 ("c", "b", "target >= 4 on the GPU ((b) at the competition's batch)"),
                 ("d", "c", "target >= 1.3 at K = 2"),
                 ("d_mps", "c", "under CUDA MPS"),
+                ("c_graphs", "a", "(c) with CUDA graphs, against the eager step"),
             ]:
                 if top in figures and bottom in figures:
                     print(f"({top[0]})/({bottom}) = {figures[top] / figures[bottom]:.2f}   {note}")

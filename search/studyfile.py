@@ -25,6 +25,7 @@ from training.config import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    check_cuda_graphs,
     check_input_size,
     registered,
 )
@@ -143,7 +144,10 @@ class TrainSettings(Frozen):
     eval_batch_size: int = Field(256, ge=1)
     device: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = False
     gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
+
+    _cuda_graphs = field_validator("cuda_graphs")(check_cuda_graphs)
 
     def sharing_the_gpu(self, workers: int) -> TrainSettings:
         """These settings for one of ``workers`` processes on a GPU: each may keep its images there
@@ -223,7 +227,7 @@ class Study(Frozen):
 _RUN_ONLY = (
     "name", "budget", "checkpoints", "enqueue", "space", "sampler", "pruner",
     "data.root", "data.cache_dir", "data.decode_threads", "model.weights",
-    "train.eval_batch_size", "train.device", "train.compile", "train.gpu_images_share",
+    "train.eval_batch_size", "train.device", "train.compile", "train.cuda_graphs", "train.gpu_images_share",
     "train.optimizer.lr", "train.accumulation_steps", "train.loss.name", "train.scheduler.name",
 )  # fmt: skip
 

@@ -58,7 +58,7 @@ def test_packed_trials_count_only_the_window_where_all_of_them_train():
 def test_trial_throughput_runs_only_the_parts_asked_for():
     script = str(BENCHMARKS / "trial_throughput.py")
     run = subprocess.run(
-        [sys.executable, script, "--only", "c", "--cudnn-limit", "2", "--staged"],
+        [sys.executable, script, "--only", "c", "--cudnn-limit", "2", "--staged", "--cuda-graphs"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -66,6 +66,7 @@ def test_trial_throughput_runs_only_the_parts_asked_for():
     assert re.search(r"\(c\) a trial's epoch through training/\s+\d+ img/s", run.stdout)
     assert "decode of all JPEGs" in run.stdout  # (c) needs the decoded data
     assert re.search(r"\(c\) with the images in host memory .*\s+not run: CUDA only", run.stdout)
+    assert re.search(r"\(c\) with train.cuda_graphs .*\s+not run: CUDA only", run.stdout)
     for other in ("(a) compute ceiling", "(b) JPEG", "(d) 2 trials", "short study", "(c)/(a)"):
         assert other not in run.stdout, other
 

@@ -59,6 +59,39 @@ def test_a_trial_trains_from_staged_host_images(monkeypatch):
     assert seen > 0 and math.isfinite(loss)
 
 
+def test_cuda_graphs_accumulate_the_gradients_the_eager_model_does_and_a_trial_replays_them():
+    """Two micro-batches through the replayed graphs sum to the eager model's gradient (autograd
+    taking the graph's gradient buffer as ``.grad`` would count the second one twice), and a trial
+    set up with ``train.cuda_graphs`` trains by replaying."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from training import loop
+    from training.models import create_model
+
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    eager = create_model(tiny_config().model, 7).to(cuda).to(memory_format=torch.channels_last).train()
+    graphed = loop.CudaGraphed(copy.deepcopy(eager)).train()
+    batches = [(torch.randn(32, 3, 16, 16, device=cuda).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 7, (32,), device=cuda)) for _ in range(2)]  # fmt: skip
+    for model in (eager, graphed):
+        for x, y in batches:
+            with loop.autocast(cuda):
+                (F.cross_entropy(model(x), y) * 0.5).backward()
+    assert graphed.replays == 2
+    summed = torch.cat([p.grad.flatten() for p in eager.parameters()])
+    replayed = torch.cat([p.grad.flatten() for p in graphed.model.parameters()])
+    assert torch.linalg.norm(replayed - summed) < 0.05 * torch.linalg.norm(summed)
+
+    run = loop.set_up(tiny_config(device="cuda", cuda_graphs=True, accumulation_steps=2))
+    assert isinstance(run.forward, loop.CudaGraphed)
+    loss, seen, _ = run.train_epoch(0)
+    assert seen > 0 and math.isfinite(loss) and run.forward.replays == len(run.train_loader.batch_sizes())
+    assert 0.0 <= loop.evaluate(run.model, run.val_loader, run.pipe)["macro_f1"] <= 1.0  # eval runs eager
+
+
 def test_a_real_out_of_memory_fails_its_trial_frees_its_memory_and_the_worker_goes_on(tmp_path, monkeypatch):
     import search.objective as objective
     from search.runner import RunOptions, worker_loop

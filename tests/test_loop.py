@@ -242,6 +242,66 @@ def test_a_compiled_model_trains_and_validation_runs_the_same_model_eager(folder
     assert [h["macro_f1"] for h in compiled_run.history] == [h["macro_f1"] for h in plain_run.history]
 
 
+def graph_capture_stand_in(captured: list) -> object:
+    """Stands in for ``torch.cuda.make_graphed_callables`` on the CPU, doing to the module what it
+    does: warm-up passes in training mode (they move the batch-norm statistics), then a forward of
+    the module's own that "replays" (here: runs the module)."""
+
+    def make_graphed_callables(module: torch.nn.Module, sample_args: tuple) -> torch.nn.Module:
+        assert not (torch.is_autocast_enabled() and torch.is_autocast_cache_enabled())  # as torch checks
+        (sample,) = sample_args
+        captured.append(sample.shape)
+        for _ in range(3):
+            module(sample)
+        eager = module.forward
+        module.forward = lambda x: eager(x)
+        return module
+
+    return make_graphed_callables
+
+
+def test_cuda_graphs_capture_once_replay_full_batches_and_keep_the_model_and_its_statistics(monkeypatch):
+    import training.loop as loop
+
+    captured: list = []
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", graph_capture_stand_in(captured))
+    model = create_model(tiny_config().model, 5)
+    graphed = loop.CudaGraphed(model).train()
+    x = torch.randn(8, 3, 16, 16)
+    statistics = [buffer.clone() for buffer in model.buffers()]
+    graphed.capture(x)
+    assert captured == [x.shape] and "forward" not in vars(model)  # the module keeps its own forward
+    assert all(torch.equal(a, b) for a, b in zip(statistics, model.buffers()))  # the warm-up's are undone
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())  # allocated, zero
+    graphed(x), graphed(x[:3])
+    assert graphed.replays == 1  # the other shape ran the model
+    graphed.eval()
+    graphed(x)
+    assert graphed.replays == 1 and captured == [x.shape]
+
+
+def test_cuda_graphs_train_as_the_plain_model_does_and_keep_gradients_allocated(folder_dataset, monkeypatch):
+    """With accumulation, and with ``set_up`` giving the wrapper as on CUDA (on the CPU it gives the
+    model: there are no CUDA graphs): the same epochs as without it, its gradients zeroed in place
+    rather than dropped (a graph's gradient buffer taken as ``.grad`` would be overwritten)."""
+    import training.loop as loop
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", graph_capture_stand_in([]))
+    config = tiny_config(folder_dataset, cuda_graphs=True, accumulation_steps=2)
+    on_the_cpu = set_up(config)
+    assert on_the_cpu.forward is on_the_cpu.model  # nothing to capture
+    real = loop.training_forward
+    monkeypatch.setattr(loop, "training_forward", lambda model, config, device: loop.CudaGraphed(model))
+    run = set_up(config)
+    run.train_epoch(0)
+    assert run.forward.replays > 0 and all(p.grad is not None for p in run.model.parameters())
+    graphed = train(config)
+    monkeypatch.setattr(loop, "training_forward", real)
+    plain = train(config)
+    timed = "train_images_per_second"
+    assert [h | {timed: 0} for h in graphed.history] == [h | {timed: 0} for h in plain.history]
+
+
 @pytest.mark.parametrize("chosen", [None, "0"])
 def test_albumentations_does_not_ask_pypi_for_updates_unless_the_user_wants_it(chosen):
     """Importing albumentations asks PyPI for a newer version (up to 2 s, a warning offline) in every

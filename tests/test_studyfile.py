@@ -108,6 +108,10 @@ def test_bad_study_file_is_one_line_naming_file_key_value_exit_2(tmp_path, capsy
         (["train={epochs: 2, turbo: 1}"], "with --set train: unknown key 'train.turbo'"),
         (["noequals"], "expected key=value"),
         (["model.name=nonexistent_net"], "with --set model.name: model.name = 'nonexistent_net': unknown timm model"),
+        (
+            ["train.compile=true", "train.cuda_graphs=true"],
+            "with --set train.cuda_graphs: train.cuda_graphs = True: cannot be on with train.compile",
+        ),
     ],
 )
 def test_bad_set_is_validated_the_same_way(capsys, overrides, message):
@@ -178,6 +182,8 @@ def test_a_changed_setup_is_what_trials_depend_on_and_not_what_the_space_samples
     assert changed_setup(recorded, spec) == []
     sampled = load_study("lr-sweep", ["train.loss.focal_gamma=1.5", "train.optimizer.lr=0.5", "seed=0"])
     assert changed_setup(recorded, sampled) == []  # focal_gamma and lr: each trial samples its own
+    faster = load_study("lr-sweep", ["train.cuda_graphs=true", "train.device=cpu", "train.eval_batch_size=64"])
+    assert changed_setup(recorded, faster) == []  # how fast a machine trains, not what
     fixed = load_study("lr-sweep", ["train.loss.focal_alpha=[1, 2]", "seed=3", "model.drop_rate=0.2"])
     assert changed_setup(recorded, fixed) == [
         ("seed", 0, 3),

@@ -53,6 +53,14 @@ def check_input_size(model: ModelConfig, data: DataConfig, info: ValidationInfo)
         )
 
 
+def check_cuda_graphs(on: bool, info: ValidationInfo) -> bool:
+    """``cuda_graphs`` replays the eager model's own kernels; ``torch.compile`` makes other ones (and
+    its CUDA graphs, mode ``reduce-overhead``, do not accumulate gradients: pytorch/pytorch#169545)."""
+    if on and info.data.get("compile"):
+        raise ValueError("cannot be on with train.compile: turn one of them off")
+    return on
+
+
 def registered(kind: str, name: str, registry: dict) -> str:
     """``name`` if the registry has it; else an error that lists the names it has."""
     if name not in registry:
@@ -199,11 +207,14 @@ class TrainConfig(Frozen):
     seed: int = 0
     device: str = "auto"  # auto: CUDA when there is one, else CPU
     compile: bool = False  # torch.compile the model; the inductor cache persists under data.cache_dir
+    cuda_graphs: bool = False  # replay the eager model's training steps as CUDA graphs (CUDA only)
     # The decoded images stay on the GPU when they take at most this share of its free memory, else
     # they stay in host memory and their batches are staged (`search run` divides it among the
     # workers that share a GPU).
     gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
     output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written
+
+    _cuda_graphs = field_validator("cuda_graphs")(check_cuda_graphs)
 
     @model_validator(mode="after")
     def _input_size_fits_the_model(self, info: ValidationInfo) -> TrainConfig:

@@ -136,11 +136,62 @@ class InputPipe:
         return x.contiguous(memory_format=self.memory_format)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision on the CPU."""
+def autocast(device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on the CPU. ``cache``: keep each weight's bf16 copy for
+    the rest of the context (a CUDA graph's capture must not)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+class CudaGraphed(nn.Module):
+    """The model for training steps, its forward and backward replayed as CUDA graphs: a launch each
+    instead of one per kernel, which is what bounds a step of a small batch on a fast GPU
+    (efficientnet_b0 at the mask study's batch 64 on an H200: 1,720 img/s eager, 5,193 at batch 256).
+    Captured at the first training batch by ``torch.cuda.make_graphed_callables`` (a few passes, no
+    compiler); a batch of another shape, and eval mode, run the model as it is. The model itself
+    stays eager: validation and checkpoints see a plain module.
+
+    What the capture needs beyond a plain step: its warm-up passes move the batch-norm statistics,
+    which are put back; and the parameters' gradients stay allocated (``keeps_grads``: the loop
+    zeroes them instead of dropping them), since autograd would otherwise take the graph's own
+    gradient buffer as ``.grad``, and the next micro-batch's replay would overwrite it: accumulated
+    gradients would silently count the last micro-batch twice (pytorch/pytorch#181723)."""
+
+    keeps_grads = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.shape: torch.Size | None = None
+        self.replay: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.replays = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.model.training:
+            return self.model(x)
+        if self.replay is None:
+            self.capture(x)
+        if x.shape != self.shape:
+            return self.model(x)
+        self.replays += 1
+        return self.replay(x)
+
+    def capture(self, x: torch.Tensor) -> None:
+        """Graphs for training batches shaped as ``x``."""
+        model = self.model
+        saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+        for parameter in model.parameters():
+            if parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        with autocast(x.device, cache=False):
+            torch.cuda.make_graphed_callables(model, (x.detach().clone(),))
+        # It gave the module a forward that replays in training mode: kept here, the module's own back.
+        self.replay = model.__dict__.pop("forward")
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        self.shape = x.shape
 
 
 def accumulation_weights(batch_sizes: list[int], steps: int) -> list[tuple[float, bool]]:
@@ -184,7 +235,7 @@ def train_one_epoch(
         seen += len(labels)
         if step:
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=not getattr(model, "keeps_grads", False))
             schedule.after_optimizer_step()
     mean_loss = loss_sum.item() / max(seen, 1)
     seconds = time.perf_counter() - started
@@ -313,6 +364,16 @@ def compiled(model: nn.Module, config: TrainConfig) -> nn.Module:
     return torch.compile(model)
 
 
+def training_forward(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+    """The model as training steps call it: compiled, replayed as CUDA graphs (on CUDA; the CPU has
+    none, and runs the model as it is), or the model itself."""
+    if config.compile:
+        return compiled(model, config)
+    if config.cuda_graphs and device.type == "cuda":
+        return CudaGraphed(model)
+    return model
+
+
 def inductor_cache_dir(config: TrainConfig) -> Path:
     """Where compiled kernels go: a folder the user chose in ``TORCHINDUCTOR_CACHE_DIR``, else the
     cache folder's ``inductor/`` (shared by the workers, and persisted where the cache is).
@@ -338,7 +399,7 @@ class Training:
     device: torch.device
     data: PreparedData
     model: nn.Module
-    forward: nn.Module  # the model, compiled when the config says so
+    forward: nn.Module  # what trains: the model, compiled or replayed as CUDA graphs when the config says so
     norm: tuple
     pipe: InputPipe
     train_loader: BatchLoader
@@ -357,8 +418,8 @@ class Training:
 
 def set_up(config: TrainConfig, all_data: bool = False) -> Training:
     """A run ready for its first epoch: the data decoded (or found in the cache), the model on the
-    device (channels_last and cuDNN autotuning on CUDA) and compiled if asked. ``all_data``: the
-    validation split trains too."""
+    device (channels_last and cuDNN autotuning on CUDA), compiled or replayed as CUDA graphs if asked.
+    ``all_data``: the validation split trains too."""
     device = resolve_device(config.device)
     data = prepare_data(config.data, config.seed)
     if all_data:
@@ -376,7 +437,7 @@ def set_up(config: TrainConfig, all_data: bool = False) -> Training:
         device=device,
         data=data,
         model=model,
-        forward=compiled(model, config) if config.compile else model,
+        forward=training_forward(model, config, device),
         norm=norm,
         pipe=InputPipe(*norm, device),
         train_loader=train_loader,
