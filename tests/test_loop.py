@@ -247,7 +247,7 @@ def graph_capture_stand_in(captured: list) -> object:
     does: warm-up passes in training mode (they move the batch-norm statistics), then a forward of
     the module's own that "replays" (here: runs the module)."""
 
-    def make_graphed_callables(module: torch.nn.Module, sample_args: tuple) -> torch.nn.Module:
+    def make_graphed_callables(module: torch.nn.Module, sample_args: tuple, **options) -> torch.nn.Module:
         assert not (torch.is_autocast_enabled() and torch.is_autocast_cache_enabled())  # as torch checks
         (sample,) = sample_args
         captured.append(sample.shape)

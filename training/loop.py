@@ -185,7 +185,8 @@ class CudaGraphed(nn.Module):
             if parameter.requires_grad and parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
         with autocast(x.device, cache=False):
-            torch.cuda.make_graphed_callables(model, (x.detach().clone(),))
+            # allow_unused_input: a timm model may hold parameters its forward does not use
+            torch.cuda.make_graphed_callables(model, (x.detach().clone(),), allow_unused_input=True)
         # It gave the module a forward that replays in training mode: kept here, the module's own back.
         self.replay = model.__dict__.pop("forward")
         with torch.no_grad():
