@@ -45,7 +45,7 @@ def export_checkpoint(
     trial = choose_trial(study, number)
     out = _free(out, force)
     with replacing(out, "checkpoint") as temporary:
-        if not _download(store, trial, temporary):
+        if not _stored(store, trial, copy_to=temporary):
             if not retrain:
                 raise SearchError(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
@@ -129,12 +129,16 @@ def _numbers(trials: list[FrozenTrial]) -> str:
     return ", ".join(str(t.number) for t in trials)
 
 
-def _stored(store: AtomicArtifactStore, trial: FrozenTrial) -> bool:
+def _stored(store: AtomicArtifactStore, trial: FrozenTrial, copy_to: Path | None = None) -> bool:
+    """Whether the store has the checkpoint the trial recorded; copied to ``copy_to`` when given."""
     artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
     if not artifact_id:
         return False
     try:
-        store.open_reader(artifact_id).close()
+        with store.open_reader(artifact_id) as reader:
+            if copy_to is not None:
+                with open(copy_to, "wb") as writer:
+                    shutil.copyfileobj(reader, writer)
     except ArtifactNotFound:
         return False
     return True
@@ -154,18 +158,6 @@ def not_in_store(store: AtomicArtifactStore) -> str:
         f"not in {store.base_path}: removed by checkpoint retention, or the run kept its artifacts in "
         "another folder (--artifacts, $SEARCH_ARTIFACTS)"
     )
-
-
-def _download(store: AtomicArtifactStore, trial: FrozenTrial, target: Path) -> bool:
-    artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
-    if not artifact_id:
-        return False
-    try:
-        with store.open_reader(artifact_id) as reader, open(target, "wb") as writer:
-            shutil.copyfileobj(reader, writer)
-    except ArtifactNotFound:
-        return False
-    return True
 
 
 def _retrain(trial: FrozenTrial, target: Path) -> None:

@@ -37,7 +37,7 @@ class Progress:
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self._started = time.perf_counter()
-        shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+        shown = " ".join(f"{k}={short(v)}" for k, v in params.items())
         self._write(f"trial {number} started: {shown}")
 
     def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
@@ -56,5 +56,8 @@ class Progress:
         )
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """A parameter's value as the tables and lines show it: 3 significant digits, ``-`` for none."""
+    if value is None:
+        return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)

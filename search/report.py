@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.export import not_in_store
 from search.pictures import confusion_png, new_figure, per_class_f1_png
+from search.progress import short
 from search.status import failures_by_reason
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
@@ -167,7 +168,7 @@ def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> 
                 f"{t.user_attrs.get('accuracy', float('nan')):.4f}",
                 t.user_attrs.get("epochs_run", ""),
             ]
-            + [_short(t.params.get(p, "")) for p in params]
+            + [short(t.params.get(p, "")) for p in params]
         )  # fmt: skip
         + "</tr>"
         for t in complete
@@ -218,7 +219,3 @@ def _failed_section(trials: list[FrozenTrial]) -> str:
         for reason, numbers in groups
     )
     return f"<h3>Failed trials</h3><table><tr><th>reason</th><th>how many</th><th>trials</th></tr>{rows}</table>"
-
-
-def _short(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -11,6 +11,8 @@ from datetime import datetime
 import optuna
 from optuna.trial import TrialState
 
+from search.progress import short
+
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
@@ -50,11 +52,11 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     best = complete[0]
     lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
     names = sorted({k for t in complete[:top] for k in t.params})
-    widths = {n: max(8, len(n), *(len(_cell(t.params.get(n))) for t in complete[:top])) for n in names}
+    widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
     header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>{widths[n]}}" for n in names)
     lines += ["", header]
     for t in complete[:top]:
-        cells = " ".join(f"{_cell(t.params.get(n)):>{widths[n]}}" for n in names)
+        cells = " ".join(f"{short(t.params.get(n)):>{widths[n]}}" for n in names)
         acc = t.user_attrs.get("accuracy")
         lines.append(
             f"  {t.number:>5} {t.value:>8.4f} {'-' if acc is None else format(acc, '.3f'):>6} "
@@ -123,9 +125,3 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
