@@ -17,7 +17,9 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def importance(study: optuna.Study) -> dict[str, float] | None:
-    """Parameter importance from Optuna's default evaluator (fANOVA), once enough trials are complete.
+    """Parameter importance by PED-ANOVA (how far the best tenth of the trials' values of a parameter
+    differ from all of them), as optuna-dashboard ranks them, once enough trials are complete. Named
+    rather than left to Optuna's default, which was fANOVA before Optuna 5.
 
     Only the parameters every complete trial has are ranked (lr, scheduler, loss, accumulation):
     a scheduler's or a loss's own option exists in a few trials only, and ranking it beside them
@@ -32,7 +34,8 @@ def importance(study: optuna.Study) -> dict[str, float] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return optuna.importance.get_param_importances(study, params=shared)
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            return optuna.importance.get_param_importances(study, params=shared, evaluator=evaluator)
         except (ValueError, RuntimeError):  # e.g. a single distinct value everywhere
             return None
 
@@ -64,7 +67,7 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
         )
     ranked = importance(study)
     if ranked:
-        lines += ["", "  parameter importance (fANOVA):"]
+        lines += ["", "  parameter importance (PED-ANOVA, as in the dashboard):"]
         lines += [f"  {name:>20} {value:.3f}" for name, value in ranked.items()]
     return "\n".join(lines)
 

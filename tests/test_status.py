@@ -1,4 +1,4 @@
-"""`search status` ranks what mattered, from the study's own trials (fANOVA), once enough finished."""
+"""`search status` ranks what mattered, from the study's own trials (PED-ANOVA), once enough finished."""
 
 from __future__ import annotations
 
@@ -43,8 +43,15 @@ def test_status_ranks_the_parameter_that_mattered_first(tmp_path, monkeypatch, c
     monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
     _study_with(tmp_path, 16)
     assert main(["status", "--study", "lr-sweep"]) in (0, None)
-    ranked = _importance_lines(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    ranked = _importance_lines(out)
     assert ranked[0] == "lr" and set(ranked) == {"lr", "loss", "scheduler"}  # step_size: only some trials
+    # optuna-dashboard's own evaluator, whatever Optuna's default (fANOVA before Optuna 5)
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    expected = optuna.importance.get_param_importances(study, params=sorted(ranked), evaluator=evaluator)
+    shown = re.findall(r"^\s+(\w+) (\d\.\d{3})$", out.split("parameter importance (PED-ANOVA")[1], re.M)
+    assert shown == [(name, f"{value:.3f}") for name, value in expected.items()]
 
 
 def test_status_shows_no_importance_before_enough_trials_finished(tmp_path, monkeypatch, capsys):
