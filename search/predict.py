@@ -45,7 +45,6 @@ def write_predictions(
     class probabilities are averaged."""
     from tqdm import tqdm
 
-    from training.checkpoint import read_meta
     from training.predict import predict_files
 
     if not images.is_dir():
@@ -62,17 +61,10 @@ def write_predictions(
         rows, fields = [], []
     if not paths:
         raise DataError(f"no images in {images}")
-    checked = [read_meta(c) for c in checkpoints]  # before any of them predicts
-    names = checked[0]["class_names"]
-    for checkpoint, meta in zip(checkpoints[1:], checked[1:]):
-        if meta["class_names"] != names:
-            raise ConfigError(
-                f"{checkpoint} predicts other classes than {checkpoints[0]} ({meta['class_names']} against {names}); "
-                "an ensemble needs checkpoints of the same classes"
-            )
     with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
-        probs, _ = predict_files(checkpoints, paths, batch_size, flip_tta, progress=bar.update)
+        probs, metas = predict_files(checkpoints, paths, batch_size, flip_tta, progress=bar.update)
     labels = probs.argmax(axis=1)
+    names = metas[0]["class_names"]
     with replacing(out, "predictions") as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file)
         if info is not None:  # the competition's format: its own rows, ans filled in

@@ -12,7 +12,7 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.data.cache import decode_image
-from training.errors import DataError
+from training.errors import ConfigError, DataError
 from training.loop import InputPipe, autocast, resolve_device
 
 
@@ -25,7 +25,7 @@ def predict_files(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Class probabilities (N, C) for image files, averaged over the checkpoints (an ensemble), and
-    their headers.
+    their headers. Checkpoints of other classes than the first's are refused before any predicts.
 
     Images are decoded and resized exactly as for training (OpenCV, INTER_AREA, RGB), once per
     batch for each input size among the checkpoints. ``flip_tta`` averages the probabilities of
@@ -33,6 +33,13 @@ def predict_files(
     """
     where = resolve_device(device)
     models, metas = zip(*(load_checkpoint(c, device=str(where)) for c in checkpoints))
+    names = metas[0]["class_names"]
+    for checkpoint, meta in zip(checkpoints[1:], metas[1:]):
+        if meta["class_names"] != names:  # their probabilities would be averaged class by class
+            raise ConfigError(
+                f"{checkpoint} predicts other classes than {checkpoints[0]} ({meta['class_names']} against {names}); "
+                "an ensemble needs checkpoints of the same classes"
+            )
     if where.type == "cuda":
         models = [m.to(memory_format=torch.channels_last) for m in models]
     pipes = [InputPipe(meta["mean"], meta["std"], where) for meta in metas]
