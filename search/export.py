@@ -12,6 +12,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from search.inputs import check_inputs, data_place, trained_inputs
 from search.storage import CHECKPOINT_ATTR, AtomicArtifactStore
 from training.errors import ConfigError, SearchError
 from training.files import replacing
@@ -51,7 +52,7 @@ def export_checkpoint(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
                     f"({_why_missing(trial, store)}); pass --retrain to train its params again"
                 )
-            _retrain(trial, temporary)
+            _retrain(study, trial, temporary)
     return trial, out
 
 
@@ -68,8 +69,9 @@ def export_all_data(study: optuna.Study, out: Path, number: int | None = None, f
         )
     out = _free(out, force)
     validation_f1 = _f1_to_best_epoch(trial)
+    config = _trainable_config(study, trial, None)
     with replacing(out, "checkpoint") as temporary:
-        train_on_all_data(_recorded_config(trial, None), validation_f1, temporary)
+        train_on_all_data(config, validation_f1, temporary)
     return trial
 
 
@@ -160,12 +162,23 @@ def not_in_store(store: AtomicArtifactStore) -> str:
     )
 
 
-def _retrain(trial: FrozenTrial, target: Path) -> None:
+def _retrain(study: optuna.Study, trial: FrozenTrial, target: Path) -> None:
     from training import train  # torch and timm: seconds to import, for this path only
 
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        result = train(_recorded_config(trial, Path(work)))
+        result = train(_trainable_config(study, trial, Path(work)))
         shutil.copyfile(result.checkpoint, target)
+
+
+def _trainable_config(study: optuna.Study, trial: FrozenTrial, output_dir: Path | None):
+    """The trial's recorded config, refused where the images or the weights file behind its paths
+    are no longer those the study was trained on (the check a run makes: ``check_inputs``)."""
+    from training import prepare_data  # memoised: the training that follows reuses the decode
+
+    config = _recorded_config(trial, output_dir)
+    prepared = prepare_data(config.data, config.seed)
+    check_inputs(study, trained_inputs(prepared, config.model), data_place(config.data), record=False)
+    return config
 
 
 def _recorded_config(trial: FrozenTrial, output_dir: Path | None):

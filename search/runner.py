@@ -25,6 +25,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from search.inputs import check_inputs, data_place, trained_inputs
 from search.objective import Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
@@ -168,13 +169,15 @@ def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Stud
     artifact folder (before the decode, so it is answered at once), the device (one this machine
     lacks), the study (a space its trials cannot take, another setup than it was made with), the
     pretrained weights (fetched once into the machine's cache; a hub out of reach), the data
-    (decoded once, into the machine's cache).
+    (decoded once, into the machine's cache), and that the images and weights file are those the
+    study was made on (``check_inputs``).
     `search run --workers N` calls it once itself, before its workers start."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
     spec, study = create_study(spec, options)
     fetch_weights(spec.model)
-    prepare_data(spec.data, spec.seed, progress=progress.decode)
+    prepared = prepare_data(spec.data, spec.seed, progress=progress.decode)
+    check_inputs(study, trained_inputs(prepared, spec.model), data_place(spec.data))
     return spec, store, study
 
 

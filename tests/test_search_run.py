@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -15,14 +17,17 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy
+import timm
 import torch
-from conftest import postgres_url, search_here
+from conftest import postgres_url, search_here, write_image
 from optuna.trial import TrialState
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from search.storage import open_storage
+from training import loop
 from training.checkpoint import read_meta
+from training.data import cache as decode_cache
 
 FOUR = {"lr", "scheduler", "loss", "accumulation_steps"}
 TINY = [
@@ -363,6 +368,60 @@ def test_running_again_with_another_model_data_or_training_is_refused_before_a_t
         and len(optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).trials) == before
     )
     assert f"the study has {before} finished trials of the 1 asked for: nothing to run" in again.stderr, again.stderr
+
+
+def test_running_again_on_other_images_or_weights_is_refused_and_the_same_files_elsewhere_are_not(
+    tmp_path, folder_dataset
+):
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, weights)
+    env = {"SEARCH_HOME": str(tmp_path / "home")}
+
+    def run(root: Path, weights_file: Path) -> subprocess.CompletedProcess:
+        loop._PREPARED.clear()  # each run a new process: the images are listed again
+        decode_cache._IN_PROCESS.clear()
+        return search_here(
+            "run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "pruner={name: none}",
+            "--set", "enqueue=[]", "--set", "data.source=folder", "--set", f"data.root={root}",
+            "--set", f"model.weights={weights_file}", env=env,
+        )  # fmt: skip
+
+    assert run(folder_dataset, weights).returncode == 0
+    url = f"sqlite:///{tmp_path / 'home'}/studies.db"
+    recorded = json.loads(optuna.load_study(study_name="lr-sweep", storage=url).user_attrs["inputs"])
+    assert recorded["images"] == 42 and recorded["classes"] == 3
+    assert recorded["weights"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    # the same files under another root (copied: new times), the weights file under another name
+    elsewhere, same_weights = tmp_path / "elsewhere", tmp_path / "copy.safetensors"
+    shutil.copytree(folder_dataset, elsewhere)
+    shutil.copyfile(weights, same_weights)
+    assert run(elsewhere, same_weights).returncode == 0
+
+    other = load_file(weights)
+    other["fc.bias"] = other["fc.bias"] + 1.0
+    save_file(other, same_weights)
+    changed = run(elsewhere, same_weights)
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1, changed.stderr
+    assert f"was trained from the weights file of sha256 {recorded['weights'][:12]}...; this run's model.weights " \
+           "is of sha256" in changed.stderr  # fmt: skip
+
+    write_image(elsewhere / "fox" / "new.png", np.random.default_rng(5), (30, 30, 250))
+    added = run(elsewhere, weights)
+    assert added.returncode == 2, added.stderr
+    assert f"was trained on 42 images in 3 classes; data.root {elsewhere} now holds 43 images in 3 classes, and " \
+           "new trials would not compare" in added.stderr  # fmt: skip
+
+    (folder_dataset / "cat" / "0.jpg").rename(folder_dataset / "dog" / "cat-0.jpg")  # one image relabelled
+    relabelled = run(folder_dataset, weights)
+    assert relabelled.returncode == 2, relabelled.stderr
+    assert "now holds 42 images in 3 classes, but other files, labels or sizes" in relabelled.stderr
+    assert "(--set name=NEW_NAME), or delete this one first (search delete --study lr-sweep)" in relabelled.stderr
+    # training a trial's recipe again on the changed images is refused too, before a file is written
+    out = tmp_path / "final.safetensors"
+    final = search_here("export", "--study", "lr-sweep", "--all-data", "--out", str(out), env=env)
+    assert final.returncode == 2 and "but other files, labels or sizes" in final.stderr and not out.exists()
+    assert [t.state for t in optuna.load_study(study_name="lr-sweep", storage=url).trials] == [TrialState.COMPLETE]
 
 
 def test_delete_removes_a_study_and_every_file_it_stored_and_nothing_of_another(tmp_path):

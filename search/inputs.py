@@ -1,0 +1,82 @@
+"""What a study's trials are trained on, recorded with the study and checked by every later run.
+
+The study file's own settings are checked by ``changed_setup``; its paths are not (``data.root``
+and ``model.weights`` may differ by machine). What lies behind them is: the images, by a digest of
+each file's place below the data folder, label and size (``content_digest``), and the weights
+file, by its SHA-256. A study run again on relabelled or added images, or on other weights, would
+mix trials that do not compare, and its pruner would judge new trials against the old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from training import ConfigError, DataConfig, ModelConfig
+
+INPUTS_ATTR = "inputs"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def trained_inputs(prepared: Any, model: ModelConfig) -> dict[str, Any]:
+    """What a run trains on: its images (count, classes, digest) and its weights file's digest.
+    ``prepared``: ``training.PreparedData``."""
+    from training.data.cache import content_digest
+
+    decoded = prepared.decoded
+    return {
+        "images": len(decoded.labels),
+        "classes": len(decoded.class_names),
+        "data": content_digest(decoded),
+        "weights": file_sha256(model.weights) if model.weights is not None else None,
+    }
+
+
+def data_place(data: DataConfig) -> str:
+    """Where a run's images are, as a message names it."""
+    return f"data.root {data.root}" if data.root is not None else "the demo data"
+
+
+def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, record: bool = True) -> None:
+    """Refuse (``ConfigError``) a run whose images or weights are not those the study was made on;
+    ``record``: the first run of a study (or of a study made before this check) records its own.
+    ``where``: the data's place, for the message. Two runs that record at once on different data:
+    the one whose record did not stay refuses."""
+    recorded = study.user_attrs.get(INPUTS_ATTR)
+    if recorded is None:
+        if not record:
+            return
+        study.set_user_attr(INPUTS_ATTR, json.dumps(inputs, sort_keys=True))
+        recorded = study.user_attrs[INPUTS_ATTR]  # read back: another run may have recorded at the same time
+    then = json.loads(recorded)
+    name = study.study_name
+    instead = f"run it as a new study (--set name=NEW_NAME), or delete this one first (search delete --study {name})"
+    if then.get("data") != inputs["data"]:
+        counts = f"{inputs['images']} images in {inputs['classes']} classes"
+        same = then.get("images") == inputs["images"] and then.get("classes") == inputs["classes"]
+        raise ConfigError(
+            f"study '{name}' was trained on {then.get('images')} images in {then.get('classes')} classes; "
+            f"{where} now holds {counts}{', but other files, labels or sizes' if same else ''}, and new trials "
+            f"would not compare with the study's earlier ones. Put the images back, or {instead}"
+        )
+    if then.get("weights") != inputs["weights"]:
+        raise ConfigError(
+            f"study '{name}' was trained from the weights file {_short(then.get('weights'))}; this run's "
+            f"model.weights is {_short(inputs['weights'])}, and new trials would not compare with the study's "
+            f"earlier ones. Give the study's weights file again, or {instead}"
+        )
+
+
+def _short(digest: str | None) -> str:
+    return f"of sha256 {digest[:12]}..." if digest else "none"
