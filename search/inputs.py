@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from training import ConfigError, DataConfig, ModelConfig
+
+if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
+    from training.loop import PreparedData
 
 INPUTS_ATTR = "inputs"
 
@@ -29,9 +32,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def trained_inputs(prepared: Any, model: ModelConfig) -> dict[str, Any]:
-    """What a run trains on: its images (count, classes, digest) and its weights file's digest.
-    ``prepared``: ``training.PreparedData``."""
+def trained_inputs(prepared: PreparedData, model: ModelConfig) -> dict[str, Any]:
+    """What a run trains on: its images (count, classes, digest) and its weights file's digest."""
     from training.data.cache import content_digest
 
     decoded = prepared.decoded
