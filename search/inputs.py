@@ -45,6 +45,11 @@ def trained_inputs(prepared: PreparedData, model: ModelConfig) -> dict[str, Any]
     }
 
 
+def as_new_study(name: str) -> str:
+    """How a run that study ``name`` refuses may go on instead, as the refusals end."""
+    return f"as a new study (--set name=NEW_NAME), or delete this one first (search delete --study {name})"
+
+
 def data_place(data: DataConfig) -> str:
     """Where a run's images are, as a message names it."""
     return f"data.root {data.root}" if data.root is not None else "the demo data"
@@ -63,7 +68,7 @@ def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, record
         recorded = study.user_attrs[INPUTS_ATTR]  # read back: another run may have recorded at the same time
     then = json.loads(recorded)
     name = study.study_name
-    instead = f"run it as a new study (--set name=NEW_NAME), or delete this one first (search delete --study {name})"
+    instead = f"run it {as_new_study(name)}"
     if then.get("data") != inputs["data"]:
         counts = f"{inputs['images']} images in {inputs['classes']} classes"
         same = then.get("images") == inputs["images"] and then.get("classes") == inputs["classes"]

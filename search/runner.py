@@ -25,7 +25,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.inputs import check_inputs, data_place, trained_inputs
+from search.inputs import as_new_study, check_inputs, data_place, trained_inputs
 from search.objective import Objective, TrialFailed
 from search.progress import Progress
 from search.pruners import build_pruner
@@ -113,8 +113,7 @@ def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]
         now = ", ".join(f"{key}={_clipped(after)}" for key, _, after in changes[:3])
         raise ConfigError(
             f"study '{spec.name}' was made with {then}; this run has {now}, and its trials would not compare "
-            "with the study's earlier ones. Put these back, run the change as a new study (--set name=NEW_NAME), "
-            f"or delete this one first (search delete --study {spec.name})"
+            f"with the study's earlier ones. Put these back, run the change {as_new_study(spec.name)}"
         )
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
