@@ -177,7 +177,7 @@ def _trainable_config(study: optuna.Study, trial: FrozenTrial, output_dir: Path 
 
     config = _recorded_config(trial, output_dir)
     prepared = prepare_data(config.data, config.seed)
-    check_inputs(study, trained_inputs(prepared, config.model), data_place(config.data), record=False)
+    check_inputs(study, trained_inputs(prepared, config.data, config.model), data_place(config.data), record=False)
     return config
 
 

@@ -32,15 +32,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def trained_inputs(prepared: PreparedData, model: ModelConfig) -> dict[str, Any]:
-    """What a run trains on: its images (count, classes, digest) and its weights file's digest."""
+def trained_inputs(prepared: PreparedData, data: DataConfig, model: ModelConfig) -> dict[str, Any]:
+    """What a run trains on: its images (count, classes, digest) and its weights file's digest.
+
+    The demo's images are written on each machine by that machine's OpenCV, whose PNG encoder may
+    give the same pixels in files of other sizes; they are known by their files' places and labels
+    (which its source, imbalance and seed decide, and the study's spec holds), not their sizes."""
     from training.data.cache import content_digest
 
-    decoded = prepared.decoded
+    decoded, sizes = prepared.decoded, data.source != "demo"
     return {
         "images": len(decoded.labels),
         "classes": len(decoded.class_names),
-        "data": content_digest(decoded),
+        "data": content_digest(decoded, sizes=sizes),
+        "sizes": sizes,  # whether the digest counts the files' sizes
         "weights": file_sha256(model.weights) if model.weights is not None else None,
     }
 
@@ -61,12 +66,15 @@ def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, record
     ``where``: the data's place, for the message. Two runs that record at once on different data:
     the one whose record did not stay refuses."""
     recorded = study.user_attrs.get(INPUTS_ATTR)
-    if recorded is None:
+    then = json.loads(recorded) if recorded is not None else None
+    if then is not None and "sizes" not in then and not inputs["sizes"]:
+        # a demo study recorded while its files' sizes still counted: recorded again (its spec decides its images)
+        then = None
+    if then is None:
         if not record:
             return
         study.set_user_attr(INPUTS_ATTR, json.dumps(inputs, sort_keys=True))
-        recorded = study.user_attrs[INPUTS_ATTR]  # read back: another run may have recorded at the same time
-    then = json.loads(recorded)
+        then = json.loads(study.user_attrs[INPUTS_ATTR])  # read back: another run may have recorded at once
     name = study.study_name
     instead = f"run it {as_new_study(name)}"
     if then.get("data") != inputs["data"]:

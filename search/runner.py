@@ -176,7 +176,7 @@ def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Stud
     spec, study = create_study(spec, options)
     fetch_weights(spec.model)
     prepared = prepare_data(spec.data, spec.seed, progress=progress.decode)
-    check_inputs(study, trained_inputs(prepared, spec.model), data_place(spec.data))
+    check_inputs(study, trained_inputs(prepared, spec.data, spec.model), data_place(spec.data))
     return spec, store, study
 
 

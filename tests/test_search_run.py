@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import cv2
 import numpy as np
 import optuna
 import pytest
@@ -422,6 +423,48 @@ def test_running_again_on_other_images_or_weights_is_refused_and_the_same_files_
     final = search_here("export", "--study", "lr-sweep", "--all-data", "--out", str(out), env=env)
     assert final.returncode == 2 and "but other files, labels or sizes" in final.stderr and not out.exists()
     assert [t.state for t in optuna.load_study(study_name="lr-sweep", storage=url).trials] == [TrialState.COMPLETE]
+
+
+def test_the_demo_written_by_another_png_encoder_is_the_same_data_and_a_relabelled_one_is_not(tmp_path):
+    """Each machine writes the demo's PNG files itself; another OpenCV's encoder gives the same pixels in
+    files of other sizes, which must not read as other data when machines share a demo study."""
+    cache, home = tmp_path / "cache", tmp_path / "home"
+    env = {"SEARCH_HOME": str(home), "SEARCH_CACHE_DIR": str(cache)}
+    url = f"sqlite:///{home}/studies.db"
+
+    def run(trials: int) -> subprocess.CompletedProcess:
+        loop._PREPARED.clear()  # each run a new process: the images are listed again
+        decode_cache._IN_PROCESS.clear()
+        return search_here(
+            "run", "--study", "lr-sweep", "--n-trials", str(trials), *TINY, "--set", "pruner={name: none}",
+            "--set", "enqueue=[]", "--set", "train.epochs=1", env=env,
+        )  # fmt: skip
+
+    def recorded() -> dict:
+        return json.loads(optuna.load_study(study_name="lr-sweep", storage=url).user_attrs["inputs"])
+
+    assert run(1).returncode == 0
+    first = recorded()
+    assert first["sizes"] is False and first["images"] > 100 and first["classes"] == 10
+    files = sorted(cache.glob("demo-digits-*/digit_*/*.png"))
+    sizes = [f.stat().st_size for f in files]
+    for file in files:  # the other machine's encoder: same pixels, other bytes
+        assert cv2.imwrite(str(file), cv2.imread(str(file), cv2.IMREAD_UNCHANGED), [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    assert all(f.stat().st_size != size for f, size in zip(files, sizes))
+    assert run(2).returncode == 0 and recorded() == first
+
+    # a demo study recorded by its files' sizes too (as before they stopped counting for the demo) is recorded again
+    optuna.load_study(study_name="lr-sweep", storage=url).set_user_attr(
+        "inputs", json.dumps({**{k: v for k, v in first.items() if k != "sizes"}, "data": "0" * 64})
+    )
+    assert run(3).returncode == 0 and recorded() == first
+
+    files[0].rename(files[0].parent.parent / "digit_9" / f"from-{files[0].parent.name}.png")  # one image relabelled
+    relabelled = run(4)
+    assert relabelled.returncode == 2 and len(relabelled.stderr.strip().splitlines()) == 1, relabelled.stderr
+    assert f"the demo data now holds {first['images']} images in 10 classes, but other files" in relabelled.stderr
+    trials = optuna.load_study(study_name="lr-sweep", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # one per run that was let through
 
 
 def test_delete_removes_a_study_and_every_file_it_stored_and_nothing_of_another(tmp_path):

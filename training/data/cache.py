@@ -48,17 +48,17 @@ class DecodedImages:
     skipped: tuple[str, ...]  # files that could not be decoded
 
 
-def content_digest(decoded: DecodedImages) -> str:
+def content_digest(decoded: DecodedImages, sizes: bool = True) -> str:
     """What the images a run trains and validates on are, wherever they lie: the class names and,
-    for each decoded file, its path below the folder the files share, its label and its size.
-    The same files under another root (another machine, a moved folder) give the same digest; a file
-    added, removed, relabelled or replaced by one of another size gives another."""
+    for each decoded file, its path below the folder the files share, its label and (``sizes``) its
+    size. The same files under another root (another machine, a moved folder) give the same digest; a
+    file added, removed, relabelled or replaced by one of another size gives another."""
     paths = [os.path.abspath(path) for path in decoded.paths]
     common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
     digest = hashlib.sha256(json.dumps(list(decoded.class_names)).encode())
     for path, label in sorted(zip(paths, decoded.labels.tolist())):
         try:
-            size = os.path.getsize(path)
+            size = os.path.getsize(path) if sizes else 0
         except OSError:
             size = -1
         digest.update(f"{os.path.relpath(path, common)}\0{label}\0{size}\n".encode())
