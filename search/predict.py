@@ -45,8 +45,9 @@ def write_predictions(
     class probabilities are averaged."""
     from tqdm import tqdm
 
-    from training.predict import predict_files
+    from training.predict import ensemble_metas, predict_files
 
+    ensemble_metas(checkpoints)  # a file that is not a checkpoint is one line before the images are listed
     if not images.is_dir():
         what = "is a file, not a folder" if images.exists() else "does not exist"
         raise DataError(f"image folder {images} {what}; give --images the folder of the images to predict")

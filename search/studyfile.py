@@ -298,18 +298,22 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def expand_env(value: Any) -> Any:
-    """``${VAR}`` in strings, so a data root can come from the environment."""
+def expand_env(value: Any, where: str, key: str = "") -> Any:
+    """``${VAR}`` in strings, so a data root can come from the environment; ``where``: the study
+    file, ``key``: the value's place in it, for the message when a variable is not set."""
     if isinstance(value, str):
         expanded = os.path.expandvars(value)
         if "$" in expanded and "$" in value:
             missing = value[value.index("$") :].split("/")[0]
-            raise ConfigError(f"environment variable {missing} is not set (used in '{value}')")
+            raise ConfigError(
+                f"{where}: {key} = '{value}': environment variable {missing} is not set; set it, "
+                f"or give --set {key}=VALUE"
+            )
         return expanded
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -332,7 +336,7 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> Study:
     pairs = parse_overrides(list(overrides))
     for key, value in pairs:
         _set(raw, key, value)
-    return validate_study(expand_env(raw), str(path), [key for key, _ in pairs])
+    return validate_study(expand_env(raw, str(path)), str(path), [key for key, _ in pairs])
 
 
 def validate_study(raw: dict[str, Any], where: str, overridden: Sequence[str] = ()) -> Study:
@@ -358,7 +362,7 @@ def describe(error: ValidationError, where: str, overridden: Sequence[str] = ())
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key '{key}'; remove it or check its spelling"
     if first["type"] == "missing":
-        return f"{where}: missing key '{key}'"
+        return f"{where}: missing key '{key}'; add it (the shipped studies/lr-sweep.yaml has every section)"
     if not loc:
         return f"{where}: {message}"
     return f"{where}: {key} = {first.get('input')!r}: {message}"

@@ -87,6 +87,13 @@ BAD_STUDIES = [
     ),
     ("enqueued unknown choice", _set("enqueue", [{"loss": "dice"}]), "enqueue[0]: loss='dice' is not one of"),
     ("val_ratio out of range", _set("data.val_ratio", 1.5), "data.val_ratio = 1.5"),
+    (
+        "variable not set",
+        _set("data.root", "${NO_SUCH_DATA}/train"),
+        "data.root = '${NO_SUCH_DATA}/train': environment variable ${NO_SUCH_DATA} is not set; set it, "
+        "or give --set data.root=VALUE",
+    ),
+    ("missing section", lambda raw: raw.pop("space"), "missing key 'space'; add it"),
 ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, read_meta
 from training.data.cache import decode_image
 from training.errors import ConfigError, DataError
 from training.loop import InputPipe, autocast, resolve_device
@@ -32,14 +32,8 @@ def predict_files(
     each image and its horizontal mirror.
     """
     where = resolve_device(device)
+    ensemble_metas(checkpoints)
     models, metas = zip(*(load_checkpoint(c, device=str(where)) for c in checkpoints))
-    names = metas[0]["class_names"]
-    for checkpoint, meta in zip(checkpoints[1:], metas[1:]):
-        if meta["class_names"] != names:  # their probabilities would be averaged class by class
-            raise ConfigError(
-                f"{checkpoint} predicts other classes than {checkpoints[0]} ({meta['class_names']} against {names}); "
-                "an ensemble needs checkpoints of the same classes"
-            )
     if where.type == "cuda":
         models = [m.to(memory_format=torch.channels_last) for m in models]
     pipes = [InputPipe(meta["mean"], meta["std"], where) for meta in metas]
@@ -58,6 +52,20 @@ def predict_files(
             if progress is not None:
                 progress(len(chunk))
     return torch.cat(out).numpy(), list(metas)
+
+
+def ensemble_metas(checkpoints: Sequence[Path]) -> list[dict]:
+    """The checkpoints' headers, read without their weights: a file that is not a checkpoint, or one of
+    other classes than the first's (their probabilities would be averaged class by class), is refused."""
+    metas = [read_meta(c) for c in checkpoints]
+    names = metas[0]["class_names"]
+    for checkpoint, meta in zip(checkpoints[1:], metas[1:]):
+        if meta["class_names"] != names:
+            raise ConfigError(
+                f"{checkpoint} predicts other classes than {checkpoints[0]} ({meta['class_names']} against {names}); "
+                "an ensemble needs checkpoints of the same classes"
+            )
+    return metas
 
 
 def _decode(pool: ThreadPoolExecutor, chunk: Sequence[str], size: tuple[int, int]) -> torch.Tensor:
