@@ -47,7 +47,6 @@ def write_predictions(
 
     from training.predict import ensemble_metas, predict_files
 
-    ensemble_metas(checkpoints)  # a file that is not a checkpoint is one line before the images are listed
     if not images.is_dir():
         what = "is a file, not a folder" if images.exists() else "does not exist"
         raise DataError(f"image folder {images} {what}; give --images the folder of the images to predict")
@@ -62,6 +61,7 @@ def write_predictions(
         rows, fields = [], []
     if not paths:
         raise DataError(f"no images in {images}")
+    ensemble_metas(checkpoints)  # a file that is not a checkpoint: one line, before the progress bar
     with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
         probs, metas = predict_files(checkpoints, paths, batch_size, flip_tta, progress=bar.update)
     labels = probs.argmax(axis=1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -35,13 +36,27 @@ def test_competition_age_bounds_are_configurable(competition_root):
     assert competition_class_names((25, 40))[1] == "mask/male/25-39"
 
 
-def test_competition_train_csv_limits_the_folders(competition_root):
+def test_competition_train_csv_limits_the_folders_and_its_rows_say_gender_and_age(competition_root):
+    header = "id,gender,race,age,path\n"
+    # 000001's folder says female, 27; its row is corrected to male, 65 (the competition's known mislabels)
     (competition_root / "train.csv").write_text(
-        "id,gender,race,age,path\n000000,male,Asian,20,000000_male_Asian_20\n000001,female,Asian,27,000001_female_Asian_27\n"
+        header + "000000,male,Asian,20,000000_male_Asian_20\n000001,Male,Asian,65,000001_female_Asian_27\n"
     )
     data = competition_layout(competition_root, (30, 60))
     assert len(data.paths) == 14
     assert set(data.groups) == {"000000", "000001"}
+    by_person = {g: sorted(int(x) for x in data.labels[data.groups == g]) for g in ("000000", "000001")}
+    assert by_person == {"000000": [0, 0, 0, 0, 0, 6, 12], "000001": [2, 2, 2, 2, 2, 8, 14]}  # male, 60 and over
+
+    for text, said in [
+        ("id,path\n000000,000000_male_Asian_20\n", "missing column(s) ['age', 'gender']; the competition's train.csv"),
+        (header + "000000,male,Asian,20,000000_male_Asian_20\n000001,?,Asian,x,000001_female_Asian_27\n",
+         "train.csv:3: gender '?' and age 'x'; expected male or female and whole years"),
+        (header + "000000,male,Asian,20,\n", "train.csv:2: empty path; fix or delete the row"),
+    ]:  # fmt: skip
+        (competition_root / "train.csv").write_text(text)
+        with pytest.raises(DataError, match=re.escape(said)):
+            competition_layout(competition_root, (30, 60))
 
 
 def test_image_folder_labels_by_subfolder(folder_dataset):

@@ -183,25 +183,54 @@ def competition_class_names(bounds: tuple[int, int]) -> tuple[str, ...]:
     return tuple(f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in ages)
 
 
-def competition_layout(root: Path | None, age_bounds: tuple[int, int]) -> Dataset:
-    """``<root>/images/<id>_<gender>_<race>_<age>/{mask1..5,incorrect_mask,normal}.<ext>``."""
-    root = _existing_dir(root, "competition data root")
-    images = root / "images" if (root / "images").is_dir() else root
-    listed = root / "train.csv"
-    if listed.is_file():
-        with open(listed, newline="") as handle:
-            folders = [images / row["path"] for row in csv.DictReader(handle) if row.get("path")]
-    else:
-        folders = sorted(p for p in images.iterdir() if p.is_dir() and _visible(p))
-    paths: list[str] = []
-    labels: list[int] = []
-    groups: list[str] = []
-    for folder in folders:
+def _folder_people(images: Path) -> list[tuple[Path, str, str, int]]:
+    """(folder, id, gender, age) of each ``<id>_<gender>_<race>_<age>`` folder; other folders are skipped."""
+    people = []
+    for folder in sorted(p for p in images.iterdir() if p.is_dir() and _visible(p)):
         parts = folder.name.split("_")
         if len(parts) != 4 or parts[1] not in GENDERS or not parts[3].isdigit():
             log.warning("skipping %s: folder name is not <id>_<gender>_<race>_<age>", folder)
             continue
-        gender, age = GENDERS[parts[1]], int(parts[3])
+        people.append((folder, parts[0], parts[1], int(parts[3])))
+    return people
+
+
+def _listed_people(listed: Path, images: Path) -> list[tuple[Path, str, str, int]]:
+    """(folder, id, gender, age) of each row of the competition's ``train.csv``, as the row says."""
+    with open(listed, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"path", "gender", "age"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(
+                f"{listed}: missing column(s) {sorted(missing)}; "
+                "the competition's train.csv has id,gender,race,age,path"
+            )
+        people = []
+        for line, row in enumerate(reader, start=2):
+            path, gender, age = ((row.get(key) or "").strip() for key in ("path", "gender", "age"))
+            gender = gender.lower()
+            if not path:
+                raise DataError(f"{listed}:{line}: empty path; fix or delete the row")
+            if gender not in GENDERS or not age.isdigit():
+                raise DataError(
+                    f"{listed}:{line}: gender {gender!r} and age {age!r}; expected male or female and whole years"
+                )
+            people.append((images / path, (row.get("id") or "").strip() or path.split("_")[0], gender, int(age)))
+    return people
+
+
+def competition_layout(root: Path | None, age_bounds: tuple[int, int]) -> Dataset:
+    """``<root>/images/<id>_<gender>_<race>_<age>/{mask1..5,incorrect_mask,normal}.<ext>``; with a
+    ``<root>/train.csv`` (``id,gender,race,age,path``), its rows name the folders and say each
+    person's gender and age (a corrected row relabels that person's images)."""
+    root = _existing_dir(root, "competition data root")
+    images = root / "images" if (root / "images").is_dir() else root
+    listed = root / "train.csv"
+    people = _listed_people(listed, images) if listed.is_file() else _folder_people(images)
+    paths: list[str] = []
+    labels: list[int] = []
+    groups: list[str] = []
+    for folder, person, gender, age in people:
         if not folder.is_dir():
             log.warning("skipping %s: listed in train.csv but not on disk", folder)
             continue
@@ -210,8 +239,8 @@ def competition_layout(root: Path | None, age_bounds: tuple[int, int]) -> Datase
             if mask is None or not _visible(file) or file.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             paths.append(str(file))
-            labels.append(mask * 6 + gender * 3 + age_band(age, age_bounds))
-            groups.append(parts[0])
+            labels.append(mask * 6 + GENDERS[gender] * 3 + age_band(age, age_bounds))
+            groups.append(person)
     return Dataset(
         tuple(paths),
         np.asarray(labels, dtype=np.int64),
