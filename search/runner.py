@@ -44,6 +44,7 @@ from search.storage import (
 )
 from search.studyfile import Study, changed_setup
 from training import prepare_data
+from training.data.sources import load_source
 from training.errors import ConfigError, SearchError
 from training.files import make_folder
 from training.loop import resolve_device
@@ -167,15 +168,17 @@ def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Stud
     """What a run needs before its first trial, each mistake one line before anything trains: the
     artifact folder (before the decode, so it is answered at once), the device (one this machine
     lacks), the study (a space its trials cannot take, another setup than it was made with), the
-    pretrained weights (fetched once into the machine's cache; a hub out of reach), the data
-    (decoded once, into the machine's cache), and that the images and weights file are those the
-    study was made on (``check_inputs``).
+    data's listing (a wrong root is answered before the hub's time-outs), the pretrained weights
+    (fetched once into the machine's cache; a hub out of reach), the data (decoded once, into the
+    machine's cache), and that the images and weights file are those the study was made on
+    (``check_inputs``).
     `search run --workers N` calls it once itself, before its workers start."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
     spec, study = create_study(spec, options)
+    dataset = load_source(spec.data)
     fetch_weights(spec.model)
-    prepared = prepare_data(spec.data, spec.seed, progress=progress.decode)
+    prepared = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
     check_inputs(study, trained_inputs(prepared, spec.data, spec.model), data_place(spec.data))
     return spec, store, study
 

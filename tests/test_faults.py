@@ -257,6 +257,16 @@ def test_a_run_asks_the_hub_for_pretrained_weights_once_not_in_every_trial(tmp_p
     assert hub_cache["asked"] == ["model.safetensors"]  # before the first trial; the trials read that file
 
 
+def test_a_wrong_data_root_is_said_before_the_hub_is_asked_for_weights(tmp_path, hub_cache):
+    """Off the network the hub's time-outs took 50 s before any word of a data root that is not there."""
+    args = [*TINY, "--set", "model.pretrained=true", "--set", "data.source=folder", "--set", f"data.root={tmp_path}/no"]
+    run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
+    assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+        f"search: error: image folder {tmp_path}/no does not exist or is not a folder; set data.root"
+    ]
+    assert hub_cache["asked"] == []
+
+
 def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
     started = time.monotonic()
     run = search(

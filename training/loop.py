@@ -28,7 +28,7 @@ from training.checkpoint import save_checkpoint
 from training.config import DataConfig, TrainConfig
 from training.data.cache import DecodedImages, decode_images
 from training.data.loader import BatchLoader, DeviceBatchLoader, rarest_classes, resident_images
-from training.data.sources import cache_folder, default_cache_dir, load_source
+from training.data.sources import Dataset, cache_folder, default_cache_dir, load_source
 from training.data.split import split_train_val
 from training.errors import ConfigError, NonFiniteLossError
 from training.losses import build_loss
@@ -77,8 +77,14 @@ class PreparedData:
 _PREPARED: dict[tuple[str, int], PreparedData] = {}
 
 
-def prepare_data(config: DataConfig, seed: int, progress: Callable[[int, int], None] | None = None) -> PreparedData:
-    """Load the source, decode it once (cached), and split it by the seed.
+def prepare_data(
+    config: DataConfig,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+    dataset: Dataset | None = None,
+) -> PreparedData:
+    """Load the source (unless ``dataset`` is its listing already), decode it once (cached), and
+    split it by the seed.
 
     Memoised per process: the trials of a worker share one listing, one decode and one split
     (the files are taken to stay as they are while a worker runs; a new process looks again).
@@ -86,7 +92,7 @@ def prepare_data(config: DataConfig, seed: int, progress: Callable[[int, int], N
     key = (config.model_dump_json(), seed)
     if key in _PREPARED:
         return _PREPARED[key]
-    dataset = load_source(config)
+    dataset = dataset or load_source(config)
     decoded = decode_images(dataset, config.image_size, cache_folder(config.cache_dir), config.decode_threads, progress)
     train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
     _PREPARED[key] = PreparedData(decoded, train_idx, val_idx)
