@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_config
 from safetensors import safe_open
 
-from training import NonFiniteLossError, SearchError, train
+from training import NonFiniteLossError, SearchError, loop, train
 from training.checkpoint import load_checkpoint, read_meta
 from training.loop import InputPipe, build_loaders, predict_probs, prepare_data, set_up, train_on_all_data
 from training.models import create_model
@@ -39,6 +39,25 @@ def test_train_returns_best_epoch_history_throughput_and_checkpoint(folder_datas
     for key in ("accuracy", "macro_precision", "macro_recall", "roc_auc", "per_class_f1", "confusion_matrix"):
         assert key in result.best_metrics
     assert result.checkpoint.is_file()
+
+
+def test_a_class_the_validation_split_lacks_is_said_with_the_ceiling_it_puts_on_macro_f1(
+    folder_dataset, tmp_path, caplog
+):
+    prepare_data(tiny_config(folder_dataset).data, 0)  # every class validated: nothing said
+    assert "validation split has no image" not in caplog.text
+    loop._PREPARED.clear()  # as a new process: the folder is listed again
+    (folder_dataset / "owl").mkdir()
+    (folder_dataset / "fox" / "0.jpg").rename(folder_dataset / "owl" / "0.jpg")  # one image: one side only
+    unvalidated = 0
+    for seed in range(6):
+        data = prepare_data(tiny_config(folder_dataset).data, seed)
+        assert data.decoded.class_names[3] == "owl"
+        unvalidated += 3 not in data.decoded.labels[data.val_idx]
+    assert unvalidated >= 1  # the seeds that put the image on the training side
+    said = "the validation split has no image of 1 of 4 classes: 'owl' (1 in all); macro-F1 counts each as 0"
+    assert caplog.text.count(said) == unvalidated
+    assert "so no trial can score above 0.75 (trials still rank fairly)" in caplog.text
 
 
 def test_on_epoch_end_can_stop_training(folder_dataset):

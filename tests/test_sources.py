@@ -131,3 +131,15 @@ def test_a_listed_file_that_is_not_there_is_skipped_in_words_without_opencvs_own
     assert decoded.skipped == (str(tmp_path / "folder/dog/gone.png"),)
     assert f"skipping {tmp_path / 'folder/dog/gone.png'}: no such file" in caplog.text
     assert "[ WARN" not in capfd.readouterr().err  # OpenCV's own line (findDecoder imread_ ...) is not added
+
+
+def test_data_of_one_class_is_refused_in_one_line(folder_dataset, tmp_path):
+    """A classifier of one class trains to macro-F1 1.0 and means nothing: refused before it starts."""
+    (tmp_path / "one").mkdir()
+    (folder_dataset / "dog").rename(tmp_path / "one" / "dog")
+    with pytest.raises(DataError, match=re.escape(f"all 12 images in {tmp_path / 'one'} are of one class, 'dog'; ")):
+        load_source(DataConfig(source="folder", root=tmp_path / "one"))
+    rows = "path,label\n" + "".join(f"one/dog/{i}.{'png' if i % 2 else 'jpg'},dog\n" for i in range(3))
+    (tmp_path / "labels.csv").write_text(rows)
+    with pytest.raises(DataError, match="all 3 images in .*labels.csv are of one class, 'dog'; a classifier needs"):
+        load_source(DataConfig(source="csv", root=tmp_path / "labels.csv"))

@@ -50,6 +50,12 @@ def load_source(config: DataConfig) -> Dataset:
     dataset = loaders[config.source]()
     if len(dataset.paths) == 0:
         raise DataError(f"no images found in {dataset.source}; check data.root")
+    present = np.unique(dataset.labels)
+    if len(present) < 2:
+        raise DataError(
+            f"all {len(dataset.paths)} images in {dataset.source} are of one class, "
+            f"{dataset.class_names[present[0]]!r}; a classifier needs images of two classes or more"
+        )
     return dataset
 
 
