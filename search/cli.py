@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period or 3 * args.heartbeat_interval,
+        data_said=args.worker_index is not None,
     )
     if spawning:
         from search.progress import Progress

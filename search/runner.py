@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -71,6 +72,7 @@ class RunOptions:
     quiet: bool = False
     heartbeat_interval: int = 10
     grace_period: int = 30
+    data_said: bool = False  # a worker of `--workers N`: its parent opened the run and said the data's warnings
 
 
 def state_counts(study: optuna.Study) -> Counter:
@@ -183,11 +185,24 @@ def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Stud
     return spec, store, study
 
 
+@contextlib.contextmanager
+def _unsaid(logger_name: str) -> Iterator[None]:
+    """The warnings of ``logger_name`` left unsaid (said once already, by the parent of the workers)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     """Run trials until the study has ``n_trials`` finished or the timeout passes."""
     prefix = f"[worker {options.worker_index}] " if options.workers > 1 else ""
     progress = Progress(options.quiet, prefix)
-    spec, store, study = open_run(spec, options, progress)
+    with _unsaid("training.data") if options.data_said else contextlib.nullcontext():
+        spec, store, study = open_run(spec, options, progress)
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, spec.name)

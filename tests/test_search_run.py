@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from search import studyfile
 from search.storage import open_storage
 from training import loop
 from training.checkpoint import read_meta
@@ -519,7 +520,12 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
         env |= {"SEARCH_CACHE_DIR": str(tmp_path / "home" / "cache"), "TMPDIR": str(tmp_path / "tmp")}
     verbose = [arg for arg in TINY if arg != "--quiet"]
     data = f"data={{source: folder, root: {folder_dataset}, image_size: 16}}"
-    run = search("run", "--study", "lr-sweep", "--n-trials", "4", "--workers", "2", *verbose, "--set", data, env=env)
+    # a class of one image, on the training side by the seed: warned of by the run, not by each worker
+    write_image(folder_dataset / "owl" / "0.png", np.random.default_rng(3), (200, 200, 200))
+    config = studyfile.load_study("lr-sweep", [data]).data.model_copy(update={"cache_dir": tmp_path / "probe"})
+    seed = next(s for s in range(20) if 3 not in (d := loop.prepare_data(config, s)).decoded.labels[d.val_idx])
+    args = ["--n-trials", "4", "--workers", "2", *verbose, "--set", data, "--set", f"seed={seed}"]
+    run = search("run", "--study", "lr-sweep", *args, env=env)
     assert "database is locked" not in run.stderr
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -531,6 +537,8 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
     assert sum("share one SQLite file" in line for line in lines) == 1
     skipped = [line for line in lines if f"skipping unreadable image {broken}" in line]
     assert skipped == [f"search: skipping unreadable image {broken}"], skipped  # decoded once, before the workers
+    unvalidated = [line for line in lines if "the validation split has no image of 1 of 4 classes: 'owl'" in line]
+    assert len(unvalidated) == 1 and unvalidated[0].startswith("search: "), unvalidated  # said by the run only
     if cache == "read-only":
         assert sum("cannot write the cache folder" in line for line in lines) == 1, lines
         assert (tmp_path / "tmp" / f"search-cache-{os.getuid()}" / "decoded").is_dir()

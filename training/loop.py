@@ -29,7 +29,7 @@ from training.config import DataConfig, TrainConfig
 from training.data.cache import DecodedImages, decode_images
 from training.data.loader import BatchLoader, DeviceBatchLoader, rarest_classes, resident_images
 from training.data.sources import Dataset, cache_folder, default_cache_dir, load_source
-from training.data.split import split_train_val
+from training.data.split import split_train_val, warn_unvalidated_classes
 from training.errors import ConfigError, NonFiniteLossError
 from training.losses import build_loss
 from training.metrics import classification_metrics
@@ -96,26 +96,8 @@ def prepare_data(
     decoded = decode_images(dataset, config.image_size, cache_folder(config.cache_dir), config.decode_threads, progress)
     train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
     _PREPARED[key] = PreparedData(decoded, train_idx, val_idx)
-    _warn_unmeasured_classes(_PREPARED[key])
+    warn_unvalidated_classes(decoded.labels, val_idx, decoded.class_names)
     return _PREPARED[key]
-
-
-def _warn_unmeasured_classes(data: PreparedData) -> None:
-    """Classes the validation split has no image of: macro-F1 counts each as 0 in every trial, so it
-    cannot reach 1 (the ranking of trials holds; the figure misleads). Rare classes of few people."""
-    names, labels = data.decoded.class_names, data.decoded.labels
-    validated = np.bincount(labels[data.val_idx], minlength=len(names))
-    missing = [c for c in range(len(names)) if not validated[c]]
-    if missing:
-        counts = np.bincount(labels, minlength=len(names))
-        listed = ", ".join(f"{names[c]!r} ({counts[c]} in all)" for c in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        log.warning(
-            "the validation split has no image of %d of %d classes: %s%s; macro-F1 counts each as 0, so no trial "
-            "can score above %.2f (trials still rank fairly). Give those classes more images, or a larger "
-            "data.val_ratio",
-            len(missing), len(names), listed, more, 1 - len(missing) / len(names),
-        )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
