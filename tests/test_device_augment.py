@@ -10,7 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.data.loader import BatchLoader, DeviceBatchLoader
-from training.device_augment import DeviceAugment, _Parameters, supported
+from training.device_augment import DeviceAugment, _Parameters, supported, unsupported
 
 
 @pytest.fixture
@@ -72,6 +72,9 @@ def test_which_pipelines_have_a_device_path():
     assert not supported([{"name": "CoarseDropout", "fill": "inpaint_telea"}])  # only a constant fill here
     assert not supported([{"name": "Affine", "shear": 5}])  # a parameter this path does not model
     assert not supported({"transform": {}})  # albumentations' own serialised form
+    steps = [{"name": "HorizontalFlip"}, {"name": "GaussNoise"}, {"name": "Affine", "shear": 5, "rotate": 3},
+             {"name": "CoarseDropout", "fill": "inpaint_telea"}]  # fmt: skip
+    assert unsupported(steps) == ["GaussNoise", "Affine with shear", "CoarseDropout with fill 'inpaint_telea'"]
 
 
 def test_device_loader_serves_the_same_order_and_labels_as_the_cpu_loader(images):

@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from training import NonFiniteLossError, SearchError, loop, train
 from training.checkpoint import load_checkpoint, read_meta
+from training.data.loader import BatchLoader
 from training.loop import InputPipe, build_loaders, predict_probs, prepare_data, set_up, train_on_all_data
 from training.models import create_model
 
@@ -58,6 +59,24 @@ def test_a_class_the_validation_split_lacks_is_said_with_the_ceiling_it_puts_on_
     said = "the validation split has no image of 1 of 4 classes: 'owl' (1 in all); macro-F1 counts each as 0"
     assert caplog.text.count(said) == unvalidated
     assert "so no trial can score above 0.75 (trials still rank fairly)" in caplog.text
+
+
+def test_augmentation_without_a_gpu_counterpart_is_said_once_per_process_naming_what_keeps_it_on_the_cpu(
+    folder_dataset, caplog, monkeypatch
+):
+    monkeypatch.setattr(loop, "_WARNED", set())
+    flip = {"name": "HorizontalFlip", "p": 0.5}
+    steps = {"train": [flip, {"name": "GaussNoise"}], "val": [flip]}
+    config = tiny_config(folder_dataset, augment=steps)
+    data = prepare_data(config.data, config.seed)
+    for _ in range(2):  # two trials of one worker; the path is chosen before anything touches CUDA
+        loaders = build_loaders(config, data, torch.device("cuda"))
+        assert [type(loader) for loader in loaders] == [BatchLoader, BatchLoader]  # albumentations on the CPU
+    said = (
+        "no GPU counterpart for augment.train: GaussNoise; augment.val (the GPU validates un-augmented): every "
+        "batch is augmented by albumentations on the CPU, which is likely to be the bottleneck (the GPU's transforms: "
+    )
+    assert caplog.text.count(said) == 1
 
 
 def test_on_epoch_end_can_stop_training(folder_dataset):

@@ -42,9 +42,23 @@ GEOMETRIC = {"HorizontalFlip", "Affine", "ShiftScaleRotate", "RandomResizedCrop"
 
 def supported(spec: Sequence[dict[str, Any]] | dict[str, Any]) -> bool:
     """Whether every step of a pipeline (list form) has a device counterpart here."""
+    return not unsupported(spec)
+
+
+def unsupported(spec: Sequence[dict[str, Any]] | dict[str, Any]) -> list[str]:
+    """The steps of a pipeline without a device counterpart here, by name (with the parameters this
+    module does not take, if that is why)."""
     if isinstance(spec, dict):
-        return False  # albumentations' own serialised form: keep it on albumentations
-    return all(_supported_step(step) for step in spec)
+        return ["albumentations' serialised pipeline"]  # its own form: kept on albumentations
+    out = []
+    for step in (step for step in spec if not _supported_step(step)):
+        name = step.get("name")
+        if name not in DEVICE_TRANSFORMS:
+            out.append(str(name))
+            continue
+        extra = sorted(set(step) - {"name"} - DEVICE_TRANSFORMS[name])
+        out.append(f"{name} with {', '.join(extra)}" if extra else f"{name} with fill {step.get('fill')!r}")
+    return out
 
 
 def _supported_step(step: dict[str, Any]) -> bool:

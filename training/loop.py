@@ -286,6 +286,16 @@ def checkpoint_meta(config: TrainConfig, data: PreparedData, pipe_norm: tuple, e
     }
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning said once per process: a worker's trials would each say it again."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
 def build_loaders(
     config: TrainConfig, data: PreparedData, device: torch.device | None = None
 ) -> tuple[BatchLoader, BatchLoader]:
@@ -294,9 +304,13 @@ def build_loaders(
     images, labels = data.decoded.images, data.decoded.labels
     augment = config.augment
     rare = rarest_classes(labels[data.train_idx], data.num_classes, augment.rare_fraction)
-    on_device = device_augment.supported(augment.train) and device_augment.supported(augment.rare)
     if device is not None and device.type == "cuda":
-        if on_device and not augment.val:  # validation runs un-augmented on the device
+        off_device = [
+            *(f"augment.train: {step}" for step in device_augment.unsupported(augment.train)),
+            *(f"augment.rare: {step}" for step in device_augment.unsupported(augment.rare)),
+            *(["augment.val (the GPU validates un-augmented)"] if augment.val else []),
+        ]
+        if not off_device:
             resident = resident_images(images, device, config.gpu_images_share)
             train_augment = device_augment.DeviceAugment(augment.train, config.seed) if augment.train else None
             rare_augment = device_augment.DeviceAugment(augment.rare, config.seed + 1) if augment.rare else None
@@ -317,11 +331,10 @@ def build_loaders(
                 resident, labels, data.val_idx, config.eval_batch_size, device=device, seed=config.seed, shuffle=False
             )
             return train_loader, val_loader
-        log.warning(
-            "augmentation %s has transforms without a GPU counterpart; it runs with albumentations on the CPU, "
-            "which is likely to be the bottleneck (GPU transforms: %s)",
-            [s.get("name") for s in augment.train] if isinstance(augment.train, list) else "(albumentations dict)",
-            sorted(device_augment.DEVICE_TRANSFORMS),
+        _warn_once(
+            f"no GPU counterpart for {'; '.join(off_device)}: every batch is augmented by albumentations on the "
+            "CPU, which is likely to be the bottleneck (the GPU's transforms: "
+            f"{', '.join(sorted(device_augment.DEVICE_TRANSFORMS))}; see the README, On a GPU)"
         )
     train_loader = BatchLoader(
         images,
