@@ -53,6 +53,8 @@ def test_competition_train_csv_limits_the_folders_and_its_rows_say_gender_and_ag
         (header + "000000,male,Asian,20,000000_male_Asian_20\n000001,?,Asian,x,000001_female_Asian_27\n",
          "train.csv:3: gender '?' and age 'x'; expected male or female and whole years"),
         (header + "000000,male,Asian,20,\n", "train.csv:2: empty path; fix or delete the row"),
+        (header + "000001,female,Asian,27,000001_female_Asian_27\n000001,male,Asian,65,000001_female_Asian_27\n",
+         "train.csv:3: 000001_female_Asian_27 is listed again (first at line 2); keep one row per person"),
     ]:  # fmt: skip
         (competition_root / "train.csv").write_text(text)
         with pytest.raises(DataError, match=re.escape(said)):

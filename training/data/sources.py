@@ -212,11 +212,18 @@ def _listed_people(listed: Path, images: Path) -> list[tuple[Path, str, str, int
                 "the competition's train.csv has id,gender,race,age,path"
             )
         people = []
+        first_line: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
             path, gender, age = ((row.get(key) or "").strip() for key in ("path", "gender", "age"))
             gender = gender.lower()
             if not path:
                 raise DataError(f"{listed}:{line}: empty path; fix or delete the row")
+            if path in first_line:  # a corrected row added below the old one: whose labels would count?
+                raise DataError(
+                    f"{listed}:{line}: {path} is listed again (first at line {first_line[path]}); "
+                    "keep one row per person"
+                )
+            first_line[path] = line
             if gender not in GENDERS or not age.isdigit():
                 raise DataError(
                     f"{listed}:{line}: gender {gender!r} and age {age!r}; expected male or female and whole years"
