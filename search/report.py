@@ -13,7 +13,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from search.export import not_in_store
-from search.pictures import confusion_png, new_figure, per_class_f1_png
+from search.pictures import confusion_png, new_figure, per_class_f1_png, slant_class_names
 from search.progress import short
 from search.status import failures_by_reason
 from search.storage import AtomicArtifactStore
@@ -28,7 +28,8 @@ def class_distribution_png(train_counts: np.ndarray, val_counts: np.ndarray, nam
     x = np.arange(len(names))
     ax.bar(x, train_counts[order], label="train", color="#4c72b0")
     ax.bar(x, val_counts[order], bottom=train_counts[order], label="validation", color="#dd8452")
-    ax.set_xticks(x, [names[i] for i in order], rotation=60, ha="right")
+    ax.set_xticks(x, [names[i] for i in order])
+    slant_class_names(ax)
     total = train_counts + val_counts
     ax.set_title(f"images per class (largest / smallest = {total.max() / max(total.min(), 1):.1f})")
     ax.set_ylabel("images")
