@@ -213,6 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from search.inputs import INPUTS_ATTR
     from search.status import setup_text
     from search.storage import open_storage
 
@@ -221,7 +222,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        trains = setup_text(s.user_attrs.get("spec")) or "-"
+        trains = setup_text(s.user_attrs.get("spec"), s.user_attrs.get(INPUTS_ATTR)) or "-"
         print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {trains}")
     return 0
 

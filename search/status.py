@@ -11,6 +11,7 @@ from datetime import datetime
 import optuna
 from optuna.trial import TrialState
 
+from search.inputs import INPUTS_ATTR
 from search.progress import short
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
@@ -44,7 +45,7 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    setup = setup_text(study.user_attrs.get("spec"))
+    setup = setup_text(study.user_attrs.get("spec"), study.user_attrs.get(INPUTS_ATTR))
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
@@ -72,18 +73,28 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     return "\n".join(lines)
 
 
-def setup_text(spec_json: str | None) -> str | None:
-    """What a study trains (model, data, epochs), from the spec it recorded when it was made."""
+def setup_text(spec_json: str | None, inputs_json: str | None = None) -> str | None:
+    """What a study trains (model, data, epochs), from the spec it recorded when it was made, with
+    its images' count where a run has recorded them (``inputs_json``)."""
     try:
         spec = json.loads(spec_json)
         data, train = spec["data"], spec["train"]
         height, width = data["image_size"]
         return (
-            f"{spec['model']['name']}, {data['source']} data at {height}x{width}, {train['epochs']} "
-            f"epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
+            f"{spec['model']['name']}, {data['source']} data{_counted(inputs_json)} at {height}x{width}, "
+            f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
         )
     except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
         return None
+
+
+def _counted(inputs_json: str | None) -> str:
+    """' (N images, C classes)' as a run recorded them (``check_inputs``), or nothing before one has."""
+    try:
+        inputs = json.loads(inputs_json)
+        return f" ({inputs['images']:,} images, {inputs['classes']} classes)"
+    except (TypeError, ValueError, KeyError):
+        return ""
 
 
 def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:

@@ -134,15 +134,15 @@ def test_status_best_and_studies_commands(finished_study):
     env = finished_study["env"]
     status = search_here("status", "--study", "lr-sweep", env=env).stdout
     assert "complete" in status and "pruned" in status and "best: trial" in status
-    assert re.match(r"study lr-sweep: \d+ trials of test_resnet, demo data at 16x16, 3 epochs of batch 32\n", status)
+    setup = r"test_resnet, demo data \(\d+ images, 10 classes\) at 16x16, 3 epochs of batch 32"
+    assert re.match(rf"study lr-sweep: \d+ trials of {setup}\n", status), status
     best = json.loads(search_here("best", "--study", "lr-sweep", env=env).stdout)
     assert FOUR <= set(best["params"]) and best["metrics"]["macro_f1"] == best["value"]
     studies = search_here("studies", env=env).stdout.splitlines()
     best_value = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).best_value
     assert studies[0].split()[:3] == ["study", "trials", "best"] and len(studies) == 2
     assert re.fullmatch(
-        rf"lr-sweep +\d+ +{best_value:.4f}  \d{{4}}-\d\d-\d\d \d\d:\d\d  "
-        r"test_resnet, demo data at 16x16, 3 epochs of batch 32",
+        rf"lr-sweep +\d+ +{best_value:.4f}  \d{{4}}-\d\d-\d\d \d\d:\d\d  {setup}",
         studies[1],
     ), studies
 
