@@ -15,7 +15,8 @@ import time
 import torch
 
 from search.studyfile import load_study
-from training.loop import set_up
+from training.loop import train_epoch
+from training.setup import set_up
 
 
 def bare_step(model, optimizer, loss_fn, x, y, steps: int) -> float:
@@ -50,7 +51,7 @@ def main() -> None:
     a_runs, b_runs = [], []
     for epoch in range(args.repeats):
         a_runs.append(bare_step(model, optimizer, loss_fn, x, y, steps))
-        _, seen, seconds = run.train_epoch(epoch)
+        _, seen, seconds = train_epoch(run, epoch)
         b_runs.append(seen / seconds)
     a, b = statistics.median(a_runs), statistics.median(b_runs)
     print(

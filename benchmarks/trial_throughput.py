@@ -90,8 +90,9 @@ def timed_steps(step, batches, warmup: int, device: torch.device) -> tuple[float
 def model_and_step(name: str, classes: int, device: torch.device):
     import timm
 
+    from training.accelerate import autocast
     from training.config import OptimizerConfig, TrainConfig
-    from training.loop import autocast, build_optimizer
+    from training.setup import build_optimizer
 
     model = timm.create_model(name, num_classes=classes).to(device)
     if device.type == "cuda":
@@ -175,17 +176,18 @@ def trial_epoch_throughput(config_json: str, epochs: int, barrier=None) -> dict[
     ``barrier``, when given, is called once everything is ready, before the first step."""
     started = time.perf_counter()
     from training import TrainConfig
-    from training.loop import set_up
+    from training.loop import train_epoch
+    from training.setup import set_up
 
     run = set_up(TrainConfig.model_validate_json(config_json))
     ready, ready_at = time.perf_counter() - started, time.time()
     if barrier is not None:
         barrier()
-    _, _, first_epoch = run.train_epoch(0, accumulation_steps=1)  # warm-up
+    _, _, first_epoch = train_epoch(run, 0, accumulation_steps=1)  # warm-up
     rates, timed = [], []
     for epoch in range(1, epochs + 1):
         epoch_from = time.time()
-        _, seen, seconds = run.train_epoch(epoch, accumulation_steps=1)
+        _, seen, seconds = train_epoch(run, epoch, accumulation_steps=1)
         rates.append(seen / seconds)
         timed.append((epoch_from, time.time(), seen))
     rate = float(np.median(rates)) if rates else 0.0
@@ -464,7 +466,7 @@ def main() -> int:
         paths = sorted(str(p) for p in root.rglob("*.jpg"))
 
         from search.studyfile import load_study
-        from training.loop import prepare_data
+        from training.data.prepare import prepare_data
 
         spec = load_study("mask-lr-sweep", mask_overrides(size, root, home) + [f"train.device={device.type}"])
         config = spec.trial_config({}, None)
@@ -532,14 +534,14 @@ def main() -> int:
             if device.type != "cuda":
                 show(name, "not run: CUDA only (on the CPU every batch comes from host memory)")
                 return
-            import training.loop as loop
+            import training.setup as setup
 
-            real = loop.resident_images
-            loop.resident_images = lambda images, device: torch.from_numpy(images)  # as if too large for the GPU
+            real = setup.resident_images
+            setup.resident_images = lambda images, device, share=0.5: torch.from_numpy(images)  # as if too large
             try:
                 rate = trial_epoch_throughput(config_path.read_text(), epochs)["rate"]
             finally:
-                loop.resident_images = real
+                setup.resident_images = real
             show(name, f"{rate:8.0f} img/s ({rate / figures['c']:.2f} of (c))")
 
         sections.run("decode", decode)  # first: every later part, and (d)'s processes, read its cache
@@ -561,13 +563,13 @@ def main() -> int:
             if not args.mps:
                 return
             from search.workers import mps_daemon
-            from training.errors import SearchError
+            from training.errors import SearchServiceError
 
             try:
                 with mps_daemon() as mps:  # what `search run --mps` starts
                     # new processes: CUDA starts in them after the daemon did
                     figures["d_mps"], each, _ = Packed(config_path, args.packed, epochs, mps).run()
-            except SearchError as error:
+            except SearchServiceError as error:
                 show("(d) under CUDA MPS", f"not run: {error}")
                 return
             show(f"(d) {args.packed} trials packed, under CUDA MPS",

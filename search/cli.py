@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from training.errors import SearchError
+from training.errors import SearchServiceError
 
 
 def _storage(args: argparse.Namespace) -> str:
@@ -245,7 +245,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         server = make_server(args.host, args.port, app, server_class=Server)
     except OSError as error:  # the port is taken, or the address is not this machine's
-        raise SearchError(
+        raise SearchServiceError(
             f"cannot serve the dashboard on {args.host}:{args.port}: {error.strerror}; give another --port or --host"
         ) from None
     where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.ERROR)
     try:
         return COMMANDS[args.command](args)
-    except SearchError as error:
+    except SearchServiceError as error:
         if args.debug:
             raise
         print(f"search: error: {error}", file=sys.stderr)

@@ -11,7 +11,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from search.storage import CHECKPOINT_ATTR, AtomicArtifactStore, SearchStorage
-from training.errors import ConfigError, SearchError
+from training.errors import ConfigError, SearchServiceError
 
 
 def study_artifacts(storage: SearchStorage, study: optuna.Study, trials: list[FrozenTrial]) -> set[str]:
@@ -33,7 +33,7 @@ def delete_study(storage: SearchStorage, study: optuna.Study, store: AtomicArtif
     trials, stale = study.get_trials(deepcopy=False), storage.stale_trial_numbers(study.study_name)
     running = [t.number for t in trials if t.state == TrialState.RUNNING and t.number not in stale]
     if running:
-        raise SearchError(
+        raise SearchServiceError(
             f"study '{study.study_name}' has running trials ({', '.join(map(str, running))}); stop its workers first"
         )
     ids = study_artifacts(storage, study, trials)

@@ -4,6 +4,7 @@ the data for the final submission."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,8 +15,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.inputs import check_inputs, data_place, trained_inputs
 from search.storage import CHECKPOINT_ATTR, AtomicArtifactStore
-from training.errors import ConfigError, SearchError
-from training.files import replacing
+from training import ConfigError, SearchServiceError, replacing
+
+log = logging.getLogger(__name__)
 
 
 def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -27,10 +29,12 @@ def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
                 return trial
         last = max((t.number for t in trials), default=None)
         span = f"trials are numbered 0..{last}" if last is not None else "it has no trials"
-        raise SearchError(f"study '{study.study_name}' has no trial {number}; {span}")
+        raise SearchServiceError(f"study '{study.study_name}' has no trial {number}; {span}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        raise SearchError(f"study '{study.study_name}' has no complete trial yet; run it on (search status shows it)")
+        raise SearchServiceError(
+            f"study '{study.study_name}' has no complete trial yet; run it on (search status shows it)"
+        )
     return max(complete, key=lambda t: t.value)
 
 
@@ -48,7 +52,7 @@ def export_checkpoint(
     with replacing(out, "checkpoint") as temporary:
         if not _stored(store, trial, copy_to=temporary):
             if not retrain:
-                raise SearchError(
+                raise SearchServiceError(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
                     f"({_why_missing(trial, store)}); pass --retrain to train its params again"
                 )
@@ -59,11 +63,11 @@ def export_checkpoint(
 def export_all_data(study: optuna.Study, out: Path, number: int | None = None, force: bool = False) -> FrozenTrial:
     """The trial's params trained again on all the data (its validation split too) up to the epoch
     where the trial peaked, for the final submission; the best complete trial unless ``number``."""
-    from training.loop import train_on_all_data  # torch and timm: seconds to import, for this path only
+    from training import train_on_all_data  # torch and timm: seconds to import, for this path only
 
     trial = choose_trial(study, number)
     if trial.state != TrialState.COMPLETE:
-        raise SearchError(
+        raise SearchServiceError(
             f"trial {trial.number} is {trial.state.name}: --all-data trains a complete trial's recipe up to its "
             "best epoch; give a complete one (search status lists them)"
         )
@@ -80,7 +84,9 @@ def _f1_to_best_epoch(trial: FrozenTrial) -> list[float]:
     epochs = trial.user_attrs.get("best_epoch", -1) + 1
     validation_f1 = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
     if not validation_f1 or None in validation_f1:
-        raise SearchError(f"trial {trial.number} did not record its best epoch and the macro-F1 of every epoch to it")
+        raise SearchServiceError(
+            f"trial {trial.number} did not record its best epoch and the macro-F1 of every epoch to it"
+        )
     return validation_f1
 
 
@@ -120,7 +126,7 @@ def export_top(
     missing = [t for t in chosen if not _stored(store, t)]
     if missing and not retrain:
         which = f"trial {missing[0].number} has" if len(missing) == 1 else f"trials {_numbers(missing)} have"
-        raise SearchError(
+        raise SearchServiceError(
             f"{which} no stored checkpoint ({_why_missing(missing[0], store)}); pass --retrain to train "
             "their params again, or ask for fewer with --top"
         )
@@ -177,6 +183,8 @@ def _trainable_config(study: optuna.Study, trial: FrozenTrial, output_dir: Path 
 
     config = _recorded_config(trial, output_dir)
     prepared = prepare_data(config.data, config.seed)
+    for note in prepared.notes:
+        log.warning("%s", note)
     check_inputs(study, trained_inputs(prepared, config.data, config.model), data_place(config.data), record=False)
     return config
 
@@ -186,5 +194,5 @@ def _recorded_config(trial: FrozenTrial, output_dir: Path | None):
     from training import TrainConfig
 
     if "config" not in trial.user_attrs:
-        raise SearchError(f"trial {trial.number} has no recorded config to train again from")
+        raise SearchServiceError(f"trial {trial.number} has no recorded config to train again from")
     return TrainConfig.model_validate_json(trial.user_attrs["config"]).model_copy(update={"output_dir": output_dir})

@@ -19,7 +19,7 @@ import optuna
 from training import ConfigError, DataConfig, ModelConfig
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
-    from training.loop import PreparedData
+    from training import PreparedData
 
 INPUTS_ATTR = "inputs"
 
@@ -38,7 +38,7 @@ def trained_inputs(prepared: PreparedData, data: DataConfig, model: ModelConfig)
     The demo's images are written on each machine by that machine's OpenCV, whose PNG encoder may
     give the same pixels in files of other sizes; they are known by their files' places and labels
     (which its source, imbalance and seed decide, and the study's spec holds), not their sizes."""
-    from training.data.cache import content_digest
+    from training import content_digest
 
     decoded, sizes = prepared.decoded, data.source != "demo"
     return {
@@ -67,9 +67,6 @@ def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, record
     the one whose record did not stay refuses."""
     recorded = study.user_attrs.get(INPUTS_ATTR)
     then = json.loads(recorded) if recorded is not None else None
-    if then is not None and "sizes" not in then and not inputs["sizes"]:
-        # a demo study recorded while its files' sizes still counted: recorded again (its spec decides its images)
-        then = None
     if then is None:
         if not record:
             return

@@ -33,13 +33,13 @@ from search.storage import (
 )
 from search.studyfile import Study
 from training import ConfigError, NonFiniteLossError, TrainConfig, TrainResult, train
-from training.errors import DiskError, SearchError
+from training.errors import DiskError, SearchServiceError
 
 log = logging.getLogger(__name__)
 SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
 
 
-class TrialFailed(SearchError):
+class TrialFailed(SearchServiceError):
     """A trial failed for a reason recorded on it; the study goes on."""
 
 

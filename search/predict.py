@@ -7,9 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.data.sources import IMAGE_EXTENSIONS
-from training.errors import ConfigError, DataError
-from training.files import replacing
+from training import IMAGE_EXTENSIONS, ConfigError, DataError, replacing
 
 
 def _listed(images: Path, info: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
@@ -45,7 +43,7 @@ def write_predictions(
     class probabilities are averaged."""
     from tqdm import tqdm
 
-    from training.predict import ensemble_metas, predict_files
+    from training import ensemble_metas, predict_files
 
     if not images.is_dir():
         what = "is a file, not a folder" if images.exists() else "does not exist"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from search.progress import short
 from search.status import failures_by_reason
 from search.storage import AtomicArtifactStore
 from search.studyfile import validate_study
-from training.files import make_folder
+from training import make_folder
+
+log = logging.getLogger(__name__)
 
 
 def class_distribution_png(train_counts: np.ndarray, val_counts: np.ndarray, names: Sequence[str], path: Path) -> Path:
@@ -98,10 +101,7 @@ def _confused_examples(study_spec, store: AtomicArtifactStore, best: FrozenTrial
     """Example validation images of the three most confused (true → predicted) pairs."""
     import tempfile
 
-    import torch
-
-    from training.checkpoint import load_checkpoint
-    from training.loop import InputPipe, build_loaders
+    from training import predict_validation
 
     artifact_id = best.user_attrs.get("checkpoint_artifact")
     if not artifact_id:
@@ -113,12 +113,7 @@ def _confused_examples(study_spec, store: AtomicArtifactStore, best: FrozenTrial
         except ArtifactNotFound:
             return f"<p>The best trial's checkpoint is {html.escape(not_in_store(store))}; no example images.</p>"
         file.flush()
-        model, meta = load_checkpoint(Path(file.name))
-    config = study_spec.trial_config(best.params, None)
-    _, val_loader = build_loaders(config, data)
-    from training.loop import predict_probs
-
-    probs, labels = predict_probs(model, val_loader, InputPipe(meta["mean"], meta["std"], torch.device("cpu")))
+        probs, labels = predict_validation(Path(file.name), study_spec.trial_config(best.params, None))
     predicted = probs.argmax(1)
     names = data.decoded.class_names
     matrix = np.asarray(best.user_attrs["confusion_matrix"])
@@ -137,11 +132,13 @@ def _confused_examples(study_spec, store: AtomicArtifactStore, best: FrozenTrial
 
 
 def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> Path:
-    from training.loop import prepare_data
+    from training import prepare_data
 
     make_folder(out, "the report folder", "give another --out")
     spec = validate_study(json.loads(study.user_attrs["spec"]), f"study '{study.study_name}'")
     data = prepare_data(spec.data, spec.seed)
+    for note in data.notes:
+        log.warning("%s", note)
     names = data.decoded.class_names
     labels = data.decoded.labels
     train_counts = np.bincount(labels[data.train_idx], minlength=len(names))

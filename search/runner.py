@@ -44,13 +44,12 @@ from search.storage import (
     stop_requests,
 )
 from search.studyfile import Study, changed_setup
-from training import prepare_data
+from training import fetch_weights, prepare_data, resolve_device
 from training.data.sources import load_source
-from training.errors import ConfigError, SearchError
+from training.errors import ConfigError, SearchServiceError
 from training.files import make_folder
-from training.loop import resolve_device
-from training.models import fetch_weights
 
+log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
 
@@ -146,7 +145,7 @@ class AfterTrial:
         self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             reason = trial.user_attrs.get("failure_reason", "see the log")
-            raise SearchError(
+            raise SearchServiceError(
                 f"{self.failures_in_a_row} trials in a row failed on this worker, the last with: {reason}; "
                 "fix the cause and run again to continue"
             )
@@ -181,28 +180,18 @@ def open_run(spec: Study, options: RunOptions, progress: Progress) -> tuple[Stud
     dataset = load_source(spec.data)
     fetch_weights(spec.model)
     prepared = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
+    if not options.data_said:
+        for note in prepared.notes:
+            log.warning("%s", note)
     check_inputs(study, trained_inputs(prepared, spec.data, spec.model), data_place(spec.data))
     return spec, store, study
-
-
-@contextlib.contextmanager
-def _unsaid(logger_name: str) -> Iterator[None]:
-    """The warnings of ``logger_name`` left unsaid (said once already, by the parent of the workers)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def worker_loop(spec: Study, options: RunOptions) -> optuna.Study:
     """Run trials until the study has ``n_trials`` finished or the timeout passes."""
     prefix = f"[worker {options.worker_index}] " if options.workers > 1 else ""
     progress = Progress(options.quiet, prefix)
-    with _unsaid("training.data") if options.data_said else contextlib.nullcontext():
-        spec, store, study = open_run(spec, options, progress)
+    spec, store, study = open_run(spec, options, progress)
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, spec.name)

@@ -27,11 +27,11 @@ from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from training.errors import ConfigError, DiskError, SearchError
+from training.errors import ConfigError, DiskError, SearchServiceError
 from training.files import make_folder, make_readable
 
 
-class StorageError(SearchError):
+class StorageError(SearchServiceError):
     """The storage cannot be reached or used (exit code 1)."""
 
 
@@ -201,7 +201,7 @@ def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Stu
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
-        raise SearchError(f"no study '{name}' in this storage; studies here: {names}") from None
+        raise SearchServiceError(f"no study '{name}' in this storage; studies here: {names}") from None
 
 
 def stop_requests(study: optuna.Study) -> int:

@@ -17,15 +17,11 @@ from training.config import (
     LOSS_PARAMS,
     SCHEDULER_PARAMS,
     WITHOUT_TIMM,
-    AugmentConfig,
     DataConfig,
     Frozen,
-    LossConfig,
     ModelConfig,
-    OptimizerConfig,
-    SchedulerConfig,
     TrainConfig,
-    check_cuda_graphs,
+    TrainSettings,
     check_input_size,
     registered,
 )
@@ -129,30 +125,6 @@ class Component(Frozen):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-
-class TrainSettings(Frozen):
-    """The training settings a study fixes; the sampled ones override these per trial."""
-
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=1)
-    accumulation_steps: int = Field(1, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
-    device: str = "auto"
-    compile: bool = False
-    cuda_graphs: bool = False
-    gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
-
-    _cuda_graphs = field_validator("cuda_graphs")(check_cuda_graphs)
-
-    def sharing_the_gpu(self, workers: int) -> TrainSettings:
-        """These settings for one of ``workers`` processes on a GPU: each may keep its images there
-        only within its part of the share (they all decide at once, each seeing the GPU empty)."""
-        return self.model_copy(update={"gpu_images_share": self.gpu_images_share / workers})
 
 
 class Budget(Frozen):

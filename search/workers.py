@@ -20,7 +20,7 @@ from multiprocessing import forkserver
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.errors import SearchError
+from training.errors import SearchServiceError
 
 if TYPE_CHECKING:
     from search.runner import RunOptions
@@ -109,7 +109,7 @@ def mps_daemon(ready_within: float = 10.0) -> Iterator[dict[str, str] | None]:
         return
     control = shutil.which(MPS_CONTROL)
     if control is None:
-        raise SearchError(
+        raise SearchServiceError(
             f"--mps: {MPS_CONTROL} is not on PATH (it comes with the NVIDIA driver; in a container, with the "
             "NVIDIA container toolkit's compute capability); install it, or run without --mps"
         )
@@ -127,7 +127,7 @@ def mps_daemon(ready_within: float = 10.0) -> Iterator[dict[str, str] | None]:
         while not (home / "pipe" / "control").exists():
             if daemon.poll() is not None or time.monotonic() > deadline:
                 said = _last_line(home / "daemon.out") or _last_line(home / "log" / "control.log")
-                raise SearchError(
+                raise SearchServiceError(
                     f"--mps: {MPS_CONTROL} did not start "
                     + (f"(exit status {daemon.returncode})" if daemon.returncode is not None else "in time")
                     + (f": {said}" if said else "")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from training import TrainConfig, loop, models
+from training import TrainConfig, models
 from training.data import cache as decode_cache
+from training.data import prepare
 
 PG_URL = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
@@ -28,7 +29,7 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
     decode_cache._IN_PROCESS.clear()
-    loop._PREPARED.clear()
+    prepare._PREPARED.clear()
     monkeypatch.setattr(models, "_hub_files", {})
 
 

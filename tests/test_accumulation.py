@@ -6,8 +6,9 @@ from torch import nn
 
 from training import SchedulerConfig
 from training.data.loader import BatchLoader
-from training.loop import InputPipe, accumulation_weights, train_one_epoch
+from training.loop import accumulation_weights, train_one_epoch
 from training.schedulers import build_schedule
+from training.setup import InputPipe
 
 
 def _model():

@@ -223,16 +223,6 @@ def test_a_worker_killed_while_decoding_leaves_the_next_one_to_decode(folder_dat
     assert (tmp_path / "c" / "decoded" / decode_cache.cache_key(image_folder(folder_dataset), (16, 16))).is_dir()
 
 
-def test_caches_of_the_first_format_are_removed_when_a_new_one_is_written(folder_dataset, tmp_path):
-    decoded = tmp_path / "c" / "decoded"
-    decoded.mkdir(parents=True)
-    old, other = decoded / "0123456789abcdef0123.npz", decoded / "notes.npz"
-    old.write_bytes(b"PK")
-    other.write_bytes(b"PK")  # not a cache of ours: left alone
-    decode_cache.decode_images(image_folder(folder_dataset), (16, 16), cache_dir=tmp_path / "c")
-    assert not old.exists() and other.exists()
-
-
 def test_what_a_worker_killed_while_writing_the_cache_left_is_removed(folder_dataset, tmp_path):
     data = image_folder(folder_dataset)
     key = decode_cache.cache_key(data, (16, 16))

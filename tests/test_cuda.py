@@ -49,13 +49,14 @@ def test_staged_batches_are_the_resident_ones_and_come_from_pinned_buffers():
 
 
 def test_a_trial_trains_from_staged_host_images(monkeypatch):
-    from training import loop
     from training.data import loader
+    from training.loop import train_epoch
+    from training.setup import set_up
 
     monkeypatch.setattr(loader, "_RESIDENT", {})  # this process's earlier decision, if any
-    run = loop.set_up(tiny_config(device="cuda", gpu_images_share=1e-12))  # the images take more than that
+    run = set_up(tiny_config(device="cuda", gpu_images_share=1e-12))  # the images take more than that
     assert run.train_loader.staging is not None and not run.train_loader.resident.is_cuda
-    loss, seen, _ = run.train_epoch(0)
+    loss, seen, _ = train_epoch(run, 0)
     assert seen > 0 and math.isfinite(loss)
 
 
@@ -67,27 +68,28 @@ def test_cuda_graphs_accumulate_the_gradients_the_eager_model_does_and_a_trial_r
 
     import torch.nn.functional as F
 
-    from training import loop
+    from training import accelerate, loop
     from training.models import create_model
+    from training.setup import set_up
 
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     eager = create_model(tiny_config().model, 7).to(cuda).to(memory_format=torch.channels_last).train()
-    graphed = loop.CudaGraphed(copy.deepcopy(eager)).train()
+    graphed = accelerate.CudaGraphed(copy.deepcopy(eager)).train()
     batches = [(torch.randn(32, 3, 16, 16, device=cuda).contiguous(memory_format=torch.channels_last),
                 torch.randint(0, 7, (32,), device=cuda)) for _ in range(2)]  # fmt: skip
     for model in (eager, graphed):
         for x, y in batches:
-            with loop.autocast(cuda):
+            with accelerate.autocast(cuda):
                 (F.cross_entropy(model(x), y) * 0.5).backward()
     assert graphed.replays == 2
     summed = torch.cat([p.grad.flatten() for p in eager.parameters()])
     replayed = torch.cat([p.grad.flatten() for p in graphed.model.parameters()])
     assert torch.linalg.norm(replayed - summed) < 0.05 * torch.linalg.norm(summed)
 
-    run = loop.set_up(tiny_config(device="cuda", cuda_graphs=True, accumulation_steps=2))
-    assert isinstance(run.forward, loop.CudaGraphed)
-    loss, seen, _ = run.train_epoch(0)
+    run = set_up(tiny_config(device="cuda", cuda_graphs=True, accumulation_steps=2))
+    assert isinstance(run.forward, accelerate.CudaGraphed)
+    loss, seen, _ = loop.train_epoch(run, 0)
     assert seen > 0 and math.isfinite(loss) and run.forward.replays == len(run.train_loader.batch_sizes())
     assert 0.0 <= loop.evaluate(run.model, run.val_loader, run.pipe)["macro_f1"] <= 1.0  # eval runs eager
 

@@ -197,9 +197,10 @@ def test_a_training_epoch_on_the_device_path_waits_for_the_device_only_at_its_en
 
     from search.studyfile import load_study
     from training.config import LossConfig, SchedulerConfig
-    from training.loop import InputPipe, train_one_epoch
+    from training.loop import train_one_epoch
     from training.losses import build_loss
     from training.schedulers import build_schedule
+    from training.setup import InputPipe
 
     augment = load_study("mask-lr-sweep", ["data.root=/unused"]).train.augment
     rng = np.random.default_rng(0)

@@ -13,11 +13,14 @@ import torch
 from conftest import tiny_config
 from safetensors import safe_open
 
-from training import NonFiniteLossError, SearchError, loop, train
+from training import NonFiniteLossError, SearchServiceError, accelerate, setup, train
 from training.checkpoint import load_checkpoint, read_meta
+from training.data import prepare
 from training.data.loader import BatchLoader
-from training.loop import InputPipe, build_loaders, predict_probs, prepare_data, set_up, train_on_all_data
+from training.data.prepare import prepare_data
+from training.loop import predict_probs, train_epoch, train_on_all_data
 from training.models import create_model
+from training.setup import InputPipe, build_loaders, set_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,29 +45,29 @@ def test_train_returns_best_epoch_history_throughput_and_checkpoint(folder_datas
     assert result.checkpoint.is_file()
 
 
-def test_a_class_the_validation_split_lacks_is_said_with_the_ceiling_it_puts_on_macro_f1(
-    folder_dataset, tmp_path, caplog
-):
-    prepare_data(tiny_config(folder_dataset).data, 0)  # every class validated: nothing said
-    assert "validation split has no image" not in caplog.text
-    loop._PREPARED.clear()  # as a new process: the folder is listed again
+def test_a_class_the_validation_split_lacks_is_noted_with_the_ceiling_it_puts_on_macro_f1(folder_dataset):
+    """Noted on the prepared data, for the run that opens the study to say (once, for its workers too)."""
+    data = prepare_data(tiny_config(folder_dataset).data, 0)  # every class validated: nothing noted
+    assert not any("validation split has no image" in note for note in data.notes)
+    prepare._PREPARED.clear()  # as a new process: the folder is listed again
     (folder_dataset / "owl").mkdir()
     (folder_dataset / "fox" / "0.jpg").rename(folder_dataset / "owl" / "0.jpg")  # one image: one side only
-    unvalidated = 0
+    unvalidated, notes = 0, []
     for seed in range(6):
         data = prepare_data(tiny_config(folder_dataset).data, seed)
         assert data.decoded.class_names[3] == "owl"
         unvalidated += 3 not in data.decoded.labels[data.val_idx]
+        notes += data.notes
     assert unvalidated >= 1  # the seeds that put the image on the training side
     said = "the validation split has no image of 1 of 4 classes: 'owl' (1 in all); macro-F1 counts each as 0"
-    assert caplog.text.count(said) == unvalidated
-    assert "so no trial can score above 0.75 (trials still rank fairly)" in caplog.text
+    assert sum(said in note for note in notes) == unvalidated
+    assert all("so no trial can score above 0.75 (trials still rank fairly)" in note for note in notes if said in note)
 
 
 def test_augmentation_without_a_gpu_counterpart_is_said_once_per_process_naming_what_keeps_it_on_the_cpu(
     folder_dataset, caplog, monkeypatch
 ):
-    monkeypatch.setattr(loop, "_WARNED", set())
+    monkeypatch.setattr(setup, "_WARNED", set())
     flip = {"name": "HorizontalFlip", "p": 0.5}
     steps = {"train": [flip, {"name": "GaussNoise"}], "val": [flip]}
     config = tiny_config(folder_dataset, augment=steps)
@@ -180,7 +183,8 @@ def test_missing_weights_file_says_so_in_one_line(tmp_path):
     from training import ModelConfig
 
     with pytest.raises(
-        SearchError, match=r"could not load weights for test_resnet: model.weights .*nope.safetensors is not a file; "
+        SearchServiceError,
+        match=r"could not load weights for test_resnet: model.weights .*nope.safetensors is not a file; ",
     ):
         create_model(ModelConfig(name="test_resnet", weights=tmp_path / "nope.safetensors"), 3)
 
@@ -211,7 +215,7 @@ def test_hub_weights_are_asked_for_once_then_read_from_the_cache(hub_cache):
     for model in models:
         assert all(torch.equal(model.state_dict()[k], hub_cache["weights"][k]) for k in backbone)
     hub_cache["file"].unlink()  # the cache cleared: back to the hub, which is out of reach here
-    with pytest.raises(SearchError, match=r"could not load weights for test_resnet from timm's hub"):
+    with pytest.raises(SearchServiceError, match=r"could not load weights for test_resnet from timm's hub"):
         create_model(config, 3)
     assert hub_cache["asked"][:2] == ["model.safetensors"] * 2  # asked again (then for its .bin too)
 
@@ -243,7 +247,7 @@ def test_albumentations_own_serialised_form_is_accepted(folder_dataset):
 def test_compile_keeps_its_inductor_cache_in_the_shared_cache_folder_unless_the_user_chose_one(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
 
-    from training.loop import compiled
+    from training.accelerate import compiled
 
     config = tiny_config(compile=True, data={"cache_dir": str(tmp_path / "cache")})
     model = torch.nn.Linear(2, 2)
@@ -260,8 +264,6 @@ def test_compile_keeps_its_inductor_cache_in_the_shared_cache_folder_unless_the_
 def test_a_compiled_model_trains_and_validation_runs_the_same_model_eager(folder_dataset, monkeypatch):
     """Only training steps go through ``train.compile``'s module (validation would be more graphs
     to compile), and validation sees the weights training changed."""
-    import training.loop as loop
-
     through_compiled: list[bool] = []
 
     class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper: same parameters
@@ -273,7 +275,7 @@ def test_a_compiled_model_trains_and_validation_runs_the_same_model_eager(folder
             through_compiled.append(torch.is_grad_enabled() and self.training)
             return self.model(x)
 
-    monkeypatch.setattr(loop, "compiled", lambda model, config: Compiled(model))
+    monkeypatch.setattr(accelerate, "compiled", lambda model, config: Compiled(model))
     compiled_run = train(tiny_config(folder_dataset, compile=True))
     plain_run = train(tiny_config(folder_dataset))
     assert through_compiled and all(through_compiled)
@@ -299,12 +301,10 @@ def graph_capture_stand_in(captured: list) -> object:
 
 
 def test_cuda_graphs_capture_once_replay_full_batches_and_keep_the_model_and_its_statistics(monkeypatch):
-    import training.loop as loop
-
     captured: list = []
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", graph_capture_stand_in(captured))
     model = create_model(tiny_config().model, 5)
-    graphed = loop.CudaGraphed(model).train()
+    graphed = accelerate.CudaGraphed(model).train()
     x = torch.randn(8, 3, 16, 16)
     statistics = [buffer.clone() for buffer in model.buffers()]
     graphed.capture(x)
@@ -322,19 +322,17 @@ def test_cuda_graphs_train_as_the_plain_model_does_and_keep_gradients_allocated(
     """With accumulation, and with ``set_up`` giving the wrapper as on CUDA (on the CPU it gives the
     model: there are no CUDA graphs): the same epochs as without it, its gradients zeroed in place
     rather than dropped (a graph's gradient buffer taken as ``.grad`` would be overwritten)."""
-    import training.loop as loop
-
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", graph_capture_stand_in([]))
     config = tiny_config(folder_dataset, cuda_graphs=True, accumulation_steps=2)
     on_the_cpu = set_up(config)
     assert on_the_cpu.forward is on_the_cpu.model  # nothing to capture
-    real = loop.training_forward
-    monkeypatch.setattr(loop, "training_forward", lambda model, config, device: loop.CudaGraphed(model))
+    real = setup.training_forward
+    monkeypatch.setattr(setup, "training_forward", lambda model, config, device: accelerate.CudaGraphed(model))
     run = set_up(config)
-    run.train_epoch(0)
+    train_epoch(run, 0)
     assert run.forward.replays > 0 and all(p.grad is not None for p in run.model.parameters())
     graphed = train(config)
-    monkeypatch.setattr(loop, "training_forward", real)
+    monkeypatch.setattr(setup, "training_forward", real)
     plain = train(config)
     timed = "train_images_per_second"
     assert [h | {timed: 0} for h in graphed.history] == [h | {timed: 0} for h in plain.history]
@@ -366,7 +364,7 @@ def test_a_model_of_fixed_input_size_is_refused_at_another_size_before_training(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_asking_for_cuda_where_there_is_none_is_a_configuration_error():
     from training import ConfigError
-    from training.loop import resolve_device
+    from training.setup import resolve_device
 
     for name in ("cuda", "cuda:1"):
         with pytest.raises(ConfigError, match=f"train.device = '{name}', but torch finds no CUDA device here"):
@@ -380,7 +378,7 @@ def test_training_on_all_the_data_trains_every_image_and_replays_the_trials_sche
     assert len(data.val_idx) > 0
     run = set_up(config, all_data=True)
     assert run.data.train_idx.tolist() == list(range(len(data.decoded.labels)))  # the validation split trains too
-    assert run.train_epoch(0)[1] == len(data.decoded.labels)
+    assert train_epoch(run, 0)[1] == len(data.decoded.labels)
     # a trial whose macro-F1 fell after its first epoch: plateau (patience 0) halved its rate twice
     out = train_on_all_data(config, [0.5, 0.4, 0.3], tmp_path / "all.safetensors")
     meta = read_meta(out)

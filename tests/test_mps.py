@@ -15,7 +15,7 @@ from conftest import BROKEN_MPS_CONTROL, install_mps_control, search_here
 from optuna.trial import TrialState
 
 from search.workers import mps_daemon, worker_environments
-from training.errors import SearchError
+from training.errors import SearchServiceError
 
 
 def test_daemon_of_its_own_is_up_while_the_block_runs_and_quits_after(mps_control):
@@ -51,12 +51,15 @@ def test_a_running_daemon_is_used_as_it_is(mps_control, tmp_path, monkeypatch):
 def test_no_control_program_or_one_that_fails_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "no-daemon-here"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(SearchError, match="nvidia-cuda-mps-control is not on PATH.*run without --mps"), mps_daemon():
+    with (
+        pytest.raises(SearchServiceError, match="nvidia-cuda-mps-control is not on PATH.*run without --mps"),
+        mps_daemon(),
+    ):
         pass
     install_mps_control(tmp_path / "bin", BROKEN_MPS_CONTROL)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin")
     before = set(os.listdir(os.environ.get("TMPDIR", "/tmp")))
-    with pytest.raises(SearchError) as error, mps_daemon():
+    with pytest.raises(SearchServiceError) as error, mps_daemon():
         pass
     message = str(error.value)
     assert "did not start (exit status 1): CUDA driver version is insufficient" in message

@@ -13,8 +13,10 @@ from search.cli import main
 from training import train
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data.cache import decode_image
-from training.loop import InputPipe, build_loaders, predict_probs, prepare_data
+from training.data.prepare import prepare_data
+from training.loop import predict_probs
 from training.predict import predict_files
+from training.setup import InputPipe, build_loaders
 
 
 @pytest.fixture

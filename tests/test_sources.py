@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 import re
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 
 from training import DataConfig, DataError
 from training.data.cache import decode_images
+from training.data.prepare import prepare_data
 from training.data.sources import competition_class_names, competition_layout, csv_list, image_folder, load_source
 
 
@@ -112,26 +112,26 @@ def test_demo_is_long_tailed_real_digits_read_through_image_folder(tmp_path):
     assert again.paths == data.paths  # written once, read back the same
 
 
-def test_corrupt_image_is_skipped_named_and_counted(competition_root, caplog):
+def test_corrupt_image_is_skipped_named_and_counted(competition_root):
     data = competition_layout(competition_root, (30, 60))
-    with caplog.at_level(logging.WARNING):
-        decoded = decode_images(data, (16, 16))
+    decoded = decode_images(data, (16, 16))
     assert len(decoded.skipped) == 1 and "000003_female_Asian_41/mask2" in decoded.skipped[0]
     assert len(decoded.labels) == len(data.paths) - 1
-    assert any("mask2" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
-    assert any("skipped 1 unreadable" in r.getMessage() for r in caplog.records)
+    notes = prepare_data(DataConfig(source="competition", root=competition_root, image_size=16), 0).notes
+    assert any("mask2" in note and "unreadable" in note for note in notes)
+    assert any("skipped 1 unreadable" in note for note in notes)
 
 
 def test_a_listed_file_that_is_not_there_is_skipped_in_words_without_opencvs_own_warning(
-    folder_dataset, tmp_path, caplog, capfd
+    folder_dataset, tmp_path, capfd
 ):
     listing = tmp_path / "labels.csv"
     rows = [f"folder/{c}/{i}.png,{c}" for c in ("cat", "dog") for i in (1, 3, 5)]
     listing.write_text("\n".join(["path,label", *rows, "folder/dog/gone.png,dog"]) + "\n")
-    with caplog.at_level(logging.WARNING):
-        decoded = decode_images(csv_list(listing), (16, 16))
+    decoded = decode_images(csv_list(listing), (16, 16))
     assert decoded.skipped == (str(tmp_path / "folder/dog/gone.png"),)
-    assert f"skipping {tmp_path / 'folder/dog/gone.png'}: no such file" in caplog.text
+    notes = prepare_data(DataConfig(source="csv", root=listing, image_size=16, val_ratio=0.5), 0).notes
+    assert f"skipping {tmp_path / 'folder/dog/gone.png'}: no such file" in notes
     assert "[ WARN" not in capfd.readouterr().err  # OpenCV's own line (findDecoder imread_ ...) is not added
 
 

@@ -1,7 +1,9 @@
 """Train one timm image classifier: data, augmentation, losses, schedulers, loop, checkpoints.
 
-Nothing here imports Optuna; ``search`` drives this package through ``train``. The loop's names
-are loaded on first use, so importing the config or the errors does not import torch and timm.
+Nothing here imports Optuna. This module is what ``search`` may use of ``training``, by name:
+the names below, and nothing reached past them. The ones that need torch, timm or OpenCV are
+loaded on first use, so the commands that only read a study (and the study file's checks) do
+not pay seconds of imports for them.
 """
 
 from __future__ import annotations
@@ -15,36 +17,80 @@ from typing import Any
 # user who wants the check sets the variable to 0.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from training.config import (
+from training.config import (  # noqa: E402 - after the variable albumentations reads at import
+    LOSS_PARAMS,
+    SCHEDULER_PARAMS,
+    WITHOUT_TIMM,
     AugmentConfig,
     DataConfig,
+    Frozen,
     LossConfig,
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    TrainSettings,
+    check_input_size,
+    registered,
 )
-from training.errors import ConfigError, DataError, NonFiniteLossError, SearchError
+from training.data.sources import IMAGE_EXTENSIONS, cache_folder, load_source  # noqa: E402
+from training.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    DiskError,
+    NonFiniteLossError,
+    SearchServiceError,
+)
+from training.files import make_folder, make_readable, replacing  # noqa: E402
 
-_LAZY = {"PreparedData", "TrainResult", "prepare_data", "train"}
+# name -> the module that defines it, imported when the name is first asked for
+_LAZY = {
+    "PreparedData": "training.data.prepare",
+    "prepare_data": "training.data.prepare",
+    "content_digest": "training.data.cache",
+    "TrainResult": "training.loop",
+    "train": "training.loop",
+    "train_on_all_data": "training.loop",
+    "resolve_device": "training.setup",
+    "fetch_weights": "training.models",
+    "load_checkpoint": "training.checkpoint",
+    "read_meta": "training.checkpoint",
+    "ensemble_metas": "training.predict",
+    "predict_files": "training.predict",
+    "predict_validation": "training.predict",
+}
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "LOSS_PARAMS",
+    "SCHEDULER_PARAMS",
+    "WITHOUT_TIMM",
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
     "DataError",
+    "DiskError",
+    "Frozen",
     "LossConfig",
     "ModelConfig",
     "NonFiniteLossError",
     "OptimizerConfig",
     "SchedulerConfig",
-    "SearchError",
+    "SearchServiceError",
     "TrainConfig",
+    "TrainSettings",
+    "cache_folder",
+    "check_input_size",
+    "load_source",
+    "make_folder",
+    "make_readable",
+    "registered",
+    "replacing",
     *sorted(_LAZY),
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module("training.loop"), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'training' has no attribute {name!r}")

@@ -15,6 +15,7 @@ model can be rebuilt from the file alone::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from training.errors import DiskError, SearchError
+from training.errors import DiskError, SearchServiceError
 from training.files import replacing
 
 FORMAT = "search-checkpoint/1"
@@ -33,6 +34,25 @@ def library_versions() -> dict[str, str]:
     import timm
 
     return {"torch": torch.__version__, "timm": timm.__version__, "albumentations": albumentations.__version__}
+
+
+def checkpoint_meta(
+    config: Any, class_names: Sequence[str], norm: tuple[Sequence[float], Sequence[float]], epoch: int, metrics: dict
+) -> dict[str, Any]:
+    """The header of a checkpoint of ``config``'s model (a ``TrainConfig``) after ``epoch``: what
+    rebuilds it (model, classes), what feeds it (input size, normalisation), and how it scored."""
+    mean, std = norm
+    return {
+        "model": config.model.name,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "input_size": [3, *config.data.image_size],
+        "mean": list(mean),
+        "std": list(std),
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config.model_dump(mode="json"),
+    }
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
@@ -53,9 +73,11 @@ def read_meta(path: Path) -> dict[str, Any]:
         with safe_open(str(path), "pt") as file:
             meta = json.loads((file.metadata() or {}).get("search", "{}"))
     except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: not a safetensors file at all
-        raise SearchError(f"{path} is not a readable checkpoint ({error}); give one written by search export") from None
+        raise SearchServiceError(
+            f"{path} is not a readable checkpoint ({error}); give one written by search export"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise SearchError(f"{path} is a safetensors file but not a search checkpoint (no header)")
+        raise SearchServiceError(f"{path} is a safetensors file but not a search checkpoint (no header)")
     return meta
 
 

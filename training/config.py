@@ -191,12 +191,11 @@ class OptimizerConfig(Frozen):
         return name
 
 
-class TrainConfig(Frozen):
-    """Everything one training run needs; ``train(config)`` reads nothing else."""
+class TrainSettings(Frozen):
+    """How a model is trained: a study file's ``train`` section, and the part of ``TrainConfig``
+    that is neither the data, the model nor the seed."""
 
-    data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -204,7 +203,6 @@ class TrainConfig(Frozen):
     batch_size: int = Field(64, ge=1)  # micro-batch; the optimizer sees batch_size × accumulation
     accumulation_steps: int = Field(1, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    seed: int = 0
     device: str = "auto"  # auto: CUDA when there is one, else CPU
     compile: bool = False  # torch.compile the model; the inductor cache persists under data.cache_dir
     cuda_graphs: bool = False  # replay the eager model's training steps as CUDA graphs (CUDA only)
@@ -212,9 +210,22 @@ class TrainConfig(Frozen):
     # they stay in host memory and their batches are staged (`search run` divides it among the
     # workers that share a GPU).
     gpu_images_share: float = Field(0.5, gt=0.0, le=1.0)
-    output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written
 
     _cuda_graphs = field_validator("cuda_graphs")(check_cuda_graphs)
+
+    def sharing_the_gpu(self, workers: int) -> TrainSettings:
+        """These settings for one of ``workers`` processes on a GPU: each may keep its images there
+        only within its part of the share (they all decide at once, each seeing the GPU empty)."""
+        return self.model_copy(update={"gpu_images_share": self.gpu_images_share / workers})
+
+
+class TrainConfig(TrainSettings):
+    """Everything one training run needs; ``train(config)`` reads nothing else."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    seed: int = 0
+    output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written
 
     @model_validator(mode="after")
     def _input_size_fits_the_model(self, info: ValidationInfo) -> TrainConfig:

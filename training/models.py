@@ -9,7 +9,7 @@ import timm
 from torch import nn
 
 from training.config import ModelConfig
-from training.errors import SearchError
+from training.errors import SearchServiceError
 
 # The file in this machine's Hugging Face cache that each model's hub weights were loaded from, by
 # this process: later loads of the model read it directly. Through timm, every load asks the hub
@@ -22,7 +22,7 @@ _hub_files: dict[str, str | None] = {}
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
     """A timm model with a ``num_classes`` head; pretrained from timm's source or a local file."""
     if config.weights is not None and not config.weights.is_file():
-        raise SearchError(
+        raise SearchServiceError(
             f"could not load weights for {config.name}: model.weights {config.weights} is not a file; "
             "give the path of a weights file, or model.pretrained for timm's own"
         )
@@ -39,7 +39,7 @@ def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
             raise
         where = config.weights or "timm's hub"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchError(
+        raise SearchServiceError(
             f"could not load weights for {config.name} from {where} ({first}); "
             "set model.weights to a local file or model.pretrained=false"
         ) from None

@@ -10,10 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.accelerate import autocast
 from training.checkpoint import load_checkpoint, read_meta
+from training.config import TrainConfig
 from training.data.cache import decode_image
+from training.data.prepare import prepare_data
 from training.errors import ConfigError, DataError
-from training.loop import InputPipe, autocast, resolve_device
+from training.loop import predict_probs
+from training.setup import InputPipe, build_loaders, resolve_device
 
 
 def predict_files(
@@ -82,3 +86,11 @@ def _probabilities(model: torch.nn.Module, x: torch.Tensor, where: torch.device,
         if flip_tta:
             probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
     return probs.cpu()
+
+
+def predict_validation(checkpoint: Path, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of the validation split of ``config``'s data, predicted by a
+    checkpoint on the CPU, batch by batch as its trial validated."""
+    model, meta = load_checkpoint(checkpoint)
+    _, val_loader = build_loaders(config, prepare_data(config.data, config.seed))
+    return predict_probs(model, val_loader, InputPipe(meta["mean"], meta["std"], torch.device("cpu")))

@@ -28,12 +28,12 @@ import numpy as np
 
 from training.data.sources import Dataset
 from training.errors import DataError
+from training.memo import Memo
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 2  # 1: one .npz per cache, read into each process
+_CACHE_VERSION = 2
 _IMAGES, _INDEX = "images.npy", "index.npz"
-_IN_PROCESS: dict[str, DecodedImages] = {}
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class DecodedImages:
     paths: tuple[str, ...]
     class_names: tuple[str, ...]
     skipped: tuple[str, ...]  # files that could not be decoded
+
+
+_IN_PROCESS: Memo[DecodedImages] = Memo(2)  # by cache key
 
 
 def content_digest(decoded: DecodedImages, sizes: bool = True) -> str:
@@ -105,25 +108,33 @@ def decode_images(
     threads: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> DecodedImages:
-    """Decode and resize every image of ``dataset``, reusing this process's or the disk's copy."""
+    """Decode and resize every image of ``dataset``, reusing this process's or the disk's copy.
+    The files that cannot be decoded are left out and named in ``skipped``, for the caller to say."""
     key = cache_key(dataset, image_size)
-    if key in _IN_PROCESS:
-        return _IN_PROCESS[key]
-    if cache_dir is None:
-        decoded = _decode_all(dataset, image_size, threads, progress)
-    else:
-        folder = Path(cache_dir) / "decoded" / key
-        with _one_at_a_time(folder):  # the machine's other workers wait for this one's cache
-            decoded = _load(folder) if folder.is_dir() else None
-            if decoded is None:
-                _remove_leftovers(folder)
-                decoded = _decode_all(dataset, image_size, threads, progress)
-                if folder.is_dir():  # there but unreadable
-                    _set_aside(folder)
-                # Mapped from the file like any later worker's: the decoded copy in this process is freed.
-                decoded = (_save(folder, decoded) and _load(folder)) or decoded
-                _remove_version_1(folder.parent)
-    _IN_PROCESS[key] = decoded
+    folder = Path(cache_dir) / "decoded" / key if cache_dir is not None else None
+    return _IN_PROCESS.get(key, lambda: _decoded(folder, dataset, image_size, threads, progress))
+
+
+def _decoded(
+    folder: Path | None,
+    dataset: Dataset,
+    image_size: tuple[int, int],
+    threads: int,
+    progress: Callable[[int, int], None] | None,
+) -> DecodedImages:
+    """The images from the machine's cache ``folder``, decoded into it first if it is not there (or
+    unreadable); without a cache folder, decoded for this process alone."""
+    if folder is None:
+        return _decode_all(dataset, image_size, threads, progress)
+    with _one_at_a_time(folder):  # the machine's other workers wait for this one's cache
+        decoded = _load(folder) if folder.is_dir() else None
+        if decoded is None:
+            _remove_leftovers(folder)
+            decoded = _decode_all(dataset, image_size, threads, progress)
+            if folder.is_dir():  # there but unreadable
+                _set_aside(folder)
+            # Mapped from the file like any later worker's: the decoded copy in this process is freed.
+            decoded = (_save(folder, decoded) and _load(folder)) or decoded
     return decoded
 
 
@@ -167,13 +178,6 @@ def _decode_all(
     if progress is not None:
         progress(len(dataset.paths), len(dataset.paths))
     skipped = tuple(p for p, good in zip(dataset.paths, ok) if not good)
-    for path in skipped:
-        if os.path.exists(path):
-            log.warning("skipping unreadable image %s", path)
-        else:  # listed by a CSV (or train.csv) but not there
-            log.warning("skipping %s: no such file", path)
-    if skipped:
-        log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(ok), dataset.source)
     labels = dataset.labels[ok]
     empty = [dataset.class_names[c] for c in range(len(dataset.class_names)) if not np.any(labels == c)]
     if not ok.any():
@@ -257,16 +261,6 @@ def _remove_leftovers(folder: Path) -> None:
     for left in folder.parent.glob(f".{folder.name}-*"):
         shutil.rmtree(left, ignore_errors=True)
         log.info("removed %s, left by a worker that stopped while writing the decode cache", left)
-
-
-def _remove_version_1(decoded: Path) -> None:
-    """Removes caches of the first format (``<key>.npz``, read by no version since) from the folder:
-    as large as the images, and nothing else would ever remove them."""
-    for old in decoded.glob("*.npz"):
-        if len(old.stem) == 20 and all(c in "0123456789abcdef" for c in old.stem):
-            with contextlib.suppress(OSError):
-                old.unlink()
-                log.info("removed %s, a decode cache of an older format", old)
 
 
 def _set_aside(folder: Path) -> None:

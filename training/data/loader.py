@@ -12,12 +12,52 @@ import torch
 from training.errors import ConfigError
 
 
-class BatchLoader:
-    """Yields ``(images NHWC uint8, labels)`` tensors for one split, epoch by epoch.
+class BatchOrder:
+    """Which samples of one split an epoch serves, in which order and in batches of which sizes.
 
-    The order of epoch ``e`` depends only on (seed, e), so a run is reproducible and an epoch
-    can be replayed. Augmentation runs per sample on the uint8 images; normalisation happens
-    later, on the device, for the whole batch at once.
+    The order of epoch ``e`` depends only on (seed, e), so a run is reproducible and an epoch can
+    be replayed. ``full_batches``: only full batches while shuffling (one shape per trial; the images
+    left out come in other epochs). Both loaders serve their epochs in this order.
+    """
+
+    def __init__(self, labels: np.ndarray, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
+                 balanced: bool = False, full_batches: bool = False) -> None:  # fmt: skip
+        self.labels = labels
+        self.indices = np.asarray(indices)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.balanced = balanced
+        self.full_batches = full_batches
+
+    def batch_sizes(self) -> list[int]:
+        """The size of every batch of an epoch, in order (the last may be short).
+
+        When shuffling (training), a last batch of one image is left out: batch-norm cannot
+        train on it, and the image is in the next epoch's batches anyway.
+        """
+        full, rest = divmod(len(self.indices), self.batch_size)
+        keep_rest = (rest > 1 or (rest == 1 and not self.shuffle)) and not (self.full_batches and self.shuffle and full)
+        return [self.batch_size] * full + ([rest] if keep_rest else [])
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of epoch ``epoch``, in the order they are served."""
+        if not self.shuffle:
+            return self.indices
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.balanced:
+            # Every class is drawn equally often; rare images repeat, common ones are subsampled.
+            counts = np.bincount(self.labels[self.indices])
+            weights = 1.0 / counts[self.labels[self.indices]]
+            return rng.choice(self.indices, size=len(self.indices), replace=True, p=weights / weights.sum())
+        return rng.permutation(self.indices)
+
+
+class BatchLoader:
+    """Yields ``(images NHWC uint8, labels)`` tensors for one split, epoch by epoch, in ``BatchOrder``.
+
+    Augmentation runs per sample on the uint8 images (albumentations, on the CPU); normalisation
+    happens later, on the device, for the whole batch at once.
     """
 
     def __init__(
@@ -36,39 +76,19 @@ class BatchLoader:
     ) -> None:
         self.images = images
         self.labels = labels
-        self.indices = np.asarray(indices)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
+        self.plan = BatchOrder(labels, indices, batch_size, shuffle=shuffle, seed=seed, balanced=balanced)
         self.pipeline = pipeline
         self.rare_pipeline = rare_pipeline
         self.rare_classes = np.asarray(rare_classes, dtype=np.int64)
-        self.balanced = balanced
 
     def __len__(self) -> int:
         return len(self.batch_sizes())
 
     def batch_sizes(self) -> list[int]:
-        """The size of every batch of an epoch, in order (the last may be short).
-
-        When shuffling (training), a last batch of one image is left out: batch-norm cannot
-        train on it, and the image is in the next epoch's batches anyway.
-        """
-        full, rest = divmod(len(self.indices), self.batch_size)
-        keep_rest = rest > 1 or (rest == 1 and not self.shuffle)
-        return [self.batch_size] * full + ([rest] if keep_rest else [])
+        return self.plan.batch_sizes()
 
     def order(self, epoch: int) -> np.ndarray:
-        """The sample indices of epoch ``epoch``, in the order they are served."""
-        if not self.shuffle:
-            return self.indices
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.balanced:
-            # Every class is drawn equally often; rare images repeat, common ones are subsampled.
-            counts = np.bincount(self.labels[self.indices])
-            weights = 1.0 / counts[self.labels[self.indices]]
-            return rng.choice(self.indices, size=len(self.indices), replace=True, p=weights / weights.sum())
-        return rng.permutation(self.indices)
+        return self.plan.order(epoch)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
@@ -105,10 +125,10 @@ def rarest_classes(labels: np.ndarray, num_classes: int, fraction: float) -> lis
     return sorted(int(c) for c in np.argsort(counts, kind="stable")[:n])
 
 
-class DeviceBatchLoader(BatchLoader):
-    """The same order as ``BatchLoader``, served from images resident on the GPU (or in host memory
-    when they do not fit, through ``PinnedStaging``) and augmented there: no per-image Python, no
-    host round trip. Yields uint8 NHWC batches, or float NCHW (0..255) when augmented.
+class DeviceBatchLoader:
+    """The same ``BatchOrder`` as ``BatchLoader``, served from images resident on the GPU (or in host
+    memory when they do not fit, through ``PinnedStaging``) and augmented there: no per-image Python,
+    no host round trip. Yields uint8 NHWC batches, or float NCHW (0..255) when augmented.
 
     Training batches are all full: one shape per trial, so cuDNN's autotuning and ``torch.compile``
     happen once instead of again for a short last batch (its images come in other epochs).
@@ -116,14 +136,18 @@ class DeviceBatchLoader(BatchLoader):
     """
 
     def __init__(self, resident: torch.Tensor, labels: np.ndarray, indices: np.ndarray, batch_size: int, *,
-                 device: torch.device, augment=None, rare_augment=None, staged: bool | None = None,
-                 **kwargs) -> None:  # fmt: skip
-        super().__init__(resident, labels, indices, batch_size, **kwargs)
+                 device: torch.device, shuffle: bool, seed: int, balanced: bool = False,
+                 rare_classes: Sequence[int] = (), augment=None, rare_augment=None,
+                 staged: bool | None = None) -> None:  # fmt: skip
+        self.plan = BatchOrder(labels, indices, batch_size, shuffle=shuffle, seed=seed, balanced=balanced,
+                               full_batches=True)  # fmt: skip
         self.device = device
         self.resident = resident
+        self.labels = labels
         self.labels_device = torch.as_tensor(labels, device=device)
         self.augment = augment
         self.rare_augment = rare_augment
+        self.rare_classes = np.asarray(rare_classes, dtype=np.int64)
         # By label; a rare class may have no image at all (then it is the highest index there is).
         self.is_rare = np.zeros(int(max(labels.max(initial=0), self.rare_classes.max(initial=0))) + 1, dtype=bool)
         self.is_rare[self.rare_classes] = True
@@ -131,10 +155,14 @@ class DeviceBatchLoader(BatchLoader):
             staged = not resident.is_cuda and device.type == "cuda"
         self.staging = PinnedStaging(resident, batch_size, device) if staged else None
 
+    def __len__(self) -> int:
+        return len(self.batch_sizes())
+
     def batch_sizes(self) -> list[int]:
-        sizes = super().batch_sizes()
-        full = [size for size in sizes if size == self.batch_size]
-        return full if self.shuffle and full else sizes
+        return self.plan.batch_sizes()
+
+    def order(self, epoch: int) -> np.ndarray:
+        return self.plan.order(epoch)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = np.ascontiguousarray(self.order(epoch))
@@ -204,16 +232,19 @@ class PinnedStaging:
                 yield self._send(i % 2, host)
 
 
-_RESIDENT: dict[tuple[int, str], torch.Tensor] = {}
+_RESIDENT: dict[str, tuple[np.ndarray, torch.Tensor]] = {}  # by device: the last images put there
 
 
 def resident_images(images: np.ndarray, device: torch.device, share_of_free: float = 0.5) -> torch.Tensor:
     """The decoded images on ``device`` when they fit in ``share_of_free`` of its free memory, else
     where they are in host memory, without a copy (``DeviceBatchLoader`` stages their batches); once
-    per process (later trials reuse them)."""
-    key = (id(images), str(device))
-    if key not in _RESIDENT:
-        free, _ = torch.cuda.mem_get_info(device)
-        host = torch.from_numpy(images)
-        _RESIDENT[key] = host.to(device) if images.nbytes < share_of_free * free else host
-    return _RESIDENT[key]
+    per process (later trials reuse them). One set of images per device is kept: a worker trains on
+    one data set, and a new one takes the place of the old."""
+    kept = _RESIDENT.get(str(device))
+    if kept is not None and kept[0] is images:
+        return kept[1]
+    _RESIDENT.pop(str(device), None)  # the old copy's memory goes before the new one is made
+    free, _ = torch.cuda.mem_get_info(device)
+    host = torch.from_numpy(images)
+    _RESIDENT[str(device)] = (images, host.to(device) if images.nbytes < share_of_free * free else host)
+    return _RESIDENT[str(device)][1]

@@ -37,6 +37,7 @@ class Dataset:
     groups: np.ndarray | None  # one per path, or None where images are independent
     class_names: tuple[str, ...]
     source: str  # where it came from, for messages and cache keys
+    notes: tuple[str, ...] = ()  # what the listing left out and why, one line each, for the caller to say
 
 
 def load_source(config: DataConfig) -> Dataset:
@@ -189,13 +190,14 @@ def competition_class_names(bounds: tuple[int, int]) -> tuple[str, ...]:
     return tuple(f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in ages)
 
 
-def _folder_people(images: Path) -> list[tuple[Path, str, str, int]]:
-    """(folder, id, gender, age) of each ``<id>_<gender>_<race>_<age>`` folder; other folders are skipped."""
+def _folder_people(images: Path, notes: list[str]) -> list[tuple[Path, str, str, int]]:
+    """(folder, id, gender, age) of each ``<id>_<gender>_<race>_<age>`` folder; other folders are
+    skipped, each with a line in ``notes``."""
     people = []
     for folder in sorted(p for p in images.iterdir() if p.is_dir() and _visible(p)):
         parts = folder.name.split("_")
         if len(parts) != 4 or parts[1] not in GENDERS or not parts[3].isdigit():
-            log.warning("skipping %s: folder name is not <id>_<gender>_<race>_<age>", folder)
+            notes.append(f"skipping {folder}: folder name is not <id>_<gender>_<race>_<age>")
             continue
         people.append((folder, parts[0], parts[1], int(parts[3])))
     return people
@@ -239,13 +241,14 @@ def competition_layout(root: Path | None, age_bounds: tuple[int, int]) -> Datase
     root = _existing_dir(root, "competition data root")
     images = root / "images" if (root / "images").is_dir() else root
     listed = root / "train.csv"
-    people = _listed_people(listed, images) if listed.is_file() else _folder_people(images)
+    notes: list[str] = []
+    people = _listed_people(listed, images) if listed.is_file() else _folder_people(images, notes)
     paths: list[str] = []
     labels: list[int] = []
     groups: list[str] = []
     for folder, person, gender, age in people:
         if not folder.is_dir():
-            log.warning("skipping %s: listed in train.csv but not on disk", folder)
+            notes.append(f"skipping {folder}: listed in train.csv but not on disk")
             continue
         for file in sorted(folder.iterdir()):
             mask = MASK_STEMS.get(file.stem)
@@ -260,6 +263,7 @@ def competition_layout(root: Path | None, age_bounds: tuple[int, int]) -> Datase
         np.asarray(groups),
         competition_class_names(age_bounds),
         str(images),
+        tuple(notes),
     )
 
 

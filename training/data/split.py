@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Sequence
 
@@ -10,8 +9,6 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from training.errors import DataError
-
-log = logging.getLogger(__name__)
 
 
 def split_train_val(
@@ -50,18 +47,19 @@ def split_train_val(
     return np.sort(train), np.sort(val)
 
 
-def warn_unvalidated_classes(labels: np.ndarray, val_idx: np.ndarray, class_names: Sequence[str]) -> None:
-    """Classes the validation split has no image of: macro-F1 counts each as 0 in every trial, so it
-    cannot reach 1 (the ranking of trials holds; the figure misleads). Rare classes of few people."""
+def unvalidated_classes(labels: np.ndarray, val_idx: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """What to say of the classes the validation split has no image of, or None when it has them all:
+    macro-F1 counts each as 0 in every trial, so it cannot reach 1 (the ranking of trials holds; the
+    figure misleads). Rare classes of few people."""
     validated = np.bincount(labels[val_idx], minlength=len(class_names))
     missing = [c for c in range(len(class_names)) if not validated[c]]
-    if missing:
-        counts = np.bincount(labels, minlength=len(class_names))
-        listed = ", ".join(f"{class_names[c]!r} ({counts[c]} in all)" for c in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        log.warning(
-            "the validation split has no image of %d of %d classes: %s%s; macro-F1 counts each as 0, so no trial "
-            "can score above %.2f (trials still rank fairly). Give those classes more images, or a larger "
-            "data.val_ratio",
-            len(missing), len(class_names), listed, more, 1 - len(missing) / len(class_names),
-        )  # fmt: skip
+    if not missing:
+        return None
+    counts = np.bincount(labels, minlength=len(class_names))
+    listed = ", ".join(f"{class_names[c]!r} ({counts[c]} in all)" for c in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return (
+        f"the validation split has no image of {len(missing)} of {len(class_names)} classes: {listed}{more}; "
+        f"macro-F1 counts each as 0, so no trial can score above {1 - len(missing) / len(class_names):.2f} (trials "
+        "still rank fairly). Give those classes more images, or a larger data.val_ratio"
+    )
