@@ -33,8 +33,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.runner import RunOptions, worker_loop
-from search.studyfile import load_study
+from search.run.lifecycle import run_here
+from search.run.options import RunOptions
+from search.study import load_study
 
 NO_PRUNING = "{name: none}"
 BLIND = "enqueue=[]"
@@ -71,7 +72,7 @@ def run_arm(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) ->
     options = RunOptions(
         storage_url=f"sqlite:///{home}/{name}.db", artifacts=home / name, n_trials=n_trials, timeout=None, quiet=True
     )
-    study = worker_loop(spec, options)
+    study = run_here(spec, options)
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from search.studyfile import load_study
+from search.study import load_study
 from training.loop import train_epoch
 from training.setup import set_up
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import optuna
 
-import search.objective as objective_module
-from search.runner import RunOptions, worker_loop
-from search.studyfile import load_study
+import search.run.objective as objective_module
+from search.run.lifecycle import run_here
+from search.run.options import RunOptions
+from search.study import load_study
 from training import prepare_data
 
 
@@ -63,7 +64,7 @@ def measure(url: str, n_trials: int, overrides: list[str], artifacts: Path) -> d
     options = RunOptions(storage_url=url, artifacts=artifacts, n_trials=n_trials, timeout=None, quiet=True)
     started = time.perf_counter()
     try:
-        worker_loop(spec, options)
+        run_here(spec, options)
     finally:
         objective_module.train = real_train
         optuna.Study.optimize = real_optimize

@@ -254,7 +254,7 @@ class Packed:
 
     def __init__(self, config_path: Path, k: int, epochs: int, env: dict[str, str] | None = None) -> None:
         command = child_command(config_path, epochs, barrier=True)
-        from search.workers import worker_threads
+        from search.run.gpus import worker_threads
 
         # as `search run --workers` gives them, and ``env`` (an MPS daemon's pipe folder)
         env = dict(os.environ, OMP_NUM_THREADS=str(worker_threads(k)), **(env or {}))
@@ -330,8 +330,9 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
     import optuna
 
     import training.loop as loop
-    from search.runner import RunOptions, worker_loop
-    from search.studyfile import load_study
+    from search.run.lifecycle import run_here
+    from search.run.options import RunOptions
+    from search.study import load_study
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     calls: list[tuple[str, int, int, float]] = []  # (train / val, epoch, images, seconds) per call
@@ -360,7 +361,7 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
         options = RunOptions(storage_url=f"sqlite:///{home}/s.db", artifacts=home / "artifacts",
                              n_trials=size["trials"], timeout=None, quiet=True)  # fmt: skip
         study_started = time.perf_counter()
-        study = worker_loop(spec, options)
+        study = run_here(spec, options)
         rest = time.perf_counter() - study_started
     finally:
         loop.train_one_epoch, loop.evaluate = real_train, real_eval
@@ -465,7 +466,7 @@ def main() -> int:
         )
         paths = sorted(str(p) for p in root.rglob("*.jpg"))
 
-        from search.studyfile import load_study
+        from search.study import load_study
         from training.data.prepare import prepare_data
 
         spec = load_study("mask-lr-sweep", mask_overrides(size, root, home) + [f"train.device={device.type}"])
@@ -562,7 +563,7 @@ def main() -> int:
             )
             if not args.mps:
                 return
-            from search.workers import mps_daemon
+            from search.run.mps import mps_daemon
             from training.errors import SearchServiceError
 
             try:

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_config
 from optuna.trial import TrialState
 
-from search.workers import MPS_CONTROL, mps_daemon
+from search.run.mps import MPS_CONTROL, mps_daemon
 from training.data.loader import DeviceBatchLoader
 from training.device_augment import DeviceAugment
 
@@ -95,9 +95,10 @@ def test_cuda_graphs_accumulate_the_gradients_the_eager_model_does_and_a_trial_r
 
 
 def test_a_real_out_of_memory_fails_its_trial_frees_its_memory_and_the_worker_goes_on(tmp_path, monkeypatch):
-    import search.objective as objective
-    from search.runner import RunOptions, worker_loop
-    from search.studyfile import load_study
+    import search.run.objective as objective
+    from search.run.lifecycle import run_here
+    from search.run.options import RunOptions
+    from search.study import load_study
 
     real_train, held_at_next_trial = objective.train, []
 
@@ -114,7 +115,7 @@ def test_a_real_out_of_memory_fails_its_trial_frees_its_memory_and_the_worker_go
                  "train.device=cuda", "pruner={name: none}", "name=oom"]  # fmt: skip
     options = RunOptions(storage_url=f"sqlite:///{tmp_path}/s.db", artifacts=tmp_path / "artifacts", n_trials=1,
                          timeout=None, quiet=True)  # fmt: skip
-    study = worker_loop(load_study("lr-sweep", overrides), options)
+    study = run_here(load_study("lr-sweep", overrides), options)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["failure_reason"].startswith("OutOfMemoryError: CUDA out of memory")
     assert held_at_next_trial[0] < 2**30  # the failed trial's gigabyte was gone when the next one started

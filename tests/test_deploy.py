@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from search.cli import build_parser
-from search.studyfile import find_study_file
+from search.study import find_study_file
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -195,7 +195,7 @@ def test_a_training_epoch_on_the_device_path_waits_for_the_device_only_at_its_en
     its mean loss comes back once, nothing per step."""
     import timm
 
-    from search.studyfile import load_study
+    from search.study import load_study
     from training.config import LossConfig, SchedulerConfig
     from training.loop import train_one_epoch
     from training.losses import build_loss
@@ -288,7 +288,7 @@ def test_a_batch_of_the_mask_study_takes_few_device_operations_beside_the_model(
     each of the augmentation's launches costs about what a layer's does. Its random parameters are
     drawn on the host; the device does the pixel work (about 60 operations; 179 when the parameters
     were drawn there)."""
-    from search.studyfile import load_study
+    from search.study import load_study
 
     augment = load_study("mask-lr-sweep", ["data.root=/unused"]).train.augment
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (128, 16, 16, 3), dtype=np.uint8))

@@ -107,7 +107,7 @@ def test_a_worker_removes_only_what_dead_workers_of_its_own_machine_left(tmp_pat
     machine's folders, and those of this machine's live workers, are not its to remove."""
     import socket
 
-    from search.runner import scratch_folder
+    from search.run.scratch import scratch_folder
 
     host = socket.gethostname()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -170,7 +170,7 @@ def test_interrupted_before_any_trial_ran_says_that_none_was_marked(tmp_path, mo
     def decode_interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as a Ctrl-C while the images are decoded
 
-    monkeypatch.setattr("search.runner.prepare_data", decode_interrupted)
+    monkeypatch.setattr("search.run.open.prepare_data", decode_interrupted)
     run = search_here(*RUN, "--n-trials", "1", env={"SEARCH_HOME": str(tmp_path)})
     assert run.returncode == 130
     assert run.stderr.strip().splitlines() == ["search: interrupted; no trial was running; run again to continue"]
@@ -504,9 +504,10 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
 
     import torch
 
-    import search.objective as objective
-    from search.runner import RunOptions, worker_loop
-    from search.studyfile import load_study
+    import search.run.objective as objective
+    from search.run.lifecycle import run_here
+    from search.run.options import RunOptions
+    from search.study import load_study
 
     real_train, tensors, alive_at_release = objective.train, [], []
 
@@ -524,7 +525,7 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     overrides = [*TINY[1::2], "pruner={name: none}", "name=oom"]
     options = RunOptions(storage_url=f"sqlite:///{tmp_path}/s.db", artifacts=tmp_path / "artifacts", n_trials=1,
                          timeout=None, quiet=True)  # fmt: skip
-    study = worker_loop(load_study("lr-sweep", overrides), options)
+    study = run_here(load_study("lr-sweep", overrides), options)
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]  # the worker went on
     reason = study.trials[0].user_attrs["failure_reason"]
@@ -536,23 +537,23 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
 def test_an_interrupt_repeated_at_once_is_the_same_interrupt_a_later_one_interrupts_again(monkeypatch):
     """The second copy of a Ctrl-C must not cut short the first one's bookkeeping; a deliberate
     second Ctrl-C later still stops what the first one started."""
-    from search import runner
+    from search.run import signals
 
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     clock = iter([100.0, 100.2, 101.5, 200.0, 200.1])
-    monkeypatch.setattr(runner.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(signals.time, "monotonic", lambda: next(clock))
     try:
-        runner.install_signal_handlers()
+        signals.install_signal_handlers()
         with pytest.raises(KeyboardInterrupt) as first:
             signal.raise_signal(signal.SIGINT)
-        assert not isinstance(first.value, runner.Interrupted)
+        assert not isinstance(first.value, signals.Interrupted)
         try:
             signal.raise_signal(signal.SIGINT)  # 0.2 s later: the same Ctrl-C, nothing raised
         except KeyboardInterrupt:
             pytest.fail("the repeat of an interrupt 0.2 s later interrupted again")
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)  # 1.5 s after the first: a new one
-        with pytest.raises(runner.Interrupted):
+        with pytest.raises(signals.Interrupted):
             signal.raise_signal(signal.SIGTERM)
         try:
             signal.raise_signal(signal.SIGTERM)

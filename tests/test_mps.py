@@ -14,7 +14,8 @@ import torch
 from conftest import BROKEN_MPS_CONTROL, install_mps_control, search_here
 from optuna.trial import TrialState
 
-from search.workers import mps_daemon, worker_environments
+from search.run.gpus import sharing, worker_environments
+from search.run.mps import mps_daemon
 from training.errors import SearchServiceError
 
 
@@ -71,13 +72,13 @@ def test_no_control_program_or_one_that_fails_is_one_line_saying_what_to_do(tmp_
 def test_workers_under_the_daemon_name_their_gpu_as_its_server_numbers_them():
     # This run was given GPUs 2 and 5; the daemon started with them numbers them 0 and 1 for its clients.
     mps = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/search-mps-x/pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/search-mps-x/log"}
-    envs = worker_environments(4, ["2", "5"], "u", mps)
+    envs = worker_environments(4, ["2", "5"], mps)
     assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == ["0", "1", "0", "1"]
     assert all(env["CUDA_MPS_PIPE_DIRECTORY"] == mps["CUDA_MPS_PIPE_DIRECTORY"] for env in envs)
-    assert all(env["SEARCH_GPU_WORKERS"] == "2" for env in envs)
+    assert sharing(4, ["2", "5"]) == [2, 2, 2, 2]
     # without a daemon of its own (none, or one the machine runs), the GPUs keep their own names
-    assert [env["CUDA_VISIBLE_DEVICES"] for env in worker_environments(2, ["2", "5"], "u")] == ["2", "5"]
-    assert "CUDA_MPS_PIPE_DIRECTORY" not in worker_environments(2, ["2", "5"], "u")[0]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in worker_environments(2, ["2", "5"])] == ["2", "5"]
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in worker_environments(2, ["2", "5"])[0]
 
 
 def test_search_run_packs_its_trials_under_a_daemon_started_before_and_stopped_after(
@@ -116,14 +117,14 @@ def test_search_run_packs_its_trials_under_a_daemon_started_before_and_stopped_a
 def test_the_daemon_is_started_where_a_gpu_gets_several_workers_and_mps_is_asked_for(
     mps_control, tmp_path, monkeypatch, gpus, args, daemon
 ):
-    import search.workers
+    import search.run.workers
 
     seen = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    monkeypatch.setattr(search.workers, "run_workers", lambda argv, options, gpus, mps=None: seen.append(mps) or 0)
+    monkeypatch.setattr(search.run.workers, "start_workers", lambda plan: seen.append(plan) or 0)
     run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr
-    assert len(seen) == 1 and (seen[0] is not None) == daemon
+    assert len(seen) == 1 and all(("CUDA_MPS_PIPE_DIRECTORY" in env) == daemon for _, _, env in seen[0])
     assert mps_control.exists() == daemon
     packed_without_mps = args in (["--trials-per-gpu", "2"], ["--workers", "2"])
     assert ("2 trials per GPU take turns on it" in run.stderr) == packed_without_mps

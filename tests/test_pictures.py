@@ -16,8 +16,8 @@ import pytest
 from optuna_dashboard import get_note
 
 import search.pictures
-from search.pictures import TrialPictures
-from search.storage import AtomicArtifactStore, open_storage
+from search.run.notes import TrialPictures
+from search.store import AtomicArtifactStore, open_storage
 
 NAMES = ["cat", "dog", "fox"]
 
@@ -106,7 +106,7 @@ def test_the_drawing_process_ends_with_its_worker_however_it_ended():
             sys.executable,
             "-c",
             "import os, signal\n"
-            "from search.pictures import DrawingProcess\n"
+            "from search.run.notes import DrawingProcess\n"
             "print(DrawingProcess().process.pid, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)",
         ],

@@ -7,10 +7,10 @@ import warnings
 import optuna
 import pytest
 
-from search.pruners import PRUNERS, build_pruner, first_prunable_step
-from search.samplers import SAMPLERS, build_sampler
-from search.space import fit_space, recorded_distributions, sample
-from search.studyfile import Component, SearchSpace, load_study
+from search.study import Component, SearchSpace, load_study
+from search.study.distributions import fit_space, recorded_distributions, sample
+from search.study.pruners import PRUNERS, build_pruner, first_prunable_step
+from search.study.samplers import SAMPLERS, build_sampler
 from training import ConfigError
 
 GRID_SPACE = [
@@ -122,8 +122,8 @@ def test_the_same_choices_in_another_order_continue_the_study_in_the_order_its_t
     ]
     changed = load_study("lr-sweep", ["enqueue=[]", *changes]).space
     fitted = fit_space(study.study_name, recorded_distributions(study._storage, study.study_name), changed)
-    assert list(fitted.loss) == list(space.loss) and fitted.accumulation_steps.choices == [1, 2, 4, 8]
-    assert fitted.loss["label_smoothing"]["smoothing"].low == 0.05  # the edit itself is kept
+    assert list(fitted["loss"]) == list(space["loss"]) and fitted["accumulation_steps"].choices == [1, 2, 4, 8]
+    assert fitted["loss"]["label_smoothing"]["smoothing"].low == 0.05  # the edit itself is kept
     with pytest.raises(ValueError, match="does not support dynamic value space"):
         sample(study.ask(), changed)  # what Optuna makes of the reordered lists themselves
     for _ in range(6):

@@ -25,8 +25,8 @@ from optuna.trial import TrialState
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from search import studyfile
-from search.storage import open_storage
+from search.store import open_storage
+from search.study import load_study
 from training.checkpoint import read_meta
 from training.data import cache as decode_cache
 from training.data import prepare
@@ -264,14 +264,14 @@ def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_
 def test_export_all_data_of_a_trial_without_its_epochs_is_one_error(tmp_path):
     from optuna.distributions import FloatDistribution
 
-    from search.export import export_all_data
+    from search.export import Export, export_trial
     from training import SearchServiceError
 
     study = optuna.create_study(direction="maximize")  # a trial recorded by plain Optuna: no epochs
     study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": FloatDistribution(0.001, 0.1)},
                                               value=0.5, user_attrs={"config": "{}"}))  # fmt: skip
     with pytest.raises(SearchServiceError, match="trial 0 did not record its best epoch"):
-        export_all_data(study, tmp_path / "x.safetensors")
+        export_trial(study, None, tmp_path / "x.safetensors", mode=Export.ALL_DATA)
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -516,7 +516,7 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
     data = f"data={{source: folder, root: {folder_dataset}, image_size: 16}}"
     # a class of one image, on the training side by the seed: warned of by the run, not by each worker
     write_image(folder_dataset / "owl" / "0.png", np.random.default_rng(3), (200, 200, 200))
-    config = studyfile.load_study("lr-sweep", [data]).data.model_copy(update={"cache_dir": tmp_path / "probe"})
+    config = load_study("lr-sweep", [data]).data.model_copy(update={"cache_dir": tmp_path / "probe"})
     seed = next(s for s in range(20) if 3 not in (d := prepare.prepare_data(config, s)).decoded.labels[d.val_idx])
     args = ["--n-trials", "4", "--workers", "2", *verbose, "--set", data, "--set", f"seed={seed}"]
     run = search("run", "--study", "lr-sweep", *args, env=env)
@@ -602,7 +602,7 @@ def test_report_of_a_study_with_no_complete_trial_yet_shows_what_there_is(finish
 
 
 def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatch):
-    from search.workers import mps_running, packing_warning
+    from search.run.mps import mps_running, packing_warning
 
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     assert not mps_running()
@@ -615,60 +615,63 @@ def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatc
 
 
 def test_each_gpu_gets_its_share_of_the_workers(monkeypatch):
-    from search.workers import worker_environments, worker_gpus
+    from search.run.gpus import sharing, worker_environments, worker_gpus
 
     # --trials-per-gpu 2 on a 4-GPU machine: 8 workers, two on every GPU, none without one.
-    envs = worker_environments(8, worker_gpus("auto", 4), "postgresql://db/search")
+    envs = worker_environments(8, worker_gpus("auto", 4))
     assert sorted(env["CUDA_VISIBLE_DEVICES"] for env in envs) == ["0", "0", "1", "1", "2", "2", "3", "3"]
-    assert all(env["SEARCH_STORAGE"] == "postgresql://db/search" for env in envs)
+    assert all(set(env) <= {"CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"} for env in envs)  # no storage URL in it
     assert worker_gpus("cuda", 4) == ["0", "1", "2", "3"] and worker_gpus("cuda:2", 4) == ["2"]  # the one it names
     # A container or a Slurm job that was given GPUs 2 and 5 hands out only those.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    given = worker_environments(4, worker_gpus("auto", 2), "u")
+    given = worker_environments(4, worker_gpus("auto", 2))
     assert [env["CUDA_VISIBLE_DEVICES"] for env in given] == ["2", "5", "2", "5"]
     assert worker_gpus("cuda:1", 2) == ["5"]  # torch's cuda:1 there
     assert worker_gpus("cpu", 2) == [] and worker_gpus("auto", 0) == []
-    assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, worker_gpus("auto", 0), "u")[0]  # CPU workers
+    assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, worker_gpus("auto", 0))[0]  # CPU workers
     # Each worker knows how many share its GPU (3 workers on 2 GPUs: two on the first, one alone).
-    assert [env["SEARCH_GPU_WORKERS"] for env in envs] == ["2"] * 8
-    assert [env["SEARCH_GPU_WORKERS"] for env in worker_environments(3, ["0", "1"], "u")] == ["2", "1", "2"]
-    assert "SEARCH_GPU_WORKERS" not in worker_environments(2, [], "u")[0]
+    assert sharing(8, ["0", "1", "2", "3"]) == [2] * 8
+    assert sharing(3, ["0", "1"]) == [2, 1, 2]
+    assert sharing(2, []) == [1, 1]
+
+
+def _run_started(monkeypatch, *args: str) -> list:
+    """``search run`` with ``args`` up to where it starts its workers: what each would be given."""
+    import search.run.open
+    import search.run.workers
+
+    started = []
+    monkeypatch.setattr(search.run.workers, "start_worker_server", lambda: None)
+    monkeypatch.setattr(search.run.open, "open_run", lambda spec, options, progress: _OpenedNothing())
+    monkeypatch.setattr(search.run.workers, "start_workers", lambda plan: started.extend(plan) or 0)
+    assert search_here("run", "--study", "lr-sweep", *args).returncode == 0
+    return started
 
 
 def test_workers_of_a_study_on_one_named_gpu_all_train_there(tmp_path, monkeypatch):
     """``train.device: cuda:1`` with --workers: each worker sees only that GPU, as its cuda."""
     import torch
 
-    import search.cli
-    import search.runner
-    import search.workers
-    from search.workers import worker_environments
-
-    started = []
-    monkeypatch.setattr(search.workers, "start_worker_server", lambda: None)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(search.runner, "open_run", lambda spec, options, progress: (spec, None, None))
-    monkeypatch.setattr(search.workers, "run_workers", lambda argv, options, gpus, mps=None: started.append(
-        (argv, worker_environments(options.workers, gpus, "u"))) or 0)  # fmt: skip
     monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
-    assert search.cli.main(["run", "--study", "lr-sweep", "--trials-per-gpu", "2", "--set", "train.device=cuda:1"]) == 0
-    argv, envs = started[0]
-    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == ["1", "1"]
-    assert argv[-2:] == ["--set", "train.device=cuda"]  # the last word on the device
+    started = _run_started(monkeypatch, "--trials-per-gpu", "2", "--set", "train.device=cuda:1")
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, _, env in started] == ["1", "1"]
+    assert [spec.train.device for spec, _, _ in started] == ["cuda", "cuda"]  # the last word on the device
+    assert [options.worker_index for _, options, _ in started] == [0, 1] and started[0][1].workers == 2
 
 
-def test_workers_sharing_a_gpu_split_the_share_their_images_may_take_there(monkeypatch):
+def test_workers_sharing_a_gpu_split_the_share_their_images_may_take_there(tmp_path, monkeypatch):
     """Packed workers decide at once, each seeing the GPU empty: each gets its part of the share."""
-    import search.runner
+    import torch
 
-    seen = []
-    monkeypatch.setattr(search.runner, "worker_loop", lambda spec, options: seen.append(spec) or _NoTrials())
-    monkeypatch.setenv("SEARCH_GPU_WORKERS", "4")
-    assert search_here("run", "--study", "lr-sweep", "--worker-index", "1", "--workers", "8", *TINY).returncode == 0
-    assert search_here("run", "--study", "lr-sweep", *TINY).returncode == 0  # not a spawned worker: as written
-    assert [spec.train.gpu_images_share for spec in seen] == [0.125, 0.5]
-    assert seen[0].trial_config({}, None).gpu_images_share == 0.125
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    started = _run_started(monkeypatch, "--workers", "8", *TINY)  # 4 workers on each of the 2 GPUs
+    assert [spec.train.gpu_images_share for spec, _, _ in started] == [0.125] * 8
+    assert started[0][0].trial_config({}, None).gpu_images_share == 0.125
+    alone = _run_started(monkeypatch, "--workers", "2", *TINY)  # one on each GPU: as written
+    assert [spec.train.gpu_images_share for spec, _, _ in alone] == [0.5, 0.5]
 
 
-class _NoTrials:
-    trials: list = []
+class _OpenedNothing:
+    data = type("NoData", (), {"notes": ()})()

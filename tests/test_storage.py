@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy
 from conftest import postgres_url
 
-import search.storage
-from search.storage import open_storage, set_user_attrs
+from search.store import open_storage, optuna_private, set_user_attrs
 
 ATTRS = {
     "macro_f1": 0.75,
@@ -84,7 +83,7 @@ def test_other_storages_get_the_attributes_one_by_one():
 def test_without_the_optuna_internals_it_needs_the_attributes_are_still_written(tmp_path, monkeypatch):
     """Optuna is not pinned: if a release renames what the one-transaction write uses, the
     attributes go one commit each instead of failing the trial."""
-    monkeypatch.setattr(search.storage, "_ONE_TRANSACTION", False)
+    monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
     storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
     study = optuna.create_study(storage=storage, study_name="fallback")
     trial = study.ask()

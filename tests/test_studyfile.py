@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.studyfile import STUDIES_DIR, changed_setup, load_study
+from search.study import STUDIES_DIR, load_study
+from search.study.setup import changed_setup
 from training.errors import ConfigError
 
 LR_SWEEP = STUDIES_DIR / "lr-sweep.yaml"
@@ -17,9 +18,9 @@ LR_SWEEP = STUDIES_DIR / "lr-sweep.yaml"
 def test_shipped_studies_load_and_sample_the_four_names():
     study = load_study("lr-sweep")
     assert study.name == "lr-sweep" and study.data.source == "demo"
-    assert set(study.space.scheduler) == {"step", "cosine", "plateau"}
-    assert set(study.space.loss) == {"cross_entropy", "focal", "label_smoothing", "f1"}
-    assert study.space.lr.log and study.space.accumulation_steps.choices == [1, 2, 4, 8]
+    assert set(study.space["scheduler"]) == {"step", "cosine", "plateau"}
+    assert set(study.space["loss"]) == {"cross_entropy", "focal", "label_smoothing", "f1"}
+    assert study.space["lr"].log and study.space["accumulation_steps"].choices == [1, 2, 4, 8]
     mask = load_study("mask-lr-sweep", ["data.root=/data/train"])
     assert mask.model.name == "efficientnet_b0" and mask.data.source == "competition"
     assert str(mask.data.root) == "/data/train"
@@ -32,7 +33,7 @@ def test_data_root_from_the_environment(monkeypatch):
 
 def test_set_overrides_any_field_and_is_validated():
     study = load_study("lr-sweep", ["train.epochs=3", "pruner={name: hyperband, min_resource: 1}", "space.lr.high=0.1"])
-    assert study.train.epochs == 3 and study.pruner.name == "hyperband" and study.space.lr.high == 0.1
+    assert study.train.epochs == 3 and study.pruner.name == "hyperband" and study.space["lr"].high == 0.1
 
 
 def _write(tmp_path: Path, mutate) -> str:

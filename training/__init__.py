@@ -33,7 +33,7 @@ from training.config import (  # noqa: E402 - after the variable albumentations 
     check_input_size,
     registered,
 )
-from training.data.sources import IMAGE_EXTENSIONS, cache_folder, load_source  # noqa: E402
+from training.data.sources import IMAGE_EXTENSIONS, cache_folder, default_cache_dir, load_source  # noqa: E402
 from training.errors import (  # noqa: E402
     ConfigError,
     DataError,
@@ -80,6 +80,7 @@ __all__ = [
     "TrainConfig",
     "TrainSettings",
     "cache_folder",
+    "default_cache_dir",
     "check_input_size",
     "load_source",
     "make_folder",

@@ -7,9 +7,10 @@ from typing import Any
 
 import optuna
 
-from search.space import grid_space
-from search.studyfile import Component, SearchSpace
-from training.errors import ConfigError
+from search.study.distributions import grid_space
+from search.study.schema import Component
+from search.study.space import SearchSpace
+from training import ConfigError
 
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed, space, **o: optuna.samplers.TPESampler(seed=seed, **o),

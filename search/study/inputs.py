@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from search.study.setup import as_new_study
 from training import ConfigError, DataConfig, ModelConfig
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
@@ -50,17 +51,12 @@ def trained_inputs(prepared: PreparedData, data: DataConfig, model: ModelConfig)
     }
 
 
-def as_new_study(name: str) -> str:
-    """How a run that study ``name`` refuses may go on instead, as the refusals end."""
-    return f"as a new study (--set name=NEW_NAME), or delete this one first (search delete --study {name})"
-
-
 def data_place(data: DataConfig) -> str:
     """Where a run's images are, as a message names it."""
     return f"data.root {data.root}" if data.root is not None else "the demo data"
 
 
-def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, record: bool = True) -> None:
+def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, *, record: bool = True) -> None:
     """Refuse (``ConfigError``) a run whose images or weights are not those the study was made on;
     ``record``: the first run of a study (or of a study made before this check) records its own.
     ``where``: the data's place, for the message. Two runs that record at once on different data:

@@ -1,18 +1,43 @@
-"""``search status``: counts by state, the best so far, the top trials and what mattered."""
+"""``search status``: what a study trains, its trials by state, the running and failed ones, the best
+so far, the top trials and what mattered."""
 
 from __future__ import annotations
 
-import json
+import argparse
 import warnings
-from collections import defaultdict
 from collections.abc import Set
 from datetime import datetime
 
 import optuna
 from optuna.trial import TrialState
 
-from search.inputs import INPUTS_ATTR
-from search.progress import short
+from search.commands import options
+from search.record import TrialRecord, failures_by_reason, ranked
+from search.run.progress import short
+from search.study.inputs import INPUTS_ATTR
+from search.study.setup import SPEC_ATTR, setup_text
+
+HELP = "what a study trains, its trials by state, the best ones and what mattered"
+SHARED = ("storage",)
+EXAMPLES = """examples:
+  search status --study lr-sweep
+  search status --study mask-lr-sweep --top 20 --storage postgresql+psycopg2://search@db/search
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.study(parser)
+    parser.add_argument("--top", type=options.count(1), default=10, metavar="K", help="how many top trials (10)")
+
+
+def take_action(args: argparse.Namespace) -> int:
+    from search.store import load_existing, open_storage, resolve_storage_url, stale_trial_numbers
+
+    storage = open_storage(resolve_storage_url(args.storage))
+    study = load_existing(storage, args.study)
+    print(status_text(study, top=args.top, stale=stale_trial_numbers(storage, args.study)))
+    return 0
+
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -41,15 +66,15 @@ def importance(study: optuna.Study) -> dict[str, float] | None:
             return None
 
 
-def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset()) -> str:
+def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozenset()) -> str:
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    setup = setup_text(study.user_attrs.get("spec"), study.user_attrs.get(INPUTS_ATTR))
+    setup = setup_text(study.user_attrs.get(SPEC_ATTR), study.user_attrs.get(INPUTS_ATTR))
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    complete = ranked(trials)
     if not complete:
         lines.append("  no complete trial yet")
         return "\n".join(lines)
@@ -61,40 +86,15 @@ def status_text(study: optuna.Study, top: int = 10, stale: Set[int] = frozenset(
     lines += ["", header]
     for t in complete[:top]:
         cells = " ".join(f"{short(t.params.get(n)):>{widths[n]}}" for n in names)
-        acc = t.user_attrs.get("accuracy")
-        lines.append(
-            f"  {t.number:>5} {t.value:>8.4f} {'-' if acc is None else format(acc, '.3f'):>6} "
-            f"{t.user_attrs.get('epochs_run', '-'):>6}  {cells}"
-        )
-    ranked = importance(study)
-    if ranked:
+        kept = TrialRecord.of(t)
+        acc, epochs = kept.accuracy, "-" if kept.epochs_run is None else kept.epochs_run
+        shown = "-" if acc is None else format(acc, ".3f")
+        lines.append(f"  {t.number:>5} {t.value:>8.4f} {shown:>6} {epochs:>6}  {cells}")
+    mattered = importance(study)
+    if mattered:
         lines += ["", "  parameter importance (PED-ANOVA, as in the dashboard):"]
-        lines += [f"  {name:>20} {value:.3f}" for name, value in ranked.items()]
+        lines += [f"  {name:>20} {value:.3f}" for name, value in mattered.items()]
     return "\n".join(lines)
-
-
-def setup_text(spec_json: str | None, inputs_json: str | None = None) -> str | None:
-    """What a study trains (model, data, epochs), from the spec it recorded when it was made, with
-    its images' count where a run has recorded them (``inputs_json``)."""
-    try:
-        spec = json.loads(spec_json)
-        data, train = spec["data"], spec["train"]
-        height, width = data["image_size"]
-        return (
-            f"{spec['model']['name']}, {data['source']} data{_counted(inputs_json)} at {height}x{width}, "
-            f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
-        )
-    except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
-        return None
-
-
-def _counted(inputs_json: str | None) -> str:
-    """' (N images, C classes)' as a run recorded them (``check_inputs``), or nothing before one has."""
-    try:
-        inputs = json.loads(inputs_json)
-        return f" ({inputs['images']:,} images, {inputs['classes']} classes)"
-    except (TypeError, ValueError, KeyError):
-        return ""
 
 
 def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:
@@ -103,11 +103,12 @@ def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[st
     lines = []
     now = datetime.now()
     for t in (t for t in trials if t.state == TrialState.RUNNING):
-        epochs = json.loads(t.user_attrs["config"])["epochs"] if "config" in t.user_attrs else "?"
+        kept = TrialRecord.of(t)
+        epochs = kept.trained_epochs() or "?"
         done = len(t.intermediate_values)
         latest = f", macro-F1 {t.intermediate_values[max(t.intermediate_values)]:.4f}" if done else ""
         since = _duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
-        worker = t.user_attrs.get("worker", "a worker")
+        worker = kept.worker or "a worker"
         lines.append(f"  running: trial {t.number} on {worker}, {done}/{epochs} epochs{latest}, for {since}")
         if t.number in stale:
             lines[-1] += (
@@ -117,21 +118,12 @@ def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[st
     return lines
 
 
-def failures_by_reason(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[str, list[int]]]:
-    """The failed trials' numbers grouped by their reason, the most frequent reason first."""
-    unknown = "no reason recorded (its worker was killed or lost, or the database went away)"
-    by_reason: dict[str, list[int]] = defaultdict(list)
-    for t in (t for t in trials if t.state == TrialState.FAIL):
-        by_reason[t.user_attrs.get("failure_reason", unknown)].append(t.number)
-    return sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0]))
-
-
 def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     lines = []
     for reason, numbers in failures_by_reason(trials):
         shown = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
-        short = reason if len(reason) <= 100 else reason[:97] + "..."
-        lines.append(f"  failed: {len(numbers)} x {short} (trial{'s' if len(numbers) > 1 else ''} {shown})")
+        clipped = reason if len(reason) <= 100 else reason[:97] + "..."
+        lines.append(f"  failed: {len(numbers)} x {clipped} (trial{'s' if len(numbers) > 1 else ''} {shown})")
     return lines
 
 

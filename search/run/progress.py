@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, TextIO
+
+from optuna.trial import FrozenTrial
+
+from search.record import best
 
 
 class Progress:
-    def __init__(self, quiet: bool = False, prefix: str = "", stream: TextIO | None = None) -> None:
+    def __init__(self, *, quiet: bool = False, prefix: str = "", stream: TextIO | None = None) -> None:
         self.quiet = quiet
         self.prefix = prefix
         self.stream = stream or sys.stderr
@@ -47,12 +53,15 @@ class Progress:
             final=False,
         )
 
-    def study(self, name: str, counts: dict[str, int], n_trials: int, best: tuple[int, float] | None) -> None:
-        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        best_text = f"best macro-F1 {best[1]:.4f} (trial {best[0]})" if best else "no complete trial yet"
+    def study(self, name: str, trials: Sequence[FrozenTrial], n_trials: int) -> None:
+        """The study's line after a trial: finished of the budget, by state, and the best so far."""
+        counts = Counter(t.state.name for t in trials)
+        finished = counts["COMPLETE"] + counts["PRUNED"]
+        top = best(trials)
+        best_text = f"best macro-F1 {top.value:.4f} (trial {top.number})" if top else "no complete trial yet"
         self._write(
-            f"study {name}: {finished}/{n_trials} finished ({counts.get('COMPLETE', 0)} complete, "
-            f"{counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed), {best_text}"
+            f"study {name}: {finished}/{n_trials} finished ({counts['COMPLETE']} complete, "
+            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed), {best_text}"
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from training.config import registered
+from training import registered
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,

@@ -1,0 +1,21 @@
+"""The ``search`` commands, one module each: ``HELP`` (what it does, in one line), ``SHARED`` (the
+options it shares with others), ``EXAMPLES``, ``add_arguments(parser)`` and ``take_action(args)``,
+which returns the exit code. Each module imports what it runs only when it runs."""
+
+from search.commands import best, dashboard, delete, export, predict, report, run, status, stop, studies
+
+# In the order ``search`` lists them: a study's life, from running it to deleting it.
+COMMANDS = {
+    "run": run,
+    "stop": stop,
+    "status": status,
+    "best": best,
+    "studies": studies,
+    "export": export,
+    "report": report,
+    "dashboard": dashboard,
+    "predict": predict,
+    "delete": delete,
+}
+
+__all__ = ["COMMANDS"]

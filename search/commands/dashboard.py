@@ -1,0 +1,57 @@
+"""``search dashboard``: optuna-dashboard on a study's storage, with its notes and pictures."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from search.commands import options
+from training import SearchServiceError
+
+HELP = "serve optuna-dashboard on a study, with each trial's note and pictures"
+SHARED = ("storage", "artifacts")
+EXAMPLES = """examples:
+  search dashboard --study lr-sweep
+  search dashboard --study lr-sweep --host 0.0.0.0 --port 8080
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.study(parser)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=options.count(0, 65535), default=8080, help="port to serve on (default 8080)")
+
+
+def take_action(args: argparse.Namespace) -> int:
+    import socket
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    import optuna_dashboard
+
+    from search.store import load_existing, open_storage, resolve_storage_url
+    from search.store.optuna_private import study_id
+
+    storage = open_storage(resolve_storage_url(args.storage))
+    study = load_existing(storage, args.study)
+    app = optuna_dashboard.wsgi(storage, artifact_store=options.artifact_store(args))
+
+    class Server(WSGIServer):  # the wsgiref server optuna-dashboard's own run_server uses, bound here first
+        address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+
+    try:
+        server = make_server(args.host, args.port, app, server_class=Server)
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        raise SearchServiceError(
+            f"cannot serve the dashboard on {args.host}:{args.port}: {error.strerror}; give another --port or --host"
+        ) from None
+    where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(
+        f"dashboard for '{study.study_name}': http://{where}:{server.server_port}/dashboard/studies/{study_id(study)}",
+        file=sys.stderr,
+    )
+    with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it; nothing to mark
+        server.serve_forever()
+    return 0

@@ -1,0 +1,56 @@
+"""``search export``: a trial's checkpoint, or the best K for an ensemble, as files plain timm loads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from search.commands import options
+
+HELP = "write a trial's checkpoint, or the best K's, as files plain timm loads"
+SHARED = ("storage", "artifacts")
+EXAMPLES = """examples:
+  search export --study lr-sweep --out best.safetensors
+  search export --study mask-lr-sweep --top 5 --all-data --out final/
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.study(parser)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=options.count(0), metavar="N", help="trial number (default: the best)")
+    which.add_argument(
+        "--top", type=options.count(1), metavar="K", help="the K best trials, into the folder --out (an ensemble)"
+    )
+    parser.add_argument("--out", required=True, help="the checkpoint file (with --top, the folder) to write")
+    parser.add_argument("--force", action="store_true", help="overwrite what --out names")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--retrain", action="store_true", help="train the trial again where no checkpoint is stored")
+    how.add_argument(
+        "--all-data", action="store_true",
+        help="train the trial's params again on all the data (its validation split too) up to its best epoch",
+    )  # fmt: skip
+
+
+def take_action(args: argparse.Namespace) -> int:
+    from search.export import Export, export_top, export_trial
+    from search.record import TrialRecord
+
+    study, store, out = options.open_study(args), options.artifact_store(args), Path(args.out)
+    mode = Export.ALL_DATA if args.all_data else Export.RETRAIN if args.retrain else Export.STORED
+    if args.top is not None:
+        exported = export_top(study, store, out, args.top, mode=mode, force=args.force)
+    else:
+        exported = [(export_trial(study, store, out, number=args.trial, mode=mode, force=args.force), out)]
+    for trial, path in exported:
+        value = f"{trial.value:.4f}" if trial.value is not None else "n/a"
+        if mode is Export.ALL_DATA:
+            epochs = TrialRecord.of(trial).best_epoch + 1
+            print(f"trial {trial.number}'s params trained on all the data for {epochs} epoch(s), its best "
+                  f"(its macro-F1 then {value}), exported to {path}")  # fmt: skip
+        else:
+            print(f"trial {trial.number} (macro-F1 {value}) exported to {path}")
+    if args.top is not None and len(exported) < args.top:
+        print(f"only {len(exported)} complete trial(s) in '{study.study_name}'; all exported", file=sys.stderr)
+    return 0

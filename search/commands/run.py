@@ -1,0 +1,88 @@
+"""``search run``: run a study, or continue it, until it has its finished trials."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from search.commands import options
+
+HELP = "run a study, or continue it, until it has its finished trials"
+SHARED = ("storage", "artifacts", "quiet")
+EXAMPLES = """examples:
+  search run --study lr-sweep
+  MASK_DATA=/data/train search run --study mask-lr-sweep --trials-per-gpu 2 --mps \\
+      --storage postgresql+psycopg2://search@db/search
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.study(parser, "a study file: a name in ./studies or the project's studies/, or a YAML path")
+    parser.add_argument(
+        "--n-trials", type=options.count(1), metavar="N",
+        help="finished trials (complete and pruned) the whole study should reach (default: budget.n_trials)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=options.seconds, metavar="S", help="seconds after which no new trial starts (budget.timeout)"
+    )
+    parser.add_argument("--workers", type=options.count(1), default=1, metavar="N", help="worker processes here")
+    parser.add_argument(
+        "--trials-per-gpu", type=options.count(1), metavar="K", help="K workers on each GPU (instead of --workers)"
+    )
+    parser.add_argument(
+        "--mps", action="store_true",
+        help="where a GPU gets several workers: run them under a CUDA MPS daemon of this run (kernels run at once)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a field of the study file, the value read as YAML (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--heartbeat-interval", type=options.count(1), default=10, metavar="S",
+        help="seconds between a running trial's heartbeats (default 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grace-period", type=options.count(1), metavar="S",
+        help="seconds without a heartbeat after which a trial's worker counts as gone (default: 3 heartbeats)",
+    )  # fmt: skip
+
+
+def take_action(args: argparse.Namespace) -> int:
+    spawning = args.workers > 1 or bool(args.trials_per_gpu)
+    if spawning:
+        from search.run.workers import start_worker_server
+
+        start_worker_server()  # the workers' imports happen there while this process does its own
+
+    from search.run.options import RunOptions
+    from search.study import load_study
+
+    spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
+    from search.store import artifact_dir, resolve_storage_url
+
+    run = RunOptions(
+        storage_url=resolve_storage_url(args.storage),
+        artifacts=artifact_dir(args.artifacts),
+        n_trials=args.n_trials or spec.budget.n_trials,
+        timeout=args.timeout or spec.budget.timeout,
+        workers=args.workers,
+        quiet=args.quiet,
+        debug=args.debug,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period or 3 * args.heartbeat_interval,
+    )
+    if spawning:
+        from search.run.workers import run_on_workers
+
+        return run_on_workers(spec, run, trials_per_gpu=args.trials_per_gpu, mps=args.mps)
+    from search.record import best
+    from search.run.lifecycle import run_here
+    from search.run.signals import install_signal_handlers
+
+    install_signal_handlers()
+    study = run_here(spec, run)
+    if not args.quiet:
+        top = best(study.get_trials(deepcopy=False))
+        said = f"best trial {top.number}: macro-F1 {top.value:.4f}" if top else "no complete trial"
+        print(said, file=sys.stderr)
+    return 0

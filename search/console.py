@@ -1,0 +1,47 @@
+"""What a command, or a worker it started, says on the terminal: its log lines' format, warnings
+and Optuna's log (shown with ``--debug``), and every project error as one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+from training import SearchServiceError
+
+
+def configure(*, prefix: str = "", debug: bool = False) -> None:
+    """Log lines as ``[prefix]search: message``; Python's warnings and Optuna's own log only with ``debug``."""
+    logging.basicConfig(level=logging.WARNING, format=f"{prefix}search: %(message)s")
+    # huggingface_hub (timm's pretrained weights) prints its warnings (a download's retries) through
+    # a handler of its own and again through ours: once, with our prefix, is enough.
+    logging.getLogger("huggingface_hub").handlers.clear()
+    if not debug:
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
+
+
+def exit_code(action: Callable[[], int], *, debug: bool = False) -> int:
+    """``action()``'s exit code. A project error is its one line and its exit code (``debug``: the
+    traceback too); an interrupt says whether it marked a trial FAIL; a reader that went away
+    (``search status | head``) ends the command quietly."""
+    try:
+        return action()
+    except SearchServiceError as error:
+        if debug:
+            raise
+        print(f"search: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt as interrupt:
+        trial = getattr(interrupt, "trial", None)
+        marked = "no trial was running" if trial is None else f"trial {trial} is marked FAIL (interrupted)"
+        print(f"search: interrupted; {marked}; run again to continue", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
+    except BrokenPipeError:  # nothing more to say to a reader that went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it

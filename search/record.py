@@ -1,0 +1,146 @@
+"""What a trial leaves in its study: one typed record, written and read here only, and the one
+ranking of a study's complete trials that every command uses.
+
+Each field of ``TrialRecord`` is the trial user attribute of the same name, as the dashboard and
+Optuna's own CLI show them. A field an earlier version did not write reads as None.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.store import STORAGE_ERRORS, set_user_attrs
+
+if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
+    from training import TrainConfig, TrainResult
+
+SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
+NO_REASON = "no reason recorded (its worker was killed or lost, or the database went away)"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial's user attributes: how it was set up, the metrics of its best epoch, how it ran, its
+    checkpoint in the artifact store, and why it failed if it did."""
+
+    seed: int | None = None
+    worker: str | None = None  # host:pid of the worker that ran it
+    config: str | None = None  # the TrainConfig it trained, as JSON
+    macro_f1: float | None = None
+    accuracy: float | None = None
+    macro_precision: float | None = None
+    macro_recall: float | None = None
+    roc_auc: float | None = None
+    train_loss: float | None = None
+    per_class_f1: list[float | None] | None = None
+    confusion_matrix: list[list[int]] | None = None
+    best_epoch: int | None = None  # counted from 0, as the steps of its intermediate values
+    best_epoch_lr: float | None = None
+    epochs_run: int | None = None
+    train_images_per_second: float | None = None
+    device: str | None = None
+    checkpoint_artifact: str | None = None  # the artifact id of its best epoch's checkpoint
+    failure_reason: str | None = None
+    failed_epoch: int | None = None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
+        """The record of a trial, from its user attributes (others, of other tools, are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in trial.user_attrs.items() if key in names})
+
+    def trained_epochs(self) -> int | None:
+        """How many epochs its config trains, or None where it recorded none."""
+        return json.loads(self.config)["epochs"] if self.config else None
+
+
+def write_start(trial: optuna.Trial, config: TrainConfig) -> None:
+    """What a trial records when it starts: its seed, its worker and its config."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    config_json = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    set_user_attrs(trial, _attrs(seed=config.seed, worker=worker, config=config_json))
+
+
+def write_result(trial: optuna.Trial, result: TrainResult, checkpoint: str | None = None) -> None:
+    """What a trial records when it trained: ``result_attrs``."""
+    set_user_attrs(trial, result_attrs(result, checkpoint))
+
+
+def result_attrs(result: TrainResult, checkpoint: str | None = None) -> dict[str, Any]:
+    """Every validation metric of the best epoch (an undefined one as null), how the run went, and
+    the artifact id of its stored checkpoint, if it has one."""
+    best = result.best_metrics
+    attrs = _attrs(
+        **{name: _json_safe(best.get(name)) for name in SCALAR_METRICS},
+        per_class_f1=_json_safe(best.get("per_class_f1")),
+        confusion_matrix=best.get("confusion_matrix"),
+        best_epoch=result.best_epoch,
+        best_epoch_lr=best.get("lr"),
+        epochs_run=result.epochs_run,
+        train_images_per_second=round(result.train_images_per_second, 1),
+        device=result.device,
+    )
+    return attrs | (_attrs(checkpoint_artifact=checkpoint) if checkpoint else {})
+
+
+def write_failure(
+    trial: optuna.Trial, reason: str, *, result: TrainResult | None = None, failed_epoch: int | None = None
+) -> None:
+    """Record why a trial failed (with what its run left, if it trained), as far as the storage lets
+    us: the failure itself must not be masked by a database that went away."""
+    attrs = (result_attrs(result) if result is not None else {}) | _attrs(failure_reason=reason)
+    if failed_epoch is not None:
+        attrs |= _attrs(failed_epoch=failed_epoch)
+    try:
+        set_user_attrs(trial, attrs)
+    except STORAGE_ERRORS:
+        pass
+
+
+_NAMES = {f.name for f in fields(TrialRecord)}
+
+
+def _attrs(**attrs: Any) -> dict[str, Any]:
+    """User attributes by ``TrialRecord``'s field names (a name it lacks is a mistake here)."""
+    unknown = set(attrs) - _NAMES
+    assert not unknown, f"not fields of TrialRecord: {sorted(unknown)}"
+    return attrs
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity become None: user attributes are JSON the dashboard must parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def ranked(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete trials, best macro-F1 first; of equal ones, the earlier trial first."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return sorted(complete, key=lambda t: t.value, reverse=True)
+
+
+def best(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The best complete trial (``ranked``'s first), or None before one completed."""
+    top = ranked(trials)
+    return top[0] if top else None
+
+
+def failures_by_reason(trials: Sequence[FrozenTrial]) -> list[tuple[str, list[int]]]:
+    """The failed trials' numbers grouped by their reason, the most frequent reason first."""
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for t in (t for t in trials if t.state == TrialState.FAIL):
+        by_reason[TrialRecord.of(t).failure_reason or NO_REASON].append(t.number)
+    return sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0]))

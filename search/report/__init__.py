@@ -1,0 +1,1 @@
+"""``search report``: the study on one static HTML page (``page``), with its pictures (``figures``)."""

@@ -1,0 +1,155 @@
+"""A worker's trials, one after another: ``run_trials`` owns the whole lifecycle of a trial.
+
+``n_trials`` is a budget for the whole study, whoever runs it: a worker starts a trial only while
+finished and running trials are below it, deciding under a lock shared by all workers
+(``TrialGate``). A killed worker's trial stops sending heartbeats, turns FAIL when the next worker
+looks and is queued again, so the study still ends with exactly ``n_trials`` finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from search import record
+from search.run.heartbeat import heartbeat
+from search.run.objective import Objective
+from search.run.open import OpenRun, open_run, say_data_notes
+from search.run.options import RunOptions
+from search.run.outage import StorageOutage, storage_failure
+from search.run.progress import Progress
+from search.run.scratch import scratch_folder
+from search.store import STORAGE_ERRORS, AtomicArtifactStore, redact, stop_requests
+from search.store.artifacts import remove
+from search.store.budget import Next, TrialGate, next_step, state_counts
+from search.store.optuna_private import study_storage, trial_id
+from search.study.schema import Study
+from training import SearchServiceError
+
+POLL_SECONDS = 2.0
+MAX_FAILURES_IN_A_ROW = 5
+
+
+def run_here(spec: Study, options: RunOptions) -> optuna.Study:
+    """``search run`` in this process: open the run, say what its data left out, run its trials."""
+    progress = Progress(quiet=options.quiet)
+    run = open_run(spec, options, progress)
+    say_data_notes(run)
+    return work(run, options, progress)
+
+
+def work(run: OpenRun, options: RunOptions, progress: Progress) -> optuna.Study:
+    """Trials of an opened run until the budget, the timeout or a stop ends them; the notes of its
+    last trials are in the dashboard before it returns."""
+    if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
+        progress.line(f"study '{run.spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
+    gate = TrialGate(options.storage_url, run.spec.name)
+    with scratch_folder(options.artifacts.parent / "work" / run.spec.name) as work_dir:
+        objective = Objective(run.spec, run.store, work_dir, progress)
+        run_trials(run.study, objective, gate, options, progress)
+        objective.pictures.wait()
+    return run.study
+
+
+def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, options: RunOptions,
+               progress: Progress) -> None:  # fmt: skip
+    """One trial after another, while the study wants more, the timeout has not passed and nobody
+    asked the study to stop since this worker started."""
+    deadline = time.monotonic() + options.timeout if options.timeout else None
+    stops, outage, failures, started = stop_requests(study), StorageOutage(progress), FailureStreak(), 0
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            gate.acquire()  # deciding on the budget and asking for the trial: one step for the whole study
+            if stop_requests(study) > stops:
+                progress.line(f"study '{study.study_name}' was asked to stop (search stop): no new trial here")
+                return
+            fail_stale_trials(study)  # a killed worker's trial turns FAIL, and its params are queued again
+            counts = state_counts(study)
+            step = next_step(counts, options.n_trials)
+            if step is Next.DONE:
+                if not started and options.worker_index == 0:
+                    progress.line(
+                        f"the study has {counts['COMPLETE'] + counts['PRUNED']} finished trials of the "
+                        f"{options.n_trials} asked for: nothing to run (a larger --n-trials or budget.n_trials goes on)"
+                    )
+                return
+            if step is Next.WAIT:  # the rest is running: wait in case one of them fails
+                gate.release()
+                time.sleep(POLL_SECONDS)
+                continue
+            trial = ask(study)
+            gate.release()  # the trial exists: other workers may start theirs
+            started += 1
+            done = run_trial(study, trial, objective)
+            failures.count(done)
+            trials = study.get_trials(deepcopy=False)
+            if done.state == TrialState.COMPLETE:
+                keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
+            if done.state == TrialState.FAIL:
+                progress.line(f"trial {done.number} failed: {record.TrialRecord.of(done).failure_reason or 'see log'}")
+            progress.study(study.study_name, trials, options.n_trials)
+            outage.over()
+        except Exception as error:
+            if (cause := storage_failure(error)) is None:
+                raise
+            outage.wait(cause)  # the running trial is lost; the heartbeat fails it and it is retried
+        finally:
+            gate.release()
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """The next trial: a queued one first (taken atomically), else a new one the sampler fills."""
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for study.optimize: ``run_trial`` sends them itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
+    """The objective on an asked trial, under its heartbeat, and its outcome told; a trial the worker
+    stops on (an interrupt, a wrong study, a full disk) is told FAIL before the worker goes."""
+    with heartbeat(study_storage(study), trial_id(trial)):
+        try:
+            outcome = objective(trial)
+        except BaseException:
+            with contextlib.suppress(*STORAGE_ERRORS, UpdateFinishedTrialError):
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+    return study.tell(trial, outcome.value, outcome.state)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """The running trials without a heartbeat for the grace period turn FAIL and are queued again
+    (what ``study.optimize`` does before each trial)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # marked experimental
+        optuna.storages.fail_stale_trials(study)
+
+
+def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:
+    """Checkpoint retention: only the best ``keep`` complete trials keep their checkpoint."""
+    for old in record.ranked(trials)[keep:]:
+        artifact_id = record.TrialRecord.of(old).checkpoint_artifact
+        if artifact_id:
+            remove(store, artifact_id)
+
+
+class FailureStreak:
+    """Stops the worker when its trials keep failing: a broken setup must not burn the whole budget."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def count(self, trial: FrozenTrial) -> None:
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.in_a_row >= MAX_FAILURES_IN_A_ROW:
+            reason = record.TrialRecord.of(trial).failure_reason or "see the log"
+            raise SearchServiceError(
+                f"{self.in_a_row} trials in a row failed on this worker, the last with: {reason}; "
+                "fix the cause and run again to continue"
+            )

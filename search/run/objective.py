@@ -1,0 +1,114 @@
+"""The trial adapter: sample → training config → ``train`` → record → the outcome to tell.
+
+Pruning is the epoch callback: it reports macro-F1 at step = epoch and asks the pruner. What a
+trial leaves goes into Optuna's own tables (params, user attributes) and artifact store.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import optuna
+from optuna.trial import TrialState
+
+from search import record
+from search.run.notes import TrialPictures
+from search.run.progress import Progress
+from search.store import STORAGE_ERRORS, AtomicArtifactStore
+from search.store.artifacts import upload_to_trial
+from search.study.distributions import sample
+from search.study.pruners import first_prunable_step
+from search.study.schema import Study
+from training import ConfigError, DiskError, NonFiniteLossError, TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(NamedTuple):
+    """How a trial ended, as Optuna is told: COMPLETE with its value, PRUNED, or FAIL."""
+
+    state: TrialState
+    value: float | None = None
+
+
+class Objective:
+    """Runs one trial of ``spec`` at a time for a worker, which reuses it for every trial it runs.
+    A failed trial is an ``Outcome`` (its reason recorded); what must stop the worker is raised: a
+    wrong study or a full disk, an interrupt, a database that went away."""
+
+    def __init__(self, spec: Study, store: AtomicArtifactStore, work_dir: Path, progress: Progress) -> None:
+        self.spec = spec
+        self.store = store
+        self.work_dir = work_dir
+        self.progress = progress
+        self.pictures = TrialPictures(store)
+        self.first_prunable_epoch = first_prunable_step(spec.pruner)
+
+    def __call__(self, trial: optuna.Trial) -> Outcome:
+        params = sample(trial, self.spec.space)
+        out_dir = self.work_dir / f"trial-{trial.number}"
+        config = self.spec.trial_config(params, out_dir)
+        record.write_start(trial, config)
+        self.progress.trial_started(trial.number, params)
+        try:
+            return self._train(trial, config)
+        finally:  # stored or not, the trial's own copy of its checkpoint goes (a failed trial's too)
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    def _train(self, trial: optuna.Trial, config: TrainConfig) -> Outcome:
+        """Train the trial's config, reporting each epoch; record how it ended."""
+
+        def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
+            trial.report(metrics["macro_f1"], epoch)
+            self.progress.epoch(trial.number, epoch, config.epochs, metrics)
+            return epoch >= self.first_prunable_epoch and trial.should_prune()
+
+        failure: tuple[str, int | None] | None = None
+        try:
+            result = train(config, on_epoch_end)
+        except (ConfigError, DiskError) as error:  # the study or the disk is wrong: stop, burn no more trials
+            record.write_failure(trial, str(error))
+            raise
+        except NonFiniteLossError as error:
+            failure = (str(error), error.epoch)
+        except KeyboardInterrupt as interrupt:
+            record.write_failure(trial, "interrupted")
+            interrupt.trial = trial.number  # for the command's last line
+            raise
+        except STORAGE_ERRORS:
+            raise  # the database is away: the worker waits for it (see StorageOutage)
+        except Exception as error:  # out of GPU memory, among others: the trial FAILs, the worker goes on
+            text = str(error).strip()
+            failure = (f"{type(error).__name__}: {text.splitlines()[0] if text else ''}", None)
+            log.debug("trial %d failed", trial.number, exc_info=True)
+        # Here the failed run's frames (its model, optimizer and activations) are gone with the
+        # exception, so their memory really returns, to this worker's next trial and to the others.
+        _free_device_memory()
+        if failure is not None:
+            record.write_failure(trial, failure[0], failed_epoch=failure[1])
+            return Outcome(TrialState.FAIL)
+        checkpoint = None
+        if not result.stopped_early and result.checkpoint is not None and result.checkpoint.is_file():
+            try:
+                checkpoint = upload_to_trial(self.store, result.checkpoint, trial)
+            except DiskError as error:
+                record.write_failure(trial, str(error), result=result)
+                raise
+        record.write_result(trial, result, checkpoint)
+        self.pictures.submit(trial, result, draw=not result.stopped_early)
+        if result.stopped_early:
+            return Outcome(TrialState.PRUNED)
+        return Outcome(TrialState.COMPLETE, float(result.best_metrics["macro_f1"]))
+
+
+def _free_device_memory() -> None:
+    """After a trial (an out-of-memory one above all), give its GPU memory back to the next."""
+    import torch
+
+    if torch.cuda.is_available():  # on the CPU the allocator returns memory by itself
+        gc.collect()
+        torch.cuda.empty_cache()

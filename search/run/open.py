@@ -1,0 +1,95 @@
+"""Opening a run: everything a worker needs before its first trial, each mistake one line before
+anything trains. ``search run --workers N`` opens the run once itself, says what the data left
+out, then starts its workers, which open it again (from the machine's caches) and say nothing of it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+
+import optuna
+
+from search.run.options import RunOptions
+from search.run.progress import Progress
+from search.store import AtomicArtifactStore, open_storage
+from search.study.distributions import fit_space, recorded_distributions
+from search.study.inputs import check_inputs, data_place, trained_inputs
+from search.study.pruners import build_pruner
+from search.study.samplers import build_sampler
+from search.study.schema import Study
+from search.study.setup import SPEC_ATTR, as_new_study, changed_setup, recorded_spec
+from training import ConfigError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A run ready for its first trial."""
+
+    spec: Study  # with its space as the study's earlier trials can take it
+    store: AtomicArtifactStore
+    study: optuna.Study
+    data: PreparedData
+
+
+def open_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
+    """The artifact folder (before the decode, so it is answered at once), the device (one this
+    machine lacks), the study (a space its trials cannot take, another setup than it was made
+    with), the data's listing (a wrong root is answered before the hub's time-outs), the pretrained
+    weights (fetched once into the machine's cache; a hub out of reach), the data (decoded once,
+    into the machine's cache), and that the images and weights file are those the study was made
+    on (``check_inputs``)."""
+    store = AtomicArtifactStore(options.artifacts)
+    resolve_device(spec.train.device)
+    spec, study = create_study(spec, options)
+    dataset = load_source(spec.data)
+    fetch_weights(spec.model)
+    data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
+    check_inputs(study, trained_inputs(data, spec.data, spec.model), data_place(spec.data))
+    return OpenRun(spec, store, study, data)
+
+
+def say_data_notes(run: OpenRun) -> None:
+    """What the listing and the decode left out (skipped folders and images, a class without
+    validation images), once, by the run that opened the study for its workers."""
+    for note in run.data.notes:
+        log.warning("%s", note)
+
+
+def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]:
+    """Create the study or load it by name; record its spec once; queue the known-good configs.
+    Returns the spec with its space as the study's earlier trials can take it (``fit_space``):
+    refused before anything is written where they cannot."""
+    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    space = fit_space(spec.name, recorded_distributions(storage, spec.name), spec.space)
+    spec = spec.model_copy(update={"space": space})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental samplers and options
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction="maximize",
+            sampler=build_sampler(spec.sampler, spec.space, spec.seed + options.worker_index),
+            pruner=build_pruner(spec.pruner),
+            load_if_exists=True,
+        )
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
+    elif changes := changed_setup(json.loads(study.user_attrs[SPEC_ATTR]), spec):
+        then = ", ".join(f"{key}={_clipped(before)}" for key, before, _ in changes[:3])
+        now = ", ".join(f"{key}={_clipped(after)}" for key, _, after in changes[:3])
+        raise ConfigError(
+            f"study '{spec.name}' was made with {then}; this run has {now}, and its trials would not compare "
+            f"with the study's earlier ones. Put these back, run the change {as_new_study(spec.name)}"
+        )
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return spec, study
+
+
+def _clipped(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,123 @@
+"""The artifact store: checkpoints and pictures as files in Optuna's file-system store, each written
+whole before the record that points to it."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from search.store.database import search_home
+from training import DiskError, make_folder, make_readable
+
+
+def artifact_dir(given: str | None) -> Path:
+    """``--artifacts``, else ``$SEARCH_ARTIFACTS``, else ``search_home()/artifacts``."""
+    return Path(given or os.environ.get("SEARCH_ARTIFACTS") or search_home() / "artifacts")
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system store, but a write is a temporary file then a rename: never half a file."""
+
+    def __init__(self, base_path: Path) -> None:
+        make_folder(base_path, "the artifact folder", "give another --artifacts")
+        super().__init__(base_path)
+        self.base_path = base_path
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        target = self._get_filepath(artifact_id)
+        try:
+            handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
+            os.close(handle)
+        except OSError as error:
+            raise DiskError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
+        try:
+            if not self._link(content_body, temporary):
+                with open(temporary, "wb") as file:
+                    while chunk := content_body.read(1 << 20):
+                        file.write(chunk)
+                    file.flush()
+                    os.fsync(file.fileno())
+                make_readable(temporary)
+            os.replace(temporary, target)
+        except OSError as error:
+            Path(temporary).unlink(missing_ok=True)
+            raise DiskError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
+
+    @staticmethod
+    def _link(content_body: BinaryIO, temporary: str) -> bool:
+        """A checkpoint on the same file system is linked, not copied: no second write of its bytes."""
+        source = getattr(content_body, "name", None)
+        if not isinstance(source, str) or not os.path.isfile(source):
+            return False
+        try:
+            os.unlink(temporary)
+            os.link(source, temporary)
+        except OSError:
+            Path(temporary).touch()
+            return False
+        return True
+
+
+def upload_to_trial(store: AtomicArtifactStore, path: Path, trial: optuna.Trial) -> str:
+    """Store a running trial's file (its checkpoint) as Optuna's artifact of that trial: the bytes
+    first, then the trial's record of them, so a failed write never leaves a record of a missing or
+    truncated file. Returns the artifact's id."""
+    return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+
+
+def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], None]) -> str:
+    """Store a file as an artifact: the bytes first, then ``record(artifact_id, meta_json)`` writes
+    the attribute that points to them (for the records Optuna's own upload does not write: a
+    finished trial's pictures, recorded on the study where optuna-dashboard looks)."""
+    artifact_id = str(uuid.uuid4())
+    with open(path, "rb") as file:
+        store.write(artifact_id, file)
+    meta = {
+        "artifact_id": artifact_id,
+        "filename": path.name,
+        "mimetype": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+        "encoding": None,
+    }
+    record(artifact_id, json.dumps(meta))
+    return artifact_id
+
+
+def stored(store: AtomicArtifactStore, artifact_id: str | None, copy_to: Path | None = None) -> bool:
+    """Whether the store has the artifact; copied to ``copy_to`` when given."""
+    if not artifact_id:
+        return False
+    try:
+        with store.open_reader(artifact_id) as reader:
+            if copy_to is not None:
+                with open(copy_to, "wb") as writer:
+                    shutil.copyfileobj(reader, writer)
+    except ArtifactNotFound:
+        return False
+    return True
+
+
+def remove(store: AtomicArtifactStore, artifact_id: str) -> None:
+    """Remove an artifact; one already gone (removed by this or another worker) is no error."""
+    try:
+        store.remove(artifact_id)
+    except ArtifactNotFound:
+        pass
+
+
+def not_in_store(store: AtomicArtifactStore) -> str:
+    """Why an artifact a trial recorded is not found."""
+    return (
+        f"not in {store.base_path}: removed by checkpoint retention, or the run kept its artifacts in "
+        "another folder (--artifacts, $SEARCH_ARTIFACTS)"
+    )

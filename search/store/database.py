@@ -1,0 +1,121 @@
+"""Where studies live: a storage URL (SQLite by default, PostgreSQL for many workers) and Optuna's
+RDB storage on it, with heartbeats on. Optuna's own tables are the only database."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from training import ConfigError, SearchServiceError, make_folder
+
+
+class StorageError(SearchServiceError):
+    """The storage cannot be reached or used (exit code 1)."""
+
+
+# What a database that went away raises, directly or through Optuna.
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+def describe_db_error(error: BaseException) -> str:
+    """The first line of the driver's message (SQLAlchemy wraps it with SQL and a link)."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
+def search_home() -> Path:
+    """``$SEARCH_HOME``, default ``./.search``: the SQLite file and the artifact folder live here."""
+    return Path(os.environ.get("SEARCH_HOME", ".search"))
+
+
+def resolve_storage_url(given: str | None) -> str:
+    """``--storage``, else ``$SEARCH_STORAGE``, else the SQLite file in ``search_home()``."""
+    url = given or os.environ.get("SEARCH_STORAGE") or f"sqlite:///{search_home() / 'studies.db'}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"storage URL '{redact(url)}' is malformed; use e.g. sqlite:///studies.db or "
+            "postgresql+psycopg2://user@host:5432/db"
+        ) from None
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        instead = "set SEARCH_HOME or --storage to a place that can be written"
+        make_folder(Path(parsed.database).parent, "the folder of the SQLite file", instead)
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and log line."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not parseable: hide anything between ':' and '@' after the scheme.
+        scheme, sep, rest = url.partition("://")
+        if "@" in rest and ":" in rest.split("@")[0]:
+            user = rest.split("@")[0].split(":")[0]
+            rest = f"{user}:***@{rest.split('@', 1)[1]}"
+        return f"{scheme}{sep}{rest}"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).drivername.startswith("sqlite")
+
+
+def engine_kwargs(url: str) -> dict:
+    """SQLAlchemy's engine options for ``url``: SQLite waits for its write lock; a server's connection
+    is checked before use (a restarted database) and gives up connecting after 10 s."""
+    if is_sqlite(url):
+        # Wait for the write lock instead of failing with "database is locked".
+        return {"connect_args": {"timeout": 120}}
+    driver = make_url(url).drivername
+    connect_args = {"connect_timeout": 10} if driver.startswith("postgresql") else {}
+    return {"pool_pre_ping": True, "connect_args": connect_args}
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats are marked experimental
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+            if is_sqlite(url):
+                _write_ahead_log(storage.engine)
+            return storage
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+            raise StorageError(f"cannot open storage {redact(url)}: {describe_db_error(error)}") from None
+
+
+def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:
+    """SQLite in WAL mode: readers (the dashboard, status) never block the workers' writes, and a
+    commit costs one append instead of a journal round-trip. WAL keeps every committed
+    transaction through a crash of the process; ``synchronous=NORMAL`` is its documented pairing."""
+
+    def on_connect(connection, record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened before the listener reconnect with it
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+
+
+def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """A study that must already exist; a clear error listing the ones that do."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise SearchServiceError(f"no study '{name}' in this storage; studies here: {names}") from None

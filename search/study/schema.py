@@ -1,0 +1,64 @@
+"""A study file as data: frozen, validated pydantic models that import nothing that samples, prunes
+or trains. The names they hold (sampler, pruner, the space's fields) are checked against their
+registries by ``search.study.load``, in one step after parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from search.study.fields import apply
+from search.study.space import SearchSpace
+from training import DataConfig, Frozen, ModelConfig, TrainConfig, TrainSettings, check_input_size
+
+
+class Component(Frozen):
+    """A sampler or pruner by name with its keyword options (checked by building it)."""
+
+    model_config = Frozen.model_config | {"extra": "allow"}
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Budget(Frozen):
+    n_trials: int = Field(20, ge=1)  # finished trials (complete + pruned) for the whole study
+    timeout: float | None = Field(None, gt=0)  # seconds from the start of `search run`
+
+
+class Retention(Frozen):
+    keep_top_k: int = Field(3, ge=1)  # checkpoints kept: the best k complete trials
+
+
+class Study(Frozen):
+    """One study file, resolved: what to train, what to sample, how to search, for how long."""
+
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    space: SearchSpace
+    sampler: Component = Field(default_factory=lambda: Component(name="tpe"))
+    pruner: Component = Field(default_factory=lambda: Component(name="median"))
+    budget: Budget = Field(default_factory=Budget)
+    checkpoints: Retention = Field(default_factory=Retention)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _input_size_fits_the_model(self, info: ValidationInfo) -> Study:
+        check_input_size(self.model, self.data, info)
+        return self
+
+    def trial_config(self, params: dict[str, Any], output_dir: Path | None) -> TrainConfig:
+        """The training config of one trial: the study's settings with its sampled ``params`` put in
+        their fields (``params`` by column, as a trial records them)."""
+        settings = apply({"train": self.train.model_dump(), "model": self.model.model_dump()}, params)
+        return TrainConfig.model_validate(
+            {**settings["train"], "model": settings["model"], "data": self.data, "seed": self.seed,
+             "output_dir": output_dir}
+        )  # fmt: skip

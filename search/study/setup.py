@@ -1,0 +1,79 @@
+"""What a study trains, recorded with the study when it is made: a later run with another setup is
+refused (its trials would not compare), and the commands describe a study by it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from search.study.fields import MACHINE_SETTINGS
+from search.study.schema import Study
+
+SPEC_ATTR = "spec"  # the study user attribute holding the spec it was made with, as JSON
+
+# What may differ between runs of one study without making their trials incomparable: the study's
+# bookkeeping (the space has its own check, `fit_space`), where a machine keeps its files, and how
+# it trains. Everything else in a study file, but the fields the space samples, decides what a
+# trial's macro-F1 means.
+_RUN_ONLY = (
+    "name", "budget", "checkpoints", "enqueue", "space", "sampler", "pruner",
+    "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
+)  # fmt: skip
+
+
+def recorded_spec(spec: Study) -> str:
+    """The spec as the study records it."""
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+
+
+def changed_setup(recorded: dict[str, Any], spec: Study) -> list[tuple[str, Any, Any]]:
+    """What this run trains differently from the spec the study recorded when it was made, as
+    ``(key, then, now)``: the model, the data, the epochs, the fixed training settings, the seed.
+    The fields the space samples are left out (a trial's own value wins), and so are keys the
+    recorded spec does not have (written by an earlier version)."""
+    skipped = (*_RUN_ONLY, *spec.space.sampled_paths())
+    changes, then = [], _flat(recorded)
+    for key, value in _flat(spec.model_dump(mode="json")).items():
+        before = then.get(key, value)
+        if before != value and not any(key == k or key.startswith(f"{k}.") for k in skipped):
+            changes.append((key, before, value))
+    return changes
+
+
+def as_new_study(name: str) -> str:
+    """How a run that study ``name`` refuses may go on instead, as the refusals end."""
+    return f"as a new study (--set name=NEW_NAME), or delete this one first (search delete --study {name})"
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def setup_text(spec_json: str | None, inputs_json: str | None = None) -> str | None:
+    """What a study trains (model, data, epochs), from the spec it recorded when it was made, with
+    its images' count where a run has recorded them (``inputs_json``)."""
+    try:
+        spec = json.loads(spec_json)
+        data, train = spec["data"], spec["train"]
+        height, width = data["image_size"]
+        return (
+            f"{spec['model']['name']}, {data['source']} data{_counted(inputs_json)} at {height}x{width}, "
+            f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
+        )
+    except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
+        return None
+
+
+def _counted(inputs_json: str | None) -> str:
+    """' (N images, C classes)' as a run recorded them (``check_inputs``), or nothing before one has."""
+    try:
+        inputs = json.loads(inputs_json)
+        return f" ({inputs['images']:,} images, {inputs['classes']} classes)"
+    except (TypeError, ValueError, KeyError):
+        return ""
