@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -191,3 +192,64 @@ def mps_control(tmp_path, monkeypatch):
     monkeypatch.setenv("MPS_RECORD", str(tmp_path / "record"))
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "no-daemon-here"))
     return tmp_path / "record"
+
+
+# A tiny model at a tiny size: a study's trial in seconds on the CPU.
+TINY = [
+    "--set", "model.name=test_resnet",
+    "--set", "data.image_size=16",
+    "--set", "train.epochs=3",
+    "--set", "train.batch_size=32",
+    "--quiet",
+]  # fmt: skip
+# Two queued trials, the second far behind the first, and a pruner that stops it.
+MUST_PRUNE = [
+    "--set", "pruner={name: percentile, percentile: 90.0, n_startup_trials: 1, n_warmup_steps: 0}",
+    "--set", "enqueue=[{lr: 0.01, scheduler: cosine, loss: cross_entropy, accumulation_steps: 1}, "
+    "{lr: 0.0003, scheduler: step, step_size: 1, step_gamma: 0.2, loss: f1, accumulation_steps: 8}]",
+]  # fmt: skip
+FOUR = {"lr", "scheduler", "loss", "accumulation_steps"}  # what every trial of lr-sweep samples
+
+
+def search(
+    *args: str, env: dict | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """The real ``search`` command in a process of its own (``python -m search``)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "search", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"search {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def optuna_cli(*args: str) -> str:
+    """Optuna's own command line, reading what the project wrote."""
+    command = Path(sys.executable).parent / "optuna"
+    out = subprocess.run([str(command), *args], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory):
+    """One small lr-sweep run (5 trials, one pruned) shared by the tests of the commands that read
+    a finished study (it is the slow part). Tests that change it add trials only."""
+    home = tmp_path_factory.mktemp("home")
+    env = {"SEARCH_HOME": str(home), "SEARCH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")}
+    args = ["--study", "lr-sweep", "--n-trials", "5", *TINY, *MUST_PRUNE, "--set", "checkpoints.keep_top_k=1"]
+    run = search("run", *args, env=env)
+    return {"home": home, "env": env, "args": args, "run": run, "url": f"sqlite:///{home}/studies.db"}
+
+
+@pytest.fixture(scope="session")
+def one_trial_study(tmp_path_factory):
+    """A finished one-trial study for the cases that need one; none of them changes it."""
+    home = tmp_path_factory.mktemp("one")
+    env = {"SEARCH_HOME": str(home), "SEARCH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")}
+    run = search_here("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "train.epochs=1", env=env)
+    assert run.returncode == 0, run.stderr
+    return home

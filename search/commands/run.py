@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from search.commands import options
@@ -48,20 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
+    from search.store import artifact_dir, resolve_storage_url
+
+    storage_url = resolve_storage_url(args.storage)
     spawning = args.workers > 1 or bool(args.trials_per_gpu)
     if spawning:
         from search.run.workers import start_worker_server
 
+        # The workers get the storage as an object; the variable (which may hold a password) stays
+        # out of the environment they and their fork server start with.
+        os.environ.pop("SEARCH_STORAGE", None)
         start_worker_server()  # the workers' imports happen there while this process does its own
 
     from search.run.options import RunOptions
     from search.study import load_study
 
     spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
-    from search.store import artifact_dir, resolve_storage_url
-
     run = RunOptions(
-        storage_url=resolve_storage_url(args.storage),
+        storage_url=storage_url,
         artifacts=artifact_dir(args.artifacts),
         n_trials=args.n_trials or spec.budget.n_trials,
         timeout=args.timeout or spec.budget.timeout,

@@ -1,3 +1,6 @@
+"""Study files: loaded once into frozen objects; every mistake one line naming the file, the key
+and the value."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +12,6 @@ import yaml
 
 from search.cli import main
 from search.study import STUDIES_DIR, load_study
-from search.study.setup import changed_setup
 from training.errors import ConfigError
 
 LR_SWEEP = STUDIES_DIR / "lr-sweep.yaml"
@@ -182,21 +184,3 @@ def test_a_bad_study_file_is_answered_before_torch_is_imported(tmp_path, mutate)
     assert run.returncode == 2 and lines[-1].startswith("search: error: "), run.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
     assert "optuna" in imported and "torch" not in imported and "timm" not in imported
-
-
-def test_a_changed_setup_is_what_trials_depend_on_and_not_what_the_space_samples():
-    spec = load_study("lr-sweep")
-    recorded = spec.model_dump(mode="json")
-    assert changed_setup(recorded, spec) == []
-    sampled = load_study("lr-sweep", ["train.loss.focal_gamma=1.5", "train.optimizer.lr=0.5", "seed=0"])
-    assert changed_setup(recorded, sampled) == []  # focal_gamma and lr: each trial samples its own
-    faster = load_study("lr-sweep", ["train.cuda_graphs=true", "train.device=cpu", "train.eval_batch_size=64"])
-    assert changed_setup(recorded, faster) == []  # how fast a machine trains, not what
-    fixed = load_study("lr-sweep", ["train.loss.focal_alpha=[1, 2]", "seed=3", "model.drop_rate=0.2"])
-    assert changed_setup(recorded, fixed) == [
-        ("seed", 0, 3),
-        ("model.drop_rate", 0.0, 0.2),
-        ("train.loss.focal_alpha", None, [1, 2]),
-    ]
-    del recorded["model"]["drop_rate"]  # a key an earlier version did not record
-    assert [key for key, _, _ in changed_setup(recorded, fixed)] == ["seed", "train.loss.focal_alpha"]

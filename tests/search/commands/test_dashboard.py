@@ -13,8 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import search_here
-from test_search_run import FOUR, TINY
+from conftest import FOUR, TINY, search_here
+
+from search.cli import main
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -137,3 +138,19 @@ def test_dashboard_reading_the_sqlite_file_never_disturbs_a_running_study(small_
         dashboard.stop()
     assert run.returncode == 0, err[-2000:]
     assert "locked" not in err and reads > 10
+
+
+def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("SEARCH_HOME", str(one_trial_study))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--study", "lr-sweep", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [  # only this: no address it is not serving on, no web server banner
+        f"search: error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use; "
+        "give another --port or --host"
+    ]

@@ -106,3 +106,38 @@ def test_user_attributes_cost_two_statements_however_many_there_are(storage_url)
     assert sent.count("SELECT") == 1 and sent.count("INSERT") == 1 and len(sent) <= 3, sent
     assert optuna.load_study(study_name=study.study_name, storage=storage_url).trials[0].user_attrs == many
     optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+def test_the_private_names_of_optuna_the_project_uses_are_where_it_expects(tmp_path):
+    """Fails on an Optuna release that moved them: the project still works (through the fallbacks
+    below), but slower (one commit per attribute) and without the list of stale trials."""
+    assert not optuna_private.MISSING, (
+        f"Optuna {optuna.__version__} has no {', '.join(optuna_private.MISSING)}: search falls back to Optuna's "
+        "public API (a trial's attributes one commit each, no stale-trial list); update search/store/optuna_private.py"
+    )
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/studies.db"))
+    trial = study.ask()
+    for thing, name in (
+        (trial, "_trial_id"),
+        (trial, "_cached_frozen_trial"),
+        (study, "_study_id"),
+        (study, "_storage"),
+    ):
+        assert hasattr(thing, name), f"Optuna {optuna.__version__} moved {type(thing).__name__}.{name}"
+    assert optuna_private.rdb_storage(study._storage) is not None, (
+        "Optuna's cache no longer keeps its storage as _backend"
+    )
+
+
+def test_without_the_private_names_the_public_api_answers(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=1, grace_period=1), study_name="s")
+    trial = study.ask()
+    private = (optuna_private.trial_id(trial), optuna_private.study_id(study))
+
+    # a trial and a study as the public API sees them: no private ids
+    public_study = type("Study", (), {"study_name": "s", "_storage": study._storage})()
+    public_trial = type("Trial", (), {"number": trial.number, "study": public_study})()
+    assert (optuna_private.trial_id(public_trial), optuna_private.study_id(public_study)) == private
+    monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
+    assert optuna_private.stale_trial_numbers(study._storage, "s") == set()  # not known, and no error

@@ -1,7 +1,7 @@
 """``search run --trials-per-gpu K --mps``: the run's own CUDA MPS daemon, around its workers.
 
 There is no GPU here, so ``nvidia-cuda-mps-control`` is a stand-in that speaks its protocol
-(conftest's ``mps_control``). ``tests/test_cuda.py`` starts the real one.
+(conftest's ``mps_control``). ``tests/training/test_cuda.py`` starts the real one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Faults done for real: killed and interrupted workers, NaN trials, bad storage, bad input."""
+"""A trial's lifecycle done for real: killed and interrupted workers, NaN and failing trials, bad
+weights, a restarted database, a full disk."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import postgres_url, search_here
+from conftest import TINY, postgres_url, search_here
 from optuna.trial import TrialState
-from test_search_run import TINY, search
 
-from search.cli import main
 from training.checkpoint import read_meta
 
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
+
+
 RUN = ["run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT]
 
 
@@ -100,43 +101,6 @@ def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_
                         "--set", "pruner={name: none}", env={"SEARCH_HOME": str(tmp_path)})  # fmt: skip
     assert later.returncode == 0, later.stderr[-2000:]
     assert len(optuna.load_study(study_name="lr-sweep", storage=url).trials) == len(trials) + 1
-
-
-def test_a_worker_removes_only_what_dead_workers_of_its_own_machine_left(tmp_path):
-    """The scratch folder may sit beside an artifact folder shared by many machines: another
-    machine's folders, and those of this machine's live workers, are not its to remove."""
-    import socket
-
-    from search.run.scratch import scratch_folder
-
-    host = socket.gethostname()
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
-        left = {
-            "dead here": tmp_path / f"{host}-{ended.stdout.strip()}",
-            "live here": tmp_path / f"{host}-{live.pid}",
-            "elsewhere": tmp_path / f"other-{host}-{ended.stdout.strip()}",
-        }
-        for folder in left.values():
-            (folder / "trial-3").mkdir(parents=True)
-            (folder / "trial-3" / "best.safetensors").write_bytes(b"weights")
-        with scratch_folder(tmp_path) as mine:
-            assert mine.is_dir()  # from the start: the folders above it are not empty while it runs
-            (mine / "trial-4").mkdir(parents=True)
-            assert {name for name, folder in left.items() if folder.exists()} == {"live here", "elsewhere"}
-        live.kill()
-    assert not mine.exists() and mine.name == f"{host}-{os.getpid()}"
-    assert tmp_path.is_dir()  # the other workers' folders are still in it
-
-    study = tmp_path / "work" / "s"
-    (study / "elsewhere-7").mkdir(parents=True)  # a worker of another machine, still running
-    with scratch_folder(study):
-        pass
-    assert [p.name for p in study.iterdir()] == ["elsewhere-7"]
-    (study / "elsewhere-7").rmdir()  # it ended
-    with scratch_folder(study):
-        pass
-    assert not (tmp_path / "work").exists()  # the last worker to end leaves no empty folders behind
 
 
 # The run after an interruption does not depend on which signal it was: it is checked once.
@@ -267,159 +231,6 @@ def test_a_wrong_data_root_is_said_before_the_hub_is_asked_for_weights(tmp_path,
     assert hub_cache["asked"] == []
 
 
-def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
-    started = time.monotonic()
-    run = search(
-        "status", "--study", "x", "--storage", "postgresql+psycopg2://postgres:hunter2@127.0.0.1:1/test", check=False
-    )
-    assert time.monotonic() - started < 30
-    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
-    assert "cannot open storage" in run.stderr and "hunter2" not in run.stderr and "***" in run.stderr
-
-
-@pytest.fixture(scope="module")
-def one_trial_study(tmp_path_factory):
-    """A finished one-trial study for the cases that need one; none of them changes it."""
-    home = tmp_path_factory.mktemp("one")
-    env = {"SEARCH_HOME": str(home), "SEARCH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")}
-    run = search_here("run", "--study", "lr-sweep", "--n-trials", "1", *TINY, "--set", "train.epochs=1", env=env)
-    assert run.returncode == 0, run.stderr
-    return home
-
-
-def _bad_data(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "labels.csv").write_text("path,label\na.png,cat\n,dog\n")
-    return {"empty": str(tmp_path / "empty"), "csv": str(tmp_path / "labels.csv")}
-
-
-BAD_INPUTS = [
-    # the data cases run as new studies: the one-trial study was made on other data, and says so first
-    ("missing data root", ["run", "--study", "lr-sweep", "--set", "name=d1", "--set", "data.source=folder", "--set",
-     "data.root=/nope"],
-     1, "/nope does not exist"),
-    ("empty data root", ["run", "--study", "lr-sweep", "--set", "name=d2", "--set", "data.source=folder", "--set",
-     "data.root={empty}"],
-     1, "has no class subfolders"),
-    ("bad labels csv", ["run", "--study", "lr-sweep", "--set", "name=d3", "--set", "data.source=csv", "--set",
-     "data.root={csv}"],
-     1, "labels.csv:3: empty path or label"),
-    ("malformed storage URL", ["status", "--study", "lr-sweep", "--storage", "not a url"], 2, "is malformed"),
-    ("password never shown", ["status", "--study", "x", "--storage", "postgresql://u:s3cret@"], 1, "***"),
-    ("unknown study", ["status", "--study", "nope"], 1, "no study 'nope' in this storage"),
-    ("missing trial", ["export", "--study", "lr-sweep", "--trial", "99", "--out", "x.safetensors"], 1,
-     "has no trial 99; trials are numbered 0.."),
-    ("unknown option", ["run", "--study", "lr-sweep", "--n-trails", "3"], 2, "unrecognized arguments"),
-    # numbers out of range are usage errors, not runs that quietly do nothing (or something else)
-    ("negative trials", ["run", "--study", "lr-sweep", "--n-trials", "-3"], 2,
-     "argument --n-trials: must be 1 or more, got -3; see search run --help"),
-    ("no workers", ["run", "--study", "lr-sweep", "--workers", "0"], 2, "argument --workers: must be 1 or more, got 0"),
-    ("no trials per GPU", ["run", "--study", "lr-sweep", "--trials-per-gpu", "0"], 2,
-     "argument --trials-per-gpu: must be 1 or more, got 0"),
-    ("negative timeout", ["run", "--study", "lr-sweep", "--timeout", "-1"], 2,
-     "argument --timeout: must be more than 0 seconds, got -1"),
-    ("words for a number", ["run", "--study", "lr-sweep", "--workers", "four"], 2,
-     "argument --workers: expected a whole number, got 'four'"),
-    ("port out of range", ["dashboard", "--study", "lr-sweep", "--port", "70000"], 2,
-     "argument --port: must be from 0 to 65535, got 70000"),
-    ("negative trial", ["export", "--study", "lr-sweep", "--trial", "-1", "--out", "x"], 2,
-     "argument --trial: must be 0 or more, got -1"),
-    # where an output cannot be written: one line naming it, nothing left behind (checked below)
-    ("export onto a folder", ["export", "--study", "lr-sweep", "--out", "{empty}", "--force"], 1,
-     "empty: Is a directory"),
-    ("export under a file", ["export", "--study", "lr-sweep", "--out", "{csv}/best.safetensors"], 1,
-     "could not write checkpoint"),
-    ("artifacts under a file", ["run", "--study", "lr-sweep", "--artifacts", "{csv}/artifacts"], 1,
-     "cannot make the artifact folder"),
-    ("SQLite folder under a file", ["status", "--study", "x", "--storage", "sqlite:///{csv}/db/s.db"], 1,
-     "cannot make the folder of the SQLite file"),
-    ("images not a folder", ["predict", "--checkpoint", "x", "--images", "{csv}", "--out", "{empty}/p.csv"], 1,
-     "labels.csv is a file, not a folder; give --images the folder"),
-    ("a space the study's trials cannot take", ["run", "--study", "lr-sweep", "--set",
-     "space.lr.log=false"], 2,
-     "study 'lr-sweep' has trials that sampled 'lr' from floats 0.0003..0.03 (log scale)"),
-    ("a device torch does not know", ["run", "--study", "lr-sweep", "--set", "train.device=tpu"], 2,
-     "train.device = 'tpu' is not a device torch knows; use auto, cpu, cuda, cuda:N"),
-    ("info.csv not there", ["predict", "--checkpoint", "x", "--images", "{empty}", "--info", "{empty}/info.csv",
-     "--out", "{empty}/p.csv"], 1, "cannot read --info"),
-    ("artifacts under a file, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--artifacts",
-     "{csv}/artifacts"], 1, "cannot make the artifact folder"),
-    # the run decodes and splits before its workers start: one line, not one per worker
-    ("data root missing, workers", ["run", "--study", "lr-sweep", "--workers", "2", "--set", "name=d4", "--set",
-     "data.source=folder",
-     "--set", "data.root=/nope"], 1, "/nope does not exist"),
-    ("a split the data cannot give", ["run", "--study", "lr-sweep", "--workers", "2", "--quiet", "--set",
-     "name=d5", "--set", "data.val_ratio=0.001"], 1,
-     "data.val_ratio = 0.001 cuts the data into 1000 parts, it has only 675 images"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("case, argv, code, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, capsys, monkeypatch, case, argv, code,
-                                                  message):  # fmt: skip
-    monkeypatch.setenv("SEARCH_HOME", str(one_trial_study))
-    paths = _bad_data(tmp_path)
-    argv = [a.format(**paths) for a in argv]
-    assert main(argv) == code
-    err = capsys.readouterr().err.strip()
-    assert message in err and "Traceback" not in err, err
-    assert len(err.splitlines()) == 1 and "s3cret" not in err
-    assert not [p.name for p in tmp_path.rglob(".*.tmp")]  # no temporary file of a failed write stays
-
-
-def test_a_reader_that_goes_away_ends_the_command_quietly(one_trial_study):
-    """`search status | head -1`: the rest of the output has nowhere to go; no traceback about it."""
-    env = {**os.environ, "SEARCH_HOME": str(one_trial_study)}
-    command = [sys.executable, "-m", "search", "status", "--study", "lr-sweep"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    proc.stdout.close()  # before it writes a line
-    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
-
-
-def test_the_command_exits_with_mains_code_after_its_output_without_pythons_teardown(monkeypatch, capsys):
-    """Python's teardown of torch and the rest costs 1-2 s after a run's work is done: skipped."""
-    from search.cli import entry
-
-    class Exited(Exception):
-        pass
-
-    def exit_now(code: int) -> None:
-        raise Exited(code)
-
-    monkeypatch.setattr(sys, "argv", ["search", "status", "--study", "nope"])
-    monkeypatch.setattr(os, "_exit", exit_now)
-    with pytest.raises(Exited) as exited:
-        entry()
-    assert exited.value.args == (1,)
-    assert capsys.readouterr().err.startswith("search: error: no study 'nope' in this storage")
-
-
-def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatch):
-    import socket
-
-    monkeypatch.setenv("SEARCH_HOME", str(one_trial_study))
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        assert main(["dashboard", "--study", "lr-sweep", "--port", str(port)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [  # only this: no address it is not serving on, no web server banner
-        f"search: error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use; "
-        "give another --port or --host"
-    ]
-
-
-@pytest.mark.parametrize("command", [["export", "--out", "x.safetensors"], ["best"]], ids=["export", "best"])
-def test_a_study_with_no_finished_trial_has_no_best_to_give(tmp_path, capsys, monkeypatch, command):
-    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
-    storage = f"sqlite:///{tmp_path}/studies.db"
-    optuna.create_study(study_name="empty", storage=storage)
-    assert main([command[0], "--study", "empty", *command[1:]]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err == "search: error: study 'empty' has no complete trial yet; run it on (search status shows it)"
-
-
 def _restart_postgresql() -> None:
     version = sorted(os.listdir("/etc/postgresql"))[0]
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
@@ -532,33 +343,3 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
     assert not (tmp_path / "work").exists()  # its checkpoint went with its folder
-
-
-def test_an_interrupt_repeated_at_once_is_the_same_interrupt_a_later_one_interrupts_again(monkeypatch):
-    """The second copy of a Ctrl-C must not cut short the first one's bookkeeping; a deliberate
-    second Ctrl-C later still stops what the first one started."""
-    from search.run import signals
-
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    clock = iter([100.0, 100.2, 101.5, 200.0, 200.1])
-    monkeypatch.setattr(signals.time, "monotonic", lambda: next(clock))
-    try:
-        signals.install_signal_handlers()
-        with pytest.raises(KeyboardInterrupt) as first:
-            signal.raise_signal(signal.SIGINT)
-        assert not isinstance(first.value, signals.Interrupted)
-        try:
-            signal.raise_signal(signal.SIGINT)  # 0.2 s later: the same Ctrl-C, nothing raised
-        except KeyboardInterrupt:
-            pytest.fail("the repeat of an interrupt 0.2 s later interrupted again")
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)  # 1.5 s after the first: a new one
-        with pytest.raises(signals.Interrupted):
-            signal.raise_signal(signal.SIGTERM)
-        try:
-            signal.raise_signal(signal.SIGTERM)
-        except KeyboardInterrupt:
-            pytest.fail("the repeat of a SIGTERM 0.1 s later interrupted again")
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)

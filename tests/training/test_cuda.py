@@ -1,5 +1,5 @@
 """What only a GPU can show. Skipped without CUDA: run them where there is one
-(``pytest tests/test_cuda.py``); the CPU suite covers the same code paths with CPU tensors."""
+(``pytest tests/training/test_cuda.py``); the CPU suite covers the same code paths with CPU tensors."""
 
 from __future__ import annotations
 

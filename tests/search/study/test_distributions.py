@@ -1,88 +1,14 @@
-"""Every sampler and pruner a study may name builds and drives a real (in-memory) Optuna study."""
+"""An edited space against the distributions a study's trials recorded: what one study can mix, and
+what it cannot."""
 
 from __future__ import annotations
-
-import warnings
 
 import optuna
 import pytest
 
-from search.study import Component, SearchSpace, load_study
+from search.study import SearchSpace, load_study
 from search.study.distributions import fit_space, recorded_distributions, sample
-from search.study.pruners import PRUNERS, build_pruner, first_prunable_step
-from search.study.samplers import SAMPLERS, build_sampler
 from training import ConfigError
-
-GRID_SPACE = [
-    "space.lr={choices: [0.001, 0.01]}",
-    "space.scheduler={cosine: {}, step: {step_size: {choices: [1, 2]}}}",
-    "space.loss={cross_entropy: {}, focal: {focal_gamma: {choices: [1.0, 2.0]}}}",
-    "enqueue=[]",
-]
-
-
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_sampler_samples_the_four_names(name):
-    spec = load_study("lr-sweep", GRID_SPACE if name == "grid" else ["enqueue=[]"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        study = optuna.create_study(direction="maximize", sampler=build_sampler(Component(name=name), spec.space, 0))
-        for _ in range(4):
-            trial = study.ask()
-            params = sample(trial, spec.space)
-            study.tell(trial, params["lr"])
-    assert all({"lr", "scheduler", "loss", "accumulation_steps"} <= set(t.params) for t in study.trials)
-
-
-def test_seeded_samplers_repeat_themselves():
-    spec = load_study("lr-sweep", ["enqueue=[]"])
-
-    def draws(seed):
-        study = optuna.create_study(sampler=build_sampler(Component(name="tpe"), spec.space, seed))
-        return [sample(study.ask(), spec.space)["lr"] for _ in range(3)]
-
-    assert draws(5) == draws(5) != draws(6)
-
-
-def test_grid_needs_choices():
-    spec = load_study("lr-sweep")
-    with pytest.raises(ConfigError, match="grid sampler needs choices for 'lr'"):
-        build_sampler(Component(name="grid"), spec.space, 0)
-
-
-@pytest.mark.parametrize("name", sorted(PRUNERS))
-def test_every_pruner_builds_with_its_options(name):
-    options = {"patient": {"patience": 2, "wrapped": {"name": "median"}}, "percentile": {"percentile": 25.0}}.get(
-        name, {}
-    )
-    pruner = build_pruner(Component(name=name, **options))
-    assert isinstance(pruner, optuna.pruners.BasePruner)
-
-
-@pytest.mark.parametrize("name", ["median", "percentile"])
-def test_a_trial_is_not_asked_to_prune_before_its_pruner_could_stop_it(name):
-    """The objective skips ``should_prune`` (two reads of the study) before ``first_prunable_step``:
-    Optuna's pruner must indeed never stop a trial there, even one far behind the rest."""
-    options = {"n_warmup_steps": 2, "n_startup_trials": 1} | ({"percentile": 75.0} if name == "percentile" else {})
-    component = Component(name=name, **options)
-    study = optuna.create_study(direction="maximize", pruner=build_pruner(component))
-    ahead = study.ask()
-    for step in range(4):
-        ahead.report(1.0, step)
-    study.tell(ahead, 1.0)
-    behind = study.ask()
-    decisions = []
-    for step in range(4):
-        behind.report(0.0, step)
-        decisions.append(behind.should_prune())
-    assert first_prunable_step(component) == 2
-    assert decisions == [False, False, True, True]
-
-
-def test_pruners_without_a_warm_up_are_asked_from_the_first_step():
-    assert first_prunable_step(Component(name="successive_halving")) == 0
-    assert first_prunable_step(Component(name="median")) == 0
-    assert first_prunable_step(load_study("lr-sweep").pruner) == 2
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from training.loop import predict_probs, train_epoch, train_on_all_data
 from training.models import create_model
 from training.setup import InputPipe, build_loaders, set_up
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_training_package_never_imports_optuna():
