@@ -53,7 +53,7 @@ def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, 
     trial = choose_trial(study, number)
     if mode is Export.ALL_DATA:
         _complete_to_its_best_epoch(trial)
-    out = _free(out, force)
+    out = _free(out, force=force)
     with replacing(out, "checkpoint") as temporary:
         if mode is Export.ALL_DATA:
             _train_on_all_data(study, trial, temporary)
@@ -77,7 +77,7 @@ def export_top(study: optuna.Study, store: AtomicArtifactStore, folder: Path, to
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file; --out with --top is the folder to write the checkpoints in")
-    outs = [_free(folder / f"trial-{t.number}.safetensors", force) for t in chosen]
+    outs = [_free(folder / f"trial-{t.number}.safetensors", force=force) for t in chosen]
     if mode is Export.ALL_DATA:
         for trial in chosen:
             _complete_to_its_best_epoch(trial)  # every trial's epochs checked before the first one trains
@@ -95,7 +95,7 @@ def export_top(study: optuna.Study, store: AtomicArtifactStore, folder: Path, to
     ]
 
 
-def _free(out: Path, force: bool) -> Path:
+def _free(out: Path, *, force: bool) -> Path:
     """``out``, unless a file is there already and ``force`` does not allow replacing it."""
     out = Path(out)
     if out.exists() and not force:

@@ -15,7 +15,7 @@ from training.config import TrainConfig
 from training.data.sources import cache_folder, default_cache_dir
 
 
-def autocast(device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, *, cache: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; full precision on the CPU. ``cache``: keep each weight's bf16 copy for
     the rest of the context (a CUDA graph's capture must not)."""
     if device.type == "cuda":

@@ -40,11 +40,6 @@ DEVICE_TRANSFORMS: dict[str, set[str]] = {
 GEOMETRIC = {"HorizontalFlip", "Affine", "ShiftScaleRotate", "RandomResizedCrop"}
 
 
-def supported(spec: Sequence[dict[str, Any]] | dict[str, Any]) -> bool:
-    """Whether every step of a pipeline (list form) has a device counterpart here."""
-    return not unsupported(spec)
-
-
 def unsupported(spec: Sequence[dict[str, Any]] | dict[str, Any]) -> list[str]:
     """The steps of a pipeline without a device counterpart here, by name (with the parameters this
     module does not take, if that is why)."""
@@ -68,7 +63,7 @@ def _supported_step(step: dict[str, Any]) -> bool:
     return name != "CoarseDropout" or isinstance(step.get("fill", 0), (int, float))  # a constant fill only
 
 
-def _pair(value: Any, default: tuple[float, float], symmetric: bool = False) -> tuple[float, float]:
+def _pair(value: Any, default: tuple[float, float], *, symmetric: bool = False) -> tuple[float, float]:
     if value is None:
         return default
     if isinstance(value, (int, float)):
@@ -159,8 +154,8 @@ class DeviceAugment:
     def _brightness_contrast(self, n: int, step: dict[str, Any], eligible: np.ndarray) -> np.ndarray | None:
         """Per-image (gain, offset), identity for the images not chosen; None when none is."""
         on = self._chosen(n, float(step.get("p", 0.5)), eligible)
-        alpha = 1.0 + self._uniform(n, *_pair(step.get("contrast_limit", 0.2), (0, 0), True))
-        beta = self._uniform(n, *_pair(step.get("brightness_limit", 0.2), (0, 0), True)) * 255.0
+        alpha = 1.0 + self._uniform(n, *_pair(step.get("contrast_limit", 0.2), (0, 0), symmetric=True))
+        beta = self._uniform(n, *_pair(step.get("brightness_limit", 0.2), (0, 0), symmetric=True)) * 255.0
         return np.stack([np.where(on, alpha, 1.0), np.where(on, beta, 0.0)]) if on.any() else None
 
     def _hue_saturation_value(self, step: dict[str, Any], eligible: np.ndarray) -> np.ndarray | None:
@@ -175,7 +170,8 @@ class DeviceAugment:
         # saturation as a fraction of 255; value in levels.
         limits = (("hue_shift_limit", 20, 30.0), ("sat_shift_limit", 30, 255.0), ("val_shift_limit", 20, 1.0))
         shifts = [
-            self._uniform(len(chosen), *_pair(step.get(key, limit), (0, 0), True)) / unit for key, limit, unit in limits
+            self._uniform(len(chosen), *_pair(step.get(key, limit), (0, 0), symmetric=True)) / unit
+            for key, limit, unit in limits
         ]
         return np.stack([chosen, *shifts], axis=1)
 
@@ -202,7 +198,7 @@ class DeviceAugment:
         return np.stack([top, bottom, left, left + widths], axis=-1)
 
     def __call__(
-        self, images: torch.Tensor, eligible: np.ndarray | None = None, in_place: bool = False
+        self, images: torch.Tensor, eligible: np.ndarray | None = None, *, in_place: bool = False
     ) -> torch.Tensor:
         """uint8 (N, H, W, 3) or float (N, 3, H, W) on the device → augmented float (N, 3, H, W), 0..255.
 

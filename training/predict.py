@@ -24,6 +24,7 @@ def predict_files(
     checkpoints: Sequence[Path],
     paths: Sequence[str],
     batch_size: int = 256,
+    *,
     flip_tta: bool = False,
     device: str = "auto",
     progress: Callable[[int], None] | None = None,

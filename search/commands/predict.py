@@ -95,7 +95,7 @@ def write_predictions(
         raise DataError(f"no images in {images}")
     ensemble_metas(checkpoints)  # a file that is not a checkpoint: one line, before the progress bar
     with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
-        probs, metas = predict_files(checkpoints, paths, batch_size, flip_tta, progress=bar.update)
+        probs, metas = predict_files(checkpoints, paths, batch_size, flip_tta=flip_tta, progress=bar.update)
     labels = probs.argmax(axis=1)
     names = metas[0]["class_names"]
     with replacing(out, "predictions") as temporary, open(temporary, "w", newline="") as file:

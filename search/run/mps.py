@@ -21,7 +21,7 @@ def mps_running() -> bool:
     return (Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")) / "control").exists()
 
 
-def packing_warning(trials_per_gpu: int, gpus: int, mps: bool) -> str | None:
+def packing_warning(trials_per_gpu: int, gpus: int, *, mps: bool) -> str | None:
     """What to tell a user who packs several trials on each GPU without MPS, or None."""
     if trials_per_gpu < 2 or not gpus or mps:
         return None

@@ -55,7 +55,7 @@ def run_on_workers(spec: Study, options: RunOptions, *, trials_per_gpu: int | No
         options = replace(options, workers=trials_per_gpu * max(1, len(gpus)))
     say_data_notes(open_run(spec, options, Progress(quiet=options.quiet)))
     packed = options.workers > len(gpus) > 0  # some GPU gets more than one worker
-    if packed and (warning := packing_warning(-(-options.workers // len(gpus)), len(gpus), mps or mps_running())):
+    if packed and (warning := packing_warning(-(-options.workers // len(gpus)), len(gpus), mps=mps or mps_running())):
         print(warning, file=sys.stderr)
     if is_sqlite(options.storage_url):
         print(

@@ -3,7 +3,7 @@ Optuna's public API.
 
 Optuna is not pinned, and a release may move what is private. ``MISSING`` names what this Optuna
 lacks; the fallbacks then run (a trial's attributes one commit each, no list of stale trials, ids
-looked up by name) and ``tests/store/test_optuna_private.py`` fails, saying what moved.
+looked up by name) and ``tests/search/store/test_optuna_private.py`` fails, saying what moved.
 """
 
 from __future__ import annotations

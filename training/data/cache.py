@@ -51,7 +51,7 @@ class DecodedImages:
 _IN_PROCESS: Memo[DecodedImages] = Memo(2)  # by cache key
 
 
-def content_digest(decoded: DecodedImages, sizes: bool = True) -> str:
+def content_digest(decoded: DecodedImages, *, sizes: bool = True) -> str:
     """What the images a run trains and validates on are, wherever they lie: the class names and,
     for each decoded file, its path below the folder the files share, its label and (``sizes``) its
     size. The same files under another root (another machine, a moved folder) give the same digest; a

@@ -53,7 +53,22 @@ class BatchOrder:
         return rng.permutation(self.indices)
 
 
-class BatchLoader:
+class _InOrder:
+    """What a loader answers from its ``BatchOrder``: its batches' sizes, and an epoch's order."""
+
+    plan: BatchOrder
+
+    def __len__(self) -> int:
+        return len(self.batch_sizes())
+
+    def batch_sizes(self) -> list[int]:
+        return self.plan.batch_sizes()
+
+    def order(self, epoch: int) -> np.ndarray:
+        return self.plan.order(epoch)
+
+
+class BatchLoader(_InOrder):
     """Yields ``(images NHWC uint8, labels)`` tensors for one split, epoch by epoch, in ``BatchOrder``.
 
     Augmentation runs per sample on the uint8 images (albumentations, on the CPU); normalisation
@@ -80,15 +95,6 @@ class BatchLoader:
         self.pipeline = pipeline
         self.rare_pipeline = rare_pipeline
         self.rare_classes = np.asarray(rare_classes, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.batch_sizes())
-
-    def batch_sizes(self) -> list[int]:
-        return self.plan.batch_sizes()
-
-    def order(self, epoch: int) -> np.ndarray:
-        return self.plan.order(epoch)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
@@ -125,7 +131,7 @@ def rarest_classes(labels: np.ndarray, num_classes: int, fraction: float) -> lis
     return sorted(int(c) for c in np.argsort(counts, kind="stable")[:n])
 
 
-class DeviceBatchLoader:
+class DeviceBatchLoader(_InOrder):
     """The same ``BatchOrder`` as ``BatchLoader``, served from images resident on the GPU (or in host
     memory when they do not fit, through ``PinnedStaging``) and augmented there: no per-image Python,
     no host round trip. Yields uint8 NHWC batches, or float NCHW (0..255) when augmented.
@@ -154,15 +160,6 @@ class DeviceBatchLoader:
         if staged is None:
             staged = not resident.is_cuda and device.type == "cuda"
         self.staging = PinnedStaging(resident, batch_size, device) if staged else None
-
-    def __len__(self) -> int:
-        return len(self.batch_sizes())
-
-    def batch_sizes(self) -> list[int]:
-        return self.plan.batch_sizes()
-
-    def order(self, epoch: int) -> np.ndarray:
-        return self.plan.order(epoch)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = np.ascontiguousarray(self.order(epoch))

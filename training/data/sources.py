@@ -96,7 +96,7 @@ def _writable_or_fallback(folder: Path, temporary: str) -> Path | None:
     return None
 
 
-def _cannot_write(folder: Path, private: bool = False) -> str | None:
+def _cannot_write(folder: Path, *, private: bool = False) -> str | None:
     """Why this process cannot make files in ``folder`` (made if missing), or None. ``private``: a
     folder of this user's only (mode 0700), refused if someone else made it first (a shared
     temporary folder)."""
