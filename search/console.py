@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from training import SearchServiceError
 
@@ -24,6 +24,20 @@ def configure(*, prefix: str = "", debug: bool = False) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
+
+
+_SAID: set[tuple[str, ...]] = set()  # the data notes said by this process, one entry per data set
+
+
+def say_data_notes(notes: Sequence[str]) -> None:
+    """What a data set's listing and decode left out (skipped folders and images, a class without
+    validation images), as warnings, once per process: an export or a report prepares the same data
+    for each trial it trains."""
+    if tuple(notes) in _SAID:
+        return
+    _SAID.add(tuple(notes))
+    for note in notes:
+        logging.getLogger("search").warning("%s", note)
 
 
 def exit_code(action: Callable[[], int], *, debug: bool = False) -> int:

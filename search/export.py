@@ -4,7 +4,6 @@ final submission). Everything is checked before the first file is written."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from enum import Enum
@@ -13,12 +12,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.console import say_data_notes
 from search.record import TrialRecord, ranked
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.inputs import check_inputs, data_place, trained_inputs
 from training import ConfigError, SearchServiceError, TrainConfig, replacing
-
-log = logging.getLogger(__name__)
 
 
 class Export(Enum):
@@ -52,11 +50,12 @@ def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, 
     """Write trial ``number``'s checkpoint (the best trial's by default) to ``out``, atomically."""
     trial = choose_trial(study, number)
     if mode is Export.ALL_DATA:
-        _complete_to_its_best_epoch(trial)
+        _complete(trial)
     out = _free(out, force=force)
+    validation_f1 = _f1_to_best_epoch(trial) if mode is Export.ALL_DATA else []
     with replacing(out, "checkpoint") as temporary:
         if mode is Export.ALL_DATA:
-            _train_on_all_data(study, trial, temporary)
+            _train_on_all_data(study, trial, validation_f1, temporary)
         elif not stored(store, TrialRecord.of(trial).checkpoint_artifact, copy_to=temporary):
             if mode is not Export.RETRAIN:
                 raise SearchServiceError(
@@ -80,7 +79,7 @@ def export_top(study: optuna.Study, store: AtomicArtifactStore, folder: Path, to
     outs = [_free(folder / f"trial-{t.number}.safetensors", force=force) for t in chosen]
     if mode is Export.ALL_DATA:
         for trial in chosen:
-            _complete_to_its_best_epoch(trial)  # every trial's epochs checked before the first one trains
+            _f1_to_best_epoch(trial)  # every trial's epochs checked before the first one trains
     missing = (
         [t for t in chosen if not stored(store, TrialRecord.of(t).checkpoint_artifact)] if mode is Export.STORED else []
     )
@@ -115,13 +114,17 @@ def _why_missing(trial: FrozenTrial, store: AtomicArtifactStore) -> str:
     return f"it is {not_in_store(store)}"
 
 
-def _complete_to_its_best_epoch(trial: FrozenTrial) -> list[float]:
-    """The trial's validation macro-F1 of each epoch up to its best, which ``--all-data`` trains to."""
+def _complete(trial: FrozenTrial) -> None:
+    """``--all-data`` trains a complete trial's recipe: refused for another."""
     if trial.state != TrialState.COMPLETE:
         raise SearchServiceError(
             f"trial {trial.number} is {trial.state.name}: --all-data trains a complete trial's recipe up to its "
             "best epoch; give a complete one (search status lists them)"
         )
+
+
+def _f1_to_best_epoch(trial: FrozenTrial) -> list[float]:
+    """The trial's validation macro-F1 of each epoch up to its best, which ``--all-data`` trains to."""
     best_epoch = TrialRecord.of(trial).best_epoch
     epochs = best_epoch + 1 if best_epoch is not None else 0
     validation_f1 = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
@@ -132,12 +135,12 @@ def _complete_to_its_best_epoch(trial: FrozenTrial) -> list[float]:
     return validation_f1
 
 
-def _train_on_all_data(study: optuna.Study, trial: FrozenTrial, target: Path) -> None:
-    """The trial's params trained again on all the data (its validation split too) up to the epoch
-    where the trial peaked."""
+def _train_on_all_data(study: optuna.Study, trial: FrozenTrial, validation_f1: list[float], target: Path) -> None:
+    """The trial's params trained again on all the data (its validation split too) for the epochs
+    of ``validation_f1``: up to the one where the trial peaked."""
     from training import train_on_all_data  # torch and timm: seconds to import, for this path only
 
-    train_on_all_data(_trainable_config(study, trial, None), _complete_to_its_best_epoch(trial), target)
+    train_on_all_data(_trainable_config(study, trial, None), validation_f1, target)
 
 
 def _retrain(study: optuna.Study, trial: FrozenTrial, target: Path) -> None:
@@ -158,7 +161,6 @@ def _trainable_config(study: optuna.Study, trial: FrozenTrial, output_dir: Path 
         raise SearchServiceError(f"trial {trial.number} has no recorded config to train again from")
     config = TrainConfig.model_validate_json(config_json).model_copy(update={"output_dir": output_dir})
     prepared = prepare_data(config.data, config.seed)
-    for note in prepared.notes:
-        log.warning("%s", note)
+    say_data_notes(prepared.notes)
     check_inputs(study, trained_inputs(prepared, config.data, config.model), data_place(config.data), record=False)
     return config

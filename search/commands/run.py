@@ -49,9 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.store import artifact_dir, resolve_storage_url
-
-    storage_url = resolve_storage_url(args.storage)
+    given_storage = args.storage or os.environ.get("SEARCH_STORAGE")
     spawning = args.workers > 1 or bool(args.trials_per_gpu)
     if spawning:
         from search.run.workers import start_worker_server
@@ -65,8 +63,10 @@ def take_action(args: argparse.Namespace) -> int:
     from search.study import load_study
 
     spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
+    from search.store import artifact_dir, resolve_storage_url
+
     run = RunOptions(
-        storage_url=storage_url,
+        storage_url=resolve_storage_url(given_storage),
         artifacts=artifact_dir(args.artifacts),
         n_trials=args.n_trials or spec.budget.n_trials,
         timeout=args.timeout or spec.budget.timeout,
@@ -79,15 +79,16 @@ def take_action(args: argparse.Namespace) -> int:
     if spawning:
         from search.run.workers import run_on_workers
 
-        return run_on_workers(spec, run, trials_per_gpu=args.trials_per_gpu, mps=args.mps)
-    from search.record import best
-    from search.run.lifecycle import run_here
-    from search.run.signals import install_signal_handlers
+        code, study = run_on_workers(spec, run, trials_per_gpu=args.trials_per_gpu, mps=args.mps)
+    else:
+        from search.run.lifecycle import run_here
+        from search.run.signals import install_signal_handlers
 
-    install_signal_handlers()
-    study = run_here(spec, run)
-    if not args.quiet:
+        install_signal_handlers()
+        code, study = 0, run_here(spec, run)
+    if code == 0 and not args.quiet:
+        from search.record import best
+
         top = best(study.get_trials(deepcopy=False))
-        said = f"best trial {top.number}: macro-F1 {top.value:.4f}" if top else "no complete trial"
-        print(said, file=sys.stderr)
-    return 0
+        print(f"best trial {top.number}: macro-F1 {top.value:.4f}" if top else "no complete trial", file=sys.stderr)
+    return code

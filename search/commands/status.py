@@ -4,18 +4,8 @@ so far, the top trials and what mattered."""
 from __future__ import annotations
 
 import argparse
-import warnings
-from collections.abc import Set
-from datetime import datetime
-
-import optuna
-from optuna.trial import TrialState
 
 from search.commands import options
-from search.record import TrialRecord, failures_by_reason, ranked
-from search.run.progress import short
-from search.study.inputs import INPUTS_ATTR
-from search.study.setup import SPEC_ATTR, setup_text
 
 HELP = "what a study trains, its trials by state, the best ones and what mattered"
 SHARED = ("storage",)
@@ -31,103 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
+    from search.status import status_text
     from search.store import load_existing, open_storage, resolve_storage_url, stale_trial_numbers
 
     storage = open_storage(resolve_storage_url(args.storage))
     study = load_existing(storage, args.study)
     print(status_text(study, top=args.top, stale=stale_trial_numbers(storage, args.study)))
     return 0
-
-
-MIN_TRIALS_FOR_IMPORTANCE = 4
-
-
-def importance(study: optuna.Study) -> dict[str, float] | None:
-    """Parameter importance by PED-ANOVA (how far the best tenth of the trials' values of a parameter
-    differ from all of them), as optuna-dashboard ranks them, once enough trials are complete. Named
-    rather than left to Optuna's default, which was fANOVA before Optuna 5.
-
-    Only the parameters every complete trial has are ranked (lr, scheduler, loss, accumulation):
-    a scheduler's or a loss's own option exists in a few trials only, and ranking it beside them
-    would read noise from a handful of trials as importance.
-    """
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        return None
-    shared = sorted(set.intersection(*(set(t.params) for t in complete)))
-    if not shared:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-            return optuna.importance.get_param_importances(study, params=shared, evaluator=evaluator)
-        except (ValueError, RuntimeError):  # e.g. a single distinct value everywhere
-            return None
-
-
-def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozenset()) -> str:
-    """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
-    trials = study.get_trials(deepcopy=False)
-    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    setup = setup_text(study.user_attrs.get(SPEC_ATTR), study.user_attrs.get(INPUTS_ATTR))
-    lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
-    lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
-    lines += _running(trials, stale) + _failures(trials)
-    complete = ranked(trials)
-    if not complete:
-        lines.append("  no complete trial yet")
-        return "\n".join(lines)
-    best = complete[0]
-    lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
-    names = sorted({k for t in complete[:top] for k in t.params})
-    widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
-    header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>{widths[n]}}" for n in names)
-    lines += ["", header]
-    for t in complete[:top]:
-        cells = " ".join(f"{short(t.params.get(n)):>{widths[n]}}" for n in names)
-        kept = TrialRecord.of(t)
-        acc, epochs = kept.accuracy, "-" if kept.epochs_run is None else kept.epochs_run
-        shown = "-" if acc is None else format(acc, ".3f")
-        lines.append(f"  {t.number:>5} {t.value:>8.4f} {shown:>6} {epochs:>6}  {cells}")
-    mattered = importance(study)
-    if mattered:
-        lines += ["", "  parameter importance (PED-ANOVA, as in the dashboard):"]
-        lines += [f"  {name:>20} {value:.3f}" for name, value in mattered.items()]
-    return "\n".join(lines)
-
-
-def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:
-    """One line per running trial: where it runs, how far it got and since when, and whether its
-    worker still sends heartbeats."""
-    lines = []
-    now = datetime.now()
-    for t in (t for t in trials if t.state == TrialState.RUNNING):
-        kept = TrialRecord.of(t)
-        epochs = kept.trained_epochs() or "?"
-        done = len(t.intermediate_values)
-        latest = f", macro-F1 {t.intermediate_values[max(t.intermediate_values)]:.4f}" if done else ""
-        since = _duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
-        worker = kept.worker or "a worker"
-        lines.append(f"  running: trial {t.number} on {worker}, {done}/{epochs} epochs{latest}, for {since}")
-        if t.number in stale:
-            lines[-1] += (
-                "; no heartbeat for longer than the grace period: its worker is gone, and the next trial "
-                "to start fails it and queues its params again"
-            )
-    return lines
-
-
-def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
-    lines = []
-    for reason, numbers in failures_by_reason(trials):
-        shown = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
-        clipped = reason if len(reason) <= 100 else reason[:97] + "..."
-        lines.append(f"  failed: {len(numbers)} x {clipped} (trial{'s' if len(numbers) > 1 else ''} {shown})")
-    return lines
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +12,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.console import say_data_notes
 from search.pictures import confusion_png, per_class_f1_png
 from search.record import TrialRecord, best, failures_by_reason, ranked
 from search.report.figures import class_distribution_png, f1_vs_lr_png, image_grid_png, learning_curves_png
@@ -24,8 +24,6 @@ from training import make_folder
 
 if TYPE_CHECKING:
     from training import PreparedData
-
-log = logging.getLogger(__name__)
 
 
 def _confused_examples(spec: Study, store: AtomicArtifactStore, top: FrozenTrial, data: PreparedData, out: Path) -> str:
@@ -63,8 +61,7 @@ def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> 
     make_folder(out, "the report folder", "give another --out")
     spec = validate_study(json.loads(study.user_attrs[SPEC_ATTR]), f"study '{study.study_name}'")
     data = prepare_data(spec.data, spec.seed)
-    for note in data.notes:
-        log.warning("%s", note)
+    say_data_notes(data.notes)
     _data_pictures(data, out)
     trials = study.get_trials(deepcopy=False)
     best_section = _best_section(spec, store, trials, data, out)

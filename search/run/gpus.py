@@ -28,27 +28,29 @@ def worker_gpus(device: str, count: int) -> list[str]:
 
 def worker_environments(workers: int, gpus: list[str], mps: dict[str, str] | None = None) -> list[dict[str, str]]:
     """Each worker's environment: its share of this machine's CPU threads and one GPU, handed out
-    round-robin (K workers per GPU when ``workers`` is K times the GPUs). Nothing else: the storage
-    and the study go to the worker as objects, never in its environment or command line.
+    round-robin (``places``). Nothing else: the storage and the study go to the worker as objects,
+    never in its environment or command line.
 
     Under this run's own MPS daemon (``mps``: what its clients need in their environment) a worker
     names its GPU by its place in ``gpus``: the daemon was started with this process's
     CUDA_VISIBLE_DEVICES, and its server numbers the GPUs it was given from 0, so "2,5" becomes
     0 and 1 for its clients (NVIDIA's MPS guide, on CUDA_VISIBLE_DEVICES)."""
     names = [str(place) for place in range(len(gpus))] if mps is not None else gpus
-    on_gpu = [names[index % len(names)] for index in range(workers)] if gpus else []
     return [
         {"OMP_NUM_THREADS": str(worker_threads(workers))}
-        | ({"CUDA_VISIBLE_DEVICES": on_gpu[index]} if gpus else {})
+        | ({"CUDA_VISIBLE_DEVICES": names[place]} if place is not None else {})
         | (mps or {})
-        for index in range(workers)
+        for place in places(workers, gpus)
     ]
 
 
+def places(workers: int, gpus: list[str]) -> list[int | None]:
+    """Each worker's GPU, by its place in ``gpus``: round-robin, K workers per GPU when ``workers``
+    is K times the GPUs; None for every worker of a CPU run."""
+    return [index % len(gpus) if gpus else None for index in range(workers)]
+
+
 def sharing(workers: int, gpus: list[str]) -> list[int]:
-    """How many workers share each worker's GPU (1 for a CPU worker), as ``worker_environments``
-    hands the GPUs out."""
-    if not gpus:
-        return [1] * workers
-    on_gpu = [index % len(gpus) for index in range(workers)]
-    return [on_gpu.count(on_gpu[index]) for index in range(workers)]
+    """How many workers share each worker's GPU (1 for a CPU worker)."""
+    placed = places(workers, gpus)
+    return [placed.count(place) if place is not None else 1 for place in placed]

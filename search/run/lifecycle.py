@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import record
 from search.run.heartbeat import heartbeat
 from search.run.objective import Objective
-from search.run.open import OpenRun, open_run, say_data_notes
+from search.run.open import OpenRun, open_and_say
 from search.run.options import RunOptions
 from search.run.outage import StorageOutage, storage_failure
 from search.run.progress import Progress
@@ -38,9 +38,7 @@ MAX_FAILURES_IN_A_ROW = 5
 def run_here(spec: Study, options: RunOptions) -> optuna.Study:
     """``search run`` in this process: open the run, say what its data left out, run its trials."""
     progress = Progress(quiet=options.quiet)
-    run = open_run(spec, options, progress)
-    say_data_notes(run)
-    return work(run, options, progress)
+    return work(open_and_say(spec, options, progress), options, progress)
 
 
 def work(run: OpenRun, options: RunOptions, progress: Progress) -> optuna.Study:
@@ -83,9 +81,8 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                 time.sleep(POLL_SECONDS)
                 continue
             trial = ask(study)
-            gate.release()  # the trial exists: other workers may start theirs
             started += 1
-            done = run_trial(study, trial, objective)
+            done = run_trial(study, trial, objective, gate)
             failures.count(done)
             trials = study.get_trials(deepcopy=False)
             if done.state == TrialState.COMPLETE:
@@ -110,13 +107,18 @@ def ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, gate: TrialGate) -> FrozenTrial:
     """The objective on an asked trial, under its heartbeat, and its outcome told; a trial the worker
-    stops on (an interrupt, a wrong study, a full disk) is told FAIL before the worker goes."""
+    stops on (an interrupt, a wrong study, a full disk) is told FAIL before the worker goes. The
+    budget's lock is released in here: an interrupt while that happens marks the trial too."""
     with heartbeat(study_storage(study), trial_id(trial)):
         try:
+            gate.release()  # the trial exists: other workers may start theirs
             outcome = objective(trial)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt) and getattr(error, "trial", None) is None:
+                record.write_failure(trial, "interrupted")
+                error.trial = trial.number  # for the command's last line
             with contextlib.suppress(*STORAGE_ERRORS, UpdateFinishedTrialError):
                 study.tell(trial, state=TrialState.FAIL)
             raise

@@ -75,10 +75,6 @@ class Objective:
             raise
         except NonFiniteLossError as error:
             failure = (str(error), error.epoch)
-        except KeyboardInterrupt as interrupt:
-            record.write_failure(trial, "interrupted")
-            interrupt.trial = trial.number  # for the command's last line
-            raise
         except STORAGE_ERRORS:
             raise  # the database is away: the worker waits for it (see StorageOutage)
         except Exception as error:  # out of GPU memory, among others: the trial FAILs, the worker goes on

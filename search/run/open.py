@@ -5,12 +5,12 @@ out, then starts its workers, which open it again (from the machine's caches) an
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from dataclasses import dataclass
 
 import optuna
 
+from search.console import say_data_notes
 from search.run.options import RunOptions
 from search.run.progress import Progress
 from search.store import AtomicArtifactStore, open_storage
@@ -21,8 +21,6 @@ from search.study.samplers import build_sampler
 from search.study.schema import Study
 from search.study.setup import SPEC_ATTR, as_new_study, changed_setup, recorded_spec
 from training import ConfigError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,27 +34,37 @@ class OpenRun:
 
 
 def open_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
+    """``prepare_run``, then ``check_run``: what a worker of ``search run --workers N`` does."""
+    return check_run(prepare_run(spec, options, progress))
+
+
+def open_and_say(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
+    """``open_run`` for the process that opens the run for its workers (or for itself): what the
+    data left out is said once, here, before the inputs check that it may explain."""
+    run = prepare_run(spec, options, progress)
+    say_data_notes(run.data.notes)
+    return check_run(run)
+
+
+def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
     """The artifact folder (before the decode, so it is answered at once), the device (one this
     machine lacks), the study (a space its trials cannot take, another setup than it was made
     with), the data's listing (a wrong root is answered before the hub's time-outs), the pretrained
     weights (fetched once into the machine's cache; a hub out of reach), the data (decoded once,
-    into the machine's cache), and that the images and weights file are those the study was made
-    on (``check_inputs``)."""
+    into the machine's cache)."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
     spec, study = create_study(spec, options)
     dataset = load_source(spec.data)
     fetch_weights(spec.model)
     data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
-    check_inputs(study, trained_inputs(data, spec.data, spec.model), data_place(spec.data))
     return OpenRun(spec, store, study, data)
 
 
-def say_data_notes(run: OpenRun) -> None:
-    """What the listing and the decode left out (skipped folders and images, a class without
-    validation images), once, by the run that opened the study for its workers."""
-    for note in run.data.notes:
-        log.warning("%s", note)
+def check_run(run: OpenRun) -> OpenRun:
+    """The images and weights file are those the study was made on (``check_inputs``)."""
+    check_inputs(run.study, trained_inputs(run.data, run.spec.data, run.spec.model), data_place(run.spec.data))
+    return run
 
 
 def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]:

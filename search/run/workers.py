@@ -20,11 +20,13 @@ from search.run.mps import mps_daemon, mps_running, packing_warning
 from search.run.options import RunOptions
 
 if TYPE_CHECKING:
+    import optuna
+
     from search.study.schema import Study
 
 # What every worker imports before its first trial (about ten seconds of CPU): the fork server
 # imports it once and each worker is forked from it with all of it already loaded.
-WORKER_IMPORTS = ["torch", "timm", "sklearn.metrics", "albumentations", "search.run.lifecycle", "search.pictures"]
+WORKER_IMPORTS = ["torch", "timm", "sklearn.metrics", "albumentations", "search.run.lifecycle"]
 
 Plan = list[tuple["Study", RunOptions, dict[str, str]]]
 
@@ -37,23 +39,25 @@ def start_worker_server() -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_on_workers(spec: Study, options: RunOptions, *, trials_per_gpu: int | None, mps: bool) -> int:
+def run_on_workers(
+    spec: Study, options: RunOptions, *, trials_per_gpu: int | None, mps: bool
+) -> tuple[int, optuna.Study]:
     """Open the run here, once, so that what every worker would find wrong is said once before any
     starts (the artifact folder, the storage and space, the device, the data), the study is made
     once (workers do not race to create it), and the images are decoded once into the machine's
-    cache, which the workers then map; then the workers, and the exit code of the first that
-    failed. ``trials_per_gpu``: K workers on each GPU instead of ``options.workers``; ``mps``: where a
+    cache, which the workers then map; then the workers. Returns the exit code of the first that
+    failed, and the study. ``trials_per_gpu``: K workers on each GPU instead of ``options.workers``; ``mps``: where a
     GPU gets several, they run under a CUDA MPS daemon of this run's own."""
     import torch
 
-    from search.run.open import open_run, say_data_notes
+    from search.run.open import open_and_say
     from search.run.progress import Progress
     from search.store import is_sqlite
 
     gpus = worker_gpus(spec.train.device, torch.cuda.device_count())
     if trials_per_gpu:  # K workers on each GPU: pays where one trial leaves the GPU idle
         options = replace(options, workers=trials_per_gpu * max(1, len(gpus)))
-    say_data_notes(open_run(spec, options, Progress(quiet=options.quiet)))
+    run = open_and_say(spec, options, Progress(quiet=options.quiet))
     packed = options.workers > len(gpus) > 0  # some GPU gets more than one worker
     if packed and (warning := packing_warning(-(-options.workers // len(gpus)), len(gpus), mps=mps or mps_running())):
         print(warning, file=sys.stderr)
@@ -64,9 +68,9 @@ def run_on_workers(spec: Study, options: RunOptions, *, trials_per_gpu: int | No
             file=sys.stderr,
         )
     if not (mps and packed):
-        return start_workers(worker_plan(spec, options, gpus))
+        return start_workers(worker_plan(spec, options, gpus)), run.study
     with mps_daemon() as daemon:
-        return start_workers(worker_plan(spec, options, gpus, daemon))
+        return start_workers(worker_plan(spec, options, gpus, daemon)), run.study
 
 
 def worker_plan(spec: Study, options: RunOptions, gpus: list[str], mps: dict[str, str] | None = None) -> Plan:

@@ -18,6 +18,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.store.database import search_home
+from search.store.optuna_private import trial_id
 from training import DiskError, make_folder, make_readable
 
 
@@ -69,17 +70,11 @@ class AtomicArtifactStore(FileSystemArtifactStore):
         return True
 
 
-def upload_to_trial(store: AtomicArtifactStore, path: Path, trial: optuna.Trial) -> str:
-    """Store a running trial's file (its checkpoint) as Optuna's artifact of that trial: the bytes
-    first, then the trial's record of them, so a failed write never leaves a record of a missing or
-    truncated file. Returns the artifact's id."""
-    return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-
-
 def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], None]) -> str:
     """Store a file as an artifact: the bytes first, then ``record(artifact_id, meta_json)`` writes
-    the attribute that points to them (for the records Optuna's own upload does not write: a
-    finished trial's pictures, recorded on the study where optuna-dashboard looks)."""
+    the attribute that points to them, so a failed write never leaves a record of a missing or
+    truncated file (Optuna's own ``upload_artifact`` has written them in either order across its
+    releases). Returns the artifact's id."""
     artifact_id = str(uuid.uuid4())
     with open(path, "rb") as file:
         store.write(artifact_id, file)
@@ -91,6 +86,15 @@ def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], 
     }
     record(artifact_id, json.dumps(meta))
     return artifact_id
+
+
+def upload_to_trial(store: AtomicArtifactStore, path: Path, trial: optuna.Trial) -> str:
+    """A running trial's file (its checkpoint), recorded where Optuna keeps a trial's artifacts."""
+
+    def record(artifact_id: str, meta: str) -> None:
+        trial.storage.set_trial_system_attr(trial_id(trial), f"artifacts:{artifact_id}", meta)
+
+    return upload(store, path, record)
 
 
 def stored(store: AtomicArtifactStore, artifact_id: str | None, copy_to: Path | None = None) -> bool:

@@ -47,6 +47,7 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
     for index in (0, 1):
         assert any(line.startswith(f"[worker {index}] trial ") for line in lines), lines
     assert sum("share one SQLite file" in line for line in lines) == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("best trial ")  # the run's last word, after its workers
     skipped = [line for line in lines if f"skipping unreadable image {broken}" in line]
     assert skipped == [f"search: skipping unreadable image {broken}"], skipped  # decoded once, before the workers
     unvalidated = [line for line in lines if "the validation split has no image of 1 of 4 classes: 'owl'" in line]
@@ -115,7 +116,7 @@ def _run_started(monkeypatch, *args: str) -> list:
 
     started = []
     monkeypatch.setattr(search.run.workers, "start_worker_server", lambda: None)
-    monkeypatch.setattr(search.run.open, "open_run", lambda spec, options, progress: _OpenedNothing())
+    monkeypatch.setattr(search.run.open, "open_and_say", lambda spec, options, progress: _OpenedNothing())
     monkeypatch.setattr(search.run.workers, "start_workers", lambda plan: started.extend(plan) or 0)
     assert search_here("run", "--study", "lr-sweep", *args).returncode == 0
     return started
@@ -145,7 +146,7 @@ def test_workers_sharing_a_gpu_split_the_share_their_images_may_take_there(tmp_p
 
 
 class _OpenedNothing:
-    data = type("NoData", (), {"notes": ()})()
+    study = type("NoStudy", (), {"get_trials": lambda self, deepcopy: []})()
 
 
 def _descendants(pid: int) -> list[int]:

@@ -153,6 +153,7 @@ def test_unknown_study_name_lists_the_known_ones(capsys):
     assert main(["run", "--study", "no-such-study"]) == 2
     err = capsys.readouterr().err
     assert "no study file for 'no-such-study'" in err and "lr-sweep" in err
+    assert not Path(".search").exists()  # the study file is read before the storage is opened or made
 
 
 def test_the_real_command_prints_no_traceback_and_debug_does(tmp_path):
