@@ -7,11 +7,12 @@ import contextlib
 import json
 
 import optuna
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import FrozenTrial, TrialState
 
 from search.record import TrialRecord
 from search.store import AtomicArtifactStore, stale_trial_numbers
-from search.store.artifacts import remove
+from search.store.artifacts import DASHBOARD_ARTIFACTS, remove
 from search.store.optuna_private import study_id
 from training import ConfigError, SearchServiceError
 
@@ -20,9 +21,10 @@ def study_artifacts(storage: optuna.storages.BaseStorage, study: optuna.Study, t
     """The ids of everything the study stored: checkpoints (recorded on their trials) and the
     pictures of the trials' notes (recorded on the study, where optuna-dashboard looks)."""
     ids = {kept.checkpoint_artifact for t in trials if (kept := TrialRecord.of(t)).checkpoint_artifact}
-    attrs = [storage.get_study_system_attrs(study_id(study)), *(t.system_attrs for t in trials)]
-    for key, value in ((k, v) for a in attrs for k, v in a.items()):
-        if key.startswith(("artifacts:", "dashboard:artifacts:")):
+    ids |= {meta.artifact_id for t in trials for meta in get_all_artifact_meta(t, storage=storage)}
+    ids |= {meta.artifact_id for meta in get_all_artifact_meta(study)}
+    for key, value in storage.get_study_system_attrs(study_id(study, storage)).items():
+        if key.startswith(DASHBOARD_ARTIFACTS):
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 ids.add(json.loads(value)["artifact_id"])
     return ids

@@ -5,6 +5,8 @@ nothing, and Optuna's private names in one file."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,9 +110,19 @@ def test_the_study_schema_imports_nothing_that_samples_prunes_or_trains(name):
     assert not [m for m in imported if m.startswith(acting)], imported
 
 
+def test_importing_the_study_schema_loads_nothing_that_samples_prunes_or_trains():
+    """What the import really loads, its package's ``__init__`` and everything below included."""
+    code = "import sys, search.study.schema; print(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    acting = ("optuna", "torch", "timm", "sklearn", "search.study.load", "search.study.samplers")
+    acting += ("search.study.pruners",)
+    assert not [m for m in loaded.stdout.split() if m.startswith(acting)], loaded.stdout
+
+
 def test_optunas_private_names_are_used_in_one_file():
-    modules = ("optuna.storages._", "optuna.study._", "optuna.trial._", "optuna._")
+    modules = ("optuna.storages._", "optuna.study._", "optuna.trial._", "optuna.artifacts._", "optuna._")
     names = ("._trial_id", "._study_id", "._storage", "._backend", "._cached_frozen_trial", "._get_stale_trial_ids")
+    names += ("._get_filepath", "._base_path")
     private = (*modules, *names, "._set_trial_attr_without_commit")
     users = sorted(name for name, path in MODULES.items() if any(p in path.read_text() for p in private))
     assert users == ["search.store.optuna_private"], users

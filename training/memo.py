@@ -28,11 +28,6 @@ class Memo(Generic[V]):
             self._values.popitem(last=False)
         return value
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._values
-
-    def __len__(self) -> int:
-        return len(self._values)
-
     def clear(self) -> None:
+        """Forget every value, as a new process starts (the tests' way to be one)."""
         self._values.clear()

@@ -52,7 +52,7 @@ def predict_files(
                 size = tuple(meta["input_size"][1:])
                 if size not in decoded:
                     decoded[size] = _decode(pool, chunk, size)
-                probs = probs + _probabilities(model, pipe(decoded[size]), where, flip_tta)
+                probs = probs + _probabilities(model, pipe(decoded[size]), where, flip_tta=flip_tta)
             out.append(probs / len(models))
             if progress is not None:
                 progress(len(chunk))
@@ -81,7 +81,7 @@ def _decode(pool: ThreadPoolExecutor, chunk: Sequence[str], size: tuple[int, int
     return torch.from_numpy(np.stack(images))
 
 
-def _probabilities(model: torch.nn.Module, x: torch.Tensor, where: torch.device, flip_tta: bool) -> torch.Tensor:
+def _probabilities(model: torch.nn.Module, x: torch.Tensor, where: torch.device, *, flip_tta: bool) -> torch.Tensor:
     with autocast(where):
         probs = torch.softmax(model(x).float(), dim=1)
         if flip_tta:

@@ -48,10 +48,8 @@ def take_action(args: argparse.Namespace) -> int:
             f"cannot serve the dashboard on {args.host}:{args.port}: {error.strerror}; give another --port or --host"
         ) from None
     where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
-    print(
-        f"dashboard for '{study.study_name}': http://{where}:{server.server_port}/dashboard/studies/{study_id(study)}",
-        file=sys.stderr,
-    )
+    page = f"http://{where}:{server.server_port}/dashboard/studies/{study_id(study, storage)}"
+    print(f"dashboard for '{study.study_name}': {page}", file=sys.stderr)
     with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it; nothing to mark
         server.serve_forever()
     return 0

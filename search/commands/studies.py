@@ -23,6 +23,8 @@ def take_action(args: argparse.Namespace) -> int:
     from search.study.inputs import INPUTS_ATTR
     from search.study.setup import SPEC_ATTR, setup_text
 
+    # Optuna's summaries: one query per storage, not every trial of every study (the best by
+    # macro-F1, as record.ranked ranks them, for a study that maximises one value).
     summaries = optuna.get_all_study_summaries(open_storage(resolve_storage_url(args.storage)), include_best_trial=True)
     print(f"{'study':30} {'trials':>6} {'best macro-F1':>14}  {'started':16}  what it trains")
     for s in summaries:

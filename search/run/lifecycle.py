@@ -27,7 +27,7 @@ from search.run.scratch import scratch_folder
 from search.store import STORAGE_ERRORS, AtomicArtifactStore, redact, stop_requests
 from search.store.artifacts import remove
 from search.store.budget import Next, TrialGate, next_step, state_counts
-from search.store.optuna_private import study_storage, trial_id
+from search.store.optuna_private import trial_id
 from search.study.schema import Study
 from training import SearchServiceError
 
@@ -111,7 +111,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, ga
     """The objective on an asked trial, under its heartbeat, and its outcome told; a trial the worker
     stops on (an interrupt, a wrong study, a full disk) is told FAIL before the worker goes. The
     budget's lock is released in here: an interrupt while that happens marks the trial too."""
-    with heartbeat(study_storage(study), trial_id(trial)):
+    with heartbeat(trial.storage, trial_id(trial)):
         try:
             gate.release()  # the trial exists: other workers may start theirs
             outcome = objective(trial)

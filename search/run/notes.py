@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from search.store.artifacts import AtomicArtifactStore, upload
+from search.store.artifacts import AtomicArtifactStore, dashboard_artifact_key, upload
 from search.store.optuna_private import study_id, trial_id
 
 
@@ -96,7 +96,7 @@ class TrialPictures:
 
     def submit(self, trial: optuna.Trial, result: Any, *, draw: bool = True) -> None:
         """The trial's note (with its pictures, if ``draw``), written on the pictures thread."""
-        self.pending.append(self.pool.submit(self._attach, trial, result, draw))
+        self.pending.append(self.pool.submit(self._attach, trial, result, draw=draw))
 
     def wait(self) -> None:
         """Block until every submitted trial's pictures are attached, then stop the drawing process
@@ -115,12 +115,12 @@ class TrialPictures:
         """Under optuna-dashboard's key for a trial's artifacts: a study attribute, writable after the trial ended."""
 
         def record(artifact_id: str, meta: str) -> None:
-            key = f"dashboard:artifacts:{trial_id(trial)}:{artifact_id}"
-            trial.storage.set_study_system_attr(study_id(trial.study), key, meta)
+            key = dashboard_artifact_key(trial_id(trial), artifact_id)
+            trial.storage.set_study_system_attr(study_id(trial.study, trial.storage), key, meta)
 
         return upload(self.store, path, record)
 
-    def _attach(self, trial: optuna.Trial, result: Any, draw: bool) -> None:
+    def _attach(self, trial: optuna.Trial, result: Any, *, draw: bool) -> None:
         from optuna_dashboard import save_note
         from optuna_dashboard.artifact import get_artifact_path
 

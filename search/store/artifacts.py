@@ -18,8 +18,10 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.store.database import search_home
-from search.store.optuna_private import trial_id
+from search.store.optuna_private import trial_artifact_recorder
 from training import DiskError, make_folder, make_readable
+
+DASHBOARD_ARTIFACTS = "dashboard:artifacts:"
 
 
 def artifact_dir(given: str | None) -> Path:
@@ -36,7 +38,9 @@ class AtomicArtifactStore(FileSystemArtifactStore):
         self.base_path = base_path
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        target = self._get_filepath(artifact_id)
+        if Path(artifact_id).name != artifact_id or artifact_id in (".", ".."):
+            raise ValueError(f"invalid artifact id {artifact_id!r}: a file name, not a path")
+        target = self.base_path / artifact_id
         try:
             handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
             os.close(handle)
@@ -88,12 +92,17 @@ def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], 
     return artifact_id
 
 
+def dashboard_artifact_key(trial_id: int, artifact_id: str) -> str:
+    """The study attribute under which optuna-dashboard finds a trial's file (a note's picture):
+    unlike Optuna's own trial attribute, it can be written after the trial finished."""
+    return f"{DASHBOARD_ARTIFACTS}{trial_id}:{artifact_id}"
+
+
 def upload_to_trial(store: AtomicArtifactStore, path: Path, trial: optuna.Trial) -> str:
     """A running trial's file (its checkpoint), recorded where Optuna keeps a trial's artifacts."""
-
-    def record(artifact_id: str, meta: str) -> None:
-        trial.storage.set_trial_system_attr(trial_id(trial), f"artifacts:{artifact_id}", meta)
-
+    record = trial_artifact_recorder(trial)
+    if record is None:  # this Optuna keeps them under another key: its own upload writes it
+        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     return upload(store, path, record)
 
 

@@ -3,14 +3,15 @@ Optuna's public API.
 
 Optuna is not pinned, and a release may move what is private. ``MISSING`` names what this Optuna
 lacks; the fallbacks then run (a trial's attributes one commit each, no list of stale trials, ids
-looked up by name) and ``tests/search/store/test_optuna_private.py`` fails, saying what moved.
+looked up by name, checkpoints uploaded by Optuna's own ``upload_artifact``) and
+``tests/search/store/test_optuna_private.py`` fails, saying what moved.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -23,6 +24,11 @@ try:
     from optuna.storages._rdb.storage import _create_scoped_session
 except ImportError as error:
     MISSING.append(f"optuna.storages._rdb ({error})")
+try:
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+except ImportError as error:
+    ARTIFACTS_ATTR_PREFIX = None
+    MISSING.append(f"optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX ({error})")
 for _name in ("_set_trial_attr_without_commit", "_get_stale_trial_ids"):
     if not hasattr(optuna.storages.RDBStorage, _name):
         MISSING.append(f"RDBStorage.{_name}")
@@ -39,23 +45,32 @@ def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStor
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
-def study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
-    return study._storage
-
-
-def study_id(study: optuna.Study) -> int:
-    """The study's id in its storage (Optuna's study keeps it privately; the public way asks the database)."""
+def study_id(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """The study's id in ``storage`` (Optuna's study keeps it privately; the public way asks the database)."""
     found = getattr(study, "_study_id", None)
-    return found if isinstance(found, int) else study_storage(study).get_study_id_from_name(study.study_name)
+    return found if isinstance(found, int) else storage.get_study_id_from_name(study.study_name)
 
 
-def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial, study: optuna.Study | None = None) -> int:
-    """The trial's id in its storage (kept privately; the public way asks by the study and number)."""
+def trial_id(trial: optuna.Trial) -> int:
+    """A running trial's id in its storage (kept privately; the public way asks by its study and number)."""
     found = getattr(trial, "_trial_id", None)
     if isinstance(found, int):
         return found
-    study = study or trial.study
-    return study_storage(study).get_trial_id_from_study_id_trial_number(study_id(study), trial.number)
+    storage = trial.storage
+    return storage.get_trial_id_from_study_id_trial_number(study_id(trial.study, storage), trial.number)
+
+
+def trial_artifact_recorder(trial: optuna.Trial) -> Callable[[str, str], None] | None:
+    """``record(artifact_id, meta_json)``: a stored file recorded as the trial's artifact, under the
+    key Optuna's ``upload_artifact`` writes (``get_all_artifact_meta`` and the dashboard read it).
+    None where this Optuna moved the key: the caller then uploads with ``upload_artifact`` itself."""
+    if ARTIFACTS_ATTR_PREFIX is None:
+        return None
+
+    def record(artifact_id: str, meta_json: str) -> None:
+        trial.storage.set_trial_system_attr(trial_id(trial), f"{ARTIFACTS_ATTR_PREFIX}{artifact_id}", meta_json)
+
+    return record
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:

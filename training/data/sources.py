@@ -75,7 +75,7 @@ def cache_folder(configured: Path | None) -> Path | None:
     return _writable_or_fallback(default_cache_dir(configured), tempfile.gettempdir())
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)
 def _writable_or_fallback(folder: Path, temporary: str) -> Path | None:
     error = _cannot_write(folder)
     if error is None:

@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy
 from conftest import postgres_url
 
-from search.store import open_storage, optuna_private, set_user_attrs
+from search.store import AtomicArtifactStore, open_storage, optuna_private, set_user_attrs
+from search.store.artifacts import upload_to_trial
 
 ATTRS = {
     "macro_f1": 0.75,
@@ -133,11 +134,28 @@ def test_without_the_private_names_the_public_api_answers(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path}/studies.db"
     study = optuna.create_study(storage=open_storage(url, heartbeat_interval=1, grace_period=1), study_name="s")
     trial = study.ask()
-    private = (optuna_private.trial_id(trial), optuna_private.study_id(study))
+    storage = study._storage
+    private = (optuna_private.trial_id(trial), optuna_private.study_id(study, storage))
 
     # a trial and a study as the public API sees them: no private ids
-    public_study = type("Study", (), {"study_name": "s", "_storage": study._storage})()
-    public_trial = type("Trial", (), {"number": trial.number, "study": public_study})()
-    assert (optuna_private.trial_id(public_trial), optuna_private.study_id(public_study)) == private
+    public_study = type("Study", (), {"study_name": "s"})()
+    public_trial = type("Trial", (), {"number": trial.number, "study": public_study, "storage": storage})()
+    assert (optuna_private.trial_id(public_trial), optuna_private.study_id(public_study, storage)) == private
     monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
     assert optuna_private.stale_trial_numbers(study._storage, "s") == set()  # not known, and no error
+
+
+def test_a_checkpoint_is_recorded_where_optuna_looks_with_or_without_its_private_key(tmp_path, monkeypatch):
+    """Optuna's public reader finds the trial's file, recorded by the project's upload (bytes first)
+    or, where this Optuna moved its key, by Optuna's own ``upload_artifact``."""
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/studies.db"))
+    checkpoint = tmp_path / "best.safetensors"
+    checkpoint.write_bytes(b"weights")
+    ours = upload_to_trial(store, checkpoint, study.ask())
+    monkeypatch.setattr(optuna_private, "ARTIFACTS_ATTR_PREFIX", None)
+    theirs = upload_to_trial(store, checkpoint, study.ask())
+    for trial, artifact_id in zip(study.trials, (ours, theirs)):
+        [meta] = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+        assert (meta.artifact_id, meta.filename) == (artifact_id, "best.safetensors")
+        assert (store.base_path / artifact_id).read_bytes() == b"weights"

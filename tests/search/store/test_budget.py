@@ -1,0 +1,55 @@
+"""The study-wide budget and its lock, on SQLite's lock file and PostgreSQL's advisory lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from conftest import postgres_url
+
+from search.store.budget import Next, TrialGate, next_step
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({}, Next.START),
+        ({"COMPLETE": 2, "PRUNED": 1, "FAIL": 5}, Next.START),  # a failed trial does not use the budget
+        ({"COMPLETE": 2, "RUNNING": 2}, Next.WAIT),  # the last ones run: one of them may still fail
+        ({"COMPLETE": 3, "PRUNED": 1, "RUNNING": 1}, Next.DONE),
+        ({"COMPLETE": 5, "WAITING": 2}, Next.DONE),  # queued trials left over do not extend it
+    ],
+)
+def test_the_budget_counts_finished_and_running_trials(counts, expected):
+    assert next_step(Counter(counts), 4) is expected
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else postgres_url()
+
+
+def test_the_gate_lets_one_worker_through_at_a_time_and_release_is_idempotent(url):
+    name = f"gate-{uuid.uuid4().hex[:8]}"
+    first, second = TrialGate(url, name), TrialGate(url, name)
+    first.acquire()
+    first.acquire()  # held already: no second lock, no deadlock
+    entered = threading.Event()
+
+    def other_worker() -> None:
+        second.acquire()
+        entered.set()
+        second.release()
+
+    waiting = threading.Thread(target=other_worker)
+    waiting.start()
+    time.sleep(0.5)
+    assert not entered.is_set()  # the other worker waits while the first decides
+    first.release()
+    first.release()  # released already: nothing happens
+    assert entered.wait(10)
+    waiting.join()
+    TrialGate(url, f"other-{name}").acquire()  # another study's gate is another lock
