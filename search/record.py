@@ -44,7 +44,7 @@ class TrialRecord:
     train_loss: float | None = None
     per_class_f1: list[float | None] | None = None
     confusion_matrix: list[list[int]] | None = None
-    best_epoch: int | None = None  # counted from 0, as the steps of its intermediate values
+    best_epoch: int | None = None  # counted from 0, as every epoch the project shows (timm's and Optuna's steps)
     best_epoch_lr: float | None = None
     epochs_run: int | None = None
     train_images_per_second: float | None = None
@@ -59,9 +59,36 @@ class TrialRecord:
         names = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in trial.user_attrs.items() if key in names})
 
+    def collapse(self) -> tuple[int, float] | None:
+        """(class, share) where the best epoch's model predicted one class for almost every
+        validation image (``COLLAPSED``, and more than that class's own share): it learned nothing."""
+        return collapsed(self.confusion_matrix)
+
     def trained_epochs(self) -> int | None:
         """How many epochs its config trains, or None where it recorded none."""
         return json.loads(self.config)["epochs"] if self.config else None
+
+
+COLLAPSED = 0.9  # a model that predicts one class for this share of the images or more
+
+
+def collapsed(confusion: Sequence[Sequence[int]] | None) -> tuple[int, float] | None:
+    """(class, share of the images) where a confusion matrix (rows true, columns predicted) puts
+    ``COLLAPSED`` of them or more in one predicted class, 5 points above its true share; else None."""
+    if not confusion:
+        return None
+    predicted = [sum(column) for column in zip(*confusion)]
+    total = sum(predicted)
+    top = max(range(len(predicted)), key=predicted.__getitem__) if total else 0
+    share, true_share = (predicted[top] / total, sum(confusion[top]) / total) if total else (0.0, 0.0)
+    return (top, share) if share >= COLLAPSED and share >= true_share + 0.05 else None
+
+
+def collapse_text(collapse: tuple[int, float], class_names: Sequence[str] | None) -> str:
+    """'predicts 'no mask/male/<30' for 97% of the validation images: it learned nothing'."""
+    label, share = collapse
+    name = class_names[label] if class_names and label < len(class_names) else f"class {label}"
+    return f"predicts '{name}' for {share:.0%} of the validation images: it learned nothing"
 
 
 def write_start(trial: optuna.Trial, config: TrainConfig) -> None:

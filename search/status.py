@@ -4,23 +4,24 @@ and failed ones, the best so far, the top trials and what mattered."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from datetime import datetime
 
 import optuna
 from optuna.trial import TrialState
 
-from search.record import TrialRecord, failures_by_reason, ranked
+from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
 from search.run.progress import short
-from search.study.inputs import INPUTS_ATTR
+from search.study.inputs import data_facts, data_summary
 from search.study.setup import SPEC_ATTR, setup_text
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
-def importance(study: optuna.Study) -> dict[str, float] | None:
+def importance(study: optuna.Study) -> dict[str, float] | str:
     """Parameter importance by PED-ANOVA (how far the best tenth of the trials' values of a parameter
-    differ from all of them), as optuna-dashboard ranks them, once enough trials are complete. Named
+    differ from all of them), as optuna-dashboard ranks them; or why it is not shown: too few
+    complete trials, or values that do not differ (equal bars would read as a finding). Named
     rather than left to Optuna's default, which was fANOVA before Optuna 5.
 
     Only the parameters every complete trial has are ranked (lr, scheduler, loss, accumulation):
@@ -29,25 +30,32 @@ def importance(study: optuna.Study) -> dict[str, float] | None:
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        return None
+        return f"shown from {MIN_TRIALS_FOR_IMPORTANCE} complete trials ({len(complete)} so far)"
+    values = {round(t.value, 6) for t in complete}
+    if len(values) == 1:
+        return f"not shown: every complete trial scored the same macro-F1, {complete[0].value:.4f}"
     shared = sorted(set.intersection(*(set(t.params) for t in complete)))
-    if not shared:
-        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-            return optuna.importance.get_param_importances(study, params=shared, evaluator=evaluator)
-        except (ValueError, RuntimeError):  # e.g. a single distinct value everywhere
-            return None
+            found = optuna.importance.get_param_importances(study, params=shared, evaluator=evaluator)
+        except (ValueError, RuntimeError) as error:  # e.g. a single distinct value of every parameter
+            return f"not shown: {error}"
+    if not found or len(set(found.values())) == 1:
+        return "not shown: the parameters' values do not tell the trials apart yet"
+    return found
 
 
 def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozenset()) -> str:
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    setup = setup_text(study.user_attrs.get(SPEC_ATTR), study.user_attrs.get(INPUTS_ATTR))
+    attrs = study.user_attrs
+    facts = data_facts(attrs)  # shown in full below, else in short in the first line
+    setup = setup_text(attrs.get(SPEC_ATTR), None if facts else data_summary(attrs))
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
+    lines += [f"  {line}" for line in facts.lines()] if facts else []
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
     complete = ranked(trials)
@@ -56,6 +64,7 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
         return "\n".join(lines)
     best = complete[0]
     lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
+    lines += _collapsed(complete, facts.class_names if facts else None)
     names = sorted({k for t in complete[:top] for k in t.params})
     widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
     header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>{widths[n]}}" for n in names)
@@ -67,7 +76,9 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
         shown = "-" if acc is None else format(acc, ".3f")
         lines.append(f"  {t.number:>5} {t.value:>8.4f} {shown:>6} {epochs:>6}  {cells}")
     mattered = importance(study)
-    if mattered:
+    if isinstance(mattered, str):
+        lines += ["", f"  parameter importance: {mattered}"]
+    else:
         lines += ["", "  parameter importance (PED-ANOVA, as in the dashboard):"]
         lines += [f"  {name:>20} {value:.3f}" for name, value in mattered.items()]
     return "\n".join(lines)
@@ -91,6 +102,17 @@ def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[st
                 "; no heartbeat for longer than the grace period: its worker is gone, and the next trial "
                 "to start fails it and queues its params again"
             )
+    return lines
+
+
+def _collapsed(complete: list[optuna.trial.FrozenTrial], class_names: Sequence[str] | None) -> list[str]:
+    """A line for each complete trial whose model predicts one class for almost every image (the five best)."""
+    flagged = [(t.number, found) for t in complete if (found := TrialRecord.of(t).collapse())]
+    lines = [f"  trial {number} {collapse_text(found, class_names)}" for number, found in flagged[:5]]
+    if len(flagged) > 5:
+        lines.append(f"  and {len(flagged) - 5} more of the {len(complete)} complete trials learned nothing")
+    if flagged and len(flagged) == len(complete):
+        lines.append("  no complete trial learned: train more epochs, or search higher learning rates")
     return lines
 
 

@@ -33,6 +33,8 @@ from training.config import (  # noqa: E402 - after the variable albumentations 
     check_input_size,
     registered,
 )
+from training.data.competition import PARTS, competition_class_names, part_labels  # noqa: E402
+from training.data.facts import DataFacts  # noqa: E402
 from training.data.sources import IMAGE_EXTENSIONS, cache_folder, default_cache_dir, load_source  # noqa: E402
 from training.errors import (  # noqa: E402
     ConfigError,
@@ -63,11 +65,13 @@ _LAZY = {
 __all__ = [
     "IMAGE_EXTENSIONS",
     "LOSS_PARAMS",
+    "PARTS",
     "SCHEDULER_PARAMS",
     "WITHOUT_TIMM",
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "DataFacts",
     "DataError",
     "DiskError",
     "Frozen",
@@ -82,9 +86,11 @@ __all__ = [
     "cache_folder",
     "default_cache_dir",
     "check_input_size",
+    "competition_class_names",
     "load_source",
     "make_folder",
     "make_readable",
+    "part_labels",
     "registered",
     "replacing",
     *sorted(_LAZY),

@@ -133,10 +133,23 @@ class ModelConfig(Frozen):
         import timm
 
         if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
+            close = nearest_names(name, timm.list_models())
             hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
             raise ValueError(f"unknown timm model '{name}' ({hint})")
         return name
+
+
+# Characters a name is mistyped with for one another: a name that differs only by these is nearest.
+_LOOKALIKE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_"})
+
+
+def nearest_names(name: str, names: list[str], n: int = 3) -> list[str]:
+    """The ``n`` names closest to ``name``: a name equal but for case and lookalike characters
+    (``efficientnet_bO``: ``efficientnet_b0``) first, then by difflib's similarity."""
+    folded = name.lower().translate(_LOOKALIKE)
+    close = difflib.get_close_matches(name, names, n=max(n, 10), cutoff=0.75)
+    same = [other for other in names if other.lower().translate(_LOOKALIKE) == folded]
+    return list(dict.fromkeys([*same, *close]))[:n]
 
 
 class LossConfig(Frozen):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +63,18 @@ def _weights_overlay(config: ModelConfig) -> dict[str, str] | None:
 
 
 def _remember_hub_file(name: str, pretrained_cfg: dict[str, Any]) -> None:
-    """Note the cached file that timm just loaded ``name``'s hub weights from, if it did: the file
-    it asks the hub for, or its safetensors twin, which it prefers."""
-    _hub_files[name] = None
+    """Note the cached file that timm just loaded ``name``'s hub weights from, if it did."""
+    _hub_files[name] = _cached_hub_file(pretrained_cfg)
+
+
+def _cached_hub_file(pretrained_cfg: dict[str, Any]) -> str | None:
+    """The file of this machine's Hugging Face cache that timm loads a model's hub weights from: the
+    file it asks the hub for, or its safetensors twin, which it prefers. None where the cache does
+    not hold it, or the weights do not come from the hub (a URL's, in torch's cache, which asks
+    nothing once cached, or a loader of the model's own)."""
     repo, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename") or "pytorch_model.bin"
     if not repo or pretrained_cfg.get("custom_load") or pretrained_cfg.get("file"):
-        return  # weights from a URL (torch's own cache, no request when cached), or a loader of the model's own
+        return None
     from huggingface_hub import try_to_load_from_cache
 
     repo_id, _, revision = repo.partition("@")
@@ -74,8 +83,56 @@ def _remember_hub_file(name: str, pretrained_cfg: dict[str, Any]) -> None:
     for candidate in (safe, filename):
         found = candidate and try_to_load_from_cache(repo_id, candidate, revision=revision or None)
         if isinstance(found, str):
-            _hub_files[name] = found
-            return
+            return found
+    return None
+
+
+def check_hub(name: str) -> None:
+    """Before timm asks the model hub for ``name``'s weights, within ``HUB_SECONDS``: weights this
+    machine's cache holds are read from it where the hub does not answer (not after its retries);
+    weights it lacks, with no hub to fetch them from, are one line saying what to do."""
+    from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(name)
+    if pretrained is None or not pretrained.hf_hub_id:
+        return  # weights from a URL: torch's download says what went wrong
+    cached = _cached_hub_file(pretrained.to_dict())
+    if constants.HF_HUB_OFFLINE:
+        problem = "HF_HUB_OFFLINE is set"
+    else:
+        problem = _unanswered(constants.ENDPOINT)
+        if problem is not None and cached:
+            _hub_files[name] = cached
+    if problem is not None and not cached:
+        raise SearchServiceError(
+            f"could not load weights for {name}: this machine's Hugging Face cache lacks them and {problem}; "
+            "set model.weights to a weights file, or fill the cache where the hub answers (then HF_HUB_OFFLINE=1), "
+            "or set model.pretrained=false"
+        )
+
+
+HUB_SECONDS = 3.0
+
+
+def _unanswered(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached from here (no route, no name, no answer within
+    ``HUB_SECONDS``, the name's lookup included), or None when it answers."""
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname, port), timeout=HUB_SECONDS).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"the model hub {endpoint} cannot be reached ({error.strerror or error})")
+
+    probe = threading.Thread(target=connect, daemon=True)  # a lookup that hangs ends with the process
+    probe.start()
+    probe.join(HUB_SECONDS)
+    return outcome[0] if outcome else f"the model hub {endpoint} did not answer within {HUB_SECONDS:g} s"
 
 
 def fetch_weights(config: ModelConfig) -> None:
@@ -84,6 +141,8 @@ def fetch_weights(config: ModelConfig) -> None:
     asking the hub again), or from the local file. A hub this machine cannot reach, or a file that
     is missing or of another model, is then one line before the first trial, not the same failure
     in every trial. Nothing to do without weights."""
+    if config.pretrained and config.weights is None:
+        check_hub(config.name)
     if config.pretrained or config.weights is not None:
         create_model(config, num_classes=2)  # the head is made anew either way; the backbone is what is loaded
 

@@ -21,10 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def take_action(args: argparse.Namespace) -> int:
     from search.export import choose_trial
+    from search.record import TrialRecord, collapse_text
+    from search.study.inputs import data_facts
 
-    trial = choose_trial(options.open_study(args), None)
+    study = options.open_study(args)
+    trial = choose_trial(study, None)
+    facts = data_facts(study.user_attrs)
+    names = facts.class_names if facts else None
     shown = {k: v for k, v in trial.user_attrs.items() if k not in ("config", "confusion_matrix")}
-    print(
-        json.dumps({"number": trial.number, "value": trial.value, "params": trial.params, "metrics": shown}, indent=2)
-    )
+    kept = TrialRecord.of(trial)
+    if kept.per_class_f1 and names and len(names) == len(kept.per_class_f1):  # each class's F1 by its name
+        shown["per_class_f1"] = dict(zip(names, kept.per_class_f1))
+    if collapse := kept.collapse():
+        shown["learned_nothing"] = collapse_text(collapse, names)
+    result = {"number": trial.number, "value": trial.value, "params": trial.params, "metrics": shown}
+    print(json.dumps(result, indent=2))
     return 0

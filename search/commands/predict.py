@@ -94,7 +94,8 @@ def write_predictions(
     if not paths:
         raise DataError(f"no images in {images}")
     ensemble_metas(checkpoints)  # a file that is not a checkpoint: one line, before the progress bar
-    with tqdm(total=len(paths), unit="img", disable=quiet, desc="predicting") as bar:
+    # A bar on a terminal; none in a log file (where each redraw would be a line): the closing line says it
+    with tqdm(total=len(paths), unit="img", disable=True if quiet else None, desc="predicting") as bar:
         probs, metas = predict_files(checkpoints, paths, batch_size, flip_tta=flip_tta, progress=bar.update)
     labels = probs.argmax(axis=1)
     names = metas[0]["class_names"]

@@ -20,7 +20,7 @@ def take_action(args: argparse.Namespace) -> int:
     import optuna
 
     from search.store import open_storage, resolve_storage_url
-    from search.study.inputs import INPUTS_ATTR
+    from search.study.inputs import data_summary
     from search.study.setup import SPEC_ATTR, setup_text
 
     # Optuna's summaries: one query per storage, not every trial of every study (the best by
@@ -30,6 +30,6 @@ def take_action(args: argparse.Namespace) -> int:
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        trains = setup_text(s.user_attrs.get(SPEC_ATTR), s.user_attrs.get(INPUTS_ATTR)) or "-"
+        trains = setup_text(s.user_attrs.get(SPEC_ATTR), data_summary(s.user_attrs)) or "-"
         print(f"{s.study_name:30} {s.n_trials:>6} {best:>14}  {started:16}  {trains}")
     return 0

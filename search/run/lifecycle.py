@@ -116,13 +116,24 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, ga
             gate.release()  # the trial exists: other workers may start theirs
             outcome = objective(trial)
         except BaseException as error:
-            if isinstance(error, KeyboardInterrupt) and getattr(error, "trial", None) is None:
+            interrupted = isinstance(error, KeyboardInterrupt) and getattr(error, "trial", None) is None
+            if interrupted:
                 record.write_failure(trial, "interrupted")
                 error.trial = trial.number  # for the command's last line
             with contextlib.suppress(*STORAGE_ERRORS, UpdateFinishedTrialError):
                 study.tell(trial, state=TrialState.FAIL)
+                if interrupted:
+                    queue_again(study, trial)
             raise
     return study.tell(trial, outcome.value, outcome.state)
+
+
+def queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
+    """An interrupted trial that came from the queue (a study's known-good ``enqueue``) is queued
+    again with the same params, as a killed worker's trial is: the next run tries it."""
+    queued = trial.storage.get_trial_system_attrs(trial_id(trial)).get("fixed_params")
+    if queued:
+        study.enqueue_trial(queued, skip_if_exists=False)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from search.record import collapse_text, collapsed
 from search.store.artifacts import AtomicArtifactStore, dashboard_artifact_key, upload
 from search.store.optuna_private import study_id, trial_id
 
@@ -138,11 +139,13 @@ class TrialPictures:
                     links.append(f"### {title}\n\n![{title}]({get_artifact_path(trial, artifact_id)})")
         worst = sorted(range(len(names)), key=lambda c: best["per_class_f1"][c])[:3]
         summary = (
-            f"## Trial {trial.number}: macro-F1 {best['macro_f1']:.4f} at epoch {result.best_epoch + 1}\n\n"
+            f"## Trial {trial.number}: macro-F1 {best['macro_f1']:.4f} at epoch {result.best_epoch}\n\n"
             f"accuracy {best['accuracy']:.4f}, macro precision {best['macro_precision']:.4f}, "
             f"macro recall {best['macro_recall']:.4f}, {result.epochs_run} epochs"
             f"{' (pruned)' if result.stopped_early else ''}, "
             f"{result.train_images_per_second:.0f} img/s on {result.device}\n\n"
             "weakest classes: " + ", ".join(f"{names[c]} ({best['per_class_f1'][c]:.2f})" for c in worst)
         )
+        if collapse := collapsed(best.get("confusion_matrix")):
+            summary += f"\n\n**This model {collapse_text(collapse, names)}.**"
         save_note(trial, "\n\n".join([summary, *links]))

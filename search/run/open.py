@@ -4,23 +4,25 @@ out, then starts its workers, which open it again (from the machine's caches) an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import TrialState
 
 from search.console import say_data_notes
 from search.run.options import RunOptions
 from search.run.progress import Progress
-from search.store import AtomicArtifactStore, open_storage
+from search.store import STORAGE_ERRORS, AtomicArtifactStore, open_storage
 from search.study.distributions import fit_space, recorded_distributions
-from search.study.inputs import check_inputs, data_place, trained_inputs
+from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
 from search.study.pruners import build_pruner
 from search.study.samplers import build_sampler
 from search.study.schema import Study
 from search.study.setup import SPEC_ATTR, as_new_study, changed_setup, recorded_spec
-from training import ConfigError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
+from training import ConfigError, DataError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
 
 
 @dataclass(frozen=True)
@@ -54,24 +56,42 @@ def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun
     into the machine's cache)."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
-    spec, study = create_study(spec, options)
-    dataset = load_source(spec.data)
-    fetch_weights(spec.model)
-    data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
+    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    made = spec.name not in optuna.get_all_study_names(storage)
+    spec, study = create_study(spec, options, storage)
+    try:
+        try:
+            dataset = load_source(spec.data)
+        except DataError as error:  # named as the user set it: MASK_DATA (data.root)
+            raise DataError(str(error).replace("data.root", spec.named("data.root"), 1)) from None
+        fetch_weights(spec.model)
+        data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
+    except BaseException:
+        if made:  # a run that could not start leaves no empty study behind
+            _delete_if_empty(study, storage)
+        raise
     return OpenRun(spec, store, study, data)
 
 
+def _delete_if_empty(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+    """The study this run made, unless a trial of it started meanwhile (another run's)."""
+    with contextlib.suppress(*STORAGE_ERRORS, KeyError):
+        if all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
 def check_run(run: OpenRun) -> OpenRun:
-    """The images and weights file are those the study was made on (``check_inputs``)."""
+    """The images and weights file are those the study was made on (``check_inputs``); the data's
+    facts recorded on the study."""
     check_inputs(run.study, trained_inputs(run.data, run.spec.data, run.spec.model), data_place(run.spec.data))
+    record_facts(run.study, run.data)
     return run
 
 
-def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]:
+def create_study(spec: Study, options: RunOptions, storage: optuna.storages.BaseStorage) -> tuple[Study, optuna.Study]:
     """Create the study or load it by name; record its spec once; queue the known-good configs.
     Returns the spec with its space as the study's earlier trials can take it (``fit_space``):
     refused before anything is written where they cannot."""
-    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
     space = fit_space(spec.name, recorded_distributions(storage, spec.name), spec.space)
     spec = spec.model_copy(update={"space": space})
     with warnings.catch_warnings():
@@ -84,6 +104,8 @@ def create_study(spec: Study, options: RunOptions) -> tuple[Study, optuna.Study]
             pruner=build_pruner(spec.pruner),
             load_if_exists=True,
         )
+        if study.metric_names is None:  # the dashboard's name for the objective, not "Objective 0"
+            study.set_metric_names(["macro_f1"])
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
     elif changes := changed_setup(json.loads(study.user_attrs[SPEC_ATTR]), spec):

@@ -39,7 +39,9 @@ class Progress:
         self._write(text)
 
     def decode(self, done: int, total: int) -> None:
-        self._write(f"decoding images {done}/{total}", final=done >= total)
+        """On a terminal, the count as it grows; in a log file, one line when it is done."""
+        if self.live or done >= total:
+            self._write(f"decoding images {done}/{total}", final=done >= total)
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self._started = time.perf_counter()
@@ -48,7 +50,7 @@ class Progress:
 
     def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
         self._write(
-            f"trial {number} epoch {epoch + 1}/{epochs} macro-F1 {metrics['macro_f1']:.4f} "
+            f"trial {number} epoch {epoch} ({epoch + 1} of {epochs}) macro-F1 {metrics['macro_f1']:.4f} "
             f"loss {metrics['train_loss']:.4f} {metrics['train_images_per_second']:.0f} img/s",
             final=False,
         )

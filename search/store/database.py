@@ -3,6 +3,7 @@ RDB storage on it, with heartbeats on. Optuna's own tables are the only database
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from pathlib import Path
@@ -118,4 +119,6 @@ def load_existing(storage: optuna.storages.BaseStorage, name: str) -> optuna.Stu
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
-        raise SearchServiceError(f"no study '{name}' in this storage; studies here: {names}") from None
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"no study '{name}' in this storage; {hint}studies here: {names}") from None

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from search.study.setup import as_new_study
-from training import ConfigError, DataConfig, ModelConfig
+from training import ConfigError, DataConfig, DataFacts, ModelConfig
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
     from training import PreparedData
 
 INPUTS_ATTR = "inputs"
+FACTS_ATTR = "data_facts"  # the data's facts (``DataFacts``) as its latest run found them
 
 
 def file_sha256(path: Path) -> str:
@@ -49,6 +51,33 @@ def trained_inputs(prepared: PreparedData, data: DataConfig, model: ModelConfig)
         "sizes": sizes,  # whether the digest counts the files' sizes
         "weights": file_sha256(model.weights) if model.weights is not None else None,
     }
+
+
+def record_facts(study: optuna.Study, prepared: PreparedData) -> None:
+    """The data's facts on the study, for ``search status``, ``search studies`` and the report; written
+    where they are new (a study's first run, or items left out since), whether the images were
+    decoded now or read from the cache."""
+    facts = prepared.facts.to_json()
+    if study.user_attrs.get(FACTS_ATTR) != facts:
+        study.set_user_attr(FACTS_ATTR, facts)
+
+
+def data_facts(attrs: Mapping[str, Any]) -> DataFacts | None:
+    """The data's facts a study's user attributes hold, or None before a run recorded them."""
+    return DataFacts.from_json(attrs.get(FACTS_ATTR))
+
+
+def data_summary(attrs: Mapping[str, Any]) -> str | None:
+    """What a study's runs found in its data, in a few words (``DataFacts.summary``); only the images'
+    and classes' counts for a study whose runs recorded no facts; None before any run."""
+    facts = data_facts(attrs)
+    if facts is not None:
+        return facts.summary()
+    try:
+        inputs = json.loads(attrs[INPUTS_ATTR])
+        return f"{inputs['images']:,} images, {inputs['classes']} classes"
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def data_place(data: DataConfig) -> str:

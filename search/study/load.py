@@ -4,7 +4,9 @@ registries. Every mistake is one ``ConfigError`` line naming the file, the key a
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,22 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
     pairs = parse_overrides(list(overrides))
     for key, value in pairs:
         _set(raw, key, value)
-    return validate_study(expand_env(raw, str(path)), str(path), [key for key, _ in pairs])
+    spec = validate_study(expand_env(raw, str(path)), str(path), [key for key, _ in pairs])
+    spec._variables.update(variables(raw))
+    return spec
+
+
+def variables(value: Any, key: str = "") -> dict[str, str]:
+    """The keys whose values name an environment variable (``root: ${MASK_DATA}``), and its name."""
+    if isinstance(value, str) and (found := re.search(r"\$\{?(\w+)", value)):
+        return {key: found.group(1)}
+    if isinstance(value, dict):
+        return {
+            k: v
+            for name, item in value.items()
+            for k, v in variables(item, f"{key}.{name}" if key else str(name)).items()
+        }
+    return {}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -169,9 +186,21 @@ def describe(error: ValidationError, where: str, overridden: Sequence[str] = ())
     if loc:
         where = _attributed(where, key, overridden)
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{key}'; remove it or check its spelling"
+        close = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), n=1)
+        hint = f"did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else "remove it or check its spelling"
+        return f"{where}: unknown key '{key}'; {hint}"
     if first["type"] == "missing":
         return f"{where}: missing key '{key}'; add it (the shipped studies/lr-sweep.yaml has every section)"
     if not loc:
         return f"{where}: {message}"
     return f"{where}: {key} = {first.get('input')!r}: {message}"
+
+
+def _known_keys(section: Sequence[str]) -> list[str]:
+    """The keys a study file may give in ``section`` (a path of keys from the top), as its models
+    define them; none where the path leads to no model."""
+    model: Any = Study
+    for key in section:
+        field = getattr(model, "model_fields", {}).get(key)
+        model = field.annotation if field is not None else None
+    return list(getattr(model, "model_fields", {}))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from search.study.fields import apply
 from search.study.space import SearchSpace
@@ -48,6 +48,13 @@ class Study(Frozen):
     budget: Budget = Field(default_factory=Budget)
     checkpoints: Retention = Field(default_factory=Retention)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    _variables: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the ${VARIABLE} its value came from
+
+    def named(self, key: str) -> str:
+        """``key`` as its user set it: with the environment variable its value came from, if one did
+        (``MASK_DATA (data.root)``), for a message to name what the user typed."""
+        variable = self._variables.get(key)
+        return f"{variable} ({key})" if variable else key
 
     @model_validator(mode="after")
     def _input_size_fits_the_model(self, info: ValidationInfo) -> Study:

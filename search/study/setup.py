@@ -55,25 +55,17 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def setup_text(spec_json: str | None, inputs_json: str | None = None) -> str | None:
+def setup_text(spec_json: str | None, data: str | None = None) -> str | None:
     """What a study trains (model, data, epochs), from the spec it recorded when it was made, with
-    its images' count where a run has recorded them (``inputs_json``)."""
+    what a run found in its data (``inputs.data_summary``), where one has."""
     try:
         spec = json.loads(spec_json)
-        data, train = spec["data"], spec["train"]
-        height, width = data["image_size"]
+        data_section, train = spec["data"], spec["train"]
+        height, width = data_section["image_size"]
         return (
-            f"{spec['model']['name']}, {data['source']} data{_counted(inputs_json)} at {height}x{width}, "
-            f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']}"
+            f"{spec['model']['name']}, {data_section['source']} data{f' ({data})' if data else ''} at "
+            f"{height}x{width}, {train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} of batch "
+            f"{train['batch_size']}"
         )
     except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
         return None
-
-
-def _counted(inputs_json: str | None) -> str:
-    """' (N images, C classes)' as a run recorded them (``check_inputs``), or nothing before one has."""
-    try:
-        inputs = json.loads(inputs_json)
-        return f" ({inputs['images']:,} images, {inputs['classes']} classes)"
-    except (TypeError, ValueError, KeyError):
-        return ""

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import search
 
@@ -46,7 +47,12 @@ BAD_INPUTS = [
      1, "labels.csv:3: empty path or label"),
     ("malformed storage URL", ["status", "--study", "lr-sweep", "--storage", "not a url"], 2, "is malformed"),
     ("password never shown", ["status", "--study", "x", "--storage", "postgresql://u:s3cret@"], 1, "***"),
-    ("unknown study", ["status", "--study", "nope"], 1, "no study 'nope' in this storage"),
+    # an unknown study is a usage error in every command that reads one, with the nearest name
+    *[(f"unknown study, {command}", [command, "--study", "lr-swep", *more], 2,
+       "no study 'lr-swep' in this storage; did you mean 'lr-sweep'? studies here: ['lr-sweep']")
+      for command, more in [("status", []), ("best", []), ("report", ["--out", "r"]),
+                            ("export", ["--out", "x.safetensors"]), ("dashboard", []), ("delete", ["--yes"]),
+                            ("stop", [])]],
     ("missing trial", ["export", "--study", "lr-sweep", "--trial", "99", "--out", "x.safetensors"], 1,
      "has no trial 99; trials are numbered 0.."),
     ("unknown option", ["run", "--study", "lr-sweep", "--n-trails", "3"], 2, "unrecognized arguments"),
@@ -105,6 +111,9 @@ def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, cap
     assert message in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1 and "s3cret" not in err
     assert not [p.name for p in tmp_path.rglob(".*.tmp")]  # no temporary file of a failed write stays
+    made = [a.removeprefix("name=") for a in argv if a.startswith("name=")]
+    if argv[0] == "run" and made:  # a run that failed before its first trial leaves no empty study
+        assert made[0] not in optuna.get_all_study_names(f"sqlite:///{one_trial_study}/studies.db")
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(one_trial_study):
@@ -130,7 +139,7 @@ def test_the_command_exits_with_mains_code_after_its_output_without_pythons_tear
     monkeypatch.setattr(os, "_exit", exit_now)
     with pytest.raises(Exited) as exited:
         entry()
-    assert exited.value.args == (1,)
+    assert exited.value.args == (2,)
     assert capsys.readouterr().err.startswith("search: error: no study 'nope' in this storage")
 
 

@@ -1,9 +1,8 @@
-"""A run's data as its trials use it: listed, decoded once (cached), split by the seed, with what
-was left out on the way said in ``notes`` for the caller to say."""
+"""A run's data as its trials use it: listed, decoded once (cached), split by the seed, with its
+facts (``DataFacts``: what it holds and what was left out on the way) for the caller to say."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +10,9 @@ import numpy as np
 
 from training.config import DataConfig
 from training.data.cache import DecodedImages, decode_images
-from training.data.sources import Dataset, cache_folder, load_source
+from training.data.facts import DataFacts, decoded_left_out
+from training.data.listing import Dataset
+from training.data.sources import cache_folder, load_source
 from training.data.split import split_train_val, unvalidated_classes
 from training.memo import Memo
 
@@ -23,7 +24,13 @@ class PreparedData:
     decoded: DecodedImages
     train_idx: np.ndarray
     val_idx: np.ndarray
-    notes: tuple[str, ...] = ()  # what the listing and the decode left out, and a class without validation images
+    facts: DataFacts
+
+    @property
+    def notes(self) -> list[str]:
+        """What to warn of: each item left out, and classes without validation images."""
+        unvalidated = unvalidated_classes(self.decoded.labels, self.val_idx, self.decoded.class_names)
+        return [*self.facts.notes(), *([unvalidated] if unvalidated else [])]
 
     @property
     def num_classes(self) -> int:
@@ -55,20 +62,10 @@ def prepare_data(
             listing, config.image_size, cache_folder(config.cache_dir), config.decode_threads, progress
         )
         train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
-        unvalidated = unvalidated_classes(decoded.labels, val_idx, decoded.class_names)
-        notes = (*listing.notes, *_skipped(decoded, listing), *([unvalidated] if unvalidated else []))
-        return PreparedData(decoded, train_idx, val_idx, notes)
+        left_out = [*listing.left_out, *decoded_left_out(decoded.skipped)]
+        facts = DataFacts.of(
+            listing.source, decoded.class_names, decoded.labels, decoded.groups, (train_idx, val_idx), left_out
+        )
+        return PreparedData(decoded, train_idx, val_idx, facts)
 
     return _PREPARED.get((config.model_dump_json(), seed), prepare)
-
-
-def _skipped(decoded: DecodedImages, listing: Dataset) -> list[str]:
-    """A line for each image the decode left out, and one counting them."""
-    lines = [
-        f"skipping unreadable image {path}" if os.path.exists(path) else f"skipping {path}: no such file"
-        for path in decoded.skipped
-    ]
-    if decoded.skipped:
-        total = len(decoded.skipped) + len(decoded.labels)
-        lines.append(f"skipped {len(decoded.skipped)} unreadable image(s) of {total} in {listing.source}")
-    return lines

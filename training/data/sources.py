@@ -1,4 +1,4 @@
-"""Image sources: the competition's profile folders, a class-per-folder tree, a CSV, the digits demo.
+"""Image sources: the competition's layout (``competition``), a class-per-folder tree, a CSV, the digits demo.
 
 Each source turns into a ``Dataset``: image paths, integer labels, class names and, where the
 source knows people, a group per image so that no person lands on both sides of the split.
@@ -12,32 +12,24 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training.config import DataConfig
+from training.data.competition import LAYOUT, competition_layout
+from training.data.listing import IMAGE_EXTENSIONS, Dataset, existing_dir, visible
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-MASK_STEMS = {f"mask{i}": 0 for i in range(1, 6)} | {"incorrect_mask": 1, "normal": 2}
-MASK_NAMES = ("mask", "incorrect", "no mask")
-GENDERS = {"male": 0, "female": 1}
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Image files and what is known about each: label, group (person), and the class names."""
-
-    paths: tuple[str, ...]
-    labels: np.ndarray  # int64, one per path
-    groups: np.ndarray | None  # one per path, or None where images are independent
-    class_names: tuple[str, ...]
-    source: str  # where it came from, for messages and cache keys
-    notes: tuple[str, ...] = ()  # what the listing left out and why, one line each, for the caller to say
+# What each source expects to find, for the message when it finds no image.
+LAYOUTS = {
+    "competition": LAYOUT,
+    "folder": "<root>/<class>/<image>.jpg, one folder per class",
+    "csv": "a CSV of path,label[,group] rows",
+    "demo": "the demo's digits",
+}
 
 
 def load_source(config: DataConfig) -> Dataset:
@@ -50,7 +42,9 @@ def load_source(config: DataConfig) -> Dataset:
     }
     dataset = loaders[config.source]()
     if len(dataset.paths) == 0:
-        raise DataError(f"no images found in {dataset.source}; check data.root")
+        raise DataError(
+            f"no images found in {dataset.source}, which should hold {LAYOUTS[config.source]}; check data.root"
+        )
     present = np.unique(dataset.labels)
     if len(present) < 2:
         raise DataError(
@@ -120,27 +114,17 @@ def _demo_folder(configured: Path | None) -> Path:
     return folder
 
 
-def _existing_dir(root: Path | None, what: str) -> Path:
-    if root is None or not Path(root).is_dir():
-        raise DataError(f"{what} {root} does not exist or is not a folder; set data.root")
-    return Path(root)
-
-
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
 def image_folder(root: Path | None) -> Dataset:
     """One subfolder per class, named by the class; every image below it belongs to that class."""
-    root = _existing_dir(root, "image folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+    root = existing_dir(root, "image folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and visible(p))
     if not class_dirs:
         raise DataError(f"image folder {root} has no class subfolders")
     paths: list[str] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(
-            str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p) and p.is_file()
+            str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and visible(p) and p.is_file()
         )
         if not files:
             raise DataError(f"class folder {class_dir} has no images; remove it or add images")
@@ -177,94 +161,6 @@ def csv_list(csv_path: Path | None) -> Dataset:
 
 def _natural_key(text: str) -> tuple[int, int | str]:
     return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
-
-
-def age_band(age: int, bounds: tuple[int, int]) -> int:
-    """0 below the first bound, 1 below the second, else 2."""
-    return 0 if age < bounds[0] else 1 if age < bounds[1] else 2
-
-
-def competition_class_names(bounds: tuple[int, int]) -> tuple[str, ...]:
-    """The 18 readable names, in label order: mask × 6 + gender × 3 + age band."""
-    ages = (f"<{bounds[0]}", f"{bounds[0]}-{bounds[1] - 1}", f">={bounds[1]}")
-    return tuple(f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in ages)
-
-
-def _folder_people(images: Path, notes: list[str]) -> list[tuple[Path, str, str, int]]:
-    """(folder, id, gender, age) of each ``<id>_<gender>_<race>_<age>`` folder; other folders are
-    skipped, each with a line in ``notes``."""
-    people = []
-    for folder in sorted(p for p in images.iterdir() if p.is_dir() and _visible(p)):
-        parts = folder.name.split("_")
-        if len(parts) != 4 or parts[1] not in GENDERS or not parts[3].isdigit():
-            notes.append(f"skipping {folder}: folder name is not <id>_<gender>_<race>_<age>")
-            continue
-        people.append((folder, parts[0], parts[1], int(parts[3])))
-    return people
-
-
-def _listed_people(listed: Path, images: Path) -> list[tuple[Path, str, str, int]]:
-    """(folder, id, gender, age) of each row of the competition's ``train.csv``, as the row says."""
-    with open(listed, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"path", "gender", "age"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(
-                f"{listed}: missing column(s) {sorted(missing)}; "
-                "the competition's train.csv has id,gender,race,age,path"
-            )
-        people = []
-        first_line: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            path, gender, age = ((row.get(key) or "").strip() for key in ("path", "gender", "age"))
-            gender = gender.lower()
-            if not path:
-                raise DataError(f"{listed}:{line}: empty path; fix or delete the row")
-            if path in first_line:  # a corrected row added below the old one: whose labels would count?
-                raise DataError(
-                    f"{listed}:{line}: {path} is listed again (first at line {first_line[path]}); "
-                    "keep one row per person"
-                )
-            first_line[path] = line
-            if gender not in GENDERS or not age.isdigit():
-                raise DataError(
-                    f"{listed}:{line}: gender {gender!r} and age {age!r}; expected male or female and whole years"
-                )
-            people.append((images / path, (row.get("id") or "").strip() or path.split("_")[0], gender, int(age)))
-    return people
-
-
-def competition_layout(root: Path | None, age_bounds: tuple[int, int]) -> Dataset:
-    """``<root>/images/<id>_<gender>_<race>_<age>/{mask1..5,incorrect_mask,normal}.<ext>``; with a
-    ``<root>/train.csv`` (``id,gender,race,age,path``), its rows name the folders and say each
-    person's gender and age (a corrected row relabels that person's images)."""
-    root = _existing_dir(root, "competition data root")
-    images = root / "images" if (root / "images").is_dir() else root
-    listed = root / "train.csv"
-    notes: list[str] = []
-    people = _listed_people(listed, images) if listed.is_file() else _folder_people(images, notes)
-    paths: list[str] = []
-    labels: list[int] = []
-    groups: list[str] = []
-    for folder, person, gender, age in people:
-        if not folder.is_dir():
-            notes.append(f"skipping {folder}: listed in train.csv but not on disk")
-            continue
-        for file in sorted(folder.iterdir()):
-            mask = MASK_STEMS.get(file.stem)
-            if mask is None or not _visible(file) or file.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            paths.append(str(file))
-            labels.append(mask * 6 + GENDERS[gender] * 3 + age_band(age, age_bounds))
-            groups.append(person)
-    return Dataset(
-        tuple(paths),
-        np.asarray(labels, dtype=np.int64),
-        np.asarray(groups),
-        competition_class_names(age_bounds),
-        str(images),
-        tuple(notes),
-    )
 
 
 def write_demo(cache_dir: Path, imbalance: float, seed: int = 0, size: int = 32) -> Path:

@@ -25,7 +25,14 @@ def test_status_best_and_studies_commands(finished_study):
     status = search_here("status", "--study", "lr-sweep", env=env).stdout
     assert "complete" in status and "pruned" in status and "best: trial" in status
     setup = r"test_resnet, demo data \(\d+ images, 10 classes\) at 16x16, 3 epochs of batch 32"
-    assert re.match(rf"study lr-sweep: \d+ trials of {setup}\n", status), status
+    # the data's facts in lines of their own: images, classes, the split, each class's validation images
+    facts = r"  data: (\d+) images, 10 classes, in .*demo-digits.*\n  split: (\d+) train and (\d+) validation images\n"
+    found = re.match(
+        rf"study lr-sweep: \d+ trials of test_resnet, demo data at 16x16, 3 epochs of batch 32\n{facts}", status
+    )
+    assert found and int(found[1]) == int(found[2]) + int(found[3]), status
+    per_class = re.search(r"  validation images per class: (.*)\n", status)[1]
+    assert sum(int(item.split()[-1]) for item in per_class.split(", ")) == int(found[3]) and "digit_9 " in per_class
     best = json.loads(search_here("best", "--study", "lr-sweep", env=env).stdout)
     assert FOUR <= set(best["params"]) and best["metrics"]["macro_f1"] == best["value"]
     studies = search_here("studies", env=env).stdout.splitlines()
@@ -130,8 +137,22 @@ def test_status_shows_no_importance_before_enough_trials_finished(tmp_path, monk
     _study_with(tmp_path, 3)
     assert main(["status", "--study", "lr-sweep"]) in (0, None)
     out = capsys.readouterr().out
-    assert "best: trial" in out and _importance_lines(out) == []
+    assert "best: trial" in out and "parameter importance (PED-ANOVA" not in out
+    assert "  parameter importance: shown from 4 complete trials (3 so far)" in out.splitlines()
     assert out.startswith("study lr-sweep: 3 trials\n")  # made by plain Optuna: no spec to say what it trains
+
+
+def test_status_says_why_it_shows_no_importance_where_every_trial_scored_the_same(tmp_path, monkeypatch, capsys):
+    """Trials that all learned nothing score alike: equal bars would read as a finding."""
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    study = optuna.create_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    for i in range(6):
+        params, distributions = {"lr": 1e-3 * (i + 1), "loss": LOSS.choices[i % 2]}, {"lr": LR, "loss": LOSS}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.0023))
+    assert main(["status", "--study", "lr-sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "  parameter importance: not shown: every complete trial scored the same macro-F1, 0.0023" in out
+    assert "PED-ANOVA" not in out
 
 
 def test_the_top_trials_table_keeps_its_columns_whatever_the_values(tmp_path, monkeypatch, capsys):

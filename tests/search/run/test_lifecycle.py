@@ -103,11 +103,15 @@ def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_
     assert len(optuna.load_study(study_name="lr-sweep", storage=url).trials) == len(trials) + 1
 
 
+KNOWN_PARAMS = {"lr": 0.01, "scheduler": "cosine", "loss": "cross_entropy", "accumulation_steps": 1}
+KNOWN = "{lr: 0.01, scheduler: cosine, loss: cross_entropy, accumulation_steps: 1}"
+
+
 # The run after an interruption does not depend on which signal it was: it is checked once.
 @pytest.mark.parametrize("signum, code, run_again", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
 def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, signum, code, run_again):
     url = f"sqlite:///{tmp_path}/studies.db"
-    args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
+    args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}", "--set", f"enqueue=[{KNOWN}]"]
     worker = _start(tmp_path, *args)
     _wait_mid_training(url, worker, need_finished=0)
     worker.send_signal(signum)
@@ -122,12 +126,16 @@ def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path,
     assert err.strip().splitlines()[-1] == (
         f"search: interrupted; trial {failed[0].number} is marked FAIL (interrupted); run again to continue"
     )
+    # the interrupted trial was the study's queued known-good one: it is queued again, not skipped
+    queued = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert failed[0].params == KNOWN_PARAMS and [t.system_attrs["fixed_params"] for t in queued] == [KNOWN_PARAMS]
     if not run_again:
         return
     again = search_here(*RUN, *args, env={"SEARCH_HOME": str(tmp_path)})
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="lr-sweep", storage=url)
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 2 and finished[0].params == KNOWN_PARAMS
 
 
 def test_interrupted_before_any_trial_ran_says_that_none_was_marked(tmp_path, monkeypatch):
@@ -195,21 +203,33 @@ def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
     assert len(ran) == 1 and ran[0].state == TrialState.FAIL and "augmentation" in ran[0].user_attrs["failure_reason"]
 
 
-@pytest.mark.parametrize("source", ["a local file that is not there", "timm's hub, out of reach"])
-def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, monkeypatch, source):
+@pytest.mark.parametrize(
+    "source, said",
+    [("a local file that is not there", "is not a file; give the path of a weights file"),
+     ("HF_HUB_OFFLINE=1, an empty cache", "lacks them and HF_HUB_OFFLINE is set; set model.weights"),
+     ("a hub whose name does not resolve", "lacks them and the model hub https://hub.invalid cannot be reached ("),
+     ("a hub that refuses", "lacks them and the model hub http://127.0.0.1:9 cannot be reached (Connection refused)")],
+)  # fmt: skip
+def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, monkeypatch, source, said):
     from huggingface_hub import constants
 
+    args = ["--set", "model.pretrained=true"]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # nothing in this Hugging Face cache
     if source.startswith("a local file"):
         args = ["--set", f"model.weights={tmp_path}/nope.safetensors"]
-    else:  # offline (HF_HUB_OFFLINE=1, read at import) and nothing in this Hugging Face cache, as without the hub
-        args = ["--set", "model.pretrained=true"]
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    elif source.startswith("HF_HUB_OFFLINE"):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: the variable comes too late
+    else:  # no name server knows it (as off the network), or a port nobody listens on
+        monkeypatch.setattr(
+            constants, "ENDPOINT", "https://hub.invalid" if "resolve" in source else "http://127.0.0.1:9"
+        )
+    started = time.monotonic()
     run = search_here("run", "--study", "lr-sweep", "--n-trials", "3", *TINY, *args, env={"SEARCH_HOME": str(tmp_path)})
+    assert time.monotonic() - started < 5 + 4  # the hub's answer within 5 s, plus this run's own set-up
     assert run.returncode == 1 and run.stderr.startswith("search: error: could not load weights for test_resnet")
-    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
-    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
-    assert {t.state for t in study.trials} == {TrialState.WAITING}  # the queued ones, and not one trial run
+    assert said in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    # a run that could not start leaves no empty study behind
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/studies.db") == []
 
 
 def test_a_run_asks_the_hub_for_pretrained_weights_once_not_in_every_trial(tmp_path, hub_cache):
@@ -343,3 +363,15 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
     assert not (tmp_path / "work").exists()  # its checkpoint went with its folder
+
+
+def test_weights_in_the_cache_are_read_at_once_where_the_hub_does_not_answer(tmp_path, hub_cache, monkeypatch):
+    """Not offline by the variable, but off the network: the cached file, without the hub's retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    args = ["--n-trials", "1", *TINY, "--set", "train.epochs=1", "--set", "model.pretrained=true"]
+    run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
+    assert run.returncode == 0 and "Retrying" not in run.stderr, run.stderr
+    assert hub_cache["asked"] == []  # timm read the cached file: nothing was asked of the hub

@@ -58,8 +58,9 @@ def _set(path: str, value):
 
 
 BAD_STUDIES = [
-    ("unknown key", _set("trian", {}), "unknown key 'trian'"),
-    ("unknown nested key", _set("train.epocs", 3), "unknown key 'train.epocs'"),
+    ("unknown key", _set("trian", {}), "unknown key 'trian'; did you mean 'train'?"),
+    ("unknown nested key", _set("train.epocs", 3), "unknown key 'train.epocs'; did you mean 'train.epochs'?"),
+    ("unknown key, nothing near", _set("train.zzz", 3), "unknown key 'train.zzz'; remove it or check its spelling"),
     ("wrong type", _set("train.epochs", "many"), "train.epochs = 'many'"),
     ("inverted range", _set("space.lr", {"low": 0.1, "high": 0.01, "log": True}), "low (0.1) must be below high"),
     ("log with low <= 0", _set("space.lr", {"low": 0.0, "high": 0.01, "log": True}), "log scale needs low > 0"),
@@ -68,6 +69,7 @@ BAD_STUDIES = [
     ("unknown scheduler", _set("space.scheduler", {"onecycle": {}}), "unknown scheduler 'onecycle'"),
     ("unknown model", _set("model.name", "resnet9000"), "unknown timm model 'resnet9000'"),
     ("misspelt model", _set("model.name", "convnext_tinyy"), "'convnext_tinyy' (did you mean convnext_tiny,"),
+    ("a letter for a digit", _set("model.name", "efficientnet_bO"), "(did you mean efficientnet_b0, "),
     # a ViT takes only the size it was built for: said here, not by every trial's first batch
     (
         "fixed input size",

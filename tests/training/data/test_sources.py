@@ -4,11 +4,13 @@ import re
 
 import numpy as np
 import pytest
+from conftest import write_image
 
 from training import DataConfig, DataError
 from training.data.cache import decode_images
+from training.data.competition import competition_class_names, competition_layout
 from training.data.prepare import prepare_data
-from training.data.sources import competition_class_names, competition_layout, csv_list, image_folder, load_source
+from training.data.sources import csv_list, image_folder, load_source
 
 
 def test_competition_layout_labels_people_and_skips_hidden_files(competition_root):
@@ -145,3 +147,49 @@ def test_data_of_one_class_is_refused_in_one_line(folder_dataset, tmp_path):
     (tmp_path / "labels.csv").write_text(rows)
     with pytest.raises(DataError, match="all 3 images in .*labels.csv are of one class, 'dog'; a classifier needs"):
         load_source(DataConfig(source="csv", root=tmp_path / "labels.csv"))
+
+
+def test_a_competition_root_one_level_off_is_refused_naming_the_folder_to_give(competition_root):
+    (competition_root / "train.csv").write_text("id,gender,race,age,path\n000000,male,Asian,20,000000_male_Asian_20\n")
+    images = competition_root / "images"
+    beside = f"is the images folder, and the train.csv beside it (its corrected labels) would be ignored; give its parent, {competition_root}"  # noqa: E501
+    with pytest.raises(DataError, match=re.escape(beside)):
+        competition_layout(images, (30, 60))
+    person = f"is one person's folder; give the competition's root, {competition_root}"
+    with pytest.raises(DataError, match=re.escape(person)):
+        competition_layout(images / "000000_male_Asian_20", (30, 60))
+    (competition_root / "train.csv").unlink()  # an images folder with nothing above it: its folder names say it all
+    assert len(competition_layout(images, (30, 60)).paths) == 12 * 7
+    (competition_root / "empty" / "images").mkdir(parents=True)
+    layout = r"no images found in .*, which should hold <root>/images/<id>_<gender>_<race>_<age>/mask1.jpg"
+    with pytest.raises(DataError, match=layout):
+        load_source(DataConfig(source="competition", root=competition_root / "empty", image_size=16))
+
+
+def test_the_facts_name_people_the_split_and_every_item_left_out_by_kind(competition_root):
+    images = competition_root / "images"
+    (images / "not_a_person").mkdir()
+    write_image(images / "000000_male_Asian_20" / "mask6.jpg", np.random.default_rng(0), (1, 2, 3))
+    people = [(f"{i:06d}", ("male", "female")[i % 2], 20 + 7 * i) for i in range(11)] + [("000099", "male", 30)]
+    rows = [f"{pid},{gender},Asian,{age},{pid}_{gender}_Asian_{age}" for pid, gender, age in people]
+    (competition_root / "train.csv").write_text("\n".join(["id,gender,race,age,path", *rows]) + "\n")
+    listing = competition_layout(competition_root, (30, 60))
+    assert sorted((kind, path.rsplit("/", 1)[1]) for kind, path in listing.left_out) == [
+        ("missing folder", "000099_male_Asian_30"),
+        ("unlisted folder", "000011_female_Asian_97"),
+        ("unlisted folder", "not_a_person"),
+        ("unnamed image", "mask6.jpg"),
+    ]
+
+    prepared = prepare_data(DataConfig(source="competition", root=competition_root, image_size=16), 0)
+    facts = prepared.facts
+    assert (facts.people, facts.train_people + facts.val_people) == (11, 11) and facts.val_people >= 1
+    assert facts.images == 11 * 7 - 1 and sum(facts.val_per_class) == facts.val_images == len(prepared.val_idx)
+    counted = {kind.kind: kind.count for kind in facts.left_out}
+    assert counted == {"unlisted folder": 2, "missing folder": 1, "unnamed image": 1, "unreadable image": 1}
+    text = "\n".join(facts.lines())
+    assert f"11 people, {facts.val_people} of them for validation, 5 items left out" in text
+    assert "left out: 1 x unreadable image (cannot be decoded): " in text and "000003_female_Asian_41/mask2" in text
+    assert "left out: 2 x unlisted folder (not listed in train.csv)" in text
+    assert any("skipping unreadable image" in note and "mask2" in note for note in prepared.notes)
+    assert type(facts).from_json(facts.to_json()) == facts

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.sources import competition_layout
+from training.data.competition import competition_layout
 from training.data.split import split_train_val
 from training.errors import DataError
 
