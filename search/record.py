@@ -47,6 +47,7 @@ class TrialRecord:
     best_epoch: int | None = None  # counted from 0, as every epoch the project shows (timm's and Optuna's steps)
     best_epoch_lr: float | None = None
     epochs_run: int | None = None
+    epoch_train_loss: list[float | None] | None = None  # each epoch's mean training loss, from epoch 0
     train_images_per_second: float | None = None
     device: str | None = None
     checkpoint_artifact: str | None = None  # the artifact id of its best epoch's checkpoint
@@ -114,6 +115,7 @@ def result_attrs(result: TrainResult, checkpoint: str | None = None) -> dict[str
         best_epoch=result.best_epoch,
         best_epoch_lr=best.get("lr"),
         epochs_run=result.epochs_run,
+        epoch_train_loss=_json_safe([epoch["train_loss"] for epoch in result.history]),
         train_images_per_second=round(result.train_images_per_second, 1),
         device=result.device,
     )

@@ -46,8 +46,8 @@ def take_action(args: argparse.Namespace) -> int:
     for trial, path in exported:
         value = f"{trial.value:.4f}" if trial.value is not None else "n/a"
         if mode is Export.ALL_DATA:
-            epochs = TrialRecord.of(trial).best_epoch + 1
-            print(f"trial {trial.number}'s params trained on all the data for {epochs} epoch(s), its best "
+            last = TrialRecord.of(trial).best_epoch
+            print(f"trial {trial.number}'s params trained on all the data for epochs 0 to {last}, its best "
                   f"(its macro-F1 then {value}), exported to {path}")  # fmt: skip
         else:
             print(f"trial {trial.number} (macro-F1 {value}) exported to {path}")

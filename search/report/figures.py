@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import ticker
 from optuna.trial import FrozenTrial, TrialState
 
 from search.pictures import new_figure, slant_class_names
@@ -44,6 +45,39 @@ def image_grid_png(rows: list[tuple[str, np.ndarray]], path: Path, per_row: int 
     return path
 
 
+def sample_mosaic_png(samples: list[tuple[str, np.ndarray]], path: Path, columns: int = 6) -> Path:
+    """A few images of each class side by side under its name, the classes in a grid of ``columns``:
+    a page's width, not a row per class."""
+    rows = -(-len(samples) // columns)
+    figure = new_figure(12.0, 1.1 * rows + 0.2)
+    for k, (name, images) in enumerate(samples):
+        ax = figure.add_subplot(rows, columns, k + 1)
+        ax.axis("off")
+        ax.set_title(name if len(images) else f"{name} (no image)", fontsize=10)
+        if len(images):
+            gap = np.full((images.shape[1], 2, 3), 255, dtype=np.uint8)
+            ax.imshow(np.hstack([part for image in images for part in (image, gap)][:-1]))
+    figure.savefig(path)
+    return path
+
+
+def predicted_vs_true_png(confusion: Sequence[Sequence[int]], names: Sequence[str], path: Path) -> Path:
+    """How many validation images each class has (true) and how many the model gave it (predicted)."""
+    counts = np.asarray(confusion)
+    figure = new_figure(3.0 + 0.45 * len(names), 3.6)
+    ax = figure.add_subplot()
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, counts.sum(axis=1), width=0.4, label="true", color="#4c72b0")
+    ax.bar(x + 0.2, counts.sum(axis=0), width=0.4, label="predicted", color="#dd8452")
+    ax.set_xticks(x, names)
+    slant_class_names(ax)
+    ax.set_ylabel("validation images")
+    ax.set_title("classes of the validation images: true and predicted (best trial, best epoch)")
+    ax.legend()
+    figure.savefig(path)
+    return path
+
+
 def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
     figure = new_figure(10, 3.8)
     for k, key in enumerate(("loss", "scheduler")):
@@ -57,6 +91,11 @@ def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
                     label = f"{g} ({state.name.lower()})"
                     ax.scatter([t.params["lr"] for t in chosen], best, c=color, marker=marker, label=label)
         ax.set_xscale("log")
+        # labels at 1, 2 and 5 of each decade only: matplotlib labels every minor tick of a range
+        # under a decade, and those overlap
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_ylabel("best validation macro-F1")
         ax.set_title(f"by {key}")
@@ -65,21 +104,29 @@ def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
     return path
 
 
-def learning_curves_png(trials: list[FrozenTrial], path: Path) -> Path:
-    figure = new_figure(7, 4)
-    ax = figure.add_subplot()
-    for t in trials:
-        steps = sorted(t.intermediate_values)
-        values = [t.intermediate_values[s] for s in steps]
-        if t.state == TrialState.COMPLETE:
-            ax.plot([s + 1 for s in steps], values, color="#4c72b0", alpha=0.8)
-        elif t.state == TrialState.PRUNED:
-            ax.plot([s + 1 for s in steps], values, color="#999999", linestyle="--", alpha=0.8)
-    ax.plot([], [], color="#4c72b0", label="complete")
-    ax.plot([], [], color="#999999", linestyle="--", label="pruned")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation macro-F1")
-    ax.set_title("learning curves")
-    ax.legend()
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def learning_curves_png(curves: list[tuple[str, list[float | None], list[float]]], path: Path) -> Path:
+    """Training loss and validation macro-F1 per epoch (from 0), one line per (label, losses, F1s),
+    each with its own marker; a curve equal to an earlier one says so in the legend, since it hides it."""
+    figure = new_figure(12, 4)
+    loss_ax, f1_ax = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    drawn: dict[tuple, str] = {}
+    for k, (label, losses, f1s) in enumerate(curves):
+        same = drawn.get((tuple(losses), tuple(f1s)))
+        drawn.setdefault((tuple(losses), tuple(f1s)), label)
+        style = {"marker": MARKERS[k % len(MARKERS)], "markersize": 7 - k % 3, "alpha": 0.85}
+        shown = f"{label} (same as {same})" if same else label
+        if any(v is not None for v in losses):
+            loss_ax.plot(range(len(losses)), [np.nan if v is None else v for v in losses], label=shown, **style)
+        f1_ax.plot(range(len(f1s)), f1s, label=shown, **style)
+    for ax, what in ((loss_ax, "training loss"), (f1_ax, "validation macro-F1")):
+        ax.set_xlabel("epoch (from 0)")
+        ax.set_ylabel(what)
+        ax.set_title(f"{what} per epoch, top trials")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    if f1_ax.lines:  # one legend for both, beside them: inside, it hides the lines it names
+        f1_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="trial, macro-F1")
     figure.savefig(path)
     return path

@@ -1,0 +1,110 @@
+"""The report's sections as HTML: the data's facts, the best trial in the competition's terms, and
+the trials (the best ten, and how each one ended)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from datetime import timedelta
+
+from optuna.trial import FrozenTrial, TrialState
+
+from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
+from search.report.parts import confused_parts, is_competition, part_scores
+from search.run.progress import short
+from training import DataFacts
+
+
+def data_facts(facts: DataFacts) -> str:
+    """The facts as a list: images, classes, people and the split, each class's validation images,
+    and what was left out."""
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in facts.lines()) + "</ul>"
+
+
+def best_trial(top: FrozenTrial, class_names: Sequence[str]) -> str:
+    """The best trial's scores: a warning where it learned nothing; for the competition's 18
+    classes, each part's macro-F1 and the confusions in the parts' terms."""
+    kept = TrialRecord.of(top)
+    lines = [
+        f"<p>Best: trial {top.number}, validation macro-F1 {top.value:.4f} (accuracy {four(kept.accuracy)}), "
+        f"at epoch {kept.best_epoch if kept.best_epoch is not None else '?'} (counted from 0).</p>"
+    ]
+    if collapse := kept.collapse():
+        lines.append(f"<p class='warn'>This model {html.escape(collapse_text(collapse, class_names))}.</p>")
+    if kept.confusion_matrix and is_competition(class_names):
+        scores = part_scores(kept.confusion_matrix)
+        cells = "".join(f"<td>{four(value)}</td>" for value in scores.values())
+        heads = "".join(f"<th>{part}</th>" for part in scores)
+        lines.append(f"<h3>Each part of the label</h3><table><tr><th>macro-F1 of</th>{heads}</tr>"
+                     f"<tr><td>best trial</td>{cells}</tr></table>")  # fmt: skip
+        confused = confused_parts(kept.confusion_matrix, class_names)
+        lines.append("<ul>" + "".join(f"<li>{html.escape(text)}</li>" for text in confused) + "</ul>")
+    return "\n".join(lines)
+
+
+def top_trials(trials: list[FrozenTrial]) -> str:
+    """The ten best complete trials as a table: metrics, epochs and every parameter."""
+    complete = ranked(trials)[:10]
+    params = sorted({k for t in complete for k in t.params})
+    head = "".join(f"<th>{html.escape(p)}</th>" for p in ["trial", "macro-F1", "accuracy", "epochs", *params])
+    rows = []
+    for t in complete:
+        kept = TrialRecord.of(t)
+        epochs = "" if kept.epochs_run is None else kept.epochs_run
+        cells = [t.number, f"{t.value:.4f}", four(kept.accuracy), epochs, *(short(t.params.get(p, "")) for p in params)]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def every_trial(trials: list[FrozenTrial], limit: int = 200) -> str:
+    """Each trial's duration, best epoch and how it ended (complete, pruned at epoch k, failed and
+    why), the latest ``limit``."""
+    shown = [t for t in trials if t.state != TrialState.WAITING][-limit:]
+    head = "<tr><th>trial</th><th>duration</th><th>best epoch</th><th>macro-F1</th><th style='text-align:left'>ended</th></tr>"  # noqa: E501
+    rows = []
+    for t in shown:
+        kept = TrialRecord.of(t)
+        took = t.datetime_complete - t.datetime_start if t.datetime_complete and t.datetime_start else None
+        value = t.value if t.value is not None else max(t.intermediate_values.values(), default=None)
+        cells = [t.number, _duration(took), "" if kept.best_epoch is None else kept.best_epoch,
+                 "" if value is None else f"{value:.4f}"]  # fmt: skip
+        row = "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
+        rows.append(f"<tr>{row}<td style='text-align:left'>{html.escape(ended(t))}</td></tr>")
+    more = f"<p>The latest {limit} of {len(trials)} trials.</p>" if len(shown) < len(trials) else ""
+    return f"{more}<table>{head}{''.join(rows)}</table>"
+
+
+def ended(t: FrozenTrial) -> str:
+    """How a trial ended, in words: 'complete', 'pruned after epoch 2', 'failed at epoch 1: loss became nan'."""
+    kept = TrialRecord.of(t)
+    if t.state == TrialState.PRUNED:
+        return f"pruned after epoch {max(t.intermediate_values)}" if t.intermediate_values else "pruned"
+    if t.state == TrialState.FAIL:
+        at = f" at epoch {kept.failed_epoch}" if kept.failed_epoch is not None else ""
+        return f"failed{at}: {kept.failure_reason or 'no reason recorded'}"
+    return t.state.name.lower()
+
+
+def failed_trials(trials: list[FrozenTrial]) -> str:
+    """The failed trials by reason (out of memory, NaN loss, interrupted...), if any failed."""
+    groups = failures_by_reason(trials)
+    if not groups:
+        return ""
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(reason)}</td><td>{len(numbers)}</td>"
+        f"<td>{', '.join(map(str, numbers))}</td></tr>"
+        for reason, numbers in groups
+    )
+    return f"<h3>Failed trials</h3><table><tr><th>reason</th><th>how many</th><th>trials</th></tr>{rows}</table>"
+
+
+def four(value: float | None) -> str:
+    """A metric as the report's tables show it; nan where the trial did not record it."""
+    return f"{value if value is not None else float('nan'):.4f}"
+
+
+def _duration(took: timedelta | None) -> str:
+    if took is None:
+        return ""
+    minutes, seconds = divmod(round(took.total_seconds()), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
