@@ -86,9 +86,11 @@ def test_one_epoch_numbering_from_the_live_lines_to_the_report(competition, tmp_
     env = competition["env"]
     live = competition["first"].stderr
     assert "trial 0 epoch 0 (1 of 2) macro-F1" in live and "trial 0 epoch 1 (2 of 2) macro-F1" in live
+    assert live.count("decoding images") == 1  # not a terminal: the decode's count once, when it is done
     study = optuna.load_study(study_name="mask-a", storage=f"sqlite:///{competition['home']}/studies.db")
     top = study.best_trial
     assert sorted(top.intermediate_values) == [0, 1]  # the dashboard's steps
+    assert study.metric_names == ["macro_f1"]  # the dashboard's name for the objective
     best_epoch = max(top.intermediate_values, key=lambda step: (top.intermediate_values[step], -step))
     shown = json.loads(search_here("best", "--study", "mask-a", env=env).stdout)
     assert shown["metrics"]["best_epoch"] == best_epoch

@@ -62,6 +62,9 @@ def test_predict_without_info_writes_labels_and_probabilities_and_tta_runs(check
     probs = np.array([[float(r[f"prob_{c}"]) for c in ("cat", "dog", "fox")] for r in rows])
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     assert all(r["class_name"] == ("cat", "dog", "fox")[int(r["label"])] for r in rows)
+    capsys.readouterr()
+    assert main([*args[:-1], "--force"]) == 0  # not quiet, and not on a terminal: no bar, its closing line only
+    assert capsys.readouterr().err.strip().splitlines() == [f"{len(names)} predictions written to {out}"]
     assert main(args) == 2  # exists: refuses without --force
     under_a_file = out / "pred.csv"
     assert main([*args[:-2], str(under_a_file), "--quiet"]) == 1
