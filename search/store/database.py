@@ -20,13 +20,22 @@ class StorageError(SearchServiceError):
     """The storage cannot be reached or used (exit code 1)."""
 
 
+# A worker's connections to a database server, at most: its storage's pool (the trial's own work,
+# the heartbeat thread, the thread that writes the trials' notes) and, while a trial starts, the
+# budget's lock. Workers × CONNECTIONS_PER_WORKER must stay under the server's max_connections.
+STORAGE_POOL = 3
+CONNECTIONS_PER_WORKER = STORAGE_POOL + 1
+
 # What a database that went away raises, directly or through Optuna.
 STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 def describe_db_error(error: BaseException) -> str:
-    """The first line of the driver's message (SQLAlchemy wraps it with SQL and a link)."""
-    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    """The first line of the driver's message (SQLAlchemy wraps it with SQL and a link), and what to
+    do where the server refused the connection for its limit."""
+    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    limit = refused_for_limit(first)
+    return f"{first}; {limit}" if limit else first
 
 
 def search_home() -> Path:
@@ -74,8 +83,24 @@ def engine_kwargs(url: str) -> dict:
         # Wait for the write lock instead of failing with "database is locked".
         return {"connect_args": {"timeout": 120}}
     driver = make_url(url).drivername
-    connect_args = {"connect_timeout": 10} if driver.startswith("postgresql") else {}
+    # named in pg_stat_activity, so that a DBA sees whose connections they are
+    connect_args = {"connect_timeout": 10, "application_name": "search"} if driver.startswith("postgresql") else {}
     return {"pool_pre_ping": True, "connect_args": connect_args}
+
+
+def refused_for_limit(message: str) -> str | None:
+    """What to do where PostgreSQL refused a connection for its limit (the server's max_connections,
+    or the role's), or None for another error."""
+    if "too many clients" in message or "remaining connection slots are reserved" in message:
+        limit = "the server's max_connections"
+    elif "too many connections for role" in message:
+        limit = "the role's connection limit"
+    else:
+        return None
+    return (
+        f"{limit} is reached (each worker holds up to {CONNECTIONS_PER_WORKER} connections): run fewer "
+        "workers, raise the limit, or put PgBouncer in front of the server (see docs/storage.md)"
+    )
 
 
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> optuna.storages.RDBStorage:
@@ -83,9 +108,10 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         try:
+            pool = {} if is_sqlite(url) else {"pool_size": STORAGE_POOL, "max_overflow": 0, "pool_timeout": 60}
             storage = optuna.storages.RDBStorage(
                 url,
-                engine_kwargs=engine_kwargs(url),
+                engine_kwargs=engine_kwargs(url) | pool,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),

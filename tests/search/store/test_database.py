@@ -1,0 +1,78 @@
+"""The storage on the real PostgreSQL server: a bounded number of connections per worker, named in
+pg_stat_activity, and a connection refused for a limit said in one line that names the limit."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import optuna
+import psycopg2
+import sqlalchemy
+from conftest import postgres_url, search_here
+
+from search.store import open_storage
+from search.store.database import CONNECTIONS_PER_WORKER, STORAGE_POOL
+
+PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test"}
+
+
+def _ours() -> int:
+    with contextlib.closing(psycopg2.connect(user="postgres", **PG)) as db, db.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'search'")
+        return cursor.fetchone()[0]
+
+
+def test_a_workers_storage_holds_a_bounded_pool_however_many_threads_use_it(tmp_path):
+    storage = open_storage(postgres_url())
+    assert (storage.engine.pool.size(), storage.engine.pool._max_overflow) == (STORAGE_POOL, 0)
+    before, most, stop = _ours(), [0], threading.Event()
+
+    def use() -> None:
+        while not stop.is_set():
+            optuna.get_all_study_summaries(storage, include_best_trial=True)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]  # more threads than the pool: they wait their turn
+    for thread in threads:
+        thread.start()
+    for _ in range(20):
+        most[0] = max(most[0], _ours() - before)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert 1 <= most[0] <= STORAGE_POOL
+    storage.engine.dispose()
+
+
+def test_a_connection_refused_for_a_limit_is_one_line_naming_the_limit(tmp_path):
+    url = postgres_url()
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.exec_driver_sql("DROP ROLE IF EXISTS search_limited")
+        db.exec_driver_sql("CREATE ROLE search_limited LOGIN CONNECTION LIMIT 1")
+    limited = "postgresql+psycopg2://search_limited@127.0.0.1:5432/test"
+    held = [psycopg2.connect(user="search_limited", **PG)]
+    try:
+        run = search_here("status", "--study", "x", "--storage", limited)
+        assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+            f'search: error: cannot open storage {limited}: connection to server at "127.0.0.1", port 5432 failed: '
+            'FATAL:  too many connections for role "search_limited"; the role\'s connection limit is reached (each '
+            f"worker holds up to {CONNECTIONS_PER_WORKER} connections): run fewer workers, raise the limit, or put "
+            "PgBouncer in front of the server (see docs/storage.md)"
+        ]
+        # the server's own limit: every slot taken, as by too many workers
+        with contextlib.suppress(psycopg2.OperationalError):
+            while True:
+                held.append(psycopg2.connect(user="postgres", **PG))
+        run = search_here("status", "--study", "x", "--storage", url)
+        assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
+        assert (
+            "too many clients already; the server's max_connections is reached (each worker holds up to" in run.stderr
+        )
+    finally:
+        for connection in held:
+            connection.close()
+        admin.dispose()  # its connection may be one that was refused
+        with admin.connect() as db:
+            db.exec_driver_sql("DROP ROLE IF EXISTS search_limited")
+        admin.dispose()
