@@ -81,3 +81,45 @@ def test_dockerfile_copies_what_exists_and_runs_search():
             assert (ROOT / path).exists(), path
     assert 'ENTRYPOINT ["search"]' in text and "pip install" in text
     assert COMPOSE["services"]["worker"]["build"] == "."
+
+
+KUBERNETES = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+
+
+def _documents() -> list[dict]:
+    return [doc for path in KUBERNETES for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_kubernetes_manifests_are_valid_for_kubernetes_1_30_and_later():
+    """Validated only (no cluster here): each document against Kubernetes' own schemas, strictly,
+    so that a misspelt or misplaced field fails as kubectl would refuse it."""
+    import kubernetes_validate
+
+    kinds = sorted(f"{doc['kind']}/{doc['metadata']['name']}" for doc in _documents())
+    assert kinds == ["Deployment/search-dashboard", "Job/search-workers", "PersistentVolumeClaim/search-artifacts",
+                     "PersistentVolumeClaim/search-data", "Service/search-dashboard"]  # fmt: skip
+    for doc in _documents():
+        for version in ("1.30.0", "1.37.0"):
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_kubernetes_pods_run_real_commands_with_the_password_in_a_file_only():
+    pods = {
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"] for doc in _documents() if "template" in doc["spec"]
+    }
+    job = next(doc for doc in _documents() if doc["kind"] == "Job")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == job["spec"]["completions"]
+    for name, pod in pods.items():
+        container = pod["containers"][0]
+        args = build_parser().parse_args(container["command"][1:])
+        assert container["command"][0] == "search" and find_study_file(args.study).is_file()
+        env = {e["name"]: e["value"] for e in container["env"]}
+        storage = env["SEARCH_STORAGE"]
+        assert storage.startswith("postgresql+psycopg2://search@")  # no password in the URL, nor in any variable
+        secret = next(v["secret"] for v in pod["volumes"] if "secret" in v)
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "password")
+        assert env["PGPASSFILE"] == f"{mount['mountPath']}/{secret['items'][0]['path']}"
+        assert secret["defaultMode"] == 0o400, name  # libpq ignores a password file that others can read
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        assert "search-artifacts" in claims and env["SEARCH_ARTIFACTS"] == "/artifacts"
+    assert pods["search-workers"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
