@@ -42,7 +42,7 @@ def importance(study: optuna.Study) -> dict[str, float] | str:
             found = optuna.importance.get_param_importances(study, params=shared, evaluator=evaluator)
         except (ValueError, RuntimeError) as error:  # e.g. a single distinct value of every parameter
             return f"not shown: {error}"
-    if not found or len(set(found.values())) == 1:
+    if not found or (len(found) > 1 and len(set(found.values())) == 1):
         return "not shown: the parameters' values do not tell the trials apart yet"
     return found
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,10 @@ def check_hub(name: str) -> None:
     from huggingface_hub import constants
     from timm.models import get_pretrained_cfg
 
-    pretrained = get_pretrained_cfg(name)
+    try:
+        pretrained = get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not know: create_model says so, in one line
+        return
     if pretrained is None or not pretrained.hf_hub_id:
         return  # weights from a URL: torch's download says what went wrong
     cached = _cached_hub_file(pretrained.to_dict())
@@ -119,12 +123,16 @@ def _unanswered(endpoint: str) -> str | None:
     """Why the hub at ``endpoint`` cannot be reached from here (no route, no name, no answer within
     ``HUB_SECONDS``, the name's lookup included), or None when it answers."""
     url = urllib.parse.urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host or ""):  # reached through the proxy, as huggingface_hub does
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname, via.port or 80
     outcome: list[str | None] = []
 
     def connect() -> None:
         try:
-            socket.create_connection((url.hostname, port), timeout=HUB_SECONDS).close()
+            socket.create_connection((host, port), timeout=HUB_SECONDS).close()
             outcome.append(None)
         except OSError as error:
             outcome.append(f"the model hub {endpoint} cannot be reached ({error.strerror or error})")

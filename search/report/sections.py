@@ -70,7 +70,8 @@ def every_trial(trials: list[FrozenTrial], limit: int = 200) -> str:
                  "" if value is None else f"{value:.4f}"]  # fmt: skip
         row = "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
         rows.append(f"<tr>{row}<td style='text-align:left'>{html.escape(ended(t))}</td></tr>")
-    more = f"<p>The latest {limit} of {len(trials)} trials.</p>" if len(shown) < len(trials) else ""
+    started = sum(t.state != TrialState.WAITING for t in trials)
+    more = f"<p>The latest {limit} of {started} trials.</p>" if len(shown) < started else ""
     return f"{more}<table>{head}{''.join(rows)}</table>"
 
 

@@ -128,12 +128,18 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, ga
     return study.tell(trial, outcome.value, outcome.state)
 
 
+MAX_REQUEUES = 3  # as many times as a killed worker's trial is retried
+
+
 def queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
     """An interrupted trial that came from the queue (a study's known-good ``enqueue``) is queued
-    again with the same params, as a killed worker's trial is: the next run tries it."""
-    queued = trial.storage.get_trial_system_attrs(trial_id(trial)).get("fixed_params")
-    if queued:
-        study.enqueue_trial(queued, skip_if_exists=False)
+    again with the same params, as a killed worker's trial is, up to ``MAX_REQUEUES`` times: the
+    next run tries it. Its retries are recorded as Optuna records a failed trial's (``retry_history``)."""
+    attrs = trial.storage.get_trial_system_attrs(trial_id(trial))
+    history = [*attrs.get("retry_history", []), trial.number]
+    if attrs.get("fixed_params") and len(history) <= MAX_REQUEUES:
+        retry = {"fixed_params": attrs["fixed_params"], "failed_trial": history[0], "retry_history": history}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=retry))
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -10,12 +10,11 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import TrialState
 
 from search.console import say_data_notes
 from search.run.options import RunOptions
 from search.run.progress import Progress
-from search.store import STORAGE_ERRORS, AtomicArtifactStore, open_storage
+from search.store import AtomicArtifactStore, open_storage
 from search.study.distributions import fit_space, recorded_distributions
 from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
 from search.study.pruners import build_pruner
@@ -50,34 +49,23 @@ def open_and_say(spec: Study, options: RunOptions, progress: Progress) -> OpenRu
 
 def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
     """The artifact folder (before the decode, so it is answered at once), the device (one this
-    machine lacks), the study (a space its trials cannot take, another setup than it was made
-    with), the data's listing (a wrong root is answered before the hub's time-outs), the pretrained
-    weights (fetched once into the machine's cache; a hub out of reach), the data (decoded once,
-    into the machine's cache)."""
+    machine lacks), the study, read only (a space its trials cannot take, another setup than it was
+    made with), the data's listing (a wrong root is answered before the hub's time-outs), the
+    pretrained weights (fetched once into the machine's cache; a hub out of reach), the data (decoded
+    once, into the machine's cache); only then is the study made, so a run that cannot start leaves
+    nothing behind, and takes nothing from the runs that start with it."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
     storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
-    made = spec.name not in optuna.get_all_study_names(storage)
-    spec, study = create_study(spec, options, storage)
+    spec = check_study(spec, storage)
     try:
-        try:
-            dataset = load_source(spec.data)
-        except DataError as error:  # named as the user set it: MASK_DATA (data.root)
-            raise DataError(str(error).replace("data.root", spec.named("data.root"), 1)) from None
-        fetch_weights(spec.model)
-        data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
-    except BaseException:
-        if made:  # a run that could not start leaves no empty study behind
-            _delete_if_empty(study, storage)
-        raise
+        dataset = load_source(spec.data)
+    except DataError as error:  # named as the user set it: MASK_DATA (data.root)
+        raise DataError(str(error).replace("data.root", spec.named("data.root"), 1)) from None
+    fetch_weights(spec.model)
+    data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
+    spec, study = create_study(spec, options, storage)
     return OpenRun(spec, store, study, data)
-
-
-def _delete_if_empty(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
-    """The study this run made, unless a trial of it started meanwhile (another run's)."""
-    with contextlib.suppress(*STORAGE_ERRORS, KeyError):
-        if all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-            optuna.delete_study(study_name=study.study_name, storage=storage)
 
 
 def check_run(run: OpenRun) -> OpenRun:
@@ -88,12 +76,19 @@ def check_run(run: OpenRun) -> OpenRun:
     return run
 
 
-def create_study(spec: Study, options: RunOptions, storage: optuna.storages.BaseStorage) -> tuple[Study, optuna.Study]:
-    """Create the study or load it by name; record its spec once; queue the known-good configs.
-    Returns the spec with its space as the study's earlier trials can take it (``fit_space``):
-    refused before anything is written where they cannot."""
+def check_study(spec: Study, storage: optuna.storages.BaseStorage) -> Study:
+    """The spec with its space as the study's earlier trials can take it (``fit_space``), if the
+    study exists and was made with this setup; read only: refused before anything is written."""
     space = fit_space(spec.name, recorded_distributions(storage, spec.name), spec.space)
     spec = spec.model_copy(update={"space": space})
+    with contextlib.suppress(KeyError):  # a new study: nothing to compare with
+        _same_setup(spec, optuna.load_study(study_name=spec.name, storage=storage).user_attrs)
+    return spec
+
+
+def create_study(spec: Study, options: RunOptions, storage: optuna.storages.BaseStorage) -> tuple[Study, optuna.Study]:
+    """Create the study or load it by name; record its spec once (another run may have made it
+    since ``check_study``: its setup is checked again); queue the known-good configs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental samplers and options
         study = optuna.create_study(
@@ -108,16 +103,23 @@ def create_study(spec: Study, options: RunOptions, storage: optuna.storages.Base
             study.set_metric_names(["macro_f1"])
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
-    elif changes := changed_setup(json.loads(study.user_attrs[SPEC_ATTR]), spec):
+    _same_setup(spec, study.user_attrs)
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return spec, study
+
+
+def _same_setup(spec: Study, attrs: dict) -> None:
+    """Refuse a run whose setup is not the one the study recorded (its trials would not compare)."""
+    recorded = attrs.get(SPEC_ATTR)
+    changes = changed_setup(json.loads(recorded), spec) if recorded is not None else []
+    if changes:
         then = ", ".join(f"{key}={_clipped(before)}" for key, before, _ in changes[:3])
         now = ", ".join(f"{key}={_clipped(after)}" for key, _, after in changes[:3])
         raise ConfigError(
             f"study '{spec.name}' was made with {then}; this run has {now}, and its trials would not compare "
             f"with the study's earlier ones. Put these back, run the change {as_new_study(spec.name)}"
         )
-    for params in spec.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
-    return spec, study
 
 
 def _clipped(value: object, limit: int = 60) -> str:

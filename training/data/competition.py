@@ -51,6 +51,7 @@ def images_folder(root: Path) -> Path:
     """The folder of people's folders: ``root/images``, or ``root`` itself when it holds them and
     nothing above it has a ``train.csv``. A root one level off is refused, naming the one to give:
     the ``images`` folder beside a ``train.csv`` (whose corrected rows would be lost), or one person's folder."""
+    root = root.resolve()
     if (root / "images").is_dir():
         return root / "images"
     if _person(root.name) is not None:
@@ -59,7 +60,7 @@ def images_folder(root: Path) -> Path:
             f"data.root {root} is one person's folder; give the competition's root, {above}, which holds images/ "
             f"(the layout is {LAYOUT})"
         )
-    if (root.parent / "train.csv").is_file():
+    if not (root / "train.csv").is_file() and (root.parent / "train.csv").is_file():
         raise DataError(
             f"data.root {root} is the images folder, and the train.csv beside it (its corrected labels) would be "
             f"ignored; give its parent, {root.parent} (the layout is {LAYOUT})"

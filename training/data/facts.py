@@ -89,7 +89,7 @@ class DataFacts:
             raw["left_out"] = tuple(LeftOut(k["kind"], tuple(k["first"]), k["count"]) for k in raw.get("left_out", ()))
             raw["class_names"], raw["val_per_class"] = tuple(raw["class_names"]), tuple(raw["val_per_class"])
             return cls(**raw)
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, AttributeError):
             return None
 
     def summary(self) -> str:

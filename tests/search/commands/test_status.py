@@ -142,6 +142,17 @@ def test_status_shows_no_importance_before_enough_trials_finished(tmp_path, monk
     assert out.startswith("study lr-sweep: 3 trials\n")  # made by plain Optuna: no spec to say what it trains
 
 
+def test_status_ranks_the_one_parameter_of_a_space_of_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    study = optuna.create_study(study_name="lr-only", storage=f"sqlite:///{tmp_path}/studies.db")
+    for i in range(6):
+        study.add_trial(
+            optuna.trial.create_trial(params={"lr": 1e-3 * (i + 1)}, distributions={"lr": LR}, value=i / 10)
+        )
+    assert main(["status", "--study", "lr-only"]) == 0
+    assert re.search(r"parameter importance \(PED-ANOVA, as in the dashboard\):\n +lr 1\.000", capsys.readouterr().out)
+
+
 def test_status_says_why_it_shows_no_importance_where_every_trial_scored_the_same(tmp_path, monkeypatch, capsys):
     """Trials that all learned nothing score alike: equal bars would read as a finding."""
     monkeypatch.setenv("SEARCH_HOME", str(tmp_path))

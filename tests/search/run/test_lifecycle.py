@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -363,6 +364,31 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
     assert reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert alive_at_release[0] is False  # released after the failed run's frames were gone, not before
     assert not (tmp_path / "work").exists()  # its checkpoint went with its folder
+
+
+def test_the_hub_is_probed_through_the_proxy_huggingface_hub_would_use(monkeypatch):
+    from training.models import _unanswered
+
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert _unanswered("https://hub.invalid") is None  # the proxy answers for a hub this machine cannot name
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert "https://hub.invalid cannot be reached (Connection refused)" in _unanswered("https://hub.invalid")
+
+
+def test_an_interrupted_queued_trial_is_queued_again_three_times_at_most(tmp_path):
+    from search.run.lifecycle import MAX_REQUEUES, queue_again
+
+    study = optuna.create_study(study_name="q", storage=f"sqlite:///{tmp_path}/studies.db", direction="maximize")
+    study.enqueue_trial(KNOWN_PARAMS)
+    tried = []
+    while any(t.state == TrialState.WAITING for t in study.trials):
+        trial = study.ask()
+        tried.append(trial.suggest_float("lr", 1e-5, 1.0, log=True))  # the queued trial's own learning rate
+        study.tell(trial, state=TrialState.FAIL)
+        queue_again(study, trial)
+    assert tried == [KNOWN_PARAMS["lr"]] * (1 + MAX_REQUEUES)
+    assert study.trials[-1].system_attrs["retry_history"] == [0, 1, 2]
 
 
 def test_weights_in_the_cache_are_read_at_once_where_the_hub_does_not_answer(tmp_path, hub_cache, monkeypatch):

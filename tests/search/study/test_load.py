@@ -70,6 +70,11 @@ BAD_STUDIES = [
     ("unknown model", _set("model.name", "resnet9000"), "unknown timm model 'resnet9000'"),
     ("misspelt model", _set("model.name", "convnext_tinyy"), "'convnext_tinyy' (did you mean convnext_tiny,"),
     ("a letter for a digit", _set("model.name", "efficientnet_bO"), "(did you mean efficientnet_b0, "),
+    (
+        "an unknown tag",
+        _set("model.name", "test_resnet.bogus"),
+        "model.name = 'test_resnet.bogus': timm has no weights tagged 'bogus' for test_resnet; its tags: r160_in1k",
+    ),
     # a ViT takes only the size it was built for: said here, not by every trial's first batch
     (
         "fixed input size",

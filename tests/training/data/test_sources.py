@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_data_of_one_class_is_refused_in_one_line(folder_dataset, tmp_path):
         load_source(DataConfig(source="csv", root=tmp_path / "labels.csv"))
 
 
-def test_a_competition_root_one_level_off_is_refused_naming_the_folder_to_give(competition_root):
+def test_a_competition_root_one_level_off_is_refused_naming_the_folder_to_give(competition_root, monkeypatch):
     (competition_root / "train.csv").write_text("id,gender,race,age,path\n000000,male,Asian,20,000000_male_Asian_20\n")
     images = competition_root / "images"
     beside = f"is the images folder, and the train.csv beside it (its corrected labels) would be ignored; give its parent, {competition_root}"  # noqa: E501
@@ -160,6 +161,11 @@ def test_a_competition_root_one_level_off_is_refused_naming_the_folder_to_give(c
         competition_layout(images / "000000_male_Asian_20", (30, 60))
     (competition_root / "train.csv").unlink()  # an images folder with nothing above it: its folder names say it all
     assert len(competition_layout(images, (30, 60)).paths) == 12 * 7
+    # a root with its own train.csv is the root, whatever lies above it; "." too
+    (competition_root / "train.csv").write_text("id,gender,race,age,path\n000000,male,Asian,20,000000_male_Asian_20\n")
+    (competition_root.parent / "train.csv").write_text("somebody else's\n")
+    monkeypatch.chdir(competition_root)
+    assert len(competition_layout(Path("."), (30, 60)).paths) == 7
     (competition_root / "empty" / "images").mkdir(parents=True)
     layout = r"no images found in .*, which should hold <root>/images/<id>_<gender>_<race>_<age>/mask1.jpg"
     with pytest.raises(DataError, match=layout):
@@ -193,3 +199,4 @@ def test_the_facts_name_people_the_split_and_every_item_left_out_by_kind(competi
     assert "left out: 2 x unlisted folder (not listed in train.csv)" in text
     assert any("skipping unreadable image" in note and "mask2" in note for note in prepared.notes)
     assert type(facts).from_json(facts.to_json()) == facts
+    assert [type(facts).from_json(text) for text in ("null", "[1]", "{}", None)] == [None] * 4
