@@ -76,12 +76,12 @@ COLLAPSED = 0.9  # a model that predicts one class for this share of the images 
 def collapsed(confusion: Sequence[Sequence[int]] | None) -> tuple[int, float] | None:
     """(class, share of the images) where a confusion matrix (rows true, columns predicted) puts
     ``COLLAPSED`` of them or more in one predicted class, 5 points above its true share; else None."""
-    if not confusion:
-        return None
-    predicted = [sum(column) for column in zip(*confusion)]
+    predicted = [sum(column) for column in zip(*confusion or ())]
     total = sum(predicted)
-    top = max(range(len(predicted)), key=predicted.__getitem__) if total else 0
-    share, true_share = (predicted[top] / total, sum(confusion[top]) / total) if total else (0.0, 0.0)
+    if not total:
+        return None
+    top = max(range(len(predicted)), key=predicted.__getitem__)
+    share, true_share = predicted[top] / total, sum(confusion[top]) / total
     return (top, share) if share >= COLLAPSED and share >= true_share + 0.05 else None
 
 

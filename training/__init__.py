@@ -35,7 +35,8 @@ from training.config import (  # noqa: E402 - after the variable albumentations 
 )
 from training.data.competition import PARTS, competition_class_names, part_labels  # noqa: E402
 from training.data.facts import DataFacts  # noqa: E402
-from training.data.sources import IMAGE_EXTENSIONS, cache_folder, default_cache_dir, load_source  # noqa: E402
+from training.data.listing import IMAGE_EXTENSIONS  # noqa: E402
+from training.data.sources import cache_folder, default_cache_dir, load_source  # noqa: E402
 from training.errors import (  # noqa: E402
     ConfigError,
     DataError,

@@ -137,8 +137,8 @@ class ModelConfig(Frozen):
             hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
             raise ValueError(f"unknown timm model '{name}' ({hint})")
         arch, _, tag = name.partition(".")
-        if tag and f"{arch}.{tag}" not in timm.list_pretrained(f"{arch}.*"):
-            tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{arch}.*")]
+        tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{arch}.*")] if tag else []
+        if tag and tag not in tags:
             raise ValueError(f"timm has no weights tagged '{tag}' for {arch}; its tags: {', '.join(tags) or 'none'}")
         return name
 

@@ -74,14 +74,8 @@ def _curves(top: list[FrozenTrial]) -> list[tuple[str, list[float | None], list[
     """(label, training loss per epoch, validation macro-F1 per epoch) of each of the ``top`` trials."""
     curves = []
     for t in top:
-        losses = TrialRecord.of(t).epoch_train_loss or []
-        curves.append(
-            (
-                f"trial {t.number}, {t.value:.3f}",
-                losses,
-                [t.intermediate_values[s] for s in sorted(t.intermediate_values)],
-            )
-        )
+        f1s = [t.intermediate_values[step] for step in sorted(t.intermediate_values)]
+        curves.append((f"trial {t.number}, {t.value:.3f}", TrialRecord.of(t).epoch_train_loss or [], f1s))
     return curves
 
 

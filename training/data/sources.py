@@ -18,7 +18,7 @@ import numpy as np
 
 from training.config import DataConfig
 from training.data.competition import LAYOUT, competition_layout
-from training.data.listing import IMAGE_EXTENSIONS, Dataset, existing_dir, visible
+from training.data.listing import Dataset, existing_dir, is_image, visible
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,7 @@ def image_folder(root: Path | None) -> Dataset:
     paths: list[str] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(
-            str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and visible(p) and p.is_file()
-        )
+        files = sorted(str(p) for p in class_dir.rglob("*") if is_image(p))
         if not files:
             raise DataError(f"class folder {class_dir} has no images; remove it or add images")
         paths += files
