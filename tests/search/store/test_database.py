@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import optuna
 import psycopg2
@@ -60,7 +61,11 @@ def test_a_connection_refused_for_a_limit_is_one_line_naming_the_limit(tmp_path)
             f"worker holds up to {CONNECTIONS_PER_WORKER} connections): run fewer workers, raise the limit, or put "
             "PgBouncer in front of the server (see docs/storage.md)"
         ]
-        # the server's own limit: every slot taken, as by too many workers
+        # the server's own limit: every slot taken, as by too many workers (once the workers of
+        # earlier tests have gone: one of them leaving would free a slot)
+        deadline = time.monotonic() + 60
+        while _ours() and time.monotonic() < deadline:
+            time.sleep(0.2)
         with contextlib.suppress(psycopg2.OperationalError):
             while True:
                 held.append(psycopg2.connect(user="postgres", **PG))
