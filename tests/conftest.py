@@ -20,6 +20,9 @@ from training import TrainConfig, models
 from training.data import cache as decode_cache
 from training.data import prepare
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from pgbouncer_here import pgbouncer, pgbouncer_binary  # noqa: E402
+
 PG_URL = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
@@ -153,6 +156,16 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return PG_URL
+
+
+@pytest.fixture(scope="session")
+def bouncer_url():
+    """The real PostgreSQL server through a real PgBouncer (Debian's), transaction pooling, with the
+    shipped deploy/pgbouncer/pgbouncer.ini's pool settings; shared by the tests of that path."""
+    if pgbouncer_binary() is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("needs Debian's pgbouncer (CI installs it)")
+    with pgbouncer(postgres_url()) as url:
+        yield url
 
 
 # A stand-in for nvidia-cuda-mps-control (no GPU here) that speaks its protocol: -f serves a

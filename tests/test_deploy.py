@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from search.cli import build_parser
 from search.study import find_study_file
@@ -33,7 +35,7 @@ def _expand(text: str) -> str:
 
 def test_services_postgres_dashboard_and_gpu_workers_on_every_gpu():
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "dashboard", "worker"}
+    assert set(services) == {"postgres", "pgbouncer", "dashboard", "worker"}
     postgres = services["postgres"]
     assert "healthcheck" in postgres and any("/var/lib/postgresql/data" in v for v in postgres["volumes"])
     worker = services["worker"]
@@ -45,7 +47,7 @@ def test_services_postgres_dashboard_and_gpu_workers_on_every_gpu():
     assert args.trials_per_gpu == int(ENV_EXAMPLE["TRIALS_PER_GPU"]) == 1
     assert args.mps  # packed workers (TRIALS_PER_GPU > 1) run under the container's own MPS daemon
     assert "ports" not in worker
-    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert set(worker["depends_on"]) == {"pgbouncer"}  # the database only through PgBouncer
     shared = {v.split(":")[0] for v in worker["volumes"]} & {v.split(":")[0] for v in services["dashboard"]["volumes"]}
     assert "artifacts" in shared  # the dashboard serves the checkpoints the workers store
 
@@ -57,7 +59,35 @@ def test_commands_are_real_search_commands_on_real_studies(service):
     args = build_parser().parse_args([_expand(a) for a in spec["command"]])
     assert args.command in ("run", "dashboard")
     assert find_study_file(args.study).is_file()
-    assert _expand(spec["environment"]["SEARCH_STORAGE"]).startswith("postgresql+psycopg2://search:")
+    storage = make_url(_expand(spec["environment"]["SEARCH_STORAGE"]))
+    assert (storage.username, storage.host, storage.port, storage.database) == ("search", "pgbouncer", 6432, "search")
+
+
+SHIPPED = configparser.ConfigParser(inline_comment_prefixes=(";",))
+SHIPPED.read(ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini")
+POOL = ("pool_mode", "max_client_conn", "default_pool_size", "reserve_pool_size")
+
+
+def _pgbouncer_env(env: dict) -> dict:
+    """The PgBouncer image's variables, as the settings of pgbouncer.ini they set."""
+    return {key: str(env[key.upper()]) for key in POOL}
+
+
+def test_pgbouncer_in_compose_and_kubernetes_has_the_shipped_pool_settings_in_transaction_mode():
+    shipped = {key: SHIPPED["pgbouncer"][key] for key in POOL}
+    assert shipped["pool_mode"] == "transaction"
+    compose = COMPOSE["services"]["pgbouncer"]
+    assert _pgbouncer_env(compose["environment"]) == shipped
+    assert compose["environment"]["LISTEN_PORT"] == "6432" and compose["environment"]["DB_HOST"] == "postgres"
+    assert int(compose["ulimits"]["nofile"]["soft"]) > int(shipped["max_client_conn"])
+    deployment = next(
+        d for d in _documents() if d["metadata"]["name"] == "search-pgbouncer" and d["kind"] == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert _pgbouncer_env(env) == shipped and env["DB_PASSWORD"] is None  # from the Secret, not the file
+    password = next(e for e in container["env"] if e["name"] == "DB_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert password == {"name": "search-db", "key": "password"}
 
 
 def test_password_comes_from_the_environment_never_the_file():
@@ -96,8 +126,9 @@ def test_kubernetes_manifests_are_valid_for_kubernetes_1_30_and_later():
     import kubernetes_validate
 
     kinds = sorted(f"{doc['kind']}/{doc['metadata']['name']}" for doc in _documents())
-    assert kinds == ["Deployment/search-dashboard", "Job/search-workers", "PersistentVolumeClaim/search-artifacts",
-                     "PersistentVolumeClaim/search-data", "Service/search-dashboard"]  # fmt: skip
+    assert kinds == ["Deployment/search-dashboard", "Deployment/search-pgbouncer", "Job/search-workers",
+                     "PersistentVolumeClaim/search-artifacts", "PersistentVolumeClaim/search-data",
+                     "Service/search-dashboard", "Service/search-pgbouncer"]  # fmt: skip
     for doc in _documents():
         for version in ("1.30.0", "1.37.0"):
             kubernetes_validate.validate(doc, version, strict=True)
@@ -105,8 +136,12 @@ def test_kubernetes_manifests_are_valid_for_kubernetes_1_30_and_later():
 
 def test_kubernetes_pods_run_real_commands_with_the_password_in_a_file_only():
     pods = {
-        doc["metadata"]["name"]: doc["spec"]["template"]["spec"] for doc in _documents() if "template" in doc["spec"]
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"]
+        for doc in _documents()
+        if "template" in doc["spec"]
+        and doc["spec"]["template"]["spec"]["containers"][0].get("command", [""])[0] == "search"
     }
+    assert set(pods) == {"search-workers", "search-dashboard"}
     job = next(doc for doc in _documents() if doc["kind"] == "Job")
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == job["spec"]["completions"]
     for name, pod in pods.items():
@@ -115,7 +150,7 @@ def test_kubernetes_pods_run_real_commands_with_the_password_in_a_file_only():
         assert container["command"][0] == "search" and find_study_file(args.study).is_file()
         env = {e["name"]: e["value"] for e in container["env"]}
         storage = env["SEARCH_STORAGE"]
-        assert storage.startswith("postgresql+psycopg2://search@")  # no password in the URL, nor in any variable
+        assert storage == "postgresql+psycopg2://search@search-pgbouncer:6432/search"  # no password, through PgBouncer
         secret = next(v["secret"] for v in pod["volumes"] if "secret" in v)
         mount = next(m for m in container["volumeMounts"] if m["name"] == "password")
         assert env["PGPASSFILE"] == f"{mount['mountPath']}/{secret['items'][0]['path']}"

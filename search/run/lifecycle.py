@@ -26,8 +26,8 @@ from search.run.progress import Progress
 from search.run.scratch import scratch_folder
 from search.store import STORAGE_ERRORS, AtomicArtifactStore, redact, stop_requests
 from search.store.artifacts import remove
-from search.store.budget import Next, TrialGate, next_step, state_counts
-from search.store.optuna_private import trial_id
+from search.store.budget import Next, TrialGate, next_step
+from search.store.optuna_private import trial_counts, trial_id
 from search.study.schema import Study
 from training import SearchServiceError
 
@@ -67,7 +67,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                 progress.line(f"study '{study.study_name}' was asked to stop (search stop): no new trial here")
                 return
             fail_stale_trials(study)  # a killed worker's trial turns FAIL, and its params are queued again
-            counts = state_counts(study)
+            counts = trial_counts(study)
             step = next_step(counts, options.n_trials)
             if step is Next.DONE:
                 if not started and options.worker_index == 0:

@@ -7,14 +7,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import random
+import time
 from collections import Counter
 from enum import Enum
 
-import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from search.store.database import engine_kwargs
+
+# Seconds between tries of a lock another worker holds: random up to a bound that doubles, to this.
+FIRST_PAUSE, MAX_PAUSE = 0.02, 0.5
 
 
 class Next(Enum):
@@ -23,10 +27,6 @@ class Next(Enum):
     START = "start"  # a trial is left to start
     WAIT = "wait"  # the rest is running: wait in case one of them fails
     DONE = "done"  # the study has all its finished trials
-
-
-def state_counts(study: optuna.Study) -> Counter:
-    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
 def next_step(counts: Counter, n_trials: int) -> Next:
@@ -41,8 +41,12 @@ class TrialGate:
     """A lock shared by every worker of a study, held from "may I start a trial?" until it started.
 
     Counting the finished and running trials and creating the next one must be one step, or two
-    workers could both take the last trial. PostgreSQL: an advisory lock on its own connection;
-    SQLite: a file lock beside the database file. Other databases fall back to no lock.
+    workers could both take the last trial. SQLite: a file lock beside the database file. PostgreSQL:
+    an advisory lock of a transaction kept open on a connection of its own, so that it holds through
+    PgBouncer's transaction pooling too (a session's lock would stay on a server connection that
+    PgBouncer hands to another client). It is tried, not waited for: a worker waiting on the server
+    would keep one of PgBouncer's few server connections from the worker that holds the lock and
+    needs one to start its trial. Other databases fall back to no lock.
     """
 
     def __init__(self, url: str, study_name: str) -> None:
@@ -58,15 +62,30 @@ class TrialGate:
         if self._held is not None:
             return
         if self._engine is not None:
-            connection = self._engine.connect()
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-            self._held = connection
+            self._held = self._transaction_lock()
         elif self.driver.startswith("sqlite") and make_url(self.url).database:
             handle = open(f"{make_url(self.url).database}.lock", "a")  # noqa: SIM115 - held until release
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._held = handle
         else:
             self._held = True
+
+    def _transaction_lock(self) -> sqlalchemy.engine.Connection:
+        """The study's advisory lock, taken in a transaction left open on a connection of its own;
+        tried again after a random pause that grows to ``MAX_PAUSE`` while another worker holds it."""
+        connection = self._engine.connect()
+        try:
+            pause = FIRST_PAUSE
+            while not connection.execute(
+                sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self.key}
+            ).scalar():
+                connection.rollback()  # no transaction held open while waiting
+                time.sleep(random.uniform(0, pause))
+                pause = min(pause * 2, MAX_PAUSE)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def release(self) -> None:
         """Idempotent: released as soon as the trial exists, and again when the step ends, to be sure."""
@@ -75,7 +94,7 @@ class TrialGate:
             return
         if isinstance(held, sqlalchemy.engine.Connection):
             with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
-                held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                held.rollback()  # the transaction ends, and its lock with it
             held.close()
         else:
             fcntl.flock(held, fcntl.LOCK_UN)

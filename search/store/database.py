@@ -89,12 +89,17 @@ def engine_kwargs(url: str) -> dict:
 
 
 def refused_for_limit(message: str) -> str | None:
-    """What to do where PostgreSQL refused a connection for its limit (the server's max_connections,
-    or the role's), or None for another error."""
+    """What to do where a connection was refused for a limit (PostgreSQL's max_connections, a role's
+    limit, PgBouncer's max_client_conn), or None for another error."""
     if "too many clients" in message or "remaining connection slots are reserved" in message:
         limit = "the server's max_connections"
     elif "too many connections for role" in message:
         limit = "the role's connection limit"
+    elif "max_client_conn" in message:
+        return (
+            f"PgBouncer's max_client_conn is reached (each worker holds up to {CONNECTIONS_PER_WORKER} connections): "
+            "run fewer workers or raise max_client_conn in pgbouncer.ini (see docs/storage.md)"
+        )
     else:
         return None
     return (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,3 +120,22 @@ def stale_trial_numbers(storage: optuna.storages.BaseStorage, study_name: str) -
         return set()
     study = backend.get_study_id_from_name(study_name)
     return {backend.get_trial_number_from_id(trial) for trial in backend._get_stale_trial_ids(study)}
+
+
+def trial_counts(study: optuna.Study) -> Counter:
+    """The study's trials by state name, counted by the database: the budget asks this of every
+    trial start, under its lock, and Optuna's own ``get_trials`` reads every running trial whole
+    (with its params, attributes and reports) each time, which grows with the workers. Without the
+    private names, counted from ``get_trials``."""
+    storage = getattr(study, "_storage", None)
+    backend = rdb_storage(storage) if storage is not None else None
+    if backend is None or MISSING:
+        return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    table = models.TrialModel
+    with _create_scoped_session(backend.scoped_session) as session:
+        rows = session.execute(
+            sqlalchemy.select(table.state, sqlalchemy.func.count())
+            .where(table.study_id == study_id(study, backend))
+            .group_by(table.state)
+        ).all()
+    return Counter({state.name: count for state, count in rows})

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -35,19 +36,22 @@ def _start(home: Path, *args: str, quiet: bool = True) -> subprocess.Popen:
 
 
 def _wait_mid_training(
-    url: str, process: subprocess.Popen, need_finished: int, need_running: int = 1, limit: float = 120
-) -> None:
-    """Until ``need_running`` trials are RUNNING with an epoch reported (so inside a later epoch)."""
+    url: str, process: subprocess.Popen, need_finished: int, need_running: int = 1, limit: float = 120,
+    name: str = "lr-sweep", need_retried: bool = False,
+) -> None:  # fmt: skip
+    """Until ``need_running`` trials are RUNNING with an epoch reported (so inside a later epoch)
+    and, with ``need_retried``, one of them is a failed trial's retry."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
         try:
-            trials = optuna.load_study(study_name="lr-sweep", storage=url).get_trials(deepcopy=False)
+            trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
         except (KeyError, Exception):
             trials = []
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        if finished >= need_finished and len(running) >= need_running:
+        retried = any("failed_trial" in t.system_attrs for t in running)
+        if finished >= need_finished and len(running) >= need_running and (retried or not need_retried):
             return
         time.sleep(0.05)
     raise AssertionError("no trial reached mid-training in time")
@@ -102,6 +106,42 @@ def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_
                         "--set", "pruner={name: none}", env={"SEARCH_HOME": str(tmp_path)})  # fmt: skip
     assert later.returncode == 0, later.stderr[-2000:]
     assert len(optuna.load_study(study_name="lr-sweep", storage=url).trials) == len(trials) + 1
+
+
+def test_through_pgbouncer_a_killed_workers_trial_is_retried_and_stop_reaches_every_worker(tmp_path, bouncer_url):
+    """The storage path past the connection limit, end to end: workers on one PostgreSQL study
+    through PgBouncer's transaction pooling (the budget's lock included), a SIGKILLed worker's trial
+    failed by its missing heartbeats and retried by another worker, then ``search stop``."""
+    name = f"pgb-{uuid.uuid4().hex[:8]}"
+    args = ["--storage", bouncer_url, "--set", f"name={name}", "--n-trials", "30", "--set", "train.epochs=8",
+            "--set", "pruner={name: none}"]  # fmt: skip
+    try:
+        first = _start(tmp_path, *args)
+        _wait_mid_training(bouncer_url, first, need_finished=0, name=name)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        trials = optuna.load_study(study_name=name, storage=bouncer_url).trials
+        killed = [t for t in trials if t.state == TrialState.RUNNING]
+        assert len(killed) == 1
+
+        run = _start(tmp_path, *args, "--workers", "2", quiet=False)
+        _wait_mid_training(bouncer_url, run, need_finished=0, need_running=2, name=name, need_retried=True)
+        stop = search_here("stop", "--study", name, "--storage", bouncer_url, env={"SEARCH_HOME": str(tmp_path)})
+        stopped_at = time.time()
+        assert stop.returncode == 0 and "finish the 2 running first" in stop.stderr, stop.stderr
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err[-2000:]
+        assert err.count("was asked to stop (search stop): no new trial here") == 2, err[-2000:]
+
+        trials = {t.number: t for t in optuna.load_study(study_name=name, storage=bouncer_url).trials}
+        assert trials[killed[0].number].state == TrialState.FAIL
+        retry = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed[0].number]
+        assert len(retry) == 1 and retry[0].params == killed[0].params and retry[0].state == TrialState.COMPLETE
+        others = [t for t in trials.values() if t.number != killed[0].number]
+        assert [t.state for t in others] == [TrialState.COMPLETE] * len(others)  # both running trials finished
+        assert all(t.datetime_start.timestamp() < stopped_at for t in others)  # and none started after the stop
+    finally:
+        optuna.delete_study(study_name=name, storage=postgres_url())
 
 
 KNOWN_PARAMS = {"lr": 0.01, "scheduler": "cosine", "loss": "cross_entropy", "accumulation_steps": 1}

@@ -57,8 +57,8 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
         assert (tmp_path / "tmp" / f"search-cache-{os.getuid()}" / "decoded").is_dir()
 
 
-def test_eight_workers_share_one_study_on_postgresql(tmp_path):
-    url = postgres_url()
+def test_eight_workers_share_one_study_on_postgresql_through_pgbouncer(tmp_path, bouncer_url):
+    url = bouncer_url  # transaction pooling: the budget's lock and heartbeats go through it too
     name = f"pg-{uuid.uuid4().hex[:8]}"
     env = {"SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
     try:
@@ -72,7 +72,7 @@ def test_eight_workers_share_one_study_on_postgresql(tmp_path):
         assert len({t.user_attrs["worker"] for t in study.trials}) >= 4  # the trials really were shared
         assert len({t.user_attrs.get("seed") for t in finished}) == 1
     finally:
-        optuna.delete_study(study_name=name, storage=url)
+        optuna.delete_study(study_name=name, storage=postgres_url())
 
 
 def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The study-wide budget and its lock, on SQLite's lock file and PostgreSQL's advisory lock."""
+"""The study-wide budget and its lock, on SQLite's lock file and PostgreSQL's advisory lock, directly
+and through PgBouncer."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def test_the_budget_counts_finished_and_running_trials(counts, expected):
     assert next_step(Counter(counts), 4) is expected
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
 def url(request, tmp_path) -> str:
+    if request.param == "pgbouncer":  # transaction pooling: the lock lives in a transaction kept open
+        return request.getfixturevalue("bouncer_url")
     return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else postgres_url()
 
 

@@ -10,7 +10,7 @@ import time
 import optuna
 import psycopg2
 import sqlalchemy
-from conftest import postgres_url, search_here
+from conftest import pgbouncer, postgres_url, search_here
 
 from search.store import open_storage
 from search.store.database import CONNECTIONS_PER_WORKER, STORAGE_POOL
@@ -81,3 +81,15 @@ def test_a_connection_refused_for_a_limit_is_one_line_naming_the_limit(tmp_path)
         with admin.connect() as db:
             db.exec_driver_sql("DROP ROLE IF EXISTS search_limited")
         admin.dispose()
+
+
+def test_pgbouncers_client_limit_is_one_line_naming_it():
+    with pgbouncer(postgres_url(), max_client_conn=1) as url:
+        held = psycopg2.connect(url.replace("postgresql+psycopg2", "postgresql"))
+        try:
+            run = search_here("status", "--study", "x", "--storage", url)
+        finally:
+            held.close()
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "no more connections allowed (max_client_conn); PgBouncer's max_client_conn is reached" in run.stderr
+    assert "raise max_client_conn in pgbouncer.ini" in run.stderr

@@ -159,3 +159,15 @@ def test_a_checkpoint_is_recorded_where_optuna_looks_with_or_without_its_private
         [meta] = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
         assert (meta.artifact_id, meta.filename) == (artifact_id, "best.safetensors")
         assert (store.base_path / artifact_id).read_bytes() == b"weights"
+
+
+def test_trial_counts_by_the_database_equal_optunas_own(tmp_path, monkeypatch):
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    study.ask()  # running
+    study.enqueue_trial({"x": 0.5})
+    counted = optuna_private.trial_counts(study)
+    assert counted == {"COMPLETE": 3, "PRUNED": 1, "RUNNING": 1, "WAITING": 1}
+    monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
+    assert optuna_private.trial_counts(study) == counted
