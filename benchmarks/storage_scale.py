@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from pgbouncer_here import pgbouncer  # noqa: E402
 SERVER = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 EPOCHS = 10  # the mask study's
 REAL_TRIAL_SECONDS = 600  # a mask trial on a GPU: about 10 minutes
+WORKERS_PER_EPOCH_SECOND = 20  # at N workers the stand-in's epoch lasts N / 20 s (at least --epoch-seconds)
 CLASSES = 18
 
 
@@ -72,12 +74,14 @@ class Measured:
 
     costs: list[float] = field(default_factory=list)  # storage seconds per trial
     asks: list[float] = field(default_factory=list)  # seconds per ask
+    holds: list[float] = field(default_factory=list)  # seconds the study's lock was held per trial start
     errors: list[str] = field(default_factory=list)
     trials: int = 0
 
     def add(self, other: Measured) -> None:
         self.costs += other.costs
         self.asks += other.asks
+        self.holds += other.holds
         self.errors += other.errors
         self.trials += other.trials
 
@@ -166,10 +170,10 @@ def _patch(out: Measured) -> None:
     objective.train = _stand_in_train
     real_ask, real_wait = lifecycle.ask, StorageOutage.wait
 
-    def timed_ask(study):
+    def timed_ask(study, queued):
         started = time.perf_counter()
         try:
-            return real_ask(study)
+            return real_ask(study, queued)
         finally:
             out.asks.append(time.perf_counter() - started)
 
@@ -200,7 +204,13 @@ def _virtual_worker(job: Job, index: int, out: Measured) -> None:
         def acquire(self) -> None:
             if self._held is None:
                 meter.started, meter.slept = time.perf_counter(), 0.0
-            super().acquire()
+                super().acquire()
+                self.since = time.perf_counter()
+
+        def release(self) -> None:
+            if self._held is not None:
+                out.holds.append(time.perf_counter() - self.since)
+            super().release()
 
     class MeteredProgress(Progress):
         def study(self, name, trials, n_trials) -> None:
@@ -230,6 +240,8 @@ def _virtual_worker(job: Job, index: int, out: Measured) -> None:
             run_trials(study, objective, MeteredGate(job.url, spec.name), options, MeteredProgress(quiet=True))
         storage.engine.dispose()
     except Exception as error:  # noqa: BLE001 - every error is a figure here
+        while (error.__cause__ or error.__context__) is not None:  # the driver's error, not Optuna's wrapper
+            error = error.__cause__ or error.__context__
         text = str(error).strip().splitlines()
         out.errors.append(f"{type(error).__name__}: {text[0][:160] if text else ''}")
 
@@ -369,11 +381,14 @@ def workers_held(
     rows = []
     for workers in steps:
         name = f"scale-{path}-{workers}-{uuid.uuid4().hex[:6]}"
-        n_trials = 2 * workers
+        # Two trials per worker, one from 250 workers on; a stand-in epoch long enough that these
+        # machines' cores can play every worker's client (a real worker has its own machine's)
+        n_trials = 2 * workers if workers < 250 else workers
+        epoch = max(epoch_seconds, workers / WORKERS_PER_EPOCH_SECOND)
         _new_study(url, name)
         with Monitor(url if path == "pgbouncer" else None) as monitor:
             started = time.monotonic()
-            measured = run_workers(url, name, n_trials, workers, processes, epoch_seconds, artifacts, limit)
+            measured = run_workers(url, name, n_trials, workers, processes, epoch, artifacts, limit)
             seconds = time.monotonic() - started
         states = _states(name)
         finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
@@ -391,6 +406,8 @@ def workers_held(
                 "per_minute": 60 * finished / seconds,
                 "median": _quantile(measured.costs, 0.5),
                 "p99": _quantile(measured.costs, 0.99),
+                "epoch": epoch,
+                "hold": _quantile(measured.holds, 0.5),
                 "first_error": measured.errors[:1],
                 "seconds": seconds,
             }
@@ -498,6 +515,7 @@ def _delete(name: str) -> None:
 
 def _serve_grpc(url: str, port: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.simplefilter("ignore")  # experimental
     from optuna.storages import RDBStorage, run_grpc_proxy_server
 
     run_grpc_proxy_server(RDBStorage(url), host="127.0.0.1", port=port)
@@ -507,6 +525,7 @@ def _plain_loop(path: str, target: str, name: str, threads: int, seconds: float,
     """Optuna's own loop, no training and nothing of the project's: ask, a sampled lr, 10 reports each
     with a pruning check, tell; as many trials as ``threads`` clients finish in ``seconds``."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.simplefilter("ignore")  # experimental, and heartbeats outside optimize
     times: list[float] = []
 
     def client() -> None:
@@ -587,8 +606,8 @@ def compare_grpc(bouncer: str, clients: int, processes: int, seconds: float) -> 
 
 
 HELD = (
-    f"{'path':<10} {'workers':>7} {'errors':>6} {'exact':>5} {'server conns':>12} {'clients':>7} {'trials/min':>10} "
-    f"{'storage s/trial p50':>19} {'p99':>6}"
+    f"{'path':<10} {'workers':>7} {'epoch s':>7} {'errors':>6} {'exact':>5} {'server conns':>12} {'clients':>7} "
+    f"{'trials/min':>10} {'storage s/trial p50':>19} {'p99':>6} {'lock s p50':>10}"
 )
 SIZES = (
     f"{'path':<10} {'trials':>6} {'storage s/trial p50':>19} {'p99':>6} {'ask p50':>7} {'ask p99':>7} "
@@ -599,8 +618,9 @@ SIZES = (
 def _print_held(row: dict) -> None:
     clients = "-" if row["clients"] is None else str(row["clients"])
     print(
-        f"{row['path']:<10} {row['workers']:>7} {row['errors']:>6} {'yes' if row['exact'] else 'NO':>5} "
-        f"{row['server']:>12} {clients:>7} {row['per_minute']:>10.0f} {row['median']:>19.3f} {row['p99']:>6.2f}"
+        f"{row['path']:<10} {row['workers']:>7} {row['epoch']:>7.1f} {row['errors']:>6} "
+        f"{'yes' if row['exact'] else 'NO':>5} {row['server']:>12} {clients:>7} {row['per_minute']:>10.0f} "
+        f"{row['median']:>19.3f} {row['p99']:>6.2f} {row['hold']:>10.3f}"
         + (f"   first error: {row['first_error'][0]}" if row["first_error"] else ""),
         flush=True,
     )
@@ -688,12 +708,13 @@ def _summary(held: list[dict], grown: list[dict]) -> None:
         most = max(good, key=lambda row: row["workers"]) if good else None
         said = f"held {most['workers']} workers with 0 storage errors and the exact budget" if most else "held no step"
         said += f"; broke at {broke[0]['workers']}" if broke else ""
-        if most:  # the busiest step served at least this many trials a minute
-            fastest = max(good, key=lambda row: row["per_minute"])
-            supports = fastest["per_minute"] * REAL_TRIAL_SECONDS / 60
+        if most:  # trials start one at a time under the study's lock: its hold bounds the study's pace
+            starts = 60 / most["hold"]
+            supports = starts * REAL_TRIAL_SECONDS / 60
             said += (
-                f"; at most {fastest['per_minute']:.0f} trials/min (at {fastest['workers']} workers), enough for "
-                f"about {supports:.0f} real workers at {REAL_TRIAL_SECONDS // 60}-minute trials"
+                f"; {most['per_minute']:.0f} trials/min at {most['workers']} workers; the study's lock, held "
+                f"{most['hold']:.3f} s per trial start there, allows {starts:.0f} starts/min, so about {supports:.0f} "
+                f"real workers at {REAL_TRIAL_SECONDS // 60}-minute trials"
             )
         print(f"{path}: {said}")
     for row in grown:

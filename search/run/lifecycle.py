@@ -24,7 +24,7 @@ from search.run.options import RunOptions
 from search.run.outage import StorageOutage, storage_failure
 from search.run.progress import Progress
 from search.run.scratch import scratch_folder
-from search.store import STORAGE_ERRORS, AtomicArtifactStore, redact, stop_requests
+from search.store import STORAGE_ERRORS, AtomicArtifactStore, optuna_private, redact, stop_requests
 from search.store.artifacts import remove
 from search.store.budget import Next, TrialGate, next_step
 from search.store.optuna_private import trial_counts, trial_id
@@ -80,7 +80,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                 gate.release()
                 time.sleep(POLL_SECONDS)
                 continue
-            trial = ask(study)
+            trial = ask(study, counts["WAITING"])
             started += 1
             done = run_trial(study, trial, objective, gate)
             failures.count(done)
@@ -99,12 +99,12 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             gate.release()
 
 
-def ask(study: optuna.Study) -> optuna.Trial:
+def ask(study: optuna.Study, queued: int) -> optuna.Trial:
     """The next trial: a queued one first (taken atomically), else a new one the sampler fills."""
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for study.optimize: ``run_trial`` sends them itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        return study.ask()
+        return optuna_private.ask(study, queued)
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, gate: TrialGate) -> FrozenTrial:

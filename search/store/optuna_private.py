@@ -139,3 +139,14 @@ def trial_counts(study: optuna.Study) -> Counter:
             .group_by(table.state)
         ).all()
     return Counter({state.name: count for state, count in rows})
+
+
+def ask(study: optuna.Study, queued: int) -> optuna.Trial:
+    """The next trial: a queued one where the study has one (``study.ask`` takes it atomically);
+    else a new trial, made without ``study.ask``'s look for queued ones, which reads every
+    unfinished trial whole (half a second at a thousand running trials, under the study's lock)."""
+    private = all(hasattr(study, name) for name in ("_thread_local", "_storage", "_study_id"))
+    if queued or MISSING or not private:
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))

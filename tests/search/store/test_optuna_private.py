@@ -171,3 +171,17 @@ def test_trial_counts_by_the_database_equal_optunas_own(tmp_path, monkeypatch):
     assert counted == {"COMPLETE": 3, "PRUNED": 1, "RUNNING": 1, "WAITING": 1}
     monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
     assert optuna_private.trial_counts(study) == counted
+
+
+def test_a_new_trial_is_made_without_optunas_look_for_queued_ones_only_when_none_is_queued(tmp_path, monkeypatch):
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study.enqueue_trial({"x": 0.25})
+    queued = optuna_private.ask(study, queued=1)
+    assert queued.suggest_float("x", 0, 1) == 0.25  # the queued trial, taken
+    fresh = optuna_private.ask(study, queued=0)
+    assert fresh.number == 1 and 0 <= fresh.suggest_float("x", 0, 1) <= 1
+    study.tell(queued, 1.0)
+    study.tell(fresh, 0.5)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
+    assert optuna_private.ask(study, queued=0).number == 2  # Optuna's own ask

@@ -83,3 +83,34 @@ def test_pruners_without_a_warm_up_are_asked_from_the_first_step():
     assert first_prunable_step(Component(name="successive_halving")) == 0
     assert first_prunable_step(Component(name="median")) == 0
     assert first_prunable_step(load_study("lr-sweep").pruner) == 2
+
+
+def test_a_trials_pruning_checks_share_one_read_of_the_study_and_prune_as_the_pruner_would(tmp_path):
+    from search.study.pruners import OneReadPerTrial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    for value in (0.8, 0.9):
+        trial = study.ask()
+        for step in range(3):
+            trial.report(value, step)
+        study.tell(trial, value)
+    reads = []
+    real = study.get_trials
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    study.get_trials = counted
+    wrapped, plain = (
+        OneReadPerTrial(optuna.pruners.MedianPruner(n_startup_trials=1)),
+        optuna.pruners.MedianPruner(n_startup_trials=1),
+    )
+    trial = study.ask()
+    decisions = []
+    for step in range(3):
+        trial.report(0.1, step)
+        frozen = study._storage.get_trial(trial._trial_id)
+        decisions.append((wrapped.prune(study, frozen), plain.prune(study, frozen)))
+    assert decisions == [(True, True)] * 3
+    assert len(reads) == 1 + 3  # one read for the wrapped pruner's three checks, one each for the plain one
