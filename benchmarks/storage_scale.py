@@ -170,10 +170,10 @@ def _patch(out: Measured) -> None:
     objective.train = _stand_in_train
     real_ask, real_wait = lifecycle.ask, StorageOutage.wait
 
-    def timed_ask(study, queued):
+    def timed_ask(*args):
         started = time.perf_counter()
         try:
-            return real_ask(study, queued)
+            return real_ask(*args)
         finally:
             out.asks.append(time.perf_counter() - started)
 
@@ -668,7 +668,11 @@ def main() -> None:
     try:
         with pgbouncer(SERVER) as bouncer:
             urls = {"direct": SERVER, "pgbouncer": bouncer}
-            print("\nWorkers held (a new study of 2 trials per worker at each step)\n" + HELD, flush=True)
+            print(
+                f"\nWorkers held (a new study at each step: 2 trials per worker, 1 from 250 workers on; the stand-in's "
+                f"epoch lasts workers / {WORKERS_PER_EPOCH_SECOND} s, at least {args.epoch_seconds} s)\n" + HELD,
+                flush=True,
+            )
             for path in paths:
                 held += workers_held(path, urls[path], steps, args.processes, args.epoch_seconds, artifacts, args.limit)
             print(

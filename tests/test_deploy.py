@@ -65,7 +65,8 @@ def test_commands_are_real_search_commands_on_real_studies(service):
 
 SHIPPED = configparser.ConfigParser(inline_comment_prefixes=(";",))
 SHIPPED.read(ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini")
-POOL = ("pool_mode", "max_client_conn", "default_pool_size", "reserve_pool_size")
+POOL = ("pool_mode", "max_client_conn", "default_pool_size", "reserve_pool_size", "reserve_pool_timeout",
+        "idle_transaction_timeout", "server_lifetime", "application_name_add_host")  # fmt: skip
 
 
 def _pgbouncer_env(env: dict) -> dict:

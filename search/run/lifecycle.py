@@ -80,7 +80,9 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                 gate.release()
                 time.sleep(POLL_SECONDS)
                 continue
-            trial = ask(study, counts["WAITING"])
+            trial = ask(study, gate, counts["WAITING"], options.n_trials)
+            if trial is None:
+                continue
             started += 1
             done = run_trial(study, trial, objective, gate)
             failures.count(done)
@@ -99,12 +101,26 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             gate.release()
 
 
-def ask(study: optuna.Study, queued: int) -> optuna.Trial:
-    """The next trial: a queued one first (taken atomically), else a new one the sampler fills."""
+LOST_LOCK = "made while the budget's lock was lost (its connection ended), past the study's n_trials"
+
+
+def ask(study: optuna.Study, gate: TrialGate, queued: int, n_trials: int) -> optuna.Trial | None:
+    """The next trial: a queued one first (taken atomically), else a new one the sampler fills.
+    None where the budget's lock was lost while it was made and the study has its trials without
+    it: that trial is told FAIL, saying so, and its queued params are queued again."""
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for study.optimize: ``run_trial`` sends them itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        return optuna_private.ask(study, queued)
+        trial = optuna_private.ask(study, queued)
+    if gate.still_held():
+        return trial
+    counts = trial_counts(study)
+    if counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] <= n_trials:
+        return trial
+    record.write_failure(trial, LOST_LOCK)
+    study.tell(trial, state=TrialState.FAIL)
+    queue_again(study, trial)
+    return None
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, gate: TrialGate) -> FrozenTrial:

@@ -19,6 +19,7 @@ from search.store.database import engine_kwargs
 
 # Seconds between tries of a lock another worker holds: random up to a bound that doubles, to this.
 FIRST_PAUSE, MAX_PAUSE = 0.02, 0.5
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock(:k)"
 
 
 class Next(Enum):
@@ -56,7 +57,10 @@ class TrialGate:
         self._held: object | None = None
         self._engine = None
         if self.driver.startswith("postgresql"):
-            self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs(url))
+            # one connection, kept: through PgBouncer an idle one holds no server connection, and a
+            # login per trial start (a SCRAM hash at PgBouncer) is saved; the pool's reset on return
+            # rolls back, and a broken connection is replaced at the next acquire
+            self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, **engine_kwargs(url))
 
     def acquire(self) -> None:
         if self._held is not None:
@@ -86,6 +90,17 @@ class TrialGate:
             connection.close()
             raise
         return connection
+
+    def still_held(self) -> bool:
+        """Whether this worker still holds the lock: a transaction cut under it (PgBouncer's
+        idle_transaction_timeout, a restarted server or PgBouncer) ends it without a word, and
+        another worker may have taken it since. Asked before the lock is let go."""
+        if not isinstance(self._held, sqlalchemy.engine.Connection):
+            return self._held is not None
+        try:  # taken again in the same transaction: true while it is still held there
+            return bool(self._held.execute(sqlalchemy.text(TRY_LOCK), {"k": self.key}).scalar())
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
 
     def release(self) -> None:
         """Idempotent: released as soon as the trial exists, and again when the step ends, to be sure."""

@@ -23,8 +23,8 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 }
 
 
-# Pruners that compare a trial only with finished trials: each trial's checks may share one read.
-SNAPSHOT_PRUNERS = ("median", "percentile", "patient")
+# Pruners that compare a trial only with complete trials: each trial's checks may share one read.
+SNAPSHOT_PRUNERS = ("median", "percentile")
 
 
 class OneReadPerTrial(optuna.pruners.BasePruner):
@@ -32,17 +32,23 @@ class OneReadPerTrial(optuna.pruners.BasePruner):
     each later check of that trial. Optuna's pruners read the whole study at every check, and its
     storage reads every unfinished trial whole each time: with a thousand workers, a thousand
     trials at each of the ten epochs of every trial. A trial is compared with the trials complete
-    when its checks began, as the sampler fills it from the study as it was when it started."""
+    when its checks began, as the sampler fills it from the study as it was when it started. While
+    fewer trials than ``needs`` (the pruner's start-up trials) are complete, each check reads again,
+    so that the first trials of a study are pruned as soon as the pruner may."""
 
-    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
+    def __init__(self, pruner: optuna.pruners.BasePruner, needs: int) -> None:
         self.pruner = pruner
-        self._trial: int | None = None
-        self._trials: list[optuna.trial.FrozenTrial] = []
+        self.needs = needs
+        self._snapshot: tuple[tuple[str, int], list[optuna.trial.FrozenTrial]] | None = None
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if trial.number != self._trial:
-            self._trial, self._trials = trial.number, study.get_trials(deepcopy=False)
-        return self.pruner.prune(_Snapshot(study, self._trials), trial)
+        key = (study.study_name, trial.number)
+        if self._snapshot is None or self._snapshot[0] != key or self._too_few(self._snapshot[1]):
+            self._snapshot = (key, study.get_trials(deepcopy=False))
+        return self.pruner.prune(_Snapshot(study, self._snapshot[1]), trial)
+
+    def _too_few(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) < self.needs
 
 
 class _Snapshot:
@@ -64,13 +70,8 @@ class _Snapshot:
 
 
 def build_pruner(component: Any) -> optuna.pruners.BasePruner:
-    """The named pruner, one read of the study per trial where it compares with finished trials
-    only (``OneReadPerTrial``); a ValueError names the bad name or option."""
-    pruner = _build(component)
-    return OneReadPerTrial(pruner) if component.name in SNAPSHOT_PRUNERS else pruner
-
-
-def _build(component: Any) -> optuna.pruners.BasePruner:
+    """The named pruner, one read of the study per trial where it compares with complete trials
+    only (``OneReadPerTrial``), also inside ``patient``; a ValueError names the bad name or option."""
     options = dict(component.options)
     registered("pruner", component.name, PRUNERS)
     if component.name == "patient":
@@ -78,11 +79,15 @@ def _build(component: Any) -> optuna.pruners.BasePruner:
         if not isinstance(wrapped, dict) or "name" not in wrapped:
             raise ValueError("pruner 'patient' needs wrapped: {name: ...}")
         inner = type(component).model_validate(wrapped)
-        options["wrapped_pruner"] = None if inner.name == "none" else _build(inner)
+        options["wrapped_pruner"] = None if inner.name == "none" else build_pruner(inner)
     try:
-        return PRUNERS[component.name](**options)
+        pruner = PRUNERS[component.name](**options)
     except TypeError as error:
         raise ValueError(f"pruner '{component.name}': {error}") from None
+    if component.name in SNAPSHOT_PRUNERS:  # their defaults: 5 start-up trials, 1 trial at least
+        needs = max(int(options.get("n_startup_trials", 5)), int(options.get("n_min_trials", 1)))
+        return OneReadPerTrial(pruner, needs)
+    return pruner
 
 
 def first_prunable_step(component: Any) -> int:

@@ -441,3 +441,19 @@ def test_weights_in_the_cache_are_read_at_once_where_the_hub_does_not_answer(tmp
     run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
     assert run.returncode == 0 and "Retrying" not in run.stderr, run.stderr
     assert hub_cache["asked"] == []  # timm read the cached file: nothing was asked of the hub
+
+
+def test_a_trial_made_after_the_budgets_lock_was_lost_past_the_budget_is_failed_saying_why(tmp_path):
+    from search.run.lifecycle import LOST_LOCK, ask
+    from search.store import open_storage
+
+    class LostGate:
+        def still_held(self) -> bool:
+            return False
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert ask(study, LostGate(), 0, n_trials=3) is not None  # 2 finished + this one: within the budget
+    assert ask(study, LostGate(), 0, n_trials=3) is None  # one more would pass it: failed, saying why
+    last = study.trials[-1]
+    assert last.state == TrialState.FAIL and last.user_attrs["failure_reason"] == LOST_LOCK

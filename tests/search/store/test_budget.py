@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 
 import pytest
+import sqlalchemy
 from conftest import postgres_url
 
 from search.store.budget import Next, TrialGate, next_step
@@ -56,3 +57,20 @@ def test_the_gate_lets_one_worker_through_at_a_time_and_release_is_idempotent(ur
     assert entered.wait(10)
     waiting.join()
     TrialGate(url, f"other-{name}").acquire()  # another study's gate is another lock
+
+
+def test_a_lock_whose_connection_was_cut_is_known_to_be_lost(bouncer_url):
+    """A server that ends the lock's transaction (a restart, PgBouncer's idle_transaction_timeout)
+    ends the lock without a word: the worker asks before it lets the lock go."""
+    for url in (postgres_url(), bouncer_url):
+        gate = TrialGate(url, f"cut-{uuid.uuid4().hex[:8]}")
+        gate.acquire()
+        assert gate.still_held()
+        backend = gate._held.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+        with sqlalchemy.create_engine(postgres_url()).connect() as admin:
+            admin.execute(sqlalchemy.text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+        assert not gate.still_held()
+        gate.release()  # a broken connection: released all the same, and the next acquire gets a new one
+        gate.acquire()
+        assert gate.still_held()
+        gate.release()

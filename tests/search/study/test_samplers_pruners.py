@@ -102,10 +102,8 @@ def test_a_trials_pruning_checks_share_one_read_of_the_study_and_prune_as_the_pr
         return real(*args, **kwargs)
 
     study.get_trials = counted
-    wrapped, plain = (
-        OneReadPerTrial(optuna.pruners.MedianPruner(n_startup_trials=1)),
-        optuna.pruners.MedianPruner(n_startup_trials=1),
-    )
+    median = optuna.pruners.MedianPruner(n_startup_trials=1)
+    wrapped, plain = OneReadPerTrial(median, needs=1), optuna.pruners.MedianPruner(n_startup_trials=1)
     trial = study.ask()
     decisions = []
     for step in range(3):
@@ -114,3 +112,20 @@ def test_a_trials_pruning_checks_share_one_read_of_the_study_and_prune_as_the_pr
         decisions.append((wrapped.prune(study, frozen), plain.prune(study, frozen)))
     assert decisions == [(True, True)] * 3
     assert len(reads) == 1 + 3  # one read for the wrapped pruner's three checks, one each for the plain one
+    reads.clear()
+    starting = OneReadPerTrial(optuna.pruners.MedianPruner(n_startup_trials=3), needs=3)
+    for _ in range(3):  # two complete trials, fewer than it needs: every check reads again
+        starting.prune(study, frozen)
+    assert len(reads) == 3
+
+
+def test_patient_pruning_reads_once_per_trial_only_through_a_median_or_percentile_inside():
+    from search.study.pruners import OneReadPerTrial
+
+    def build(**options):
+        return build_pruner(Component.model_validate({"name": "patient", **options}))
+
+    assert isinstance(build(patience=1, wrapped={"name": "median"})._wrapped_pruner, OneReadPerTrial)
+    assert not isinstance(build(patience=1, wrapped={"name": "successive_halving"})._wrapped_pruner, OneReadPerTrial)
+    percentile = Component.model_validate({"name": "percentile", "percentile": 25.0})
+    assert isinstance(build_pruner(percentile), OneReadPerTrial)
