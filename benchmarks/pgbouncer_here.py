@@ -49,7 +49,7 @@ def config_text(server_url: str, folder: Path, port: int, **overrides: object) -
         "admin_users": server.username,
         "stats_period": 5,
     }
-    settings |= {key: value for key, value in overrides.items()}
+    settings |= overrides
     target = f"host={server.host} port={server.port or 5432} dbname={server.database}"
     lines = ["[databases]", f"{server.database} = {target}", "[pgbouncer]"]
     lines += [f"{key} = {value}" for key, value in settings.items()]

@@ -80,9 +80,7 @@ class TrialGate:
         connection = self._engine.connect()
         try:
             pause = FIRST_PAUSE
-            while not connection.execute(
-                sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self.key}
-            ).scalar():
+            while not connection.execute(sqlalchemy.text(TRY_LOCK), {"k": self.key}).scalar():
                 connection.rollback()  # no transaction held open while waiting
                 time.sleep(random.uniform(0, pause))
                 pause = min(pause * 2, MAX_PAUSE)
