@@ -275,15 +275,11 @@ class Monitor:
     """The most server connections of the test database, and of PgBouncer's clients, seen while it runs."""
 
     def __init__(self, bouncer_url: str | None) -> None:
-        server = make_url(SERVER)
-        self.server = psycopg2.connect(host=server.host, port=server.port, user=server.username, dbname=server.database)
+        self.server = psycopg2.connect(**_connect_args(SERVER))
         self.server.autocommit = True
         self.admin = None
-        if bouncer_url:
-            bouncer = make_url(bouncer_url)
-            self.admin = psycopg2.connect(
-                host=bouncer.host, port=bouncer.port, user=bouncer.username, dbname="pgbouncer"
-            )
+        if bouncer_url:  # PgBouncer's admin console
+            self.admin = psycopg2.connect(**_connect_args(bouncer_url) | {"dbname": "pgbouncer"})
             self.admin.autocommit = True
         self.most_server, self.most_clients = 0, 0
         self._stop = threading.Event()
@@ -433,6 +429,7 @@ def _add_trials(url: str, name: str, count: int, seed: int) -> None:
     from search.record import result_attrs
     from search.store import open_storage
     from search.study.distributions import sample
+    from training.loop import TrainResult
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = _spec(name)
@@ -448,8 +445,6 @@ def _add_trials(url: str, name: str, count: int, seed: int) -> None:
         curve = {e: quality * (1 - 0.6 ** (e + 1)) + rng.gauss(0, 0.01) for e in range(epochs)}
         best_epoch = max(curve, key=curve.get)
         history = [_metrics(e, curve[e], lr, rng) for e in range(epochs)]
-        from training.loop import TrainResult
-
         result = TrainResult(best_epoch, history[best_epoch], history, 1000.0, None, "cpu", (), epochs < EPOCHS)
         state = optuna.trial.TrialState.PRUNED if epochs < EPOCHS else optuna.trial.TrialState.COMPLETE
         batch.append(
@@ -605,6 +600,48 @@ def compare_grpc(bouncer: str, clients: int, processes: int, seconds: float) -> 
     return rows
 
 
+READS = f"{'running':>7} {'rows':>7} {'worker s (Optuna)':>17} {'database s':>10}"
+
+
+def read_cost(url: str, running: int) -> None:
+    """What one read of a study costs a worker and the database, with ``running`` trials running,
+    each as a worker leaves it mid-trial: its params, start records (the config) and 5 reports.
+    Optuna's storage reads every unfinished trial whole at each ``get_trials``; a worker makes about
+    three a trial (the sampler's, the pruner's, the retention's). The database's part is the same
+    rows fetched by plain SQL."""
+    from search.record import write_start
+    from search.store import open_storage, optuna_private
+    from search.study.distributions import sample
+
+    name = f"reads-{uuid.uuid4().hex[:6]}"
+    spec = _spec(name)
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(running):
+            trial = optuna_private.ask(study, queued=0)
+            write_start(trial, spec.trial_config(sample(trial, spec.space), None))
+            for epoch in range(5):
+                trial.report(0.5, epoch)
+    reader = optuna.load_study(study_name=name, storage=open_storage(url))
+    reader.get_trials(deepcopy=False)  # a worker's cache holds the study already
+    started = time.perf_counter()
+    reader.get_trials(deepcopy=False)
+    worker = time.perf_counter() - started
+    tables = ("trials", "trial_params", "trial_user_attributes", "trial_system_attributes", "trial_values",
+              "trial_intermediate_values")  # fmt: skip
+    with contextlib.closing(psycopg2.connect(**_connect_args(url))) as db, db.cursor() as cursor:
+        cursor.execute("SELECT trial_id FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = %s", (name,))
+        ids = [row[0] for row in cursor.fetchall()]
+        started, rows = time.perf_counter(), 0
+        for table in tables:
+            cursor.execute(f"SELECT * FROM {table} WHERE trial_id = ANY(%s)", (ids,))
+            rows += len(cursor.fetchall())
+        database = time.perf_counter() - started
+    print(f"{running:>7} {rows:>7} {worker:>17.3f} {database:>10.3f}", flush=True)
+    _delete(name)
+
+
 HELD = (
     f"{'path':<10} {'workers':>7} {'epoch s':>7} {'errors':>6} {'exact':>5} {'server conns':>12} {'clients':>7} "
     f"{'trials/min':>10} {'storage s/trial p50':>19} {'p99':>6} {'lock s p50':>10}"
@@ -637,6 +674,7 @@ def _print_size(row: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="held,reads,grpc,sizes", help="which parts to run")
     parser.add_argument("--paths", default="direct,pgbouncer")
     parser.add_argument("--steps", default="10,25,50,100,250,500,1000", help="workers at each step")
     parser.add_argument("--sizes", default="1000,5000,10000", help="study sizes for the storage time")
@@ -648,7 +686,7 @@ def main() -> None:
     parser.add_argument("--grpc-seconds", type=float, default=60, help="seconds of the PgBouncer / gRPC comparison")
     parser.add_argument("--limit", type=float, default=600, help="seconds a step may take before it is stopped")
     args = parser.parse_args()
-    paths = args.paths.split(",")
+    paths, parts = args.paths.split(","), args.parts.split(",")
     steps = [int(s) for s in args.steps.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     artifacts = tempfile.mkdtemp(prefix="scale-artifacts-")
@@ -673,21 +711,27 @@ def main() -> None:
                 f"epoch lasts workers / {WORKERS_PER_EPOCH_SECOND} s, at least {args.epoch_seconds} s)\n" + HELD,
                 flush=True,
             )
-            for path in paths:
+            for path in paths if "held" in parts else []:
                 held += workers_held(path, urls[path], steps, args.processes, args.epoch_seconds, artifacts, args.limit)
-            print(
-                f"\nStorage time per trial as the study grows ({args.size_workers} workers, {args.per_size} "
-                f"trials at each size; share of a {REAL_TRIAL_SECONDS // 60}-minute trial)\n" + SIZES,
-                flush=True,
-            )
-            print(
-                f"\nPgBouncer or Optuna's gRPC proxy: Optuna's plain loop (ask, 10 reports and pruning checks, "
-                f"tell), no training, {args.grpc_seconds:.0f} s\n{'path':<10} {'clients':>7} {'trials/min':>10} "
-                f"{'s/trial p50':>14} {'p99':>6}",
-                flush=True,
-            )
-            compare_grpc(bouncer, args.grpc_clients, args.processes, args.grpc_seconds)
-            for path in paths:
+            if "reads" in parts:
+                print(f"\nA worker's read of the study's running trials (Optuna reads every one whole)\n{READS}")
+                for running in (100, 1000):
+                    read_cost(bouncer, running)
+            if "grpc" in parts:
+                print(
+                    f"\nPgBouncer or Optuna's gRPC proxy: Optuna's plain loop (ask, 10 reports and pruning checks, "
+                    f"tell), no training, {args.grpc_seconds:.0f} s\n{'path':<10} {'clients':>7} {'trials/min':>10} "
+                    f"{'s/trial p50':>14} {'p99':>6}",
+                    flush=True,
+                )
+                compare_grpc(bouncer, args.grpc_clients, args.processes, args.grpc_seconds)
+            if "sizes" in parts:
+                print(
+                    f"\nStorage time per trial as the study grows ({args.size_workers} workers, {args.per_size} "
+                    f"trials at each size; share of a {REAL_TRIAL_SECONDS // 60}-minute trial)\n" + SIZES,
+                    flush=True,
+                )
+            for path in paths if "sizes" in parts else []:
                 grown += storage_time(
                     path,
                     urls[path],
