@@ -600,15 +600,16 @@ def compare_grpc(bouncer: str, clients: int, processes: int, seconds: float) -> 
     return rows
 
 
-READS = f"{'running':>7} {'rows':>7} {'worker s (Optuna)':>17} {'database s':>10}"
+READS = f"{'running':>7} {'rows':>7} {'worker s (Optuna)':>17} {'database s':>10} {'worker s (search)':>17}"
 
 
 def read_cost(url: str, running: int) -> None:
     """What one read of a study costs a worker and the database, with ``running`` trials running,
     each as a worker leaves it mid-trial: its params, start records (the config) and 5 reports.
-    Optuna's storage reads every unfinished trial whole at each ``get_trials``; a worker makes about
-    three a trial (the sampler's, the pruner's, the retention's). The database's part is the same
-    rows fetched by plain SQL."""
+    Optuna's storage reads every unfinished trial whole at each ``get_trials``. The database's part
+    is the same rows fetched by plain SQL. The project's sampler, pruner and retention read only
+    the finished trials, once a trial, fetching those the worker has not seen
+    (``optuna_private.finished_trials``): its cost is last, on the same study."""
     from search.record import write_start
     from search.store import open_storage, optuna_private
     from search.study.distributions import sample
@@ -638,7 +639,11 @@ def read_cost(url: str, running: int) -> None:
             cursor.execute(f"SELECT * FROM {table} WHERE trial_id = ANY(%s)", (ids,))
             rows += len(cursor.fetchall())
         database = time.perf_counter() - started
-    print(f"{running:>7} {rows:>7} {worker:>17.3f} {database:>10.3f}", flush=True)
+    optuna_private.finished_trials(reader)  # as the worker's own first read
+    started = time.perf_counter()
+    optuna_private.finished_trials(reader)
+    search = time.perf_counter() - started
+    print(f"{running:>7} {rows:>7} {worker:>17.3f} {database:>10.3f} {search:>17.3f}", flush=True)
     _delete(name)
 
 
@@ -714,7 +719,7 @@ def main() -> None:
             for path in paths if "held" in parts else []:
                 held += workers_held(path, urls[path], steps, args.processes, args.epoch_seconds, artifacts, args.limit)
             if "reads" in parts:
-                print(f"\nA worker's read of the study's running trials (Optuna reads every one whole)\n{READS}")
+                print(f"\nA worker's read of the study with trials running (Optuna reads every one whole)\n{READS}")
                 for running in (100, 1000):
                     read_cost(bouncer, running)
             if "grpc" in parts:

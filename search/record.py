@@ -14,12 +14,14 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.store import STORAGE_ERRORS, set_user_attrs
+from search.store.optuna_private import StaleTrial
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
     from training import TrainConfig, TrainResult
@@ -136,6 +138,21 @@ def write_failure(
         pass
 
 
+UTC_TIME = "%Y-%m-%d %H:%M:%S"
+
+
+def stopped_worker(stale: StaleTrial, trial: FrozenTrial) -> dict[str, Any]:
+    """The failure reason of a trial whose worker stopped sending heartbeats (it was killed, or lost
+    its machine or the database): which worker, and its last heartbeat or the trial's start, UTC."""
+    worker = TrialRecord.of(trial).worker
+    who = f"worker {worker}" if worker else "its worker"
+    if stale.last_heartbeat is not None:
+        return _attrs(failure_reason=f"{who} stopped sending heartbeats at {stale.last_heartbeat:{UTC_TIME}} UTC")
+    started = trial.datetime_start.astimezone(timezone.utc) if trial.datetime_start else None
+    when = f" at {started:{UTC_TIME}} UTC" if started else ""
+    return _attrs(failure_reason=f"{who} sent no heartbeat after the trial started{when}")
+
+
 _NAMES = {f.name for f in fields(TrialRecord)}
 
 
@@ -168,8 +185,14 @@ def best(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
 
 
 def failures_by_reason(trials: Sequence[FrozenTrial]) -> list[tuple[str, list[int]]]:
-    """The failed trials' numbers grouped by their reason, the most frequent reason first."""
+    """The failed trials' numbers grouped by their reason, the most frequent reason first; a failed
+    trial whose params were queued again says where ("; retried as trial 12")."""
+    retries = {t.system_attrs["retry_history"][-1]: t for t in trials if t.system_attrs.get("retry_history")}
     by_reason: dict[str, list[int]] = defaultdict(list)
     for t in (t for t in trials if t.state == TrialState.FAIL):
-        by_reason[TrialRecord.of(t).failure_reason or NO_REASON].append(t.number)
+        reason = TrialRecord.of(t).failure_reason or NO_REASON
+        if (retry := retries.get(t.number)) is not None:
+            done = "queued again" if retry.state == TrialState.WAITING else "retried"
+            reason += f"; {done} as trial {retry.number}"
+        by_reason[reason].append(t.number)
     return sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0]))

@@ -120,7 +120,7 @@ def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     lines = []
     for reason, numbers in failures_by_reason(trials):
         shown = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
-        clipped = reason if len(reason) <= 100 else reason[:97] + "..."
+        clipped = reason if len(reason) <= 160 else reason[:157] + "..."
         lines.append(f"  failed: {len(numbers)} x {clipped} (trial{'s' if len(numbers) > 1 else ''} {shown})")
     return lines
 

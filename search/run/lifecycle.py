@@ -86,7 +86,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             started += 1
             done = run_trial(study, trial, objective, gate)
             failures.count(done)
-            trials = study.get_trials(deepcopy=False)
+            trials = optuna_private.finished_trials(study)  # only those this worker has not read yet
             if done.state == TrialState.COMPLETE:
                 keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
             if done.state == TrialState.FAIL:
@@ -159,11 +159,9 @@ def queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """The running trials without a heartbeat for the grace period turn FAIL and are queued again
-    (what ``study.optimize`` does before each trial)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # marked experimental
-        optuna.storages.fail_stale_trials(study)
+    """The running trials without a heartbeat for the grace period turn FAIL, each saying which
+    worker stopped and when, and are queued again (what ``study.optimize`` does before each trial)."""
+    optuna_private.fail_stale_trials(study, record.stopped_worker)
 
 
 def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:

@@ -9,15 +9,23 @@ looked up by name, checkpoints uploaded by Optuna's own ``upload_artifact``) and
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import sqlite3
+import threading
+import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import optuna
 import sqlalchemy.dialects.postgresql
 import sqlalchemy.dialects.sqlite
+from optuna.exceptions import UpdateFinishedTrialError
 
 MISSING: list[str] = []
 try:
@@ -30,7 +38,7 @@ try:
 except ImportError as error:
     ARTIFACTS_ATTR_PREFIX = None
     MISSING.append(f"optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX ({error})")
-for _name in ("_set_trial_attr_without_commit", "_get_stale_trial_ids"):
+for _name in ("_set_trial_attr_without_commit", "_get_stale_trial_ids", "_get_trials"):
     if not hasattr(optuna.storages.RDBStorage, _name):
         MISSING.append(f"RDBStorage.{_name}")
 
@@ -38,6 +46,9 @@ for _name in ("_set_trial_attr_without_commit", "_get_stale_trial_ids"):
 _UPSERT = {"postgresql": sqlalchemy.dialects.postgresql.insert}
 if sqlite3.sqlite_version_info >= (3, 24, 0):
     _UPSERT["sqlite"] = sqlalchemy.dialects.sqlite.insert
+
+TrialState = optuna.trial.TrialState
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
@@ -111,15 +122,80 @@ def _write_user_attrs(storage: optuna.storages.RDBStorage, trial: int, attrs: Ma
         )
 
 
-def stale_trial_numbers(storage: optuna.storages.BaseStorage, study_name: str) -> set[int]:
+@dataclass(frozen=True)
+class StaleTrial:
+    """A running trial whose worker stopped: its last heartbeat (UTC), or None where it sent none."""
+
+    trial_id: int
+    number: int
+    last_heartbeat: datetime | None
+
+
+def stale_trials(storage: optuna.storages.BaseStorage, study_name: str) -> list[StaleTrial]:
     """The study's running trials whose worker has sent no heartbeat for the grace period (it was
-    killed or lost): the next worker to start a trial fails them and queues them again. Optuna has
-    no public reader of them: without its private one, none is known."""
+    killed or lost), and those that never sent one and started longer ago than that (a worker
+    killed between asking for its trial and its first heartbeat, which Optuna's own list leaves
+    running for ever, and the study's budget with it). Heartbeats are the database's clock
+    (Optuna writes ``now()``); a trial's start is UTC, written by its worker. Without Optuna's
+    private names, or with heartbeats off, none is known."""
     backend = rdb_storage(storage)
-    if backend is None or MISSING or backend.get_heartbeat_interval() is None:
-        return set()
+    interval = backend.get_heartbeat_interval() if backend is not None else None
+    if backend is None or MISSING or interval is None:
+        return []
+    grace = timedelta(seconds=backend.grace_period or 2 * interval)
+    trial_table, beat_table = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    trials, beats = trial_table.c, beat_table.c
     study = backend.get_study_id_from_name(study_name)
-    return {backend.get_trial_number_from_id(trial) for trial in backend._get_stale_trial_ids(study)}
+    with _create_scoped_session(backend.scoped_session) as session:
+        now = session.execute(sqlalchemy.func.now()).scalar_one().replace(tzinfo=None)
+        rows = session.execute(
+            sqlalchemy.select(trials.trial_id, trials.number, trials.datetime_start, beats.heartbeat)
+            .select_from(trial_table.outerjoin(beat_table, beats.trial_id == trials.trial_id))
+            .where(trials.study_id == study, trials.state == TrialState.RUNNING)
+        ).all()
+    utc_now = datetime.now(timezone.utc).replace(tzinfo=None)
+    found = []
+    for trial, number, started, beat in rows:
+        if beat is not None and now - beat > grace:
+            found.append(StaleTrial(trial, number, utc_now - (now - beat)))
+        elif beat is None and started is not None and utc_now - started > grace:
+            found.append(StaleTrial(trial, number, None))
+    return found
+
+
+def stale_trial_numbers(storage: optuna.storages.BaseStorage, study_name: str) -> set[int]:
+    """The numbers of ``stale_trials``: the next worker to start a trial fails them and queues them again."""
+    return {stale.number for stale in stale_trials(storage, study_name)}
+
+
+def fail_stale_trials(
+    study: optuna.Study, reason: Callable[[StaleTrial, optuna.trial.FrozenTrial], Mapping[str, Any]]
+) -> None:
+    """``stale_trials`` turn FAIL, each first given the user attributes ``reason`` writes for it
+    (a finished trial's cannot be written), and are queued again by the storage's stale-trial
+    callback, as Optuna's ``fail_stale_trials`` does; the retry does not inherit the failed
+    trial's user attributes (its worker, its reason) nor its artifacts. Without the private names,
+    Optuna's own."""
+    storage = study._storage
+    backend = rdb_storage(storage)
+    if backend is None or MISSING:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # marked experimental
+            optuna.storages.fail_stale_trials(study)
+        return
+    callback = backend.get_heartbeat_stale_trial_callback()
+    for stale in stale_trials(storage, study.study_name):
+        with contextlib.suppress(UpdateFinishedTrialError):  # its worker told it, or another worker failed it
+            _write_user_attrs(backend, stale.trial_id, reason(stale, storage.get_trial(stale.trial_id)))
+            if not storage.set_trial_state_values(stale.trial_id, optuna.trial.TrialState.FAIL):
+                continue
+            if callback is not None:
+                failed = copy.deepcopy(storage.get_trial(stale.trial_id))
+                failed.user_attrs = {}
+                failed.system_attrs = {  # its checkpoint, if it stored one, stays the failed trial's
+                    k: v for k, v in failed.system_attrs.items() if not k.startswith(ARTIFACTS_ATTR_PREFIX or "\0")
+                }
+                callback(study, failed)
 
 
 def trial_counts(study: optuna.Study) -> Counter:
@@ -150,3 +226,51 @@ def ask(study: optuna.Study, queued: int) -> optuna.Trial:
         return study.ask()
     study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+class _Finished:
+    """A study's finished trials as one storage client last read them, by trial id, each with the
+    time it finished (a trial id of a study deleted and made again may come back as another trial)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_id: dict[int, tuple[Any, optuna.trial.FrozenTrial]] = {}
+
+
+# Per storage client, per study id: a finished trial never changes, so each is fetched once.
+_FINISHED: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, dict[int, _Finished]] = weakref.WeakKeyDictionary()
+_FETCH_ALL = 500  # more new finished trials than this: one read of them all, not a list of ids
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's finished trials (complete, pruned, failed), by number, as Optuna's own
+    ``FrozenTrial``: shared, not to be changed. Optuna's ``get_trials`` reads every trial whole each
+    time, running ones too, which grows with the workers and the study. Here one query lists the
+    finished trials' ids and the time each finished, and only those this storage client has not
+    read are fetched whole. Without the private names, Optuna's ``get_trials``."""
+    storage = getattr(study, "_storage", None)
+    backend = rdb_storage(storage) if storage is not None else None
+    if backend is None or MISSING:
+        return study.get_trials(deepcopy=False, states=FINISHED)
+    study_key = study_id(study, backend)
+    known = _FINISHED.setdefault(backend, {}).setdefault(study_key, _Finished())
+    columns = models.TrialModel.__table__.c  # the model's datetimes are properties over these
+    with known.lock:
+        with _create_scoped_session(backend.scoped_session) as session:
+            rows = session.execute(
+                sqlalchemy.select(columns.trial_id, columns.datetime_complete).where(
+                    columns.study_id == study_key, columns.state.in_(FINISHED)
+                )
+            ).all()
+        finished = dict(rows)
+        known.by_id = {i: kept for i, kept in known.by_id.items() if finished.get(i, object()) == kept[0]}
+        new = set(finished) - set(known.by_id)
+        if new:
+            if known.by_id and len(new) <= _FETCH_ALL:
+                fetched = backend._get_trials(study_key, FINISHED, new, max(new))
+            else:
+                fetched = backend._get_trials(study_key, FINISHED, set(), -1)
+            for trial in fetched:  # one that finished since the ids were listed waits for the next read
+                if trial._trial_id in finished:
+                    known.by_id[trial._trial_id] = (finished[trial._trial_id], trial)
+        return sorted((trial for _, trial in known.by_id.values()), key=lambda t: t.number)

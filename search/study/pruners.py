@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 
+from search.study.snapshot import PerTrial
 from training import registered
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
@@ -28,45 +28,18 @@ SNAPSHOT_PRUNERS = ("median", "percentile")
 
 
 class OneReadPerTrial(optuna.pruners.BasePruner):
-    """``pruner``, given the study's trials as they were at the trial's first pruning check, for
-    each later check of that trial. Optuna's pruners read the whole study at every check, and its
-    storage reads every unfinished trial whole each time: with a thousand workers, a thousand
-    trials at each of the ten epochs of every trial. A trial is compared with the trials complete
-    when its checks began, as the sampler fills it from the study as it was when it started. While
-    fewer trials than ``needs`` (the pruner's start-up trials) are complete, each check reads again,
-    so that the first trials of a study are pruned as soon as the pruner may."""
+    """``pruner``, given the study's finished trials as they were at the trial's first pruning
+    check, for each later check of that trial (``PerTrial``). Optuna's pruners read the whole study
+    at every check, and its storage reads every trial whole each time: with a thousand workers, a
+    thousand running trials at each of the ten epochs of every trial. While fewer trials than
+    ``needs`` (the pruner's start-up trials) are complete, each check reads again."""
 
     def __init__(self, pruner: optuna.pruners.BasePruner, needs: int) -> None:
         self.pruner = pruner
-        self.needs = needs
-        self._snapshot: tuple[tuple[str, int], list[optuna.trial.FrozenTrial]] | None = None
+        self._reads = PerTrial(needs)
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        key = (study.study_name, trial.number)
-        if self._snapshot is None or self._snapshot[0] != key or self._too_few(self._snapshot[1]):
-            self._snapshot = (key, study.get_trials(deepcopy=False))
-        return self.pruner.prune(_Snapshot(study, self._snapshot[1]), trial)
-
-    def _too_few(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
-        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) < self.needs
-
-
-class _Snapshot:
-    """A study whose ``get_trials`` answers from a list read earlier; everything else is the study's."""
-
-    def __init__(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
-        self._study, self._trials = study, trials
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[optuna.trial.FrozenTrial]:
-        trials = [t for t in self._trials if states is None or t.state in states]
-        return copy.deepcopy(trials) if deepcopy else trials
-
-    @property
-    def trials(self) -> list[optuna.trial.FrozenTrial]:
-        return self.get_trials()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
+        return self.pruner.prune(self._reads.view(study, trial.number), trial)
 
 
 def build_pruner(component: Any) -> optuna.pruners.BasePruner:

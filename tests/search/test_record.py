@@ -56,3 +56,36 @@ def test_failures_group_by_reason_the_most_frequent_first():
         ]
     )
     assert failures_by_reason(study.trials) == [("OutOfMemoryError", [2, 3]), ("interrupted", [0]), (NO_REASON, [1])]
+
+
+def test_a_failed_trial_queued_again_says_as_which_trial_and_whether_it_ran():
+    stopped = "worker a:1 stopped sending heartbeats at 2026-12-06 10:00:00 UTC"
+    study = _study_with([(TrialState.FAIL, None, {"failure_reason": reason}) for reason in (stopped, "interrupted")])
+    for failed, ran in ((0, True), (1, False)):
+        retry = optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"failed_trial": failed, "retry_history": [failed]}
+        )
+        study.add_trial(retry)
+        if ran:
+            study.tell(study.ask(), 0.5)  # takes the queued retry: trial 2
+    assert failures_by_reason(study.trials) == [
+        (f"{stopped}; retried as trial 2", [0]),
+        ("interrupted; queued again as trial 3", [1]),
+    ]
+
+
+def test_a_stopped_workers_reason_names_the_worker_and_its_last_heartbeat_or_the_trials_start():
+    from datetime import datetime, timezone
+
+    from search.store.optuna_private import StaleTrial
+
+    study = _study_with([(TrialState.COMPLETE, 0.5, {"worker": "gpu-3:4121"}), (TrialState.COMPLETE, 0.5, {})])
+    named, unnamed = study.trials
+    beat = StaleTrial(named._trial_id, 0, datetime(2026, 12, 6, 10, 0, 5))
+    assert record.stopped_worker(beat, named) == {
+        "failure_reason": "worker gpu-3:4121 stopped sending heartbeats at 2026-12-06 10:00:05 UTC"
+    }
+    started = unnamed.datetime_start.astimezone(timezone.utc)
+    assert record.stopped_worker(StaleTrial(unnamed._trial_id, 1, None), unnamed) == {
+        "failure_reason": f"its worker sent no heartbeat after the trial started at {started:%Y-%m-%d %H:%M:%S} UTC"
+    }

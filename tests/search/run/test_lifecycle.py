@@ -79,6 +79,11 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     assert not (tmp_path / "work").exists()  # the next worker removed it, and its own folder, and their parents
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
     assert retried and retried[0].params == by_number[killed[0]].params  # the same params, run again
+    reason = by_number[killed[0]].user_attrs["failure_reason"]
+    worker = before[killed[0]].user_attrs["worker"]
+    assert reason.startswith(f"worker {worker} stopped sending heartbeats at "), reason
+    status = search_here("status", "--study", "lr-sweep", env={"SEARCH_HOME": str(tmp_path)})
+    assert f"  failed: 1 x {reason}; retried as trial {retried[0].number} (trial {killed[0]})" in status.stdout
     for number, old in before.items():  # finished trials untouched, checkpoints readable
         if old.state == TrialState.COMPLETE:
             assert by_number[number].user_attrs == old.user_attrs and by_number[number].value == old.value
@@ -135,6 +140,8 @@ def test_through_pgbouncer_a_killed_workers_trial_is_retried_and_stop_reaches_ev
 
         trials = {t.number: t for t in optuna.load_study(study_name=name, storage=bouncer_url).trials}
         assert trials[killed[0].number].state == TrialState.FAIL
+        reason = trials[killed[0].number].user_attrs["failure_reason"]
+        assert reason.startswith(f"worker {killed[0].user_attrs['worker']} stopped sending heartbeats at "), reason
         retry = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed[0].number]
         assert len(retry) == 1 and retry[0].params == killed[0].params and retry[0].state == TrialState.COMPLETE
         others = [t for t in trials.values() if t.number != killed[0].number]

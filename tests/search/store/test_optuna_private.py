@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import optuna
 import pytest
@@ -185,3 +187,94 @@ def test_a_new_trial_is_made_without_optunas_look_for_queued_ones_only_when_none
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
     assert optuna_private.ask(study, queued=0).number == 2  # Optuna's own ask
+
+
+def _seen(trials):
+    return [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values) for t in trials]
+
+
+def test_finished_trials_are_optunas_own_and_each_is_fetched_once(storage_url, monkeypatch):
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name=f"finished-{uuid.uuid4().hex[:8]}", direction="maximize")
+    backend = optuna_private.rdb_storage(storage)
+    fetched: list[int] = []
+    real = backend._get_trials
+
+    def spied(*args, **kwargs):
+        trials = real(*args, **kwargs)
+        fetched.extend(t.number for t in trials)
+        return trials
+
+    monkeypatch.setattr(backend, "_get_trials", spied)
+
+    def finish(value, state=optuna.trial.TrialState.COMPLETE):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.report(value, 0)
+        trial.set_user_attr("macro_f1", value)
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+    def optunas_own():
+        return study.get_trials(states=optuna_private.FINISHED)
+
+    finish(0.5)
+    finish(0.2, optuna.trial.TrialState.PRUNED)
+    finish(0.1, optuna.trial.TrialState.FAIL)
+    running = study.ask()
+    fetched.clear()  # Optuna's own reads, through its cache
+    ours = optuna_private.finished_trials(study)
+    assert sorted(fetched) == [0, 1, 2]
+    assert _seen(ours) == _seen(optunas_own())
+    finish(0.7)
+    study.tell(running, 0.3)
+    fetched.clear()
+    ours = optuna_private.finished_trials(study)
+    assert sorted(fetched) == [3, 4]  # only the two that finished since the first read
+    assert _seen(ours) == _seen(optunas_own())
+    fetched.clear()
+    assert len(optuna_private.finished_trials(study)) == 5 and fetched == []
+    monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
+    assert _seen(optuna_private.finished_trials(study)) == _seen(optunas_own())
+
+
+def test_finished_trials_of_a_study_deleted_and_made_again_are_the_new_studys(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")  # SQLite gives the new study and trials the old ids
+    for values in ([0.1, 0.2, 0.3], [0.6, 0.7, 0.8, 0.9]):
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name="s", storage=storage)
+        study = optuna.create_study(storage=storage, study_name="s")
+        for value in values:
+            study.tell(study.ask(), value)
+        assert [t.value for t in optuna_private.finished_trials(study)] == values
+
+
+def test_a_trial_whose_worker_stopped_or_never_sent_a_heartbeat_fails_saying_why_and_is_queued_again(storage_url):
+    from search import record
+
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name=f"stale-{uuid.uuid4().hex[:8]}")
+    stopped, silent, alive = (study.ask() for _ in range(3))
+    for trial in (stopped, silent, alive):
+        trial.suggest_float("x", 0, 1)
+    stopped.set_user_attr("worker", "gpu-3:4121")
+    storage.record_heartbeat(stopped._trial_id)
+    last_beat = datetime.now(timezone.utc).replace(tzinfo=None)
+    time.sleep(3)
+    storage.record_heartbeat(alive._trial_id)
+
+    found = optuna_private.stale_trials(storage, study.study_name)
+    assert sorted((s.number, s.last_heartbeat is None) for s in found) == [(0, False), (1, True)]
+    assert abs(found[0].last_heartbeat - last_beat) < timedelta(seconds=1)
+    optuna_private.fail_stale_trials(study, record.stopped_worker)
+
+    trials = study.get_trials()
+    assert [t.state.name for t in trials[:3]] == ["FAIL", "FAIL", "RUNNING"]
+    assert trials[0].user_attrs["failure_reason"].startswith("worker gpu-3:4121 stopped sending heartbeats at ")
+    assert trials[1].user_attrs["failure_reason"].startswith("its worker sent no heartbeat after the trial started at ")
+    retries = trials[3:]
+    assert [(t.state.name, t.params, t.user_attrs) for t in retries] == [
+        ("WAITING", trials[0].params, {}),
+        ("WAITING", trials[1].params, {}),
+    ]
+    assert [t.system_attrs["failed_trial"] for t in retries] == [0, 1]
+    assert optuna_private.stale_trials(storage, study.study_name) == []  # failed once, by one worker

@@ -44,6 +44,35 @@ def test_seeded_samplers_repeat_themselves():
     assert draws(5) == draws(5) != draws(6)
 
 
+def test_tpe_samples_from_the_finished_trials_read_once_per_trial_as_plain_tpe_does(tmp_path, monkeypatch):
+    """Each trial's four parameters share one read of the finished trials, and the draws are plain
+    TPE's: a running trial (another worker's) is not learned from by either."""
+    from search.study import snapshot
+    from search.study.samplers import OneReadPerTrialSampler
+
+    spec = load_study("lr-sweep", ["enqueue=[]"])
+    tpe = Component(name="tpe", n_startup_trials=3)
+    reads = []
+    real = snapshot.finished_trials
+    monkeypatch.setattr(snapshot, "finished_trials", lambda study: reads.append(1) or real(study))
+
+    def draws(sampler, name):
+        assert isinstance(sampler, OneReadPerTrialSampler) == (name == "shared")
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path}/{name}.db", direction="maximize", sampler=sampler)
+        study.ask()  # running, never told
+        found = []
+        for _ in range(8):
+            trial = study.ask()
+            params = sample(trial, spec.space)
+            found.append(params)
+            study.tell(trial, -abs(params["lr"] - 1e-3))
+        return found
+
+    shared = draws(build_sampler(tpe, spec.space, 7), "shared")
+    assert len(reads) == 9  # one per trial, the one left running included
+    assert shared == draws(optuna.samplers.TPESampler(seed=7, n_startup_trials=3), "plain")
+
+
 def test_grid_needs_choices():
     spec = load_study("lr-sweep")
     with pytest.raises(ConfigError, match="grid sampler needs choices for 'lr'"):
@@ -85,7 +114,8 @@ def test_pruners_without_a_warm_up_are_asked_from_the_first_step():
     assert first_prunable_step(load_study("lr-sweep").pruner) == 2
 
 
-def test_a_trials_pruning_checks_share_one_read_of_the_study_and_prune_as_the_pruner_would(tmp_path):
+def test_a_trials_pruning_checks_share_one_read_of_the_study_and_prune_as_the_pruner_would(tmp_path, monkeypatch):
+    from search.study import snapshot
     from search.study.pruners import OneReadPerTrial
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
@@ -95,13 +125,18 @@ def test_a_trials_pruning_checks_share_one_read_of_the_study_and_prune_as_the_pr
             trial.report(value, step)
         study.tell(trial, value)
     reads = []
-    real = study.get_trials
+    real, real_finished = study.get_trials, snapshot.finished_trials
 
     def counted(*args, **kwargs):
         reads.append(1)
         return real(*args, **kwargs)
 
+    def counted_finished(study):
+        reads.append(1)
+        return real_finished(study)
+
     study.get_trials = counted
+    monkeypatch.setattr(snapshot, "finished_trials", counted_finished)
     median = optuna.pruners.MedianPruner(n_startup_trials=1)
     wrapped, plain = OneReadPerTrial(median, needs=1), optuna.pruners.MedianPruner(n_startup_trials=1)
     trial = study.ask()
