@@ -42,8 +42,9 @@ def say_data_notes(notes: Sequence[str]) -> None:
 
 def exit_code(action: Callable[[], int], *, debug: bool = False) -> int:
     """``action()``'s exit code. A project error is its one line and its exit code (``debug``: the
-    traceback too); an interrupt says whether it marked a trial FAIL; a reader that went away
-    (``search status | head``) ends the command quietly."""
+    traceback too), and so is a database that went away where nothing waited for it; an interrupt
+    says whether it marked a trial FAIL; a reader that went away (``search status | head``) ends the
+    command quietly."""
     try:
         return action()
     except SearchServiceError as error:
@@ -59,3 +60,12 @@ def exit_code(action: Callable[[], int], *, debug: bool = False) -> int:
     except BrokenPipeError:  # nothing more to say to a reader that went away
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+    except Exception as error:
+        from search.store import STORAGE_ERRORS, StorageError, describe_db_error
+
+        if debug or not isinstance(error, STORAGE_ERRORS):
+            raise
+        print(
+            f"search: error: the storage failed: {describe_db_error(error)}; run again once it answers", file=sys.stderr
+        )
+        return StorageError.exit_code

@@ -124,6 +124,11 @@ def result_attrs(result: TrainResult, checkpoint: str | None = None) -> dict[str
     return attrs | (_attrs(checkpoint_artifact=checkpoint) if checkpoint else {})
 
 
+def failure_attrs(reason: str) -> dict[str, Any]:
+    """A failure's reason, as the user attribute ``write_failure`` writes."""
+    return _attrs(failure_reason=reason)
+
+
 def write_failure(
     trial: optuna.Trial, reason: str, *, result: TrainResult | None = None, failed_epoch: int | None = None
 ) -> None:

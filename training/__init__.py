@@ -44,7 +44,8 @@ from training.errors import (  # noqa: E402
     NonFiniteLossError,
     SearchServiceError,
 )
-from training.files import make_folder, make_readable, replacing  # noqa: E402
+from training.files import make_folder, make_readable, process_alive, replacing  # noqa: E402
+from training.pause_points import pause_point  # noqa: E402
 
 # name -> the module that defines it, imported when the name is first asked for
 _LAZY = {
@@ -92,6 +93,8 @@ __all__ = [
     "make_folder",
     "make_readable",
     "part_labels",
+    "pause_point",
+    "process_alive",
     "registered",
     "replacing",
     *sorted(_LAZY),

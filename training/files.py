@@ -21,6 +21,17 @@ def make_folder(path: Path, what: str, instead: str) -> Path:
     return path
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine has ``pid``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def make_readable(path: str | Path) -> None:
     """What ``open()`` would have given (0666 less the umask): mkstemp's files are owner-only."""
     umask = os.umask(0)

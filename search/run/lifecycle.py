@@ -24,12 +24,12 @@ from search.run.options import RunOptions
 from search.run.outage import StorageOutage, storage_failure
 from search.run.progress import Progress
 from search.run.scratch import scratch_folder
-from search.store import STORAGE_ERRORS, AtomicArtifactStore, optuna_private, redact, stop_requests
-from search.store.artifacts import remove
+from search.store import STORAGE_ERRORS, AtomicArtifactStore, describe_db_error, optuna_private, redact, stop_requests
+from search.store.artifacts import remove, remove_temporaries
 from search.store.budget import Next, TrialGate, next_step
 from search.store.optuna_private import trial_counts, trial_id
 from search.study.schema import Study
-from training import SearchServiceError
+from training import SearchServiceError, pause_point
 
 POLL_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
@@ -47,6 +47,7 @@ def work(run: OpenRun, options: RunOptions, progress: Progress) -> optuna.Study:
     if options.worker_index == 0:  # after the data loaded: a bad data root is the only line printed
         progress.line(f"study '{run.spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, run.spec.name)
+    remove_temporaries(run.store)  # what this machine's killed workers left half written
     with scratch_folder(options.artifacts.parent / "work" / run.spec.name) as work_dir:
         objective = Objective(run.spec, run.store, work_dir, progress)
         run_trials(run.study, objective, gate, options, progress)
@@ -59,14 +60,20 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
     """One trial after another, while the study wants more, the timeout has not passed and nobody
     asked the study to stop since this worker started."""
     deadline = time.monotonic() + options.timeout if options.timeout else None
-    stops, outage, failures, started = stop_requests(study), StorageOutage(progress), FailureStreak(), 0
+    stops, outage, failures, started = None, StorageOutage(progress), FailureStreak(), 0
+    lost: tuple[optuna.Trial, str] | None = None  # the trial the database went away under, and why
     while deadline is None or time.monotonic() < deadline:
+        running = None
         try:
             gate.acquire()  # deciding on the budget and asking for the trial: one step for the whole study
+            stops = stop_requests(study) if stops is None else stops  # those before this worker started
+            if lost is not None:  # the database is back: the trial it took down fails, saying so, and is retried
+                fail_lost_trial(study, *lost, objective.store)
+                lost = None
             if stop_requests(study) > stops:
                 progress.line(f"study '{study.study_name}' was asked to stop (search stop): no new trial here")
                 return
-            fail_stale_trials(study)  # a killed worker's trial turns FAIL, and its params are queued again
+            fail_stale_trials(study, objective.store)  # a killed worker's trial turns FAIL, its params queued again
             counts = trial_counts(study)
             step = next_step(counts, options.n_trials)
             if step is Next.DONE:
@@ -80,11 +87,13 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                 gate.release()
                 time.sleep(POLL_SECONDS)
                 continue
+            pause_point("budget")
             trial = ask(study, gate, counts["WAITING"], options.n_trials)
             if trial is None:
                 continue
-            started += 1
+            started, running = started + 1, trial
             done = run_trial(study, trial, objective, gate)
+            running = None
             failures.count(done)
             trials = optuna_private.finished_trials(study)  # only those this worker has not read yet
             if done.state == TrialState.COMPLETE:
@@ -96,7 +105,9 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
         except Exception as error:
             if (cause := storage_failure(error)) is None:
                 raise
-            outage.wait(cause)  # the running trial is lost; the heartbeat fails it and it is retried
+            if running is not None:
+                lost = (running, f"the database went away during the trial ({describe_db_error(cause)})")
+            outage.wait(cause)
         finally:
             gate.release()
 
@@ -131,6 +142,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, ga
         try:
             gate.release()  # the trial exists: other workers may start theirs
             outcome = objective(trial)
+            pause_point("tell")
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt) and getattr(error, "trial", None) is None
             if interrupted:
@@ -158,10 +170,28 @@ def queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
         study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=retry))
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study, store: AtomicArtifactStore) -> None:
     """The running trials without a heartbeat for the grace period turn FAIL, each saying which
     worker stopped and when, and are queued again (what ``study.optimize`` does before each trial)."""
-    optuna_private.fail_stale_trials(study, record.stopped_worker)
+    for failed in optuna_private.fail_stale_trials(study, record.stopped_worker):
+        remove_trial_files(study, failed, store)
+
+
+def fail_lost_trial(study: optuna.Study, trial: optuna.Trial, reason: str, store: AtomicArtifactStore) -> None:
+    """A trial whose run the database took down turns FAIL, saying so, and is queued again, unless
+    another worker already failed it (its heartbeats stopped while the database was away)."""
+    failed = optuna_private.fail_and_retry(study, trial_id(trial), lambda _: record.failure_attrs(reason))
+    if failed is not None:
+        remove_trial_files(study, failed, store)
+
+
+def remove_trial_files(study: optuna.Study, failed: FrozenTrial, store: AtomicArtifactStore) -> None:
+    """A lost trial's checkpoint, if it stored one before its worker stopped (a failed trial is
+    never ranked, so retention would keep it for ever), and the files its worker left half written."""
+    for artifact_id in optuna_private.artifact_ids(study, failed):
+        remove(store, artifact_id)
+    if worker := record.TrialRecord.of(failed).worker:
+        remove_temporaries(store, worker)
 
 
 def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:

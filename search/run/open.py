@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 
 from search.console import say_data_notes
 from search.run.options import RunOptions
+from search.run.outage import storage_failure
 from search.run.progress import Progress
-from search.store import AtomicArtifactStore, open_storage
+from search.store import AtomicArtifactStore, describe_db_error, open_storage, restarting
 from search.study.distributions import fit_space, recorded_distributions
 from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
 from search.study.pruners import build_pruner
@@ -34,17 +37,36 @@ class OpenRun:
     data: PreparedData
 
 
+STARTUP_WAIT = 60.0  # seconds a starting worker waits for a restarting database
+
+
 def open_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
     """``prepare_run``, then ``check_run``: what a worker of ``search run --workers N`` does."""
-    return check_run(prepare_run(spec, options, progress))
+    return through_restarts(lambda: check_run(prepare_run(spec, options, progress)), progress)
 
 
 def open_and_say(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
     """``open_run`` for the process that opens the run for its workers (or for itself): what the
     data left out is said once, here, before the inputs check that it may explain."""
-    run = prepare_run(spec, options, progress)
+    run = through_restarts(lambda: prepare_run(spec, options, progress), progress)
     say_data_notes(run.data.notes)
-    return check_run(run)
+    return through_restarts(lambda: check_run(run), progress)
+
+
+def through_restarts(opening: Callable[[], OpenRun], progress: Progress) -> OpenRun:
+    """``opening()``, done again while the database answers as a restarting server does, for up to
+    ``STARTUP_WAIT``: a worker that starts during a restart waits for the server, as a running one
+    does. What was opened before is not done twice (the data and weights are this process's)."""
+    deadline = time.monotonic() + STARTUP_WAIT
+    while True:
+        try:
+            return opening()
+        except Exception as error:
+            cause = storage_failure(error)
+            if cause is None or time.monotonic() >= deadline or not restarting(error):
+                raise
+            progress.line(f"storage error while the run opens ({describe_db_error(cause)}); retrying")
+            time.sleep(1.0)
 
 
 def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun:
@@ -56,7 +78,9 @@ def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun
     nothing behind, and takes nothing from the runs that start with it."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
-    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    storage = open_storage(
+        options.storage_url, options.heartbeat_interval, options.grace_period, STARTUP_WAIT, progress.line
+    )
     spec = check_study(spec, storage)
     try:
         dataset = load_source(spec.data)

@@ -9,13 +9,15 @@ from search.store import STORAGE_ERRORS, StorageError, describe_db_error
 
 
 def storage_failure(error: BaseException) -> BaseException | None:
-    """The database error behind ``error``, if any: Optuna may re-raise it as something else
-    (an assertion in its trial bookkeeping) while the database is away."""
+    """The database error behind ``error``, if any, the first raised where there are several: Optuna
+    may re-raise it as something else (an assertion in its trial bookkeeping, or its own storage
+    error, whose message only guesses at the cause) while the database is away."""
+    found = None
     while error is not None:
         if isinstance(error, STORAGE_ERRORS):
-            return error
+            found = error
         error = error.__context__
-    return None
+    return found
 
 
 class StorageOutage:

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from training import make_folder
+from training import make_folder, process_alive
 
 
 @contextlib.contextmanager
@@ -24,7 +24,7 @@ def scratch_folder(root: Path) -> Iterator[Path]:
     with contextlib.suppress(OSError):
         for left in root.iterdir():
             name, _, pid = left.name.rpartition("-")
-            if name == host and pid.isdigit() and not _alive(int(pid)):
+            if name == host and pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(left, ignore_errors=True)
     folder = root / f"{host}-{os.getpid()}"
     with contextlib.suppress(OSError):  # a parent that another worker removed (empty) on the way: once more
@@ -37,14 +37,3 @@ def scratch_folder(root: Path) -> Iterator[Path]:
         for emptied in (root, root.parent):
             with contextlib.suppress(OSError):  # not empty: another worker's folder is there
                 os.rmdir(emptied)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process of this machine has ``pid``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True

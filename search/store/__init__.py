@@ -12,6 +12,7 @@ from search.store.database import (
     open_storage,
     redact,
     resolve_storage_url,
+    restarting,
 )
 from search.store.optuna_private import set_user_attrs, stale_trial_numbers
 from search.store.stops import request_stop, stop_requests
@@ -29,6 +30,7 @@ __all__ = [
     "redact",
     "request_stop",
     "resolve_storage_url",
+    "restarting",
     "set_user_attrs",
     "stale_trial_numbers",
     "stop_requests",

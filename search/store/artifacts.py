@@ -3,10 +3,12 @@ whole before the record that points to it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.store.database import search_home
 from search.store.optuna_private import trial_artifact_recorder
-from training import DiskError, make_folder, make_readable
+from training import DiskError, make_folder, make_readable, pause_point, process_alive
 
 DASHBOARD_ARTIFACTS = "dashboard:artifacts:"
 
@@ -30,7 +32,9 @@ def artifact_dir(given: str | None) -> Path:
 
 
 class AtomicArtifactStore(FileSystemArtifactStore):
-    """Optuna's file-system store, but a write is a temporary file then a rename: never half a file."""
+    """Optuna's file-system store, but a write is a temporary file then a rename: never half a file.
+    The temporary file is named by its writer (``.ID~HOST~PID~...``), so that what a killed writer
+    left can be told from a live one's (``remove_temporaries``)."""
 
     def __init__(self, base_path: Path) -> None:
         make_folder(base_path, "the artifact folder", "give another --artifacts")
@@ -42,7 +46,8 @@ class AtomicArtifactStore(FileSystemArtifactStore):
             raise ValueError(f"invalid artifact id {artifact_id!r}: a file name, not a path")
         target = self.base_path / artifact_id
         try:
-            handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}.", dir=target.parent)
+            writer = f"{socket.gethostname()}~{os.getpid()}"
+            handle, temporary = tempfile.mkstemp(prefix=f".{artifact_id}~{writer}~", dir=target.parent)
             os.close(handle)
         except OSError as error:
             raise DiskError(f"could not store artifact in {target.parent}: {error.strerror or error}") from None
@@ -54,6 +59,7 @@ class AtomicArtifactStore(FileSystemArtifactStore):
                     file.flush()
                     os.fsync(file.fileno())
                 make_readable(temporary)
+            pause_point("upload")
             os.replace(temporary, target)
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)
@@ -78,7 +84,8 @@ def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], 
     """Store a file as an artifact: the bytes first, then ``record(artifact_id, meta_json)`` writes
     the attribute that points to them, so a failed write never leaves a record of a missing or
     truncated file (Optuna's own ``upload_artifact`` has written them in either order across its
-    releases). Returns the artifact's id."""
+    releases). A record that cannot be written (the database went away) takes the file away again:
+    no file is left that no record points to. Returns the artifact's id."""
     artifact_id = str(uuid.uuid4())
     with open(path, "rb") as file:
         store.write(artifact_id, file)
@@ -88,7 +95,11 @@ def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], 
         "mimetype": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
         "encoding": None,
     }
-    record(artifact_id, json.dumps(meta))
+    try:
+        record(artifact_id, json.dumps(meta))
+    except BaseException:
+        remove(store, artifact_id)
+        raise
     return artifact_id
 
 
@@ -126,6 +137,20 @@ def remove(store: AtomicArtifactStore, artifact_id: str) -> None:
         store.remove(artifact_id)
     except ArtifactNotFound:
         pass
+
+
+def remove_temporaries(store: AtomicArtifactStore, worker: str | None = None) -> None:
+    """Removes the temporary files of writes that stopped half way (the writer was killed, or lost
+    its machine): those of ``worker`` (``HOST:PID``, as a trial records its worker) where given, a
+    worker known to be gone; else those of this machine's processes that no longer run."""
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for left in store.base_path.glob(".*~*~*~*"):
+            _, writer_host, pid, _ = left.name.split("~", 3)
+            if f"{writer_host}:{pid}" == worker or (
+                worker is None and writer_host == host and pid.isdigit() and not process_alive(int(pid))
+            ):
+                left.unlink(missing_ok=True)
 
 
 def not_in_store(store: AtomicArtifactStore) -> str:

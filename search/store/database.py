@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -108,8 +110,51 @@ def refused_for_limit(message: str) -> str | None:
     )
 
 
-def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried."""
+# What a server that is restarting answers: worth waiting for, unlike a wrong password or database.
+RESTARTING = (
+    "connection refused", "is starting up", "is shutting down", "in recovery mode", "server closed the connection",
+    "terminating connection",
+)  # fmt: skip
+
+
+def restarting(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from, is what a restarting server answers."""
+    while error is not None:
+        if any(sign in str(error).lower() for sign in RESTARTING):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+# What the server answers a worker that makes Optuna's tables while another one does: they are there.
+MADE_AT_ONCE = ("already exists", "pg_type_typname_nsp_index")
+
+
+def open_storage(
+    url: str, heartbeat_interval: int = 10, grace_period: int = 30, wait: float = 0, say: Callable[[str], None] = print
+) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried. A server
+    that refuses connections or says it is starting or stopping (a restart) is tried again for up to
+    ``wait`` seconds (a worker's start), saying so once, so that a restart does not end the workers
+    starting then. Workers that start at once on a new database all make Optuna's tables, and the
+    server refuses all but one: the others open it again, now that the tables are there."""
+    deadline, said, tries = time.monotonic() + wait, False, 0
+    while True:
+        try:
+            return _open_storage(url, heartbeat_interval, grace_period)
+        except StorageError as error:
+            tries += 1
+            if tries <= 3 and any(sign in str(error) for sign in MADE_AT_ONCE):
+                continue
+            if time.monotonic() >= deadline or not restarting(error):
+                raise
+            if not said:
+                say(f"{error}: trying again for up to {wait:.0f} s (a restarting server)")
+                said = True
+            time.sleep(1.0)
+
+
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         try:

@@ -85,22 +85,30 @@ def trial_artifact_recorder(trial: optuna.Trial) -> Callable[[str, str], None] |
     return record
 
 
+def artifact_ids(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[str]:
+    """The artifacts recorded for a trial of ``study`` (Optuna's reader needs the study's storage)."""
+    return [meta.artifact_id for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)]
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """``trial.set_user_attr`` for each of ``attrs``, in one transaction where the storage allows: a
     trial records about fifteen (its metrics, configuration, checkpoint), and one commit each was a
     third of the time a demo trial spends outside training. On PostgreSQL and SQLite the trial is
     read and checked once, then every row is one upsert (the same rows, and the same refusal of a
     finished trial, as Optuna's own write); elsewhere Optuna's per-attribute write, committed once."""
-    storage = rdb_storage(trial.storage)
-    if storage is None or MISSING:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    if attrs:
-        _write_user_attrs(storage, trial_id(trial), attrs)
+    _write_attrs(trial.storage, trial_id(trial), attrs)
     cached = getattr(trial, "_cached_frozen_trial", None)  # what ``trial.user_attrs`` returns
     if cached is not None:
         cached.user_attrs.update(attrs)
+
+
+def _write_attrs(storage: optuna.storages.BaseStorage, trial: int, attrs: Mapping[str, Any]) -> None:
+    backend = rdb_storage(storage)
+    if backend is None or MISSING:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial, key, value)
+    elif attrs:
+        _write_user_attrs(backend, trial, attrs)
 
 
 def _write_user_attrs(storage: optuna.storages.RDBStorage, trial: int, attrs: Mapping[str, Any]) -> None:
@@ -170,32 +178,47 @@ def stale_trial_numbers(storage: optuna.storages.BaseStorage, study_name: str) -
 
 def fail_stale_trials(
     study: optuna.Study, reason: Callable[[StaleTrial, optuna.trial.FrozenTrial], Mapping[str, Any]]
-) -> None:
-    """``stale_trials`` turn FAIL, each first given the user attributes ``reason`` writes for it
-    (a finished trial's cannot be written), and are queued again by the storage's stale-trial
-    callback, as Optuna's ``fail_stale_trials`` does; the retry does not inherit the failed
-    trial's user attributes (its worker, its reason) nor its artifacts. Without the private names,
-    Optuna's own."""
-    storage = study._storage
-    backend = rdb_storage(storage)
-    if backend is None or MISSING:
+) -> list[optuna.trial.FrozenTrial]:
+    """``stale_trials`` failed and queued again (``fail_and_retry``), each with the user attributes
+    ``reason`` writes for it, as Optuna's ``fail_stale_trials`` fails them without one. The failed
+    trials, as they were before. Without the private names, Optuna's own, and none is returned."""
+    if rdb_storage(study._storage) is None or MISSING:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # marked experimental
             optuna.storages.fail_stale_trials(study)
-        return
-    callback = backend.get_heartbeat_stale_trial_callback()
-    for stale in stale_trials(storage, study.study_name):
-        with contextlib.suppress(UpdateFinishedTrialError):  # its worker told it, or another worker failed it
-            _write_user_attrs(backend, stale.trial_id, reason(stale, storage.get_trial(stale.trial_id)))
-            if not storage.set_trial_state_values(stale.trial_id, optuna.trial.TrialState.FAIL):
-                continue
-            if callback is not None:
-                failed = copy.deepcopy(storage.get_trial(stale.trial_id))
-                failed.user_attrs = {}
-                failed.system_attrs = {  # its checkpoint, if it stored one, stays the failed trial's
-                    k: v for k, v in failed.system_attrs.items() if not k.startswith(ARTIFACTS_ATTR_PREFIX or "\0")
-                }
-                callback(study, failed)
+        return []
+    stale = stale_trials(study._storage, study.study_name)
+    failed = (fail_and_retry(study, one.trial_id, lambda trial, one=one: reason(one, trial)) for one in stale)
+    return [trial for trial in failed if trial is not None]
+
+
+def fail_and_retry(
+    study: optuna.Study, trial_id: int, reason: Callable[[optuna.trial.FrozenTrial], Mapping[str, Any]]
+) -> optuna.trial.FrozenTrial | None:
+    """A running trial that its worker lost turns FAIL, first given the user attributes ``reason``
+    writes for it (a finished trial's cannot be written), and its params are queued again by the
+    storage's stale-trial callback (Optuna's ``RetryHeartbeatStaleTrialCallback``: up to 3 times).
+    The retry inherits neither the failed trial's user attributes (its worker, its reason) nor its
+    artifacts. The trial as it was before, or None where it had finished (its worker told it, or
+    another worker failed it first)."""
+    storage = study._storage
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    with contextlib.suppress(UpdateFinishedTrialError):
+        trial = storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING:
+            return None
+        _write_attrs(storage, trial_id, reason(trial))
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            return None
+        if callback is not None:
+            retry = copy.deepcopy(trial)
+            retry.user_attrs = {}
+            retry.system_attrs = {
+                k: v for k, v in retry.system_attrs.items() if not k.startswith(ARTIFACTS_ATTR_PREFIX or "\0")
+            }
+            callback(study, retry)
+        return trial
+    return None
 
 
 def trial_counts(study: optuna.Study) -> Counter:

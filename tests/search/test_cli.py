@@ -116,6 +116,20 @@ def test_bad_input_is_one_line_with_its_exit_code(one_trial_study, tmp_path, cap
         assert made[0] not in optuna.get_all_study_names(f"sqlite:///{one_trial_study}/studies.db")
 
 
+def test_a_database_error_nothing_waited_for_is_one_line_not_a_traceback(capsys):
+    import sqlalchemy
+
+    from search.console import exit_code
+
+    def gone():
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    assert exit_code(gone) == 1
+    assert capsys.readouterr().err == (
+        "search: error: the storage failed: server closed the connection unexpectedly; run again once it answers\n"
+    )
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(one_trial_study):
     """`search status | head -1`: the rest of the output has nowhere to go; no traceback about it."""
     env = {**os.environ, "SEARCH_HOME": str(one_trial_study)}

@@ -29,6 +29,7 @@ import numpy as np
 from training.data.sources import Dataset
 from training.errors import DataError
 from training.memo import Memo
+from training.pause_points import pause_point
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def _one_at_a_time(folder: Path) -> Iterator[None]:
         except BlockingIOError:
             log.warning("waiting for another worker of this machine to decode the images (it holds %s)", lock.name)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        pause_point("decode")
         yield
 
 

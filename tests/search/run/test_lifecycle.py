@@ -464,3 +464,42 @@ def test_a_trial_made_after_the_budgets_lock_was_lost_past_the_budget_is_failed_
     assert ask(study, LostGate(), 0, n_trials=3) is None  # one more would pass it: failed, saying why
     last = study.trials[-1]
     assert last.state == TrialState.FAIL and last.user_attrs["failure_reason"] == LOST_LOCK
+
+
+def test_a_lost_trial_fails_saying_why_is_queued_again_and_its_files_go(tmp_path):
+    """A trial the database took down, and one whose worker stopped after storing its checkpoint
+    and while writing another file: each fails once, saying why, its params queued again without
+    its files, and its checkpoint and half-written file are gone (a failed trial is never ranked)."""
+    from search.run.lifecycle import fail_lost_trial, fail_stale_trials
+    from search.store import AtomicArtifactStore, open_storage
+    from search.store.artifacts import upload_to_trial
+
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    lost, stopped = study.ask(), study.ask()
+    for trial in (lost, stopped):
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    (tmp_path / "best.safetensors").write_bytes(b"weights")
+    upload_to_trial(store, tmp_path / "best.safetensors", stopped)
+    stopped.set_user_attr("worker", "gpu-7:4121")
+    (store.base_path / ".x~gpu-7~4121~ab").write_bytes(b"half")
+    storage.record_heartbeat(stopped._trial_id)
+
+    for _ in range(2):  # the second time, it is failed already: nothing more
+        fail_lost_trial(study, lost, "the database went away during the trial (server closed the connection)", store)
+    time.sleep(2.5)
+    fail_stale_trials(study, store)
+
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert trials[0].user_attrs == {
+        "failure_reason": "the database went away during the trial (server closed the connection)"
+    }
+    assert trials[1].user_attrs["failure_reason"].startswith("worker gpu-7:4121 stopped sending heartbeats at ")
+    assert [(t.params, t.system_attrs["failed_trial"]) for t in trials[2:]] == [
+        (trials[0].params, 0),
+        (trials[1].params, 1),
+    ]
+    assert optuna.artifacts.get_all_artifact_meta(trials[3], storage=storage) == []
+    assert list(store.base_path.iterdir()) == []

@@ -1,0 +1,56 @@
+"""The artifact store's writes: whole files only, and what a stopped writer left half written removed."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy
+
+from search.store import AtomicArtifactStore
+from search.store.artifacts import remove_temporaries, upload
+
+
+def _gone_pid() -> int:
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+def test_a_write_names_its_temporary_file_by_its_writer_and_leaves_only_the_whole_file(tmp_path, monkeypatch):
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda source, target: seen.append(os.path.basename(source)) or real(source, target)
+    )
+    store.write("a1", io.BytesIO(b"weights"))
+    assert seen and seen[0].startswith(f".a1~{socket.gethostname()}~{os.getpid()}~")
+    assert sorted(p.name for p in store.base_path.iterdir()) == ["a1"]
+
+
+def test_what_a_stopped_writer_left_is_removed_and_a_live_writers_file_is_kept(tmp_path):
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    host = socket.gethostname()
+    dead, alive, elsewhere = (f".x~{host}~{_gone_pid()}~ab", f".y~{host}~{os.getpid()}~cd", ".z~gpu-7~4121~ef")
+    for name in (dead, alive, elsewhere, "kept"):
+        (store.base_path / name).write_bytes(b"part")
+    remove_temporaries(store)  # this machine's writers that no longer run
+    assert sorted(p.name for p in store.base_path.iterdir()) == sorted([alive, elsewhere, "kept"])
+    remove_temporaries(store, worker="gpu-7:4121")  # a worker known to be gone (its trial's heartbeats stopped)
+    assert sorted(p.name for p in store.base_path.iterdir()) == sorted([alive, "kept"])
+
+
+def test_a_file_whose_record_cannot_be_written_is_taken_away_again(tmp_path):
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    (tmp_path / "best.safetensors").write_bytes(b"weights")
+
+    def database_gone(artifact_id, meta):
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        upload(store, tmp_path / "best.safetensors", database_gone)
+    assert list(store.base_path.iterdir()) == []
