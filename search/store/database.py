@@ -111,10 +111,9 @@ def refused_for_limit(message: str) -> str | None:
 
 
 # What a server that is restarting answers: worth waiting for, unlike a wrong password or database.
-RESTARTING = (
-    "connection refused", "is starting up", "is shutting down", "in recovery mode", "server closed the connection",
-    "terminating connection",
-)  # fmt: skip
+# PostgreSQL's own: "the database system is starting up", "... is not yet accepting connections",
+# "... is shutting down", "... is in recovery mode".
+RESTARTING = ("connection refused", "the database system is", "server closed the connection", "terminating connection")
 
 
 def restarting(error: BaseException | None) -> bool:
@@ -127,7 +126,7 @@ def restarting(error: BaseException | None) -> bool:
 
 
 # What the server answers a worker that makes Optuna's tables while another one does: they are there.
-MADE_AT_ONCE = ("already exists", "pg_type_typname_nsp_index")
+MADE_AT_ONCE = ("already exists", "duplicate key value violates unique constraint")
 
 
 def open_storage(

@@ -9,10 +9,11 @@ import time
 
 import optuna
 import psycopg2
+import pytest
 import sqlalchemy
 from conftest import pgbouncer, postgres_url, search_here
 
-from search.store import open_storage
+from search.store import StorageError, open_storage
 from search.store.database import CONNECTIONS_PER_WORKER, STORAGE_POOL
 
 PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test"}
@@ -93,3 +94,44 @@ def test_pgbouncers_client_limit_is_one_line_naming_it():
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "no more connections allowed (max_client_conn); PgBouncer's max_client_conn is reached" in run.stderr
     assert "raise max_client_conn in pgbouncer.ini" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("answers", "said"),
+    [
+        (["FATAL:  the database system is starting up"], 1),  # a restart: waited for, said once
+        (["connection refused", "FATAL:  the database system is not yet accepting connections"], 1),
+        (['duplicate key value violates unique constraint "alembic_version_pkc"'], 0),  # another worker made the tables
+    ],
+)
+def test_a_starting_worker_waits_for_a_restarting_server_and_opens_again_after_a_race_for_the_tables(
+    tmp_path, monkeypatch, answers, said
+):
+    from search.store import database
+
+    real, refusals, lines = database._open_storage, list(answers), []
+
+    def opening(*args):
+        if refusals:
+            raise StorageError(f"cannot open storage x: {refusals.pop(0)}")
+        return real(*args)
+
+    monkeypatch.setattr(database, "_open_storage", opening)
+    monkeypatch.setattr(database.time, "sleep", lambda seconds: None)
+    assert database.open_storage(f"sqlite:///{tmp_path}/s.db", wait=60, say=lines.append) is not None
+    assert len(lines) == said and not refusals
+
+
+def test_a_wrong_password_is_not_waited_for(monkeypatch):
+    from search.store import database
+
+    calls = []
+
+    def opening(*args):
+        calls.append(1)
+        raise StorageError('cannot open storage x: FATAL:  password authentication failed for user "search"')
+
+    monkeypatch.setattr(database, "_open_storage", opening)
+    with pytest.raises(StorageError, match="password authentication failed"):
+        database.open_storage("postgresql+psycopg2://search@127.0.0.1/test", wait=60, say=print)
+    assert len(calls) == 1
