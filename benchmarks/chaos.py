@@ -275,7 +275,11 @@ def check(server: PostgresHere, home: Path, n_trials: int) -> list[tuple[str, bo
     )
     work = home / "work"
     rows.append(
-        ("no work folder", not work.exists(), "" if not work.exists() else f"left: {sorted(work.rglob('*'))[:3]}")
+        (
+            "no work folder",
+            not work.exists(),
+            "none left" if not work.exists() else f"left: {sorted(work.rglob('*'))[:3]}",
+        )
     )
     rows.append(held_locks(server, home))
 

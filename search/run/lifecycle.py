@@ -106,7 +106,8 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             if (cause := storage_failure(error)) is None:
                 raise
             if running is not None:
-                lost = (running, f"the database went away during the trial ({describe_db_error(cause)})")
+                said = describe_db_error(cause).strip("() ")
+                lost = (running, "the database went away during the trial" + (f" ({said})" if said else ""))
             outage.wait(cause)
         finally:
             gate.release()

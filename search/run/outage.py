@@ -9,15 +9,16 @@ from search.store import STORAGE_ERRORS, StorageError, describe_db_error
 
 
 def storage_failure(error: BaseException) -> BaseException | None:
-    """The database error behind ``error``, if any, the first raised where there are several: Optuna
-    may re-raise it as something else (an assertion in its trial bookkeeping, or its own storage
-    error, whose message only guesses at the cause) while the database is away."""
-    found = None
+    """The database error behind ``error``, if any: the first raised that says something, where there
+    are several. Optuna may re-raise it as something else (an assertion in its trial bookkeeping, or
+    its own storage error, whose message only guesses at the cause) while the database is away."""
+    found = []
     while error is not None:
         if isinstance(error, STORAGE_ERRORS):
-            found = error
+            found.append(error)
         error = error.__context__
-    return found
+    saying = [e for e in found if describe_db_error(e).strip("() ")]
+    return (saying or found or [None])[-1]
 
 
 class StorageOutage:

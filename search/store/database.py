@@ -35,7 +35,8 @@ STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInter
 def describe_db_error(error: BaseException) -> str:
     """The first line of the driver's message (SQLAlchemy wraps it with SQL and a link), and what to
     do where the server refused the connection for its limit."""
-    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
     limit = refused_for_limit(first)
     return f"{first}; {limit}" if limit else first
 
