@@ -41,11 +41,12 @@ def _wait_mid_training(
 ) -> None:  # fmt: skip
     """Until ``need_running`` trials are RUNNING with an epoch reported (so inside a later epoch)
     and, with ``need_retried``, one of them is a failed trial's retry."""
-    deadline = time.monotonic() + limit
+    deadline, storage = time.monotonic() + limit, None
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
-        try:
-            trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        try:  # one storage for every look: a new one each time holds a connection until it is collected
+            storage = storage or optuna.storages.RDBStorage(url)
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         except (KeyError, Exception):
             trials = []
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -311,12 +312,13 @@ def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path):
     command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, "--n-trials", "4",
                "--set", f"name={name}", "--set", "train.epochs=8", "--set", "pruner={name: none}"]  # fmt: skip
     worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = optuna.storages.RDBStorage(url)  # one for every look, not a connection each
     try:
         deadline = time.monotonic() + 120
         while True:
             assert time.monotonic() < deadline and worker.poll() is None
             try:
-                trials = optuna.load_study(study_name=name, storage=url).trials
+                trials = optuna.load_study(study_name=name, storage=storage).trials
             except KeyError:
                 trials = []
             if any(t.state == TrialState.COMPLETE for t in trials) and any(
