@@ -139,7 +139,7 @@ def write_failure(
         attrs |= _attrs(failed_epoch=failed_epoch)
     try:
         set_user_attrs(trial, attrs)
-    except STORAGE_ERRORS:
+    except (*STORAGE_ERRORS, optuna.exceptions.UpdateFinishedTrialError):  # away, or failed by another worker
         pass
 
 

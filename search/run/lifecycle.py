@@ -154,7 +154,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, ga
                 if interrupted:
                     queue_again(study, trial)
             raise
-    return study.tell(trial, outcome.value, outcome.state)
+    # A trial another worker failed meanwhile (its heartbeats stopped reaching the database) stays as it is.
+    return study.tell(trial, outcome.value, outcome.state, skip_if_finished=True)
 
 
 MAX_REQUEUES = 3  # as many times as a killed worker's trial is retried

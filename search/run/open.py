@@ -57,7 +57,7 @@ def through_restarts(opening: Callable[[], OpenRun], progress: Progress) -> Open
     """``opening()``, done again while the database answers as a restarting server does, for up to
     ``STARTUP_WAIT``: a worker that starts during a restart waits for the server, as a running one
     does. What was opened before is not done twice (the data and weights are this process's)."""
-    deadline = time.monotonic() + STARTUP_WAIT
+    deadline, said = time.monotonic() + STARTUP_WAIT, False
     while True:
         try:
             return opening()
@@ -65,7 +65,9 @@ def through_restarts(opening: Callable[[], OpenRun], progress: Progress) -> Open
             cause = storage_failure(error)
             if cause is None or time.monotonic() >= deadline or not restarting(error):
                 raise
-            progress.line(f"storage error while the run opens ({describe_db_error(cause)}); retrying")
+            if not said:
+                progress.line(f"storage error while the run opens ({describe_db_error(cause)}); retrying")
+                said = True
             time.sleep(1.0)
 
 

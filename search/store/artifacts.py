@@ -147,9 +147,9 @@ def remove_temporaries(store: AtomicArtifactStore, worker: str | None = None) ->
     with contextlib.suppress(OSError):
         for left in store.base_path.glob(".*~*~*~*"):
             _, writer_host, pid, _ = left.name.split("~", 3)
-            if f"{writer_host}:{pid}" == worker or (
-                worker is None and writer_host == host and pid.isdigit() and not process_alive(int(pid))
-            ):
+            gone = writer_host == host and pid.isdigit() and not process_alive(int(pid))
+            named = f"{writer_host}:{pid}" == worker and (writer_host != host or gone)  # never a live one's here
+            if named or (worker is None and gone):
                 left.unlink(missing_ok=True)
 
 

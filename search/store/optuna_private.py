@@ -38,7 +38,7 @@ try:
 except ImportError as error:
     ARTIFACTS_ATTR_PREFIX = None
     MISSING.append(f"optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX ({error})")
-for _name in ("_set_trial_attr_without_commit", "_get_stale_trial_ids", "_get_trials"):
+for _name in ("_set_trial_attr_without_commit", "_get_trials"):
     if not hasattr(optuna.storages.RDBStorage, _name):
         MISSING.append(f"RDBStorage.{_name}")
 
@@ -144,8 +144,8 @@ def stale_trials(storage: optuna.storages.BaseStorage, study_name: str) -> list[
     killed or lost), and those that never sent one and started longer ago than that (a worker
     killed between asking for its trial and its first heartbeat, which Optuna's own list leaves
     running for ever, and the study's budget with it). Heartbeats are the database's clock
-    (Optuna writes ``now()``); a trial's start is UTC, written by its worker. Without Optuna's
-    private names, or with heartbeats off, none is known."""
+    (Optuna writes ``now()``); a trial's start is its worker's, read as Optuna gives it (local
+    time, however this Optuna stores it). Without the private names, or heartbeats, none is known."""
     backend = rdb_storage(storage)
     interval = backend.get_heartbeat_interval() if backend is not None else None
     if backend is None or MISSING or interval is None:
@@ -166,8 +166,10 @@ def stale_trials(storage: optuna.storages.BaseStorage, study_name: str) -> list[
     for trial, number, started, beat in rows:
         if beat is not None and now - beat > grace:
             found.append(StaleTrial(trial, number, utc_now - (now - beat)))
-        elif beat is None and started is not None and utc_now - started > grace:
-            found.append(StaleTrial(trial, number, None))
+        elif beat is None and started is not None:
+            start = backend.get_trial(trial).datetime_start
+            if start is not None and datetime.now() - start > grace:
+                found.append(StaleTrial(trial, number, None))
     return found
 
 
@@ -196,11 +198,9 @@ def fail_and_retry(
     study: optuna.Study, trial_id: int, reason: Callable[[optuna.trial.FrozenTrial], Mapping[str, Any]]
 ) -> optuna.trial.FrozenTrial | None:
     """A running trial that its worker lost turns FAIL, first given the user attributes ``reason``
-    writes for it (a finished trial's cannot be written), and its params are queued again by the
-    storage's stale-trial callback (Optuna's ``RetryHeartbeatStaleTrialCallback``: up to 3 times).
-    The retry inherits neither the failed trial's user attributes (its worker, its reason) nor its
-    artifacts. The trial as it was before, or None where it had finished (its worker told it, or
-    another worker failed it first)."""
+    writes for it (a finished trial's cannot be written); the storage's stale-trial callback queues
+    its params again (up to 3 times), without its user attributes (its worker, its reason) or its
+    artifacts. The trial as it was before, or None where it had finished (told, or failed first)."""
     storage = study._storage
     callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     with contextlib.suppress(UpdateFinishedTrialError):
@@ -290,7 +290,7 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         new = set(finished) - set(known.by_id)
         if new:
             if known.by_id and len(new) <= _FETCH_ALL:
-                fetched = backend._get_trials(study_key, FINISHED, new, max(new))
+                fetched = backend._get_trials(study_key, FINISHED, new, max(finished))  # new ones and later
             else:
                 fetched = backend._get_trials(study_key, FINISHED, set(), -1)
             for trial in fetched:  # one that finished since the ids were listed waits for the next read

@@ -21,8 +21,9 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "grid": lambda seed, space, **o: optuna.samplers.GridSampler(grid_space(space), seed=seed, **o),
 }
 
-# Samplers that learn from finished trials only: each trial's questions may share one read.
-SNAPSHOT_SAMPLERS = ("tpe", "gp", "cmaes")
+# Samplers that learn from finished trials only (TPE: complete and pruned): each trial's questions may
+# share one read. GP and CMA-ES read running trials too, or every trial: they read the study themselves.
+SNAPSHOT_SAMPLERS = ("tpe",)
 
 
 class OneReadPerTrialSampler(optuna.samplers.BaseSampler):

@@ -37,8 +37,8 @@ class FinishedView:
     def _get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False
     ) -> list[FrozenTrial]:
-        if states is None or not set(states) <= set(FINISHED):
-            return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        """What Optuna's samplers call (``use_cache``: the study's cache of one ``ask``; a read that
+        goes to the study here is read afresh)."""
         return self.get_trials(deepcopy=deepcopy, states=states)
 
     @property

@@ -505,3 +505,25 @@ def test_a_lost_trial_fails_saying_why_is_queued_again_and_its_files_go(tmp_path
     ]
     assert optuna.artifacts.get_all_artifact_meta(trials[3], storage=storage) == []
     assert list(store.base_path.iterdir()) == []
+
+
+def test_a_trial_another_worker_failed_meanwhile_ends_its_run_without_stopping_the_worker(tmp_path):
+    """After a database outage longer than the grace period, another worker fails a trial whose
+    worker is alive (its heartbeats could not reach the database): that worker's report, failure
+    record and tell meet a finished trial; it keeps the trial as it is and goes on."""
+    from search.record import failure_attrs, write_failure
+    from search.run.lifecycle import run_trial
+    from search.run.objective import Outcome
+    from search.store import open_storage, optuna_private
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
+    trial = study.ask()
+
+    def objective(running):
+        optuna_private.fail_and_retry(study, running._trial_id, lambda _: failure_attrs("failed by another worker"))
+        write_failure(running, "its own reason")  # a finished trial's attributes: not written, no error
+        return Outcome(TrialState.COMPLETE, 0.5)
+
+    gate = type("Gate", (), {"release": lambda self: None})()
+    done = run_trial(study, trial, objective, gate)
+    assert (done.state, done.user_attrs) == (TrialState.FAIL, {"failure_reason": "failed by another worker"})

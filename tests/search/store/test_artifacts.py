@@ -42,6 +42,8 @@ def test_what_a_stopped_writer_left_is_removed_and_a_live_writers_file_is_kept(t
     assert sorted(p.name for p in store.base_path.iterdir()) == sorted([alive, elsewhere, "kept"])
     remove_temporaries(store, worker="gpu-7:4121")  # a worker known to be gone (its trial's heartbeats stopped)
     assert sorted(p.name for p in store.base_path.iterdir()) == sorted([alive, "kept"])
+    remove_temporaries(store, worker=f"{host}:{os.getpid()}")  # named, but alive on this machine: its own
+    assert sorted(p.name for p in store.base_path.iterdir()) == sorted([alive, "kept"])
 
 
 def test_a_file_whose_record_cannot_be_written_is_taken_away_again(tmp_path):
