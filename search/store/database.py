@@ -165,12 +165,29 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optun
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                skip_compatibility_check=True,  # checked below, on one connection
             )
+            check_schema(storage, url)
             if is_sqlite(url):
                 _write_ahead_log(storage.engine)
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
             raise StorageError(f"cannot open storage {redact(url)}: {describe_db_error(error)}") from None
+
+
+def check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:
+    """That this Optuna reads the tables' schema. Optuna's own check keeps a transaction open on one
+    connection while it reads the version on a second. Through PgBouncer's transaction pooling,
+    workers that start together then take every server connection with their first and wait for
+    ever for their second, until PgBouncer cuts them. Here each read is a connection of its own."""
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current == head:
+        return
+    if current in storage.get_all_versions():
+        todo = f"upgrade them with `optuna storage upgrade --storage {redact(url)}`"
+    else:
+        todo = "install the newer optuna that made them"
+    raise RuntimeError(f"the tables are Optuna schema {current}, and optuna {optuna.__version__} reads {head}: {todo}")
 
 
 def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:

@@ -137,3 +137,47 @@ def test_a_wrong_password_is_not_waited_for(monkeypatch):
     with pytest.raises(StorageError, match="password authentication failed"):
         database.open_storage("postgresql+psycopg2://search@127.0.0.1/test", wait=60, say=print)
     assert len(calls) == 1
+
+
+def test_workers_opening_together_through_pgbouncer_share_its_few_server_connections():
+    """Optuna's own schema check keeps one connection in a transaction while it reads on a second:
+    through transaction pooling, as many workers opening at once as the pool's server connections
+    took them all and waited for their second until PgBouncer cut them. Each read is on its own now."""
+    with pgbouncer(postgres_url(), default_pool_size=2, reserve_pool_size=0, idle_transaction_timeout=20) as url:
+        open_storage(url).engine.dispose()  # the tables exist, as for workers joining a study
+        opened, errors, start = [], [], threading.Barrier(12)
+
+        def open_one() -> None:
+            start.wait()
+            try:
+                storage = open_storage(url)
+                opened.append(time.monotonic())
+                storage.engine.dispose()
+            except StorageError as error:
+                errors.append(str(error))
+
+        began = time.monotonic()
+        threads = [threading.Thread(target=open_one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors and len(opened) == 12
+    assert max(opened) - began < 15, "opening waited for PgBouncer's idle_transaction_timeout"
+
+
+@pytest.mark.parametrize(
+    ("revision", "todo"),
+    [("v3.0.0.a", "upgrade them with `optuna storage upgrade --storage sqlite:///"), ("v99.0.0", "install the newer")],
+)
+def test_tables_of_another_optuna_schema_are_one_line_saying_what_to_do(tmp_path, revision, todo):
+    url = f"sqlite:///{tmp_path}/old.db"
+    open_storage(url).engine.dispose()
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as db:
+        db.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{revision}'")
+    engine.dispose()
+    run = search_here("status", "--study", "x", "--storage", url)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert f"the tables are Optuna schema {revision}, and optuna {optuna.__version__} reads" in run.stderr
+    assert todo in run.stderr
