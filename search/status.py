@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
 from search.run.progress import short
 from search.study.inputs import data_facts, data_summary
-from search.study.setup import SPEC_ATTR, setup_text
+from search.study.setup import LR_RANGE_ATTR, SPEC_ATTR, setup_text
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -56,6 +56,8 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
     setup = setup_text(attrs.get(SPEC_ATTR), None if facts else data_summary(attrs))
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines += [f"  {line}" for line in facts.lines()] if facts else []
+    if isinstance(found := attrs.get(LR_RANGE_ATTR), dict):
+        lines.append(f"  lr searched from {found['low']:.2e} to {found['high']:.2e}, found by its range test")
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
     complete = ranked(trials)

@@ -132,5 +132,5 @@ def test_each_command_is_a_module_of_its_own():
     from search.commands import COMMANDS
 
     for name, module in COMMANDS.items():
-        assert module.__name__ == f"search.commands.{name}"
+        assert module.__name__ == f"search.commands.{name.replace('-', '_')}"  # lr-find: lr_find
         assert callable(module.add_arguments) and callable(module.take_action) and module.HELP and module.EXAMPLES

@@ -18,12 +18,13 @@ from search.run.options import RunOptions
 from search.run.outage import storage_failure
 from search.run.progress import Progress
 from search.store import AtomicArtifactStore, describe_db_error, open_storage, restarting
+from search.store.budget import TrialGate
 from search.study.distributions import fit_space, recorded_distributions
 from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
 from search.study.pruners import build_pruner
 from search.study.samplers import build_sampler
 from search.study.schema import Study
-from search.study.setup import SPEC_ATTR, as_new_study, changed_setup, recorded_spec
+from search.study.setup import LR_RANGE_ATTR, SPEC_ATTR, as_new_study, changed_setup, recorded_spec
 from training import ConfigError, DataError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
 
 
@@ -90,8 +91,22 @@ def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun
         raise DataError(str(error).replace("data.root", spec.named("data.root"), 1)) from None
     fetch_weights(spec.model)
     data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
-    spec, study = create_study(spec, options, storage)
+    found = find_lr_range(spec, progress) if spec.space.lr_to_find() is not None else None
+    spec, study = create_study(spec, options, storage, found)
     return OpenRun(spec, store, study, data)
+
+
+def find_lr_range(spec: Study, progress: Progress) -> dict:
+    """The range test a study file asks for (``lr: {lr_find: true}``), run by the worker that finds
+    the study without a recorded range: the range as the study records it."""
+    from search.lr_range import find_range
+
+    progress.line(f"lr-find: a learning-rate range test for study '{spec.name}' before its first trial")
+    test = find_range(spec)
+    cost = f"{test.steps} steps, {test.seconds:.0f} s"
+    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost})")
+    return {"low": test.low, "high": test.high, "steps": test.steps, "seconds": round(test.seconds, 1),
+            "diverged_at": test.diverged_at}  # fmt: skip
 
 
 def check_run(run: OpenRun) -> OpenRun:
@@ -105,16 +120,32 @@ def check_run(run: OpenRun) -> OpenRun:
 def check_study(spec: Study, storage: optuna.storages.BaseStorage) -> Study:
     """The spec with its space as the study's earlier trials can take it (``fit_space``), if the
     study exists and was made with this setup; read only: refused before anything is written."""
+    attrs: dict = {}
+    with contextlib.suppress(KeyError):  # a new study: nothing to compare with
+        attrs = optuna.load_study(study_name=spec.name, storage=storage).user_attrs
+    spec = with_recorded_lr_range(spec, attrs)
     space = fit_space(spec.name, recorded_distributions(storage, spec.name), spec.space)
     spec = spec.model_copy(update={"space": space})
-    with contextlib.suppress(KeyError):  # a new study: nothing to compare with
-        _same_setup(spec, optuna.load_study(study_name=spec.name, storage=storage).user_attrs)
+    _same_setup(spec, attrs)
     return spec
 
 
-def create_study(spec: Study, options: RunOptions, storage: optuna.storages.BaseStorage) -> tuple[Study, optuna.Study]:
+def with_recorded_lr_range(spec: Study, attrs: dict) -> Study:
+    """The spec searching the learning-rate range its study recorded, where the file asks for a
+    range test (``lr_find``) and the study has one: every run and worker searches that one range."""
+    recorded = attrs.get(LR_RANGE_ATTR)
+    if spec.space.lr_to_find() is None or not isinstance(recorded, dict):
+        return spec
+    return spec.model_copy(update={"space": spec.space.with_lr_range(recorded["low"], recorded["high"])})
+
+
+def create_study(
+    spec: Study, options: RunOptions, storage: optuna.storages.BaseStorage, lr_range: dict | None = None
+) -> tuple[Study, optuna.Study]:
     """Create the study or load it by name; record its spec once (another run may have made it
-    since ``check_study``: its setup is checked again); queue the known-good configs."""
+    since ``check_study``: its setup is checked again); record the learning-rate range this worker
+    found (``lr_range``) unless another worker's is there, and search the recorded one; queue the
+    known-good configs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental samplers and options
         study = optuna.create_study(
@@ -130,9 +161,25 @@ def create_study(spec: Study, options: RunOptions, storage: optuna.storages.Base
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
     _same_setup(spec, study.user_attrs)
+    if lr_range is not None:
+        spec = _record_lr_range(spec, study, options, lr_range)
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return spec, study
+
+
+def _record_lr_range(spec: Study, study: optuna.Study, options: RunOptions, found: dict) -> Study:
+    """The first range recorded wins: looked for and written under the study's lock, so that two
+    workers that tested at once search the same range."""
+    gate = TrialGate(options.storage_url, spec.name)
+    try:
+        gate.acquire()
+        if not isinstance(study.user_attrs.get(LR_RANGE_ATTR), dict):
+            study.set_user_attr(LR_RANGE_ATTR, found)
+        recorded = study.user_attrs[LR_RANGE_ATTR]
+    finally:
+        gate.close()
+    return spec.model_copy(update={"space": spec.space.with_lr_range(recorded["low"], recorded["high"])})
 
 
 def _same_setup(spec: Study, attrs: dict) -> None:

@@ -100,6 +100,12 @@ class TrialGate:
         except sqlalchemy.exc.SQLAlchemyError:
             return False
 
+    def close(self) -> None:
+        """The lock let go, and the gate's connection closed."""
+        self.release()
+        if self._engine is not None:
+            self._engine.dispose()
+
     def release(self) -> None:
         """Idempotent: released as soon as the trial exists, and again when the step ends, to be sure."""
         held, self._held = self._held, None

@@ -187,7 +187,8 @@ def check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:
         todo = f"upgrade them with `optuna storage upgrade --storage {redact(url)}`"
     else:
         todo = "install the newer optuna that made them"
-    raise RuntimeError(f"the tables are Optuna schema {current}, and optuna {optuna.__version__} reads {head}: {todo}")
+    this = optuna.version.__version__
+    raise RuntimeError(f"the tables are Optuna schema {current}, and optuna {this} reads {head}: {todo}")
 
 
 def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:

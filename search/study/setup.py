@@ -10,6 +10,7 @@ from search.study.fields import MACHINE_SETTINGS
 from search.study.schema import Study
 
 SPEC_ATTR = "spec"  # the study user attribute holding the spec it was made with, as JSON
+LR_RANGE_ATTR = "lr_range"  # the learning-rate range its range test found (lr_find), with the test's cost
 
 # What may differ between runs of one study without making their trials incomparable: the study's
 # bookkeeping (the space has its own check, `fit_space`), where a machine keeps its files, and how

@@ -32,6 +32,9 @@ from search.study.fields import (
 from training import WITHOUT_TIMM, Frozen
 
 SCALARS = (bool, int, float, str, type(None))  # what Optuna stores as a choice
+# ``lr: {lr_find: true}`` with no bounds: the range test looks 100 times beyond these on each side
+LR_FIND_WIDE = {"low": 1e-5, "high": 1e-1, "log": True}
+LR_PATH = "train.optimizer.lr"
 
 
 class Distribution(Frozen):
@@ -43,12 +46,15 @@ class Distribution(Frozen):
     step: float | None = None
     choices: list[Any] | None = None
     integer: bool = False
+    lr_find: bool = False  # the learning rate only: searched inside the range a range test finds (LR_FIND_WIDE)
 
     @model_validator(mode="before")
     @classmethod
     def _shape(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError("must be {low, high[, log, step]} or {choices: [...]}")
+        if value.get("lr_find"):  # on a log scale, and wide where no bounds are given
+            value = {**(LR_FIND_WIDE if "low" not in value and "high" not in value else {"log": True}), **value}
         if "choices" not in value and isinstance(value.get("low"), int) and isinstance(value.get("high"), int):
             value = {**value, "integer": True}
         return value
@@ -71,6 +77,8 @@ class Distribution(Frozen):
             raise ValueError(f"log scale needs low > 0, got {self.low:g}")
         if self.log and self.step is not None:
             raise ValueError("log and step cannot be combined")
+        if self.lr_find and (self.integer or self.step is not None or not self.log):
+            raise ValueError("lr_find searches a float range on a log scale: give {lr_find: true[, low, high]}")
         return self
 
     def values(self) -> list[Any]:
@@ -154,6 +162,18 @@ class SearchSpace(RootModel[dict[str, Entry]]):
                     return branch.distribution
         return None
 
+    def lr_to_find(self) -> Distribution | None:
+        """The learning rate's entry where it asks for a range test (``lr_find``), else None."""
+        entry = next((e for k, e in self.root.items() if resolve(k) == LR_PATH), None)
+        return entry if isinstance(entry, Distribution) and entry.lr_find else None
+
+    def with_lr_range(self, low: float, high: float) -> SearchSpace:
+        """This space with the learning rate searched from ``low`` to ``high`` on a log scale."""
+        root = {
+            k: Distribution(low=low, high=high, log=True) if resolve(k) == LR_PATH else e for k, e in self.root.items()
+        }
+        return SearchSpace.model_validate(root)
+
     def sampled_paths(self) -> set[str]:
         """Every field a trial's sampled value may set."""
         return {param.path for param in self.every_param()}
@@ -187,6 +207,8 @@ class SearchSpace(RootModel[dict[str, Entry]]):
             path = resolve(key)
             fields = [path]
             if isinstance(entry, Distribution):
+                if entry.lr_find and path != LR_PATH:
+                    raise SpaceError(key, f"lr_find is for the learning rate ({LR_PATH}), not {path}")
                 _check_values(key, path, entry, {}, context)
             else:
                 fields += _check_branches(key, path, entry, context)

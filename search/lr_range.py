@@ -1,0 +1,72 @@
+"""The learning-rate range test of a study (``training.lr_find``): run on the study's own settings,
+between bounds far outside its space, and what it found said three ways: a line, the space's
+``lr`` entry to use, and a plot of the smoothed loss against the rate with the range marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.pictures import new_figure
+from search.study.schema import Study
+from training import ConfigError
+
+
+def bounds(spec: Study) -> tuple[float, float]:
+    """Where the test starts and ends: 100 times below and above the study's lr range, or its one
+    fixed lr where the space does not search it."""
+    from training import default_bounds
+
+    searched = spec.space.distribution("lr", {})
+    if searched is not None and searched.low is not None and searched.high is not None:
+        return default_bounds(searched.low, searched.high)
+    if searched is not None:
+        raise ConfigError(f"study '{spec.name}': space.lr is a list of choices; the range test needs {{low, high}}")
+    return default_bounds(spec.train.optimizer.lr, spec.train.optimizer.lr)
+
+
+def find_range(spec: Study, steps: int | None = None):
+    """The range test on the study's model, data, loss and optimizer at the study's first settings
+    (``RangeTest``)."""
+    from training import range_test
+
+    return range_test(spec.trial_config({}, None), *bounds(spec), steps)
+
+
+def space_entry(test) -> str:
+    """The space's ``lr`` entry that searches the range found, as a study file writes it."""
+    return f"{{low: {test.low:.2e}, high: {test.high:.2e}, log: true}}"
+
+
+def summary(spec: Study, test) -> list[str]:
+    """What the test found, and how to use it."""
+    ended = f"diverged at {test.diverged_at:.2g}" if test.diverged_at else "never diverged"
+    drop = " --set 'enqueue=[]'"
+    outside = [q["lr"] for q in spec.enqueue if "lr" in q and not test.low <= q["lr"] <= test.high]
+    lines = [
+        f"lr-find: {test.steps} steps from {test.rates[0]:.2g} to {test.rates[-1]:.2g} ({ended}), {test.seconds:.0f} s",
+        f"suggested lr: {test.low:.2e} to {test.high:.2e} (the smoothed loss is lowest at {test.high:.2e}, "
+        "and falls fastest at the range's start or, closer than half a decade, a decade below it)",
+        f"  search run --study {spec.name} --set 'space.lr={space_entry(test)}'" + (drop if outside else ""),
+        f"  or in the study file, under space:  lr: {space_entry(test)}",
+    ]
+    if outside:
+        queued = ", ".join(f"{lr:g}" for lr in outside)
+        lines.append(f"  the study's queued trials with lr {queued} are outside it: the run above queues none")
+    return lines
+
+
+def draw(test, path: Path, title: str) -> Path:
+    """The smoothed loss against the rate (log scale), the suggested range shaded."""
+    figure = new_figure(6.4, 4.0)
+    ax = figure.add_subplot()
+    ax.plot(test.rates, test.losses, color="#4c72b0")
+    ax.axvspan(test.low, test.high, color="#55a868", alpha=0.25, label=f"suggested: {test.low:.1e} to {test.high:.1e}")
+    if test.diverged_at:
+        ax.axvline(test.diverged_at, color="#c44e52", linestyle="--", label=f"diverged at {test.diverged_at:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(title)
+    ax.legend()
+    figure.savefig(path)
+    return path

@@ -1,0 +1,107 @@
+"""Smith's learning-rate range test: one short run whose learning rate rises exponentially at each
+optimizer step, from far below any useful rate to far above, with the loss of each step smoothed.
+Where the smoothed loss falls fastest, and where it stops falling, bound the rates worth searching.
+
+``range_test(config, start, end)`` trains the config's model on its data, loss and optimizer, at
+its micro-batch size (one optimizer step a batch), and stops once the loss diverges.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.accelerate import autocast
+from training.config import TrainConfig
+from training.setup import set_up
+
+MIN_STEPS, MAX_STEPS = 40, 200  # one epoch's batches, within these: fewer give no curve, more no news
+SMOOTHING = 0.9  # the loss's moving average keeps this share of the last value at each step
+DIVERGED = 4.0  # the smoothed loss this many times its lowest: the rates from here on diverge
+
+
+@dataclass(frozen=True)
+class RangeTest:
+    """What a range test saw, and the range it suggests."""
+
+    rates: tuple[float, ...]  # each step's learning rate
+    losses: tuple[float, ...]  # the smoothed loss after each step
+    low: float  # where the smoothed loss falls fastest
+    high: float  # where it is lowest: from here on it rises
+    diverged_at: float | None  # the rate at which the loss diverged; None if it never did
+    seconds: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.rates)
+
+
+def rates_between(start: float, end: float, steps: int) -> np.ndarray:
+    """``steps`` rates from ``start`` to ``end``, each the last times the same factor."""
+    return np.geomspace(start, end, steps)
+
+
+def suggest(rates: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
+    """(where the smoothed loss falls fastest, where it is lowest). The first tenth of the steps is
+    left out of the fastest fall: the average has seen too few losses there. A fall too close to
+    the lowest point to make a range (less than half a decade) gives a decade below it instead."""
+    lowest = int(np.argmin(losses))
+    high = float(rates[lowest])
+    first = max(1, len(rates) // 10)
+    if lowest - first < 2:
+        return high / 10, high
+    slope = np.gradient(losses[first : lowest + 1], np.log(rates[first : lowest + 1]))
+    low = float(rates[first + int(np.argmin(slope))])
+    return (low, high) if low <= high / math.sqrt(10) else (high / 10, high)
+
+
+def range_test(config: TrainConfig, start: float, end: float, steps: int | None = None) -> RangeTest:
+    """Train ``config`` from its first step with the rate rising from ``start`` to ``end`` over
+    ``steps`` optimizer steps (default: one epoch's batches, within ``MIN_STEPS``..``MAX_STEPS``),
+    until the loss diverges."""
+    began = time.perf_counter()
+    run = set_up(config)
+    steps = steps or min(MAX_STEPS, max(MIN_STEPS, len(run.train_loader.batch_sizes())))
+    planned = rates_between(start, end, steps)
+    rates, losses, average, lowest, diverged = [], [], 0.0, math.inf, None
+    run.forward.train()
+    epoch = 0
+    while len(rates) < steps:
+        for images, labels in run.train_loader.batches(epoch):
+            rate = float(planned[len(rates)])
+            for group in run.optimizer.param_groups:
+                group["lr"] = rate
+            labels = labels.to(run.pipe.device, non_blocking=True)
+            with autocast(run.pipe.device):
+                loss = run.loss_fn(run.forward(run.pipe(images)), labels)
+            loss.backward()
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            average = SMOOTHING * average + (1 - SMOOTHING) * value
+            smoothed = average / (1 - SMOOTHING ** (len(rates) + 1))  # the average's start, unbiased
+            if not math.isfinite(value) or smoothed > DIVERGED * lowest:
+                diverged = rate
+                break
+            rates.append(rate)
+            losses.append(smoothed)
+            lowest = min(lowest, smoothed)
+            if len(rates) == steps:
+                break
+        if diverged is not None:
+            break
+        epoch += 1
+    if len(rates) < 3:
+        low, high = start, start  # diverged at once: nothing trains in this range
+    else:
+        low, high = suggest(np.array(rates), np.array(losses))
+    return RangeTest(tuple(rates), tuple(losses), low, high, diverged, time.perf_counter() - began)
+
+
+def default_bounds(low: float, high: float) -> tuple[float, float]:
+    """Where a range test starts and ends for a space from ``low`` to ``high``: 100 times below and
+    above it, so the test sees both the rates too small to move and those that diverge."""
+    return low / 100, high * 100
