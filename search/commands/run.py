@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a field of the study file, the value read as YAML (repeatable)",
     )  # fmt: skip
     parser.add_argument(
+        "--warm-start", metavar="STUDY",
+        help="queue the best trials of STUDY, in the same storage, as this study's first (warm_start.study)",
+    )  # fmt: skip
+    parser.add_argument(
         "--heartbeat-interval", type=options.count(1), default=10, metavar="S",
         help="seconds between a running trial's heartbeats (default 10)",
     )  # fmt: skip
@@ -62,7 +66,8 @@ def take_action(args: argparse.Namespace) -> int:
     from search.run.options import RunOptions
     from search.study import load_study
 
-    spec = load_study(args.study, args.set)  # before the heavy imports: a typo is answered at once
+    warm = [f"warm_start.study={args.warm_start}"] if args.warm_start else []
+    spec = load_study(args.study, [*args.set, *warm])  # before the heavy imports: a typo is answered at once
     from search.store import artifact_dir, resolve_storage_url
 
     run = RunOptions(

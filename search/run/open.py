@@ -14,17 +14,20 @@ from dataclasses import dataclass
 import optuna
 
 from search.console import say_data_notes
+from search.record import ranked
 from search.run.options import RunOptions
 from search.run.outage import storage_failure
 from search.run.progress import Progress
-from search.store import AtomicArtifactStore, describe_db_error, open_storage, restarting
+from search.store import AtomicArtifactStore, describe_db_error, load_existing, open_storage, restarting
 from search.store.budget import TrialGate
 from search.study.distributions import fit_space, recorded_distributions
 from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
 from search.study.pruners import build_pruner
 from search.study.samplers import build_sampler
 from search.study.schema import Study
-from search.study.setup import LR_RANGE_ATTR, SPEC_ATTR, as_new_study, changed_setup, recorded_spec
+from search.study.setup import LR_RANGE_ATTR, SPEC_ATTR, WARM_START_ATTR, as_new_study, changed_setup, recorded_spec
+from search.study.warm import Mapped, map_params
+from search.study.warm import describe as describe_warm_start
 from training import ConfigError, DataError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
 
 
@@ -85,6 +88,7 @@ def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun
         options.storage_url, options.heartbeat_interval, options.grace_period, STARTUP_WAIT, progress.line
     )
     spec = check_study(spec, storage)
+    warm = warm_trials(spec, storage)
     try:
         dataset = load_source(spec.data)
     except DataError as error:  # named as the user set it: MASK_DATA (data.root)
@@ -92,8 +96,38 @@ def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun
     fetch_weights(spec.model)
     data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
     found = find_lr_range(spec, progress) if spec.space.lr_to_find() is not None else None
-    spec, study = create_study(spec, options, storage, found)
+    spec, study = create_study(spec, options, storage, found, warm, progress.line)
     return OpenRun(spec, store, study, data)
+
+
+def warm_trials(spec: Study, storage: optuna.storages.BaseStorage) -> list[Mapped] | None:
+    """The trials a warm start queues (``warm_start``), their params put onto this study's space;
+    read before anything trains, so a study that is not there is one line at once."""
+    if spec.warm_start is None:
+        return None
+    if spec.warm_start.study == spec.name:
+        raise ConfigError(f"study '{spec.name}' cannot warm-start from itself: name another study in warm_start.study")
+    source = load_existing(storage, spec.warm_start.study)
+    best = ranked(source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if not best:
+        raise ConfigError(f"study '{source.study_name}' has no complete trial to warm-start '{spec.name}' from")
+    return [map_params(t.number, t.params, spec.space) for t in best[: spec.warm_start.top]]
+
+
+def _queue_warm_start(spec: Study, study: optuna.Study, options: RunOptions, warm: list[Mapped]) -> bool:
+    """The warm start's trials queued, once in the study's life: whoever finds it not yet recorded
+    queues them and records it, under the study's lock. Whether this run queued them."""
+    gate = TrialGate(options.storage_url, spec.name)
+    try:
+        gate.acquire()
+        if WARM_START_ATTR in study.user_attrs:
+            return False
+        for mapped in warm:
+            study.enqueue_trial(mapped.params)
+        study.set_user_attr(WARM_START_ATTR, {"study": spec.warm_start.study, "trials": [m.number for m in warm]})
+        return True
+    finally:
+        gate.close()
 
 
 def find_lr_range(spec: Study, progress: Progress) -> dict:
@@ -140,12 +174,17 @@ def with_recorded_lr_range(spec: Study, attrs: dict) -> Study:
 
 
 def create_study(
-    spec: Study, options: RunOptions, storage: optuna.storages.BaseStorage, lr_range: dict | None = None
+    spec: Study,
+    options: RunOptions,
+    storage: optuna.storages.BaseStorage,
+    lr_range: dict | None = None,
+    warm: list[Mapped] | None = None,
+    say: Callable[[str], None] = print,
 ) -> tuple[Study, optuna.Study]:
     """Create the study or load it by name; record its spec once (another run may have made it
     since ``check_study``: its setup is checked again); record the learning-rate range this worker
     found (``lr_range``) unless another worker's is there, and search the recorded one; queue the
-    known-good configs."""
+    warm start's trials (``warm``) once, then the known-good configs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental samplers and options
         study = optuna.create_study(
@@ -163,6 +202,8 @@ def create_study(
     _same_setup(spec, study.user_attrs)
     if lr_range is not None:
         spec = _record_lr_range(spec, study, options, lr_range)
+    if warm and _queue_warm_start(spec, study, options, warm):
+        say(describe_warm_start(spec.warm_start.study, warm))
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return spec, study

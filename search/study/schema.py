@@ -34,6 +34,13 @@ class Retention(Frozen):
     keep_top_k: int = Field(3, ge=1)  # checkpoints kept: the best k complete trials
 
 
+class WarmStart(Frozen):
+    """The best ``top`` complete trials of ``study`` (in the same storage) queued first."""
+
+    study: str
+    top: int = Field(3, ge=1)
+
+
 class Study(Frozen):
     """One study file, resolved: what to train, what to sample, how to search, for how long."""
 
@@ -48,6 +55,7 @@ class Study(Frozen):
     budget: Budget = Field(default_factory=Budget)
     checkpoints: Retention = Field(default_factory=Retention)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    warm_start: WarmStart | None = None
     _variables: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the ${VARIABLE} its value came from
 
     def named(self, key: str) -> str:

@@ -10,6 +10,7 @@ from search.study.fields import MACHINE_SETTINGS
 from search.study.schema import Study
 
 SPEC_ATTR = "spec"  # the study user attribute holding the spec it was made with, as JSON
+WARM_START_ATTR = "warm_start"  # the other study and its trials queued first, recorded once they are
 LR_RANGE_ATTR = "lr_range"  # the learning-rate range its range test found (lr_find), with the test's cost
 
 # What may differ between runs of one study without making their trials incomparable: the study's
@@ -17,7 +18,7 @@ LR_RANGE_ATTR = "lr_range"  # the learning-rate range its range test found (lr_f
 # it trains. Everything else in a study file, but the fields the space samples, decides what a
 # trial's macro-F1 means.
 _RUN_ONLY = (
-    "name", "budget", "checkpoints", "enqueue", "space", "sampler", "pruner",
+    "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner",
     "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
 )  # fmt: skip
 
