@@ -26,10 +26,20 @@ def bounds(spec: Study) -> tuple[float, float]:
 
 def find_range(spec: Study, steps: int | None = None):
     """The range test on the study's model, data, loss and optimizer at the study's first settings
-    (``RangeTest``)."""
+    (``RangeTest``). Where the loss never diverged, the lowest loss may lie past the test's end:
+    the range then ends no higher than the space's own bound (100 times below the test's end)."""
+    import dataclasses
+
     from training import range_test
 
-    return range_test(spec.trial_config({}, None), *bounds(spec), steps)
+    start, end = bounds(spec)
+    test = range_test(spec.trial_config({}, None), start, end, steps)
+    low, high = test.low, test.high
+    if test.diverged_at is None and high > end / 100:
+        high = end / 100
+        low = min(low, high / 10)
+    # to three figures, as printed: the range a user reads is the one searched
+    return dataclasses.replace(test, low=float(f"{low:.2e}"), high=float(f"{high:.2e}"))
 
 
 def space_entry(test) -> str:
@@ -59,13 +69,14 @@ def draw(test, path: Path, title: str) -> Path:
     """The smoothed loss against the rate (log scale), the suggested range shaded."""
     figure = new_figure(6.4, 4.0)
     ax = figure.add_subplot()
-    ax.plot(test.rates, test.losses, color="#4c72b0")
+    ax.plot(test.rates, test.raw, color="#4c72b0", alpha=0.3, linewidth=0.8, label="loss")
+    ax.plot(test.rates, test.losses, color="#4c72b0", label="smoothed")
     ax.axvspan(test.low, test.high, color="#55a868", alpha=0.25, label=f"suggested: {test.low:.1e} to {test.high:.1e}")
     if test.diverged_at:
         ax.axvline(test.diverged_at, color="#c44e52", linestyle="--", label=f"diverged at {test.diverged_at:.1e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
+    ax.set_ylabel("training loss")
     ax.set_title(title)
     ax.legend()
     figure.savefig(path)

@@ -13,14 +13,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from training.accelerate import autocast
 from training.config import TrainConfig
+from training.errors import ConfigError, DataError
 from training.setup import set_up
 
 MIN_STEPS, MAX_STEPS = 40, 200  # one epoch's batches, within these: fewer give no curve, more no news
-SMOOTHING = 0.9  # the loss's moving average keeps this share of the last value at each step
-DIVERGED = 4.0  # the smoothed loss this many times its lowest: the rates from here on diverge
+SMOOTHING = 0.9  # the running average that watches for divergence keeps this share of the last value
+DIVERGED = 4.0  # the running average this many times its lowest: the rates from here on diverge
+WINDOW = 0.1  # the curve is smoothed over this share of the steps, centred: a running average lags behind
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class RangeTest:
     """What a range test saw, and the range it suggests."""
 
     rates: tuple[float, ...]  # each step's learning rate
-    losses: tuple[float, ...]  # the smoothed loss after each step
+    losses: tuple[float, ...]  # each step's loss, smoothed over its neighbours (``centred``)
+    raw: tuple[float, ...]  # each step's loss
     low: float  # where the smoothed loss falls fastest
     high: float  # where it is lowest: from here on it rises
     diverged_at: float | None  # the rate at which the loss diverged; None if it never did
@@ -42,6 +46,15 @@ class RangeTest:
 def rates_between(start: float, end: float, steps: int) -> np.ndarray:
     """``steps`` rates from ``start`` to ``end``, each the last times the same factor."""
     return np.geomspace(start, end, steps)
+
+
+def centred(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each value's neighbours, ``window`` // 2 on each side (fewer at the ends)."""
+    half = window // 2
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(len(values))
+    start, end = np.maximum(index - half, 0), np.minimum(index + half + 1, len(values))
+    return (sums[end] - sums[start]) / (end - start)
 
 
 def suggest(rates: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
@@ -61,9 +74,12 @@ def suggest(rates: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
 def range_test(config: TrainConfig, start: float, end: float, steps: int | None = None) -> RangeTest:
     """Train ``config`` from its first step with the rate rising from ``start`` to ``end`` over
     ``steps`` optimizer steps (default: one epoch's batches, within ``MIN_STEPS``..``MAX_STEPS``),
-    until the loss diverges."""
+    until the loss diverges. A loss that diverges within the first few steps is a ``ConfigError``:
+    the range starts too high for anything to train."""
     began = time.perf_counter()
     run = set_up(config)
+    if not run.train_loader.batch_sizes():
+        raise DataError("the training split has no full batch for the learning-rate range test: give it more images")
     steps = steps or min(MAX_STEPS, max(MIN_STEPS, len(run.train_loader.batch_sizes())))
     planned = rates_between(start, end, steps)
     rates, losses, average, lowest, diverged = [], [], 0.0, math.inf, None
@@ -82,23 +98,29 @@ def range_test(config: TrainConfig, start: float, end: float, steps: int | None 
             run.optimizer.zero_grad(set_to_none=True)
             value = float(loss.detach())
             average = SMOOTHING * average + (1 - SMOOTHING) * value
-            smoothed = average / (1 - SMOOTHING ** (len(rates) + 1))  # the average's start, unbiased
-            if not math.isfinite(value) or smoothed > DIVERGED * lowest:
+            running = average / (1 - SMOOTHING ** (len(rates) + 1))  # the average's start, unbiased
+            if not math.isfinite(value) or running > DIVERGED * lowest:
                 diverged = rate
                 break
             rates.append(rate)
-            losses.append(smoothed)
-            lowest = min(lowest, smoothed)
+            losses.append(value)
+            lowest = min(lowest, running)
             if len(rates) == steps:
                 break
         if diverged is not None:
             break
         epoch += 1
-    if len(rates) < 3:
-        low, high = start, start  # diverged at once: nothing trains in this range
-    else:
-        low, high = suggest(np.array(rates), np.array(losses))
-    return RangeTest(tuple(rates), tuple(losses), low, high, diverged, time.perf_counter() - began)
+    del run  # the model, optimizer and images: freed before a trial needs the memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if diverged is not None and len(rates) < max(3, min(steps, MIN_STEPS) // 4):
+        raise ConfigError(
+            f"the loss diverged after {len(rates)} steps of the learning-rate range test, at lr {diverged:.2g}: "
+            f"the test starts at {start:.2g}; lower the space's lr bounds (lr_find's low and high)"
+        )
+    smoothed = centred(np.array(losses), max(3, int(WINDOW * len(rates))))
+    low, high = suggest(np.array(rates), smoothed)
+    return RangeTest(tuple(rates), tuple(smoothed), tuple(losses), low, high, diverged, time.perf_counter() - began)
 
 
 def default_bounds(low: float, high: float) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -66,7 +67,8 @@ def take_action(args: argparse.Namespace) -> int:
     from search.run.options import RunOptions
     from search.study import load_study
 
-    warm = [f"warm_start.study={args.warm_start}"] if args.warm_start else []
+    # the name quoted, as YAML reads it: a study named 2024 stays a name
+    warm = [f"warm_start.study={json.dumps(args.warm_start)}"] if args.warm_start else []
     spec = load_study(args.study, [*args.set, *warm])  # before the heavy imports: a typo is answered at once
     from search.store import artifact_dir, resolve_storage_url
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from search.console import say_data_notes
 from search.record import ranked
@@ -100,18 +101,21 @@ def prepare_run(spec: Study, options: RunOptions, progress: Progress) -> OpenRun
     return OpenRun(spec, store, study, data)
 
 
-def warm_trials(spec: Study, storage: optuna.storages.BaseStorage) -> list[Mapped] | None:
-    """The trials a warm start queues (``warm_start``), their params put onto this study's space;
-    read before anything trains, so a study that is not there is one line at once."""
+def warm_trials(spec: Study, storage: optuna.storages.BaseStorage) -> list[FrozenTrial] | None:
+    """The other study's trials a warm start queues (``warm_start``), where this study has not
+    queued them yet; read before anything trains, so a study that is not there is one line at once."""
     if spec.warm_start is None:
         return None
     if spec.warm_start.study == spec.name:
         raise ConfigError(f"study '{spec.name}' cannot warm-start from itself: name another study in warm_start.study")
+    with contextlib.suppress(KeyError):
+        if WARM_START_ATTR in optuna.load_study(study_name=spec.name, storage=storage).user_attrs:
+            return None  # queued in an earlier run: the other study is not needed again
     source = load_existing(storage, spec.warm_start.study)
     best = ranked(source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     if not best:
         raise ConfigError(f"study '{source.study_name}' has no complete trial to warm-start '{spec.name}' from")
-    return [map_params(t.number, t.params, spec.space) for t in best[: spec.warm_start.top]]
+    return best[: spec.warm_start.top]
 
 
 def _queue_warm_start(spec: Study, study: optuna.Study, options: RunOptions, warm: list[Mapped]) -> bool:
@@ -178,7 +182,7 @@ def create_study(
     options: RunOptions,
     storage: optuna.storages.BaseStorage,
     lr_range: dict | None = None,
-    warm: list[Mapped] | None = None,
+    warm: list[FrozenTrial] | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[Study, optuna.Study]:
     """Create the study or load it by name; record its spec once (another run may have made it
@@ -202,8 +206,10 @@ def create_study(
     _same_setup(spec, study.user_attrs)
     if lr_range is not None:
         spec = _record_lr_range(spec, study, options, lr_range)
-    if warm and _queue_warm_start(spec, study, options, warm):
-        say(describe_warm_start(spec.warm_start.study, warm))
+    if warm:  # put onto the space as searched: with the range a range test found, if it did
+        mapped = [map_params(t.number, t.params, spec.space) for t in warm]
+        if _queue_warm_start(spec, study, options, mapped):
+            say(describe_warm_start(spec.warm_start.study, mapped))
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return spec, study

@@ -137,6 +137,9 @@ def check_names(spec: Study, where: str, overridden: Sequence[str] = ()) -> None
     """The names a study gives, against what they name: the space's fields (``SearchSpace.check``),
     the queued trials' parameters, the sampler and the pruner (their registries)."""
     _check_space(spec, where, overridden)
+    if spec.sampler.name == "grid" and spec.space.lr_to_find() is not None:
+        where_lr = _attributed(where, "space.lr", overridden)
+        raise ConfigError(f"{where_lr}: space.lr: lr_find gives a range, and the grid sampler needs choices")
     for i, params in enumerate(spec.enqueue):
         if problem := _unfit(params, spec):
             raise ConfigError(f"{_attributed(where, 'enqueue', overridden)}: enqueue[{i}]: {problem}")

@@ -245,6 +245,8 @@ def _check_branches(key: str, path: str, branches: Branches, context: dict | Non
             raise SpaceError(key, f"'{name}' is a field of {path}, not a name of its choices: give it as {path}.{name}")
         _check_values(key, f"{path}.name", Distribution(choices=[name]), {}, context)
         for one, dist in fields.items():
+            if dist.lr_find:
+                raise SpaceError(key, f"lr_find is for the top-level lr entry, not {path}.{one} of '{name}'")
             known = allowed[name] if allowed is not None else set(section.model_fields) - {"name"}
             if one not in known:
                 kind = path.rsplit(".", 1)[-1]

@@ -36,13 +36,22 @@ def map_params(number: int, params: Mapping[str, Any], space: SearchSpace) -> Ma
                 kept[name] = value
             else:
                 changes.append(f"{name}={value!r} dropped (not one of {dist.choices})")
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            changes.append(f"{name}={value!r} dropped (not a number)")
         else:
-            clipped = min(max(value, dist.low), dist.high)
-            clipped = int(round(clipped)) if dist.integer else clipped
-            if clipped != value:
-                changes.append(f"{name} {value:g} clipped to {clipped:g}")
-            kept[name] = clipped
+            fitted = _fit(value, dist)
+            if fitted != value:
+                changes.append(f"{name} {value:g} clipped to {fitted:g}")
+            kept[name] = fitted
     return Mapped(number, kept, tuple(changes))
+
+
+def _fit(value: float, dist) -> float:
+    """``value`` inside ``dist``'s range, on its grid where it has a step."""
+    fitted = min(max(value, dist.low), dist.high)
+    if dist.step is not None:
+        fitted = min(dist.low + round((fitted - dist.low) / dist.step) * dist.step, dist.high)
+    return int(round(fitted)) if dist.integer else fitted
 
 
 def describe(source: str, mapped: list[Mapped]) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from conftest import tiny_config
 
-from training import NonFiniteLossError, train
+from training import ConfigError, NonFiniteLossError, train
 from training.lr_find import range_test, rates_between, suggest
 
 
@@ -46,3 +47,8 @@ def test_the_suggested_range_leaves_out_divergent_rates_and_holds_one_that_train
     except NonFiniteLossError:
         worst = 0.0
     assert worst < trained.best_metrics["macro_f1"] - 0.1, (test.diverged_at, worst)
+
+
+def test_a_loss_that_diverges_from_the_first_steps_is_one_error_saying_to_lower_the_bounds():
+    with pytest.raises(ConfigError, match=r"the loss diverged after \d+ steps .* lower the space's lr bounds"):
+        range_test(tiny_config(batch_size=32), 1e3, 1e8, steps=40)

@@ -18,10 +18,15 @@ def test_lr_find_prints_the_range_a_run_can_use_and_draws_it(tmp_path):
     out = search_here("lr-find", "--study", "lr-sweep", *TINY_SET, "--out", str(tmp_path / "plots")).stdout
     found = re.search(r"suggested lr: (\S+) to (\S+) ", out)
     assert found and float(found[1]) < float(found[2]), out
-    # lines a run takes as they are: the tiny model's range leaves the study's queued lrs outside
-    line = re.search(r"  search run --study lr-sweep --set '(space\.lr=\{.*\})' --set '(enqueue=\[\])'\n", out)
-    assert load_study("lr-sweep", [line[1], line[2]]).space["lr"].low == float(found[1]), out
-    assert "the study's queued trials with lr 0.003, 0.001 are outside it: the run above queues none" in out
+    # lines a run takes as they are; where the study's queued lrs (0.003, 0.001) lie outside, the run queues none
+    low, high = float(found[1]), float(found[2])
+    outside = [lr for lr in (0.003, 0.001) if not low <= lr <= high]
+    drop = r" --set '(enqueue=\[\])'" if outside else ""
+    line = re.search(r"  search run --study lr-sweep --set '(space\.lr=\{.*\})'" + drop + "\n", out)
+    assert line and load_study("lr-sweep", list(line.groups())).space["lr"].low == low, out
+    if outside:
+        queued = ", ".join(f"{lr:g}" for lr in outside)
+        assert f"the study's queued trials with lr {queued} are outside it: the run above queues none" in out
     plot = tmp_path / "plots" / "lr-find-lr-sweep.png"
     assert f"plot: {plot}" in out and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
@@ -30,7 +35,7 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     env = {"SEARCH_HOME": str(tmp_path)}
     args = ["--study", "lr-sweep", *TINY_SET, "--set", "train.epochs=1", "--set", "space.lr={lr_find: true}",
             "--set", "enqueue=[]"]  # fmt: skip
-    first = search_here("run", *args, "--n-trials", "3", env=env)
+    first = search_here("run", *args, "--n-trials", "2", env=env)
     assert first.returncode == 0, first.stderr
     first = first.stdout + first.stderr
     assert "lr-find: a learning-rate range test for study 'lr-sweep'" in first
@@ -38,12 +43,12 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     found = study.user_attrs[LR_RANGE_ATTR]
     assert found["low"] < found["high"] and found["steps"] >= 40
     # the next run (a later worker) does not test again and samples the same recorded range
-    later = search_here("run", *args, "--n-trials", "6", env=env)
+    later = search_here("run", *args, "--n-trials", "3", env=env)
     assert later.returncode == 0, later.stderr
     later = later.stdout + later.stderr
     assert "lr-find" not in later
     lrs = [t.params["lr"] for t in study.get_trials()]
-    assert len(lrs) == 6 and all(found["low"] <= lr <= found["high"] for lr in lrs), (found, lrs)
+    assert len(lrs) == 3 and all(found["low"] <= lr <= found["high"] for lr in lrs), (found, lrs)
     assert {t.distributions["lr"].low for t in study.get_trials()} == {found["low"]}
     status = search_here("status", "--study", "lr-sweep", env=env).stdout
     assert f"lr searched from {found['low']:.2e} to {found['high']:.2e}, found by its range test" in status
@@ -63,3 +68,14 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     for searched in (first, second, check_study(spec, storage)):  # check_study: how a later run opens it
         assert (searched.space["lr"].low, searched.space["lr"].high, searched.space.lr_to_find()) == (1e-3, 1e-2, None)
     assert study.user_attrs[LR_RANGE_ATTR]["high"] == 1e-2
+
+
+def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_path):
+    for given, said in [
+        (["sampler={name: grid}", "space.lr={lr_find: true}"], "lr_find gives a range, and the grid sampler needs"),
+        (["space.scheduler={step: {step_gamma: {lr_find: true}}}"], "lr_find is for the top-level lr entry"),
+        (["space.accumulation_steps={lr_find: true}"], "lr_find is for the learning rate (train.optimizer.lr)"),
+    ]:
+        sets = [arg for one in given for arg in ("--set", one)]
+        run = search_here("run", "--study", "lr-sweep", *sets, env={"SEARCH_HOME": str(tmp_path)})
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and said in run.stderr, run.stderr

@@ -30,7 +30,8 @@ def test_a_study_starts_with_the_best_trials_of_another_put_onto_its_space(finis
     url = f"sqlite:///{tmp_path}/studies.db"
     source = ranked(optuna.load_study(study_name="lr-sweep", storage=url).get_trials())[:2]
     args = ["--study", "lr-sweep", *[a for a in TINY if a != "--quiet"], *NARROW, "--warm-start", "lr-sweep"]
-    first = search_here("run", *args, "--set", "warm_start.top=2", "--n-trials", "2", env=env)
+    args += ["--set", "train.epochs=1"]
+    first = search_here("run", *args, "--set", "warm_start.top=2", "--n-trials", str(len(source)), env=env)
     assert first.returncode == 0, first.stderr
     said = [line for line in (first.stdout + first.stderr).splitlines() if line.startswith("warm start:")]
     numbers = ", ".join(str(t.number) for t in source)
@@ -44,10 +45,10 @@ def test_a_study_starts_with_the_best_trials_of_another_put_onto_its_space(finis
         if theirs.params["loss"] in ("cross_entropy", "focal"):
             assert ours.params["loss"] == theirs.params["loss"]
     # run again (another worker, a later day): nothing is queued twice
-    again = search_here("run", *args, "--n-trials", "3", env=env)
+    again = search_here("run", *args, "--n-trials", str(len(source) + 1), env=env)
     assert again.returncode == 0 and "warm start:" not in again.stdout + again.stderr, again.stderr
     trials = optuna.load_study(study_name="warm", storage=url).get_trials()
-    assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert len(trials) == len(source) + 1 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
 
 
 def test_a_missing_or_empty_study_to_warm_start_from_is_one_line(tmp_path):
@@ -70,4 +71,10 @@ def test_params_are_dropped_clipped_or_kept_as_the_space_takes_them():
         "step_size 9 clipped to 3",
         "loss='dice' dropped (not one of ['cross_entropy', 'focal', 'label_smoothing', 'f1'])",
         "drop dropped (not searched here)",
+    )
+    gridded = load_study("lr-sweep", ["space.weight_decay={low: 0.0, high: 0.1, step: 0.01}"]).space
+    mapped = map_params(8, {"weight_decay": 0.033, "lr": "fast"}, gridded)
+    assert mapped.params == {"weight_decay": 0.03} and mapped.changes == (
+        "lr='fast' dropped (not a number)",
+        "weight_decay 0.033 clipped to 0.03",
     )
