@@ -18,7 +18,9 @@ from sqlalchemy.engine import make_url
 from search.store.database import engine_kwargs
 
 # Seconds between tries of a lock another worker holds: random up to a bound that doubles, to this.
-FIRST_PAUSE, MAX_PAUSE = 0.02, 0.5
+# Each try is a transaction on the server: a thousand workers starting at once, each trying twice a
+# second, would be 2,000 transactions a second that start nothing, and would slow the one that does.
+FIRST_PAUSE, MAX_PAUSE = 0.02, 2.0
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock(:k)"
 
 
