@@ -66,6 +66,7 @@ class Job:
     epoch_seconds: float
     artifacts: str
     overrides: list[str]
+    grace_period: int = 30  # seconds without a heartbeat before a trial counts as lost (search run's default)
 
 
 @dataclass
@@ -229,6 +230,7 @@ def _virtual_worker(job: Job, index: int, out: Measured) -> None:
         workers=1000,
         worker_index=index,
         quiet=True,
+        grace_period=job.grace_period,
     )
     try:
         spec = load_study("mask-lr-sweep", job.overrides)
@@ -314,14 +316,22 @@ class Monitor:
 
 
 def run_workers(
-    url: str, name: str, n_trials: int, workers: int, processes: int, epoch_seconds: float, artifacts: str, limit: float
+    url: str,
+    name: str,
+    n_trials: int,
+    workers: int,
+    processes: int,
+    epoch_seconds: float,
+    artifacts: str,
+    limit: float,
+    grace: int = 30,
 ) -> Measured:
     """``workers`` virtual workers in ``processes`` processes until the study has ``n_trials``; past
     ``limit`` seconds the study is asked to stop (as ``search stop`` does) and they finish."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     jobs = [
-        Job(url, name, n_trials, list(range(p, workers, processes)), epoch_seconds, artifacts, _overrides(name))
+        Job(url, name, n_trials, list(range(p, workers, processes)), epoch_seconds, artifacts, _overrides(name), grace)
         for p in range(min(processes, workers))
     ]
     children = [context.Process(target=_process_main, args=(job, results)) for job in jobs]
@@ -372,7 +382,14 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def workers_held(
-    path: str, url: str, steps: list[int], processes: int, epoch_seconds: float, artifacts: str, limit: float
+    path: str,
+    url: str,
+    steps: list[int],
+    processes: int,
+    epoch_seconds: float,
+    artifacts: str,
+    limit: float,
+    grace: int = 30,
 ) -> list[dict]:
     rows = []
     for workers in steps:
@@ -384,7 +401,7 @@ def workers_held(
         _new_study(url, name)
         with Monitor(url if path == "pgbouncer" else None) as monitor:
             started = time.monotonic()
-            measured = run_workers(url, name, n_trials, workers, processes, epoch, artifacts, limit)
+            measured = run_workers(url, name, n_trials, workers, processes, epoch, artifacts, limit, grace)
             seconds = time.monotonic() - started
         states = _states(name)
         finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
@@ -690,6 +707,10 @@ def main() -> None:
     parser.add_argument("--grpc-clients", type=int, default=64, help="clients of the PgBouncer / gRPC comparison")
     parser.add_argument("--grpc-seconds", type=float, default=60, help="seconds of the PgBouncer / gRPC comparison")
     parser.add_argument("--limit", type=float, default=600, help="seconds a step may take before it is stopped")
+    parser.add_argument(
+        "--grace-period", type=int, default=30,
+        help="the workers' --grace-period: on a few cores, a thousand virtual workers' heartbeats wait for the CPU",
+    )  # fmt: skip
     args = parser.parse_args()
     paths, parts = args.paths.split(","), args.parts.split(",")
     steps = [int(s) for s in args.steps.split(",")]
@@ -704,7 +725,8 @@ def main() -> None:
     print(
         f"storage_scale: {os.cpu_count()} CPU cores; PostgreSQL {version} (max_connections {max_connections}); "
         f"mask study's sampler and pruner, {EPOCHS} epochs of {args.epoch_seconds} s each (stand-in training); "
-        f"workers as threads over {args.processes} processes, each its own storage client",
+        f"workers as threads over {args.processes} processes, each its own storage client; heartbeats every 10 s, "
+        f"a trial lost after {args.grace_period} s without one",
         flush=True,
     )
     held, grown = [], []
@@ -717,7 +739,16 @@ def main() -> None:
                 flush=True,
             )
             for path in paths if "held" in parts else []:
-                held += workers_held(path, urls[path], steps, args.processes, args.epoch_seconds, artifacts, args.limit)
+                held += workers_held(
+                    path,
+                    urls[path],
+                    steps,
+                    args.processes,
+                    args.epoch_seconds,
+                    artifacts,
+                    args.limit,
+                    args.grace_period,
+                )
             if "reads" in parts:
                 print(f"\nA worker's read of the study with trials running (Optuna reads every one whole)\n{READS}")
                 for running in (100, 1000):
