@@ -121,17 +121,13 @@ def warm_trials(spec: Study, storage: optuna.storages.BaseStorage) -> list[Froze
 def _queue_warm_start(spec: Study, study: optuna.Study, options: RunOptions, warm: list[Mapped]) -> bool:
     """The warm start's trials queued, once in the study's life: whoever finds it not yet recorded
     queues them and records it, under the study's lock. Whether this run queued them."""
-    gate = TrialGate(options.storage_url, spec.name)
-    try:
-        gate.acquire()
+    with TrialGate.held(options.storage_url, spec.name):
         if WARM_START_ATTR in study.user_attrs:
             return False
         for mapped in warm:
             study.enqueue_trial(mapped.params)
         study.set_user_attr(WARM_START_ATTR, {"study": spec.warm_start.study, "trials": [m.number for m in warm]})
         return True
-    finally:
-        gate.close()
 
 
 def find_lr_range(spec: Study, progress: Progress) -> dict:
@@ -218,15 +214,10 @@ def create_study(
 def _record_lr_range(spec: Study, study: optuna.Study, options: RunOptions, found: dict) -> Study:
     """The first range recorded wins: looked for and written under the study's lock, so that two
     workers that tested at once search the same range."""
-    gate = TrialGate(options.storage_url, spec.name)
-    try:
-        gate.acquire()
+    with TrialGate.held(options.storage_url, spec.name):
         if not isinstance(study.user_attrs.get(LR_RANGE_ATTR), dict):
             study.set_user_attr(LR_RANGE_ATTR, found)
-        recorded = study.user_attrs[LR_RANGE_ATTR]
-    finally:
-        gate.close()
-    return spec.model_copy(update={"space": spec.space.with_lr_range(recorded["low"], recorded["high"])})
+    return with_recorded_lr_range(spec, study.user_attrs)
 
 
 def _same_setup(spec: Study, attrs: dict) -> None:

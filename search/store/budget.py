@@ -10,6 +10,7 @@ import hashlib
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from enum import Enum
 
 import sqlalchemy
@@ -107,6 +108,18 @@ class TrialGate:
         self.release()
         if self._engine is not None:
             self._engine.dispose()
+
+    @classmethod
+    @contextlib.contextmanager
+    def held(cls, url: str, study_name: str) -> Iterator[None]:
+        """The study's lock for a short step of a worker's own (recording what every worker must
+        agree on), then let go with its connection."""
+        gate = cls(url, study_name)
+        try:
+            gate.acquire()
+            yield
+        finally:
+            gate.close()
 
     def release(self) -> None:
         """Idempotent: released as soon as the trial exists, and again when the step ends, to be sure."""
