@@ -75,6 +75,8 @@ def draw(test, path: Path, title: str) -> Path:
     if test.diverged_at:
         ax.axvline(test.diverged_at, color="#c44e52", linestyle="--", label=f"diverged at {test.diverged_at:.1e}")
     ax.set_xscale("log")
+    # the diverging tail shown rising, not filling the plot: up to 1.6 times the loss at the start
+    ax.set_ylim(0.9 * min(test.losses), 1.6 * max(test.losses[0], min(test.losses)))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(title)
