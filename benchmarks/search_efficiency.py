@@ -6,7 +6,11 @@ Arms, each with the same trial budget and seed, the rest of the study as shipped
 - random sampler, no pruning (a practitioner's blind sweep);
 - the study's sampler (TPE), no pruning;
 - the study's sampler and pruner, blind (no enqueued configurations);
-- the default study as shipped: sampler, pruner and its enqueued known-good configurations.
+- the default study as shipped: sampler, pruner and its enqueued known-good configurations;
+- the default study with a learning-rate range test first (``lr: {lr_find: true}``), the test's
+  steps counted as epochs (its steps over the batches of one epoch);
+- the default study warm-started from the same study run on the easy demo (the shipped data
+  settings, without the ``--set`` overrides, half the trials), whose own trials are not counted.
 
 Per arm and seed: the best validation macro-F1, the epochs trained, the epochs until a trial first
 reached 98% of the best F1 any arm found with that seed (epoch by epoch, in trial order) and the
@@ -39,12 +43,16 @@ from search.study import load_study
 
 NO_PRUNING = "{name: none}"
 BLIND = "enqueue=[]"
-# (sampler override, pruner override, enqueue override); None keeps the shipped study's own.
-ARMS: dict[str, tuple[str | None, str | None, str | None]] = {
-    "random, no pruning": ("{name: random}", NO_PRUNING, BLIND),
-    "tpe, no pruning": (None, NO_PRUNING, BLIND),
-    "tpe + pruner, blind": (None, None, BLIND),
-    "default study": (None, None, None),
+RANGE_TEST = "space.lr={lr_find: true, low: 3.0e-4, high: 3.0e-2}"  # the shipped range, tested first
+WARM = "warm_start={study: easy, top: 3}"  # the easy demo's study, run first in the same storage
+# (sampler override, pruner override, enqueue override, one more override); None keeps the study's own.
+ARMS: dict[str, tuple[str | None, str | None, str | None, str | None]] = {
+    "random, no pruning": ("{name: random}", NO_PRUNING, BLIND, None),
+    "tpe, no pruning": (None, NO_PRUNING, BLIND, None),
+    "tpe + pruner, blind": (None, None, BLIND, None),
+    "default study": (None, None, None, None),
+    "default + range test": (None, None, None, RANGE_TEST),
+    "default, warm-started": (None, None, None, WARM),
 }
 # Candidates replayed on the random arm's trials (max_resource = the study's epochs).
 CANDIDATES: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
@@ -61,24 +69,41 @@ CANDIDATES: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
 Curve = list[tuple[int, float]]
 
 
-def run_arm(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) -> list[FrozenTrial]:
-    sampler, pruner, enqueue = ARMS[arm]
+def run_arm(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) -> tuple[list[FrozenTrial], float]:
+    """The arm's finished trials, and the epochs its range test cost (0 without one)."""
+    sampler, pruner, enqueue, more = ARMS[arm]
     name = f"eff-{list(ARMS).index(arm)}-{seed}"
     overrides = [f"seed={seed}", f"name={name}"]
     for key, value in (("sampler", sampler), ("pruner", pruner)):
         overrides += [f"{key}={value}"] if value else []
-    overrides += [enqueue] if enqueue else []
+    overrides += [o for o in (enqueue, more) if o]
     spec = load_study("lr-sweep", overrides + extra)
     options = RunOptions(
         storage_url=f"sqlite:///{home}/{name}.db", artifacts=home / name, n_trials=n_trials, timeout=None, quiet=True
     )
+    if more == WARM:  # the easy demo's study first, in the same storage; its trials are not counted
+        easy = load_study("lr-sweep", [f"seed={seed}", "name=easy"])
+        run_here(easy, RunOptions(options.storage_url, home / "easy", max(3, n_trials // 2), None, quiet=True))
     study = run_here(spec, options)
-    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return finished, range_test_epochs(study, spec)
 
 
-def curve(trials: list[FrozenTrial]) -> Curve:
-    """(epochs spent, best F1 so far) after every epoch, trials in the order they ran."""
-    points, spent, best = [], 0, 0.0
+def range_test_epochs(study: optuna.Study, spec) -> float:
+    """A range test's steps over the optimizer steps of one epoch (one a micro-batch, as it runs)."""
+    found = study.user_attrs.get("lr_range")
+    if not found:
+        return 0.0
+    from training import prepare_data
+
+    batches = -(-len(prepare_data(spec.data, spec.seed).train_idx) // spec.train.batch_size)
+    return found["steps"] / batches
+
+
+def curve(trials: list[FrozenTrial], spent: float = 0.0) -> Curve:
+    """(epochs spent, best F1 so far) after every epoch, trials in the order they ran, from ``spent``
+    epochs already spent (a range test's)."""
+    points, best = [], 0.0
     for trial in sorted(trials, key=lambda t: t.number):
         for step in sorted(trial.intermediate_values):
             spent += 1
@@ -193,13 +218,14 @@ def main() -> None:
           f"pruner {shipped.pruner.name} {shipped.pruner.options}, {len(shipped.enqueue)} enqueued")  # fmt: skip
 
     results: dict[str, dict[int, list[FrozenTrial]]] = {arm: {} for arm in args.arms}
+    extra_epochs: dict[str, dict[int, float]] = {arm: {} for arm in args.arms}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for arm in args.arms:
-                results[arm][seed] = run_arm(arm, seed, args.n_trials, Path(tmp), args.set)
+                results[arm][seed], extra_epochs[arm][seed] = run_arm(arm, seed, args.n_trials, Path(tmp), args.set)
                 print(f"seed {seed} {arm}: done", flush=True)
 
-    curves = {arm: {s: curve(t) for s, t in by_seed.items()} for arm, by_seed in results.items()}
+    curves = {arm: {s: curve(t, extra_epochs[arm][s]) for s, t in by_seed.items()} for arm, by_seed in results.items()}
     marks = {s: 0.98 * max(curves[arm][s][-1][1] for arm in args.arms) for s in args.seeds}
     print(f"\n{args.n_trials} trials per arm, seeds {args.seeds}; mean ± spread over seeds")
     print(f"{'arm':22} {'best F1':>15} {'epochs':>11} {'epochs to 98%':>22} {'pruned early':>13}")
@@ -213,6 +239,15 @@ def main() -> None:
             f"{arm:22} {summary(best):>15} {summary(epochs):>11} {summary(to98[arm]):>22}"
             f" {statistics.mean(pruned):>12.0%}"
         )
+    if "random, no pruning" in results:  # does the setting separate search from luck?
+        finals = [[t.value for t in results["random, no pruning"][s] if t.value is not None] for s in args.seeds]
+        spreads = [max(f) - min(f) for f in finals]
+        print(f"final macro-F1 across the space (random arm): spread {summary(spreads)} (max - min of its trials)")
+    if "default study" in results:
+        queued = [max(t.value or 0.0 for t in sorted(results["default study"][s], key=lambda t: t.number)[:2])
+                  for s in args.seeds]  # fmt: skip
+        best_any = [max(curves[arm][s][-1][1] for arm in args.arms) for s in args.seeds]
+        print(f"the study's queued configurations: best {summary(queued)} against {summary(best_any)} by any arm")
     baseline = "random, no pruning"
     if baseline in to98 and all(v != float("inf") for v in to98[baseline]):
         for arm in args.arms:
