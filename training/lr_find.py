@@ -59,7 +59,7 @@ def centred(values: np.ndarray, window: int) -> np.ndarray:
 
 def suggest(rates: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
     """(where the smoothed loss falls fastest, where it is lowest). The first tenth of the steps is
-    left out of the fastest fall: the average has seen too few losses there. A fall too close to
+    left out of the fastest fall: the curve's start is noise around the untrained loss. A fall too close to
     the lowest point to make a range (less than half a decade) gives a decade below it instead."""
     lowest = int(np.argmin(losses))
     high = float(rates[lowest])

@@ -18,10 +18,7 @@ EXAMPLES = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.study(parser, "a study file: a name in ./studies or the project's studies/, or a YAML path")
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for the plot (default: here)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a field of the study file, the value read as YAML (repeatable)",
-    )  # fmt: skip
+    options.overrides(parser)
 
 
 def take_action(args: argparse.Namespace) -> int:

@@ -29,6 +29,14 @@ def study(parser: argparse.ArgumentParser, text: str = "the study's name in the 
     parser.add_argument("--study", required=True, metavar="NAME", help=text)
 
 
+def overrides(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE``, repeatable: a field of the study file overridden, the value read as YAML."""
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a field of the study file, the value read as YAML (repeatable)",
+    )  # fmt: skip
+
+
 def count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number from ``minimum`` (to ``maximum``), else a usage error naming it."""
 

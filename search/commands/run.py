@@ -35,10 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mps", action="store_true",
         help="where a GPU gets several workers: run them under a CUDA MPS daemon of this run (kernels run at once)",
     )  # fmt: skip
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a field of the study file, the value read as YAML (repeatable)",
-    )  # fmt: skip
+    options.overrides(parser)
     parser.add_argument(
         "--warm-start", metavar="STUDY",
         help="queue the best trials of STUDY, in the same storage, as this study's first (warm_start.study)",

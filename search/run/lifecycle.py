@@ -48,10 +48,13 @@ def work(run: OpenRun, options: RunOptions, progress: Progress) -> optuna.Study:
         progress.line(f"study '{run.spec.name}' on {redact(options.storage_url)}, {options.n_trials} trials")
     gate = TrialGate(options.storage_url, run.spec.name)
     remove_temporaries(run.store)  # what this machine's killed workers left half written
-    with scratch_folder(options.artifacts.parent / "work" / run.spec.name) as work_dir:
-        objective = Objective(run.spec, run.store, work_dir, progress)
-        run_trials(run.study, objective, gate, options, progress)
-        objective.pictures.wait()
+    try:
+        with scratch_folder(options.artifacts.parent / "work" / run.spec.name) as work_dir:
+            objective = Objective(run.spec, run.store, work_dir, progress)
+            run_trials(run.study, objective, gate, options, progress)
+            objective.pictures.wait()
+    finally:
+        gate.close()  # its connection, kept for the trial starts
     return run.study
 
 
