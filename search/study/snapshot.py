@@ -23,7 +23,8 @@ from search.store.optuna_private import FINISHED, finished_trials
 
 class FinishedView:
     """``study``, except that its reads of finished trials answer from ``finished``; a read that
-    asks for running or waiting trials, or for every trial, goes to the study itself."""
+    asks for running or waiting trials goes to the study itself, and so does every trial but
+    from a sampler (``_get_trials``)."""
 
     def __init__(self, study: optuna.Study, finished: list[FrozenTrial]) -> None:
         self._study, self._finished = study, finished
@@ -38,8 +39,17 @@ class FinishedView:
         self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False
     ) -> list[FrozenTrial]:
         """What Optuna's samplers call (``use_cache``: the study's cache of one ``ask``; a read that
-        goes to the study here is read afresh)."""
-        return self.get_trials(deepcopy=deepcopy, states=states)
+        goes to the study here is read afresh). Every trial (``states=None``) is what a sampler's
+        search space reads: the intersection of the finished trials' distributions, where an
+        unfinished trial only marks the number to look again from. So it gets the finished trials
+        and, for each number between them that has not finished, a running trial without params
+        (Optuna numbers a study's trials 0, 1, 2, ...): no running trial is read whole."""
+        if states is not None:
+            return self.get_trials(deepcopy=deepcopy, states=states)
+        finished = self.get_trials(deepcopy=deepcopy, states=FINISHED)
+        numbers = {t.number for t in finished}
+        gaps = [_unfinished(n) for n in range(max(numbers, default=-1)) if n not in numbers]
+        return sorted(finished + gaps, key=lambda t: t.number)
 
     @property
     def trials(self) -> list[FrozenTrial]:
@@ -47,6 +57,11 @@ class FinishedView:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
+
+
+def _unfinished(number: int) -> FrozenTrial:
+    """A trial that had not finished when the finished ones were read: its number only."""
+    return FrozenTrial(number, TrialState.RUNNING, None, None, None, {}, {}, {}, {}, {}, -1)
 
 
 class PerTrial:

@@ -52,14 +52,20 @@ def test_tpe_samples_from_the_finished_trials_read_once_per_trial_as_plain_tpe_d
 
     spec = load_study("lr-sweep", ["enqueue=[]"])
     tpe = Component(name="tpe", n_startup_trials=3)
-    reads = []
-    real = snapshot.finished_trials
+    reads, whole = [], []
+    real, real_get = snapshot.finished_trials, optuna.Study._get_trials
     monkeypatch.setattr(snapshot, "finished_trials", lambda study: reads.append(1) or real(study))
+
+    def every_trial_read(study, deepcopy=True, states=None, use_cache=False):
+        whole.append(states is None)  # every trial, running ones whole
+        return real_get(study, deepcopy, states, use_cache)
+
+    monkeypatch.setattr(optuna.Study, "_get_trials", every_trial_read)
 
     def draws(sampler, name):
         assert isinstance(sampler, OneReadPerTrialSampler) == (name == "shared")
         study = optuna.create_study(storage=f"sqlite:///{tmp_path}/{name}.db", direction="maximize", sampler=sampler)
-        study.ask()  # running, never told
+        study.ask()  # running, never told: a trial below the finished ones, as a slow worker's is
         found = []
         for _ in range(8):
             trial = study.ask()
@@ -70,7 +76,9 @@ def test_tpe_samples_from_the_finished_trials_read_once_per_trial_as_plain_tpe_d
 
     shared = draws(build_sampler(tpe, spec.space, 7), "shared")
     assert len(reads) == 9  # one per trial, the one left running included
+    assert not any(whole)  # the search space (every trial) came from that read, running trials by number
     assert shared == draws(optuna.samplers.TPESampler(seed=7, n_startup_trials=3), "plain")
+    assert any(whole)  # plain TPE reads every trial whole for its search space
 
 
 def test_grid_needs_choices():
