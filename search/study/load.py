@@ -82,6 +82,8 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     for key in keys[:-1]:
         child = node.setdefault(key, {})
+        if child is None:  # a section left empty in the file (``warm_start:``) takes its keys from --set
+            child = node[key] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a section")
         node = child

@@ -38,6 +38,15 @@ def test_set_overrides_any_field_and_is_validated():
     assert study.train.epochs == 3 and study.pruner.name == "hyperband" and study.space["lr"].high == 0.1
 
 
+def test_set_fills_a_section_left_empty_in_the_file(tmp_path):
+    path = tmp_path / "empty-section.yaml"
+    path.write_text(LR_SWEEP.read_text() + "\nwarm_start:\n")
+    study = load_study(str(path), ["warm_start.study=last-week"])
+    assert study.warm_start.study == "last-week" and study.warm_start.top == 3
+    with pytest.raises(ConfigError, match="'name' is not a section"):
+        load_study(str(path), ["name.x=1"])
+
+
 def _write(tmp_path: Path, mutate) -> str:
     raw = yaml.safe_load(LR_SWEEP.read_text())
     mutate(raw)
