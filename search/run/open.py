@@ -26,7 +26,15 @@ from search.study.inputs import check_inputs, data_place, record_facts, trained_
 from search.study.pruners import build_pruner
 from search.study.samplers import build_sampler
 from search.study.schema import Study
-from search.study.setup import LR_RANGE_ATTR, SPEC_ATTR, WARM_START_ATTR, as_new_study, changed_setup, recorded_spec
+from search.study.setup import (
+    LR_RANGE_ATTR,
+    QUEUED_ATTR,
+    SPEC_ATTR,
+    WARM_START_ATTR,
+    as_new_study,
+    changed_setup,
+    recorded_spec,
+)
 from search.study.warm import Mapped, map_params
 from search.study.warm import describe as describe_warm_start
 from training import ConfigError, DataError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
@@ -138,7 +146,9 @@ def find_lr_range(spec: Study, progress: Progress) -> dict:
     progress.line(f"lr-find: a learning-rate range test for study '{spec.name}' before its first trial")
     test = find_range(spec)
     cost = f"{test.steps} steps, {test.seconds:.0f} s"
-    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost})")
+    outside = [q["lr"] for q in spec.enqueue if "lr" in q and not test.low <= q["lr"] <= test.high]
+    clipped = f"; the queued lr {', '.join(f'{lr:g}' for lr in outside)} clipped into it" if outside else ""
+    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost}){clipped}")
     return {"low": test.low, "high": test.high, "steps": test.steps, "seconds": round(test.seconds, 1),
             "diverged_at": test.diverged_at}  # fmt: skip
 
@@ -170,7 +180,12 @@ def with_recorded_lr_range(spec: Study, attrs: dict) -> Study:
     recorded = attrs.get(LR_RANGE_ATTR)
     if spec.space.lr_to_find() is None or not isinstance(recorded, dict):
         return spec
-    return spec.model_copy(update={"space": spec.space.with_lr_range(recorded["low"], recorded["high"])})
+    low, high = recorded["low"], recorded["high"]
+    queued: list[dict] = []  # the known-good sets' lr clipped into the range: every trial searches inside it
+    for params in spec.enqueue:
+        inside = {**params, "lr": min(max(params["lr"], low), high)} if "lr" in params else params
+        queued += [inside] if inside not in queued else []
+    return spec.model_copy(update={"space": spec.space.with_lr_range(low, high), "enqueue": queued})
 
 
 def create_study(
@@ -206,9 +221,24 @@ def create_study(
         mapped = [map_params(t.number, t.params, spec.space) for t in warm]
         if _queue_warm_start(spec, study, options, mapped):
             say(describe_warm_start(spec.warm_start.study, mapped))
-    for params in spec.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+    _queue_known_good(spec, study, options)
     return spec, study
+
+
+def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> None:
+    """The study file's known-good configurations (``enqueue``), each queued once in the study's
+    life and recorded on it: a worker that joins a running study reads one attribute instead of
+    every trial (a thousand workers starting read a thousand trials each), and two that start
+    together do not queue one twice. The first to find one unrecorded queues it, under the lock."""
+    if all(params in study.user_attrs.get(QUEUED_ATTR, []) for params in spec.enqueue):
+        return
+    with TrialGate.held(options.storage_url, spec.name):
+        queued = list(study.user_attrs.get(QUEUED_ATTR, []))
+        for params in spec.enqueue:
+            if params not in queued:  # a study from before this record: its trials say what ran
+                study.enqueue_trial(params, skip_if_exists=True)
+                queued.append(params)
+        study.set_user_attr(QUEUED_ATTR, queued)
 
 
 def _record_lr_range(spec: Study, study: optuna.Study, options: RunOptions, found: dict) -> Study:

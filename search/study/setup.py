@@ -11,6 +11,7 @@ from search.study.schema import Study
 
 SPEC_ATTR = "spec"  # the study user attribute holding the spec it was made with, as JSON
 WARM_START_ATTR = "warm_start"  # the other study and its trials queued first, recorded once they are
+QUEUED_ATTR = "queued"  # the known-good configurations (enqueue) queued so far, each once in the study's life
 LR_RANGE_ATTR = "lr_range"  # the learning-rate range its range test found (lr_find), with the test's cost
 
 # What may differ between runs of one study without making their trials incomparable: the study's

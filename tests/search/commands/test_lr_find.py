@@ -60,7 +60,8 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     from search.store import open_storage
 
     url = f"sqlite:///{tmp_path}/studies.db"
-    spec = load_study("lr-sweep", ["space.lr={lr_find: true}", "enqueue=[]"])
+    queued = "enqueue=[{lr: 3.0e-4, scheduler: cosine}, {lr: 5.0e-4, scheduler: cosine}, {lr: 5.0e-3, loss: f1}]"
+    spec = load_study("lr-sweep", ["space.lr={lr_find: true}", queued])
     options = RunOptions(storage_url=url, artifacts=tmp_path / "artifacts", n_trials=4, timeout=None)
     storage = open_storage(url)
     first, _ = create_study(spec, options, storage, {"low": 1e-3, "high": 1e-2, "steps": 40})
@@ -68,6 +69,9 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     for searched in (first, second, check_study(spec, storage)):  # check_study: how a later run opens it
         assert (searched.space["lr"].low, searched.space["lr"].high, searched.space.lr_to_find()) == (1e-3, 1e-2, None)
     assert study.user_attrs[LR_RANGE_ATTR]["high"] == 1e-2
+    # the queued sets' lr clipped into the range recorded (two below it became one), queued once
+    inside = [{"lr": 1e-3, "scheduler": "cosine"}, {"lr": 5e-3, "loss": "f1"}]
+    assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == inside
 
 
 def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_path):

@@ -1,0 +1,83 @@
+"""Opening a study: the study file's known-good configurations queued once in the study's life,
+however many workers open it at once, and a worker joining a running study reads no trials for it."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import postgres_url
+
+from search.run.open import create_study
+from search.run.options import RunOptions
+from search.store import open_storage
+from search.study import load_study
+from search.study.setup import QUEUED_ATTR
+
+KNOWN = [
+    {"lr": 0.003, "accumulation_steps": 1, "scheduler": "cosine", "loss": "cross_entropy"},
+    {"lr": 0.001, "accumulation_steps": 2, "scheduler": "cosine", "loss": "f1"},
+]
+
+
+def _open(name: str, enqueue: list[dict], errors: list[BaseException] | None = None) -> None:
+    url = postgres_url()
+    spec = load_study("lr-sweep", [f"name={name}", f"enqueue={enqueue}"])
+    storage = open_storage(url)
+    try:
+        create_study(spec, RunOptions(url, Path("."), 1, None, quiet=True), storage, say=lambda line: None)
+    except BaseException as error:  # noqa: BLE001 - the thread's error fails the test below
+        if errors is None:
+            raise
+        errors.append(error)
+    finally:
+        storage.engine.dispose()
+
+
+def test_workers_opening_a_study_at_once_queue_each_known_good_configuration_once(monkeypatch):
+    name = f"open-{uuid.uuid4().hex[:8]}"
+    try:
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_open, args=(name, KNOWN, errors)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        study = optuna.load_study(study_name=name, storage=postgres_url())
+        assert len(study.trials) == 2 and all(t.params == {} for t in study.trials)  # waiting: no params yet
+        assert [t.system_attrs["fixed_params"] for t in study.trials] == KNOWN
+        assert study.user_attrs[QUEUED_ATTR] == KNOWN
+
+        def no_trials_read(*args, **kwargs):
+            raise AssertionError("a worker joining the study read its trials to queue what was queued")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(optuna.Study, "get_trials", no_trials_read)
+            _open(name, KNOWN)
+
+        edited = [*KNOWN, {**KNOWN[0], "lr": 0.01}]  # the file gains a configuration: it is queued, once
+        _open(name, edited)
+        _open(name, edited)
+        study = optuna.load_study(study_name=name, storage=postgres_url())
+        assert [t.system_attrs["fixed_params"] for t in study.trials] == edited
+        assert study.user_attrs[QUEUED_ATTR] == edited
+    finally:
+        optuna.delete_study(study_name=name, storage=postgres_url())
+
+
+@pytest.mark.parametrize("enqueue", [[], KNOWN[:1]])
+def test_a_study_made_before_the_record_is_not_queued_again(tmp_path, enqueue):
+    url = f"sqlite:///{tmp_path}/old.db"
+    study = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    for params in enqueue:  # queued by a run that recorded nothing
+        study.enqueue_trial(params)
+    spec = load_study("lr-sweep", ["name=old", f"enqueue={KNOWN}"])
+    storage = open_storage(url)
+    create_study(spec, RunOptions(url, tmp_path, 1, None, quiet=True), storage, say=lambda line: None)
+    storage.engine.dispose()
+    trials = optuna.load_study(study_name="old", storage=url).trials
+    assert [t.system_attrs["fixed_params"] for t in trials] == KNOWN
