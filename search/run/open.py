@@ -180,12 +180,7 @@ def with_recorded_lr_range(spec: Study, attrs: dict) -> Study:
     recorded = attrs.get(LR_RANGE_ATTR)
     if spec.space.lr_to_find() is None or not isinstance(recorded, dict):
         return spec
-    low, high = recorded["low"], recorded["high"]
-    queued: list[dict] = []  # the known-good sets' lr clipped into the range: every trial searches inside it
-    for params in spec.enqueue:
-        inside = {**params, "lr": min(max(params["lr"], low), high)} if "lr" in params else params
-        queued += [inside] if inside not in queued else []
-    return spec.model_copy(update={"space": spec.space.with_lr_range(low, high), "enqueue": queued})
+    return spec.model_copy(update={"space": spec.space.with_lr_range(recorded["low"], recorded["high"])})
 
 
 def create_study(
@@ -230,15 +225,27 @@ def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> 
     life and recorded on it: a worker that joins a running study reads one attribute instead of
     every trial (a thousand workers starting read a thousand trials each), and two that start
     together do not queue one twice. The first to find one unrecorded queues it, under the lock."""
-    if all(params in study.user_attrs.get(QUEUED_ATTR, []) for params in spec.enqueue):
+    recorded = study.user_attrs.get(QUEUED_ATTR, [])
+    if all(params in recorded for params in spec.enqueue):
         return
     with TrialGate.held(options.storage_url, spec.name):
-        queued = list(study.user_attrs.get(QUEUED_ATTR, []))
+        queued, ran = list(study.user_attrs.get(QUEUED_ATTR, [])), []
         for params in spec.enqueue:
-            if params not in queued:  # a study from before this record: its trials say what ran
-                study.enqueue_trial(params, skip_if_exists=True)
-                queued.append(params)
-        study.set_user_attr(QUEUED_ATTR, queued)
+            inside = _inside_lr_range(params, spec.space.distribution("lr", params))
+            if params not in queued and inside not in ran:  # a study from before this record: its trials say
+                study.enqueue_trial(inside, skip_if_exists=True)
+            queued += [params] if params not in queued else []
+            ran.append(inside)
+        study.set_user_attr(QUEUED_ATTR, queued)  # the file's sets: a range test's clipping does not change them
+
+
+def _inside_lr_range(params: dict, searched) -> dict:
+    """A known-good set with its lr clipped into the space's range: a range test's (``lr_find``),
+    since a study file's own range refuses a set outside it when loaded. So every trial searches
+    inside the range; two sets that become one are queued once."""
+    if "lr" not in params or searched is None or searched.low is None or searched.high is None:
+        return params
+    return {**params, "lr": min(max(params["lr"], searched.low), searched.high)}
 
 
 def _record_lr_range(spec: Study, study: optuna.Study, options: RunOptions, found: dict) -> Study:

@@ -43,7 +43,8 @@ class FinishedView:
         search space reads: the intersection of the finished trials' distributions, where an
         unfinished trial only marks the number to look again from. So it gets the finished trials
         and, for each number between them that has not finished, a running trial without params
-        (Optuna numbers a study's trials 0, 1, 2, ...): no running trial is read whole."""
+        (Optuna numbers a study's trials 0, 1, 2, ...): this read reads no running trial whole.
+        (TPE's constant liar, on by default, still reads the running trials for each trial.)"""
         if states is not None:
             return self.get_trials(deepcopy=deepcopy, states=states)
         finished = self.get_trials(deepcopy=deepcopy, states=FINISHED)

@@ -72,6 +72,8 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     # the queued sets' lr clipped into the range recorded (two below it became one), queued once
     inside = [{"lr": 1e-3, "scheduler": "cosine"}, {"lr": 5e-3, "loss": "f1"}]
     assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == inside
+    create_study(load_study("lr-sweep", [queued]), options, storage)  # the file without lr_find: nothing new
+    assert len(study.get_trials()) == 2
 
 
 def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_path):
