@@ -13,7 +13,10 @@ the CPU goes to the storage path, not to models. Workers are threads, spread ove
    errors (a worker that could not open or use the storage, a database error it waited out, a
    failed trial), whether the budget came out exact (n_trials finished, none running, no surplus),
    the most PostgreSQL connections in use (``pg_stat_activity``), PgBouncer's clients, and the
-   study's throughput. A path stops stepping up at its first step with errors.
+   study's throughput, and the most trials running at once (so workers on the study at once).
+   ``--start-rate`` starts the workers over time, as an array job's tasks start: a few cores cannot
+   play a thousand clients' start-up in one instant, where each real worker has its own machine's.
+   A path stops stepping up at its first step with errors.
 2. Storage time per trial as the study grows: the study is filled with finished trials (made by
    the same sampler's space, with 10 reported epochs and a trial's records) to each size, then a
    few workers run trials on it. A trial's storage time is its whole cycle (the budget decision,
@@ -21,6 +24,7 @@ the CPU goes to the storage path, not to models. Workers are threads, spread ove
    stand-in's sleeps; ``ask`` alone is timed too.
 
     python benchmarks/storage_scale.py [--steps 10,25,50,100,250,500,1000] [--sizes 1000,5000,10000]
+        [--start-rate 4]
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Job:
     artifacts: str
     overrides: list[str]
     grace_period: int = 30  # seconds without a heartbeat before a trial counts as lost (search run's default)
+    start_over: float = 0.0  # worker i of N starts i / N of this many seconds after the first
+    workers: int = 1
 
 
 @dataclass
@@ -198,6 +204,7 @@ def _virtual_worker(job: Job, index: int, out: Measured) -> None:
     from search.store.budget import TrialGate
     from search.study import load_study
 
+    time.sleep(job.start_over * index / job.workers)  # as an array job's tasks start, not all in one instant
     meter = _local.meter = Meter(out)
     _local.epoch_seconds = job.epoch_seconds
 
@@ -274,9 +281,11 @@ def _spec(name: str):
 
 
 class Monitor:
-    """The most server connections of the test database, and of PgBouncer's clients, seen while it runs."""
+    """The most server connections of the test database, of PgBouncer's clients and of the study's
+    running trials (so of workers on the study at once), seen while it runs."""
 
-    def __init__(self, bouncer_url: str | None) -> None:
+    def __init__(self, bouncer_url: str | None, study: str = "") -> None:
+        self.study, self.most_running = study, 0
         self.server = psycopg2.connect(**_connect_args(SERVER))
         self.server.autocommit = True
         self.admin = None
@@ -306,6 +315,12 @@ class Monitor:
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
                 )
                 self.most_server = max(self.most_server, cursor.fetchone()[0])
+                cursor.execute(
+                    "SELECT count(*) FROM trials JOIN studies USING (study_id) WHERE study_name = %s "
+                    "AND trials.state = 'RUNNING'",
+                    (self.study,),
+                )
+                self.most_running = max(self.most_running, cursor.fetchone()[0])
             if self.admin:
                 with contextlib.suppress(psycopg2.Error), self.admin.cursor() as cursor:
                     cursor.execute("SHOW POOLS")
@@ -325,19 +340,23 @@ def run_workers(
     artifacts: str,
     limit: float,
     grace: int = 30,
+    start_over: float = 0.0,
 ) -> Measured:
-    """``workers`` virtual workers in ``processes`` processes until the study has ``n_trials``; past
-    ``limit`` seconds the study is asked to stop (as ``search stop`` does) and they finish."""
+    """``workers`` virtual workers in ``processes`` processes, started over ``start_over`` seconds,
+    until the study has ``n_trials``; past ``limit`` seconds the study is asked to stop (as ``search
+    stop`` does) and they finish."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
+    common = (url, name, n_trials)
+    late = {"grace_period": grace, "start_over": start_over, "workers": workers}
     jobs = [
-        Job(url, name, n_trials, list(range(p, workers, processes)), epoch_seconds, artifacts, _overrides(name), grace)
+        Job(*common, list(range(p, workers, processes)), epoch_seconds, artifacts, _overrides(name), **late)
         for p in range(min(processes, workers))
     ]
     children = [context.Process(target=_process_main, args=(job, results)) for job in jobs]
     for child in children:
         child.start()
-    measured, deadline, stopped = Measured(), time.monotonic() + limit, False
+    measured, deadline, stopped = Measured(), time.monotonic() + start_over + limit, False  # from the last start
     for _ in children:
         while True:
             with contextlib.suppress(Exception):
@@ -390,6 +409,7 @@ def workers_held(
     artifacts: str,
     limit: float,
     grace: int = 30,
+    start_rate: float = 0.0,
 ) -> list[dict]:
     rows = []
     for workers in steps:
@@ -399,9 +419,10 @@ def workers_held(
         n_trials = 2 * workers if workers < 250 else workers
         epoch = max(epoch_seconds, workers / WORKERS_PER_EPOCH_SECOND)
         _new_study(url, name)
-        with Monitor(url if path == "pgbouncer" else None) as monitor:
+        spread = workers / start_rate if start_rate else 0.0
+        with Monitor(url if path == "pgbouncer" else None, name) as monitor:
             started = time.monotonic()
-            measured = run_workers(url, name, n_trials, workers, processes, epoch, artifacts, limit, grace)
+            measured = run_workers(url, name, n_trials, workers, processes, epoch, artifacts, limit, grace, spread)
             seconds = time.monotonic() - started
         states = _states(name)
         finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
@@ -420,6 +441,8 @@ def workers_held(
                 "median": _quantile(measured.costs, 0.5),
                 "p99": _quantile(measured.costs, 0.99),
                 "epoch": epoch,
+                "spread": spread,
+                "running": monitor.most_running,
                 "hold": _quantile(measured.holds, 0.5),
                 "first_error": measured.errors[:1],
                 "seconds": seconds,
@@ -665,8 +688,8 @@ def read_cost(url: str, running: int) -> None:
 
 
 HELD = (
-    f"{'path':<10} {'workers':>7} {'epoch s':>7} {'errors':>6} {'exact':>5} {'server conns':>12} {'clients':>7} "
-    f"{'trials/min':>10} {'storage s/trial p50':>19} {'p99':>6} {'lock s p50':>10}"
+    f"{'path':<10} {'workers':>7} {'starts s':>8} {'epoch s':>7} {'at once':>7} {'errors':>6} {'exact':>5} "
+    f"{'server conns':>12} {'clients':>7} {'trials/min':>10} {'storage s/trial p50':>19} {'p99':>6} {'lock s p50':>10}"
 )
 SIZES = (
     f"{'path':<10} {'trials':>6} {'storage s/trial p50':>19} {'p99':>6} {'ask p50':>7} {'ask p99':>7} "
@@ -677,7 +700,8 @@ SIZES = (
 def _print_held(row: dict) -> None:
     clients = "-" if row["clients"] is None else str(row["clients"])
     print(
-        f"{row['path']:<10} {row['workers']:>7} {row['epoch']:>7.1f} {row['errors']:>6} "
+        f"{row['path']:<10} {row['workers']:>7} {row['spread']:>8.0f} {row['epoch']:>7.1f} {row['running']:>7} "
+        f"{row['errors']:>6} "
         f"{'yes' if row['exact'] else 'NO':>5} {row['server']:>12} {clients:>7} {row['per_minute']:>10.0f} "
         f"{row['median']:>19.3f} {row['p99']:>6.2f} {row['hold']:>10.3f}"
         + (f"   first error: {row['first_error'][0]}" if row["first_error"] else ""),
@@ -707,6 +731,11 @@ def main() -> None:
     parser.add_argument("--grpc-clients", type=int, default=64, help="clients of the PgBouncer / gRPC comparison")
     parser.add_argument("--grpc-seconds", type=float, default=60, help="seconds of the PgBouncer / gRPC comparison")
     parser.add_argument("--limit", type=float, default=600, help="seconds a step may take before it is stopped")
+    parser.add_argument(
+        "--start-rate", type=float, default=0.0,
+        help="workers started per second, as an array job's tasks start (0: all at once); a few cores cannot "
+        "play a thousand clients' start-up at once, where each real worker has its own machine's",
+    )  # fmt: skip
     parser.add_argument(
         "--grace-period", type=int, default=30,
         help="the workers' --grace-period: on a few cores, a thousand virtual workers' heartbeats wait for the CPU",
@@ -748,6 +777,7 @@ def main() -> None:
                     artifacts,
                     args.limit,
                     args.grace_period,
+                    args.start_rate,
                 )
             if "reads" in parts:
                 print(f"\nA worker's read of the study with trials running (Optuna reads every one whole)\n{READS}")
