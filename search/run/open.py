@@ -232,7 +232,7 @@ def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> 
         queued, ran = list(study.user_attrs.get(QUEUED_ATTR, [])), []
         for params in spec.enqueue:
             inside = _inside_lr_range(params, spec.space.distribution("lr", params))
-            if params not in queued and inside not in ran:  # a study from before this record: its trials say
+            if params not in queued and inside not in ran:  # skip_if_exists: a study from before this record
                 study.enqueue_trial(inside, skip_if_exists=True)
             queued += [params] if params not in queued else []
             ran.append(inside)
