@@ -47,11 +47,16 @@ def space_entry(test) -> str:
     return f"{{low: {test.low:.2e}, high: {test.high:.2e}, log: true}}"
 
 
+def queued_outside(spec: Study, test) -> list[float]:
+    """The lr of the study's queued trials that lie outside the range the test found."""
+    return [q["lr"] for q in spec.enqueue if "lr" in q and not test.low <= q["lr"] <= test.high]
+
+
 def summary(spec: Study, test) -> list[str]:
     """What the test found, and how to use it."""
     ended = f"diverged at {test.diverged_at:.2g}" if test.diverged_at else "never diverged"
     drop = " --set 'enqueue=[]'"
-    outside = [q["lr"] for q in spec.enqueue if "lr" in q and not test.low <= q["lr"] <= test.high]
+    outside = queued_outside(spec, test)
     lines = [
         f"lr-find: {test.steps} steps from {test.rates[0]:.2g} to {test.rates[-1]:.2g} ({ended}), {test.seconds:.0f} s",
         f"suggested lr: {test.low:.2e} to {test.high:.2e} (the smoothed loss is lowest at {test.high:.2e}, "

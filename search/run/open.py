@@ -141,12 +141,12 @@ def _queue_warm_start(spec: Study, study: optuna.Study, options: RunOptions, war
 def find_lr_range(spec: Study, progress: Progress) -> dict:
     """The range test a study file asks for (``lr: {lr_find: true}``), run by the worker that finds
     the study without a recorded range: the range as the study records it."""
-    from search.lr_range import find_range
+    from search.lr_range import find_range, queued_outside
 
     progress.line(f"lr-find: a learning-rate range test for study '{spec.name}' before its first trial")
     test = find_range(spec)
     cost = f"{test.steps} steps, {test.seconds:.0f} s"
-    outside = [q["lr"] for q in spec.enqueue if "lr" in q and not test.low <= q["lr"] <= test.high]
+    outside = queued_outside(spec, test)
     clipped = f"; the queued lr {', '.join(f'{lr:g}' for lr in outside)} clipped into it" if outside else ""
     progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost}){clipped}")
     return {"low": test.low, "high": test.high, "steps": test.steps, "seconds": round(test.seconds, 1),

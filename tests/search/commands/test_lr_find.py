@@ -34,11 +34,12 @@ def test_lr_find_prints_the_range_a_run_can_use_and_draws_it(tmp_path):
 def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searches_it(tmp_path):
     env = {"SEARCH_HOME": str(tmp_path)}
     args = ["--study", "lr-sweep", *TINY_SET, "--set", "train.epochs=1", "--set", "space.lr={lr_find: true}",
-            "--set", "enqueue=[]"]  # fmt: skip
+            "--set", "enqueue=[{lr: 1.0e-5, scheduler: cosine}]"]  # fmt: skip
     first = search_here("run", *args, "--n-trials", "2", env=env)
     assert first.returncode == 0, first.stderr
     first = first.stdout + first.stderr
     assert "lr-find: a learning-rate range test for study 'lr-sweep'" in first
+    assert "; the queued lr 1e-05 clipped into it" in first  # and run inside the range, below
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
     found = study.user_attrs[LR_RANGE_ATTR]
     assert found["low"] < found["high"] and found["steps"] >= 40
