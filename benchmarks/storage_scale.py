@@ -347,12 +347,11 @@ def run_workers(
     stop`` does) and they finish."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    common = (url, name, n_trials)
-    late = {"grace_period": grace, "start_over": start_over, "workers": workers}
     jobs = [
-        Job(*common, list(range(p, workers, processes)), epoch_seconds, artifacts, _overrides(name), **late)
+        Job(url, name, n_trials, list(range(p, workers, processes)), epoch_seconds, artifacts, _overrides(name),
+            grace_period=grace, start_over=start_over, workers=workers)
         for p in range(min(processes, workers))
-    ]
+    ]  # fmt: skip
     children = [context.Process(target=_process_main, args=(job, results)) for job in jobs]
     for child in children:
         child.start()
