@@ -120,7 +120,17 @@ def range_test(config: TrainConfig, start: float, end: float, steps: int | None 
         )
     smoothed = centred(np.array(losses), max(3, int(WINDOW * len(rates))))
     low, high = suggest(np.array(rates), smoothed)
+    diverged = diverged or diverged_after(np.array(rates), smoothed)
     return RangeTest(tuple(rates), tuple(smoothed), tuple(losses), low, high, diverged, time.perf_counter() - began)
+
+
+def diverged_after(rates: np.ndarray, smoothed: np.ndarray) -> float | None:
+    """The first rate past the lowest point at which the centred curve is ``DIVERGED`` times its
+    lowest, or None. The running average that stops the test lags by about ten steps, so a short
+    test can end with a loss many times its lowest that the running average never saw."""
+    lowest = int(np.argmin(smoothed))
+    above = np.flatnonzero(smoothed[lowest:] > DIVERGED * smoothed[lowest])
+    return float(rates[lowest + above[0]]) if len(above) else None
 
 
 def default_bounds(low: float, high: float) -> tuple[float, float]:

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from training import ConfigError, NonFiniteLossError, train
-from training.lr_find import range_test, rates_between, suggest
+from training.lr_find import diverged_after, range_test, rates_between, suggest
 
 
 def test_rates_rise_by_one_factor_from_start_to_end():
@@ -27,6 +27,16 @@ def test_the_range_runs_from_the_fastest_fall_to_the_lowest_loss():
     assert math.isclose(high, rates[14]) and math.isclose(low, rates[7])
     flat_then_up = np.array([2.0] * 3 + [1.9] + [3.0] * 17)  # lowest early: a decade below it
     assert suggest(rates, flat_then_up) == (rates[3] / 10, rates[3])
+
+
+def test_a_curve_that_rose_four_times_its_lowest_after_it_diverged_where_it_first_did():
+    rates = rates_between(1e-5, 1.0, 21)
+    falls = [2.0, 2.0, 2.0, 1.99, 1.98, 1.9, 1.7, 1.3, 1.0, 0.9, 0.85, 0.8, 0.78, 0.76, 0.75, 0.9, 1.5, 3, 5, 8, 9]
+    assert math.isclose(diverged_after(rates, np.array(falls)), rates[18])  # 5 > 4 x 0.75; 3 is not
+    risen_twice = np.array(falls[:17] + [1.5] * 4)
+    assert diverged_after(rates, risen_twice) is None
+    still_falling = np.linspace(2.0, 0.5, 21)
+    assert diverged_after(rates, still_falling) is None
 
 
 def test_the_suggested_range_leaves_out_divergent_rates_and_holds_one_that_trains():
