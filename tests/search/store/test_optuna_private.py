@@ -235,6 +235,7 @@ def test_finished_trials_are_optunas_own_and_each_is_fetched_once(storage_url, m
     assert len(optuna_private.finished_trials(study)) == 5 and fetched == []
     monkeypatch.setattr(optuna_private, "MISSING", ["a private name this Optuna lacks"])
     assert _seen(optuna_private.finished_trials(study)) == _seen(optunas_own())
+    optuna.delete_study(study_name=study.study_name, storage=storage)
 
 
 def test_finished_trials_of_a_study_deleted_and_made_again_are_the_new_studys(tmp_path):
@@ -278,3 +279,4 @@ def test_a_trial_whose_worker_stopped_or_never_sent_a_heartbeat_fails_saying_why
     ]
     assert [t.system_attrs["failed_trial"] for t in retries] == [0, 1]
     assert optuna_private.stale_trials(storage, study.study_name) == []  # failed once, by one worker
+    optuna.delete_study(study_name=study.study_name, storage=storage)
