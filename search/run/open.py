@@ -141,14 +141,15 @@ def _queue_warm_start(spec: Study, study: optuna.Study, options: RunOptions, war
 def find_lr_range(spec: Study, progress: Progress) -> dict:
     """The range test a study file asks for (``lr: {lr_find: true}``), run by the worker that finds
     the study without a recorded range: the range as the study records it."""
-    from search.lr_range import find_range, queued_outside
+    from search.lr_range import find_range, middle, queued_outside
 
     progress.line(f"lr-find: a learning-rate range test for study '{spec.name}' before its first trial")
     test = find_range(spec)
     cost = f"{test.steps} steps, {test.seconds:.0f} s"
     outside = queued_outside(spec, test)
-    clipped = f"; the queued lr {', '.join(f'{lr:g}' for lr in outside)} clipped into it" if outside else ""
-    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost}){clipped}")
+    lrs, mid = ", ".join(f"{lr:g}" for lr in outside), middle(test.low, test.high)
+    moved = f"; the queued lr {lrs} outside it trains at its middle, {mid:g}" if outside else ""
+    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost}){moved}")
     return {"low": test.low, "high": test.high, "steps": test.steps, "seconds": round(test.seconds, 1),
             "diverged_at": test.diverged_at}  # fmt: skip
 
@@ -236,16 +237,20 @@ def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> 
                 study.enqueue_trial(inside, skip_if_exists=True)
             queued += [params] if params not in queued else []
             ran.append(inside)
-        study.set_user_attr(QUEUED_ATTR, queued)  # the file's sets: a range test's clipping does not change them
+        study.set_user_attr(QUEUED_ATTR, queued)  # the file's sets, as written: not moved into a range
 
 
 def _inside_lr_range(params: dict, searched) -> dict:
-    """A known-good set with its lr clipped into the space's range: a range test's (``lr_find``),
-    since a study file's own range refuses a set outside it when loaded. So every trial searches
-    inside the range; two sets that become one are queued once."""
+    """A known-good set whose lr lies outside the space's range, a range test's (``lr_find``), moved
+    to the range's middle (``middle``); a study file's own range refuses a set outside it when loaded.
+    So every trial searches inside the range; two sets that become one are queued once."""
+    from search.lr_range import middle
+
     if "lr" not in params or searched is None or searched.low is None or searched.high is None:
         return params
-    return {**params, "lr": min(max(params["lr"], searched.low), searched.high)}
+    if searched.low <= params["lr"] <= searched.high:
+        return params
+    return {**params, "lr": middle(searched.low, searched.high)}
 
 
 def _record_lr_range(spec: Study, study: optuna.Study, options: RunOptions, found: dict) -> Study:

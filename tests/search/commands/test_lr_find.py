@@ -39,9 +39,11 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     assert first.returncode == 0, first.stderr
     first = first.stdout + first.stderr
     assert "lr-find: a learning-rate range test for study 'lr-sweep'" in first
-    assert "; the queued lr 1e-05 clipped into it" in first  # and run inside the range, below
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
     found = study.user_attrs[LR_RANGE_ATTR]
+    middle = float(f"{(found['low'] * found['high']) ** 0.5:.3g}")
+    assert f"; the queued lr 1e-05 outside it trains at its middle, {middle:g}" in first
+    assert study.trials[0].params["lr"] == middle
     assert found["low"] < found["high"] and found["steps"] >= 40
     # the next run (a later worker) does not test again and samples the same recorded range
     later = search_here("run", *args, "--n-trials", "3", env=env)
@@ -70,8 +72,8 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     for searched in (first, second, check_study(spec, storage)):  # check_study: how a later run opens it
         assert (searched.space["lr"].low, searched.space["lr"].high, searched.space.lr_to_find()) == (1e-3, 1e-2, None)
     assert study.user_attrs[LR_RANGE_ATTR]["high"] == 1e-2
-    # the queued sets' lr clipped into the range recorded (two below it became one), queued once
-    inside = [{"lr": 1e-3, "scheduler": "cosine"}, {"lr": 5e-3, "loss": "f1"}]
+    # the queued sets' lr outside the range recorded moved to its middle (two below it became one), queued once
+    inside = [{"lr": 3.16e-3, "scheduler": "cosine"}, {"lr": 5e-3, "loss": "f1"}]
     assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == inside
     create_study(load_study("lr-sweep", [queued]), options, storage)  # the file without lr_find: nothing new
     assert len(study.get_trials()) == 2
