@@ -188,7 +188,7 @@ def against_default(
             continue
         ratio = sum(epochs_to(curves[arm][s], marks[s]) for s in seeds) / base
         lower = statistics.mean(curves[arm][s][-1][1] - curves["default study"][s][-1][1] for s in seeds)
-        print(f"{arm} / default study: epochs to 98% {ratio:.2f}, best F1 {lower:+.3f}; "
+        print(f"{arm} / default study: epochs to 98% {ratio:.3f}, best F1 {lower:+.3f}; "
               "target (at most 0.50, at least -0.005): "
               f"{'met' if ratio <= 0.5 and lower >= -0.005 else 'not met'}")  # fmt: skip
 
