@@ -28,6 +28,7 @@ every pruned trial's full curve is known. Trials pruned in the pruned arms are a
 the same parameters' unpruned run (TPE's start-up trials coincide across arms with one seed).
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--n-trials 16] [--out search_efficiency.png]
+        [--arms ...] [--set KEY=VALUE ...] [--beyond 32]
 """
 
 from __future__ import annotations
@@ -179,10 +180,11 @@ def against_default(
     mark, summed over seeds, and the best F1 found in the budget. The default's epochs come from its
     study run on past the budget (``needs``); where even that never reached the mark, it is counted
     as needing all it trained (less than it needs). An arm that never reached it fails the target."""
-    base = [min(epochs_to(needs[s], marks[s]), needs[s][-1][0]) for s in seeds]
-    past = [f"{b:.0f}" + ("" if epochs_to(needs[s], marks[s]) <= b else "+") for s, b in zip(seeds, base)]
+    reached = {s: epochs_to(needs[s], marks[s]) for s in seeds}
+    needed = [min(reached[s], needs[s][-1][0]) for s in seeds]
+    past = [f"{n:.0f}" + ("+" if reached[s] == float("inf") else "") for s, n in zip(seeds, needed)]
     print(f"default study, run on past its budget: epochs to 98% by seed {', '.join(past)} (+: never, all it trained)")
-    base = sum(base)
+    base = sum(needed)
     for arm in curves:
         if arm == "default study":
             continue
