@@ -48,10 +48,23 @@ def space_entry(test) -> str:
     return f"{{low: {test.low:.2e}, high: {test.high:.2e}, log: true}}"
 
 
-def middle(low: float, high: float) -> float:
-    """The range's middle on a log scale, to three figures: where a queued set's lr outside the range
-    trains instead. The range's edges are where the loss falls fastest and where it stops falling."""
-    return float(f"{math.sqrt(low * high):.3g}")
+def moved_inside(lrs: list[float], low: float, high: float) -> dict[float, float]:
+    """Where queued rates outside the range ``low``..``high`` train instead, as {rate: moved}: all
+    multiplied by one factor that puts their centre (on a log scale) at the range's middle, then
+    clipped to it, to three figures. Moved as one, they keep their ratios: two guesses stay two, and
+    one alone lands on the middle. The edges are where the loss falls fastest and where it stops falling."""
+    outside = list(dict.fromkeys(lr for lr in lrs if not low <= lr <= high))  # in the study file's order
+    if not outside:
+        return {}
+    centre = math.exp(sum(math.log(lr) for lr in outside) / len(outside))
+    factor = math.sqrt(low * high) / centre
+    return {lr: float(f"{min(high, max(low, lr * factor)):.3g}") for lr in outside}
+
+
+def describe_moved(moved: dict[float, float]) -> str:
+    """The run's words for ``moved_inside``: each queued rate and where it trains."""
+    pairs = ", ".join(f"{lr:g} -> {to:g}" for lr, to in moved.items())
+    return f"queued lr outside the range recorded move as one to its middle, keeping their ratios: {pairs}"
 
 
 def queued_outside(spec: Study, test) -> list[float]:

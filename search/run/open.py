@@ -141,15 +141,12 @@ def _queue_warm_start(spec: Study, study: optuna.Study, options: RunOptions, war
 def find_lr_range(spec: Study, progress: Progress) -> dict:
     """The range test a study file asks for (``lr: {lr_find: true}``), run by the worker that finds
     the study without a recorded range: the range as the study records it."""
-    from search.lr_range import find_range, middle, queued_outside
+    from search.lr_range import find_range
 
     progress.line(f"lr-find: a learning-rate range test for study '{spec.name}' before its first trial")
     test = find_range(spec)
     cost = f"{test.steps} steps, {test.seconds:.0f} s"
-    outside = queued_outside(spec, test)
-    lrs, mid = ", ".join(f"{lr:g}" for lr in outside), middle(test.low, test.high)
-    moved = f"; the queued lr {lrs} outside it trains at its middle, {mid:g}" if outside else ""
-    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost}){moved}")
+    progress.line(f"lr-find: searching lr from {test.low:.2e} to {test.high:.2e} ({cost})")
     return {"low": test.low, "high": test.high, "steps": test.steps, "seconds": round(test.seconds, 1),
             "diverged_at": test.diverged_at}  # fmt: skip
 
@@ -217,40 +214,48 @@ def create_study(
         mapped = [map_params(t.number, t.params, spec.space) for t in warm]
         if _queue_warm_start(spec, study, options, mapped):
             say(describe_warm_start(spec.warm_start.study, mapped))
-    _queue_known_good(spec, study, options)
+    moved = _queue_known_good(spec, study, options)
+    if moved:
+        from search.lr_range import describe_moved
+
+        say(f"lr-find: {describe_moved(moved)}")
     return spec, study
 
 
-def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> None:
+def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> dict[float, float]:
     """The study file's known-good configurations (``enqueue``), each queued once in the study's
     life and recorded on it: a worker that joins a running study reads one attribute instead of
     every trial (a thousand workers starting read a thousand trials each), and two that start
-    together do not queue one twice. The first to find one unrecorded queues it, under the lock."""
+    together do not queue one twice. The first to find one unrecorded queues it, under the lock.
+    Returns the lr this worker queued moved into the recorded range, with where each trains."""
     recorded = study.user_attrs.get(QUEUED_ATTR, [])
     if all(params in recorded for params in spec.enqueue):
-        return
+        return {}
     with TrialGate.held(options.storage_url, spec.name):
-        queued, ran = list(study.user_attrs.get(QUEUED_ATTR, [])), []
+        queued, ran, moved = list(study.user_attrs.get(QUEUED_ATTR, [])), [], _moved_into_lr_range(spec)
+        said = {}
         for params in spec.enqueue:
-            inside = _inside_lr_range(params, spec.space.distribution("lr", params))
+            inside = {**params, "lr": moved[params["lr"]]} if params.get("lr") in moved else params
             if params not in queued and inside not in ran:  # skip_if_exists: a study from before this record
                 study.enqueue_trial(inside, skip_if_exists=True)
+                if inside is not params:
+                    said[params["lr"]] = inside["lr"]
             queued += [params] if params not in queued else []
             ran.append(inside)
         study.set_user_attr(QUEUED_ATTR, queued)  # the file's sets, as written: not moved into a range
+    return said
 
 
-def _inside_lr_range(params: dict, searched) -> dict:
-    """A known-good set whose lr lies outside the space's range, a range test's (``lr_find``), moved
-    to the range's middle (``middle``); a study file's own range refuses a set outside it when loaded.
-    So every trial searches inside the range; two sets that become one are queued once."""
-    from search.lr_range import middle
+def _moved_into_lr_range(spec: Study) -> dict[float, float]:
+    """The known-good sets' lr outside a range test's range (``lr_find``), each with where it trains
+    (``moved_inside``); a study file's own range refuses a set outside it when loaded. So every trial
+    searches inside the range; two sets that become one are queued once."""
+    from search.lr_range import moved_inside
 
-    if "lr" not in params or searched is None or searched.low is None or searched.high is None:
-        return params
-    if searched.low <= params["lr"] <= searched.high:
-        return params
-    return {**params, "lr": middle(searched.low, searched.high)}
+    searched = spec.space.distribution("lr", {})
+    if searched is None or searched.low is None or searched.high is None:
+        return {}
+    return moved_inside([q["lr"] for q in spec.enqueue if "lr" in q], searched.low, searched.high)
 
 
 def _record_lr_range(spec: Study, study: optuna.Study, options: RunOptions, found: dict) -> Study:

@@ -42,7 +42,8 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
     found = study.user_attrs[LR_RANGE_ATTR]
     middle = float(f"{(found['low'] * found['high']) ** 0.5:.3g}")
-    assert f"; the queued lr 1e-05 outside it trains at its middle, {middle:g}" in first
+    moved = "lr-find: queued lr outside the range recorded move as one to its middle, keeping their ratios"
+    assert f"{moved}: 1e-05 -> {middle:g}" in first
     assert study.trials[0].params["lr"] == middle
     assert found["low"] < found["high"] and found["steps"] >= 40
     # the next run (a later worker) does not test again and samples the same recorded range
@@ -67,16 +68,22 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     spec = load_study("lr-sweep", ["space.lr={lr_find: true}", queued])
     options = RunOptions(storage_url=url, artifacts=tmp_path / "artifacts", n_trials=4, timeout=None)
     storage = open_storage(url)
-    first, _ = create_study(spec, options, storage, {"low": 1e-3, "high": 1e-2, "steps": 40})
-    second, study = create_study(spec, options, storage, {"low": 2e-3, "high": 3e-2, "steps": 40})
+    said, later = [], []
+    first, _ = create_study(spec, options, storage, {"low": 1e-3, "high": 1e-2, "steps": 40}, say=said.append)
+    second, study = create_study(spec, options, storage, {"low": 2e-3, "high": 3e-2, "steps": 40}, say=later.append)
     for searched in (first, second, check_study(spec, storage)):  # check_study: how a later run opens it
         assert (searched.space["lr"].low, searched.space["lr"].high, searched.space.lr_to_find()) == (1e-3, 1e-2, None)
     assert study.user_attrs[LR_RANGE_ATTR]["high"] == 1e-2
-    # the queued sets' lr outside the range recorded moved to its middle (two below it became one), queued once
-    inside = [{"lr": 3.16e-3, "scheduler": "cosine"}, {"lr": 5e-3, "loss": "f1"}]
+    # the queued sets' lr outside the range recorded moved as one, their centre (3.87e-4) to its middle
+    # (3.16e-3), their ratio kept; the set inside stays; each queued once
+    inside = [{"lr": 2.45e-3, "scheduler": "cosine"}, {"lr": 4.08e-3, "scheduler": "cosine"}]
+    inside.append({"lr": 5e-3, "loss": "f1"})
     assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == inside
     create_study(load_study("lr-sweep", [queued]), options, storage)  # the file without lr_find: nothing new
-    assert len(study.get_trials()) == 2
+    assert len(study.get_trials()) == 3
+    # the moves said once, by the worker that queued them, for the range recorded (the second's own differs)
+    assert said == ["lr-find: queued lr outside the range recorded move as one to its middle, keeping their ratios: "
+                    "0.0003 -> 0.00245, 0.0005 -> 0.00408"] and later == []  # fmt: skip
 
 
 def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_path):
@@ -88,3 +95,13 @@ def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_pat
         sets = [arg for one in given for arg in ("--set", one)]
         run = search_here("run", "--study", "lr-sweep", *sets, env={"SEARCH_HOME": str(tmp_path)})
         assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and said in run.stderr, run.stderr
+
+
+def test_queued_rates_outside_the_range_move_as_one_to_its_middle_keeping_their_ratios():
+    from search.lr_range import moved_inside
+
+    assert moved_inside([3e-3, 1e-3], 6.09e-3, 6.09e-2) == {3e-3: 3.34e-2, 1e-3: 1.11e-2}  # 3 apart, around 1.93e-2
+    assert moved_inside([1e-5], 1e-3, 1e-2) == {1e-5: 3.16e-3}  # one alone: the middle
+    assert moved_inside([3e-3, 2e-2], 1e-3, 1e-2) == {2e-2: 3.16e-3}  # one inside stays where it is
+    assert moved_inside([1e-6, 1e-2], 1e-3, 2e-3) == {1e-6: 1e-3, 1e-2: 2e-3}  # wider apart than the range: its edges
+    assert moved_inside([3e-3], 1e-3, 1e-2) == {}
