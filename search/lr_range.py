@@ -49,22 +49,24 @@ def space_entry(test) -> str:
 
 
 def moved_inside(lrs: list[float], low: float, high: float) -> dict[float, float]:
-    """Where queued rates outside the range ``low``..``high`` train instead, as {rate: moved}: all
-    multiplied by one factor that puts their centre (on a log scale) at the range's middle, then
-    clipped to it, to three figures. Moved as one, they keep their ratios: two guesses stay two, and
-    one alone lands on the middle. The edges are where the loss falls fastest and where it stops falling."""
-    outside = list(dict.fromkeys(lr for lr in lrs if not low <= lr <= high))  # in the study file's order
-    if not outside:
+    """Where queued rates train when any lies outside the range ``low``..``high``, as {rate: moved}:
+    all multiplied by one factor that puts their centre (on a log scale) at the range's middle, then
+    clipped to it, to three figures. Moved as one, they keep their ratios where the range is wider
+    than their spread: two guesses stay two, and one alone lands on the middle. The edges are where the
+    loss falls fastest and where it stops falling. Empty where every rate lies inside."""
+    rates = list(dict.fromkeys(lrs))  # in the study file's order
+    if all(low <= lr <= high for lr in rates):
         return {}
-    centre = math.exp(sum(math.log(lr) for lr in outside) / len(outside))
+    centre = math.exp(sum(math.log(lr) for lr in rates) / len(rates))
     factor = math.sqrt(low * high) / centre
-    return {lr: float(f"{min(high, max(low, lr * factor)):.3g}") for lr in outside}
+    return {lr: float(f"{min(high, max(low, lr * factor)):.3g}") for lr in rates}
 
 
-def describe_moved(moved: dict[float, float]) -> str:
-    """The run's words for ``moved_inside``: each queued rate and where it trains."""
+def describe_moved(moved: dict[float, float], low: float, high: float) -> str:
+    """The run's words for ``moved_inside``: the range, each queued rate and where it trains."""
     pairs = ", ".join(f"{lr:g} -> {to:g}" for lr, to in moved.items())
-    return f"queued lr outside the range recorded move as one to its middle, keeping their ratios: {pairs}"
+    clipped = "; those past its edges clipped to them" if {low, high} & set(moved.values()) else ""
+    return f"queued lr moved as one around the middle of the range recorded, {low:.2e} to {high:.2e}: {pairs}{clipped}"
 
 
 def queued_outside(spec: Study, test) -> list[float]:

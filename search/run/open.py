@@ -218,7 +218,8 @@ def create_study(
     if moved:
         from search.lr_range import describe_moved
 
-        say(f"lr-find: {describe_moved(moved)}")
+        searched = spec.space.distribution("lr", {})
+        say(f"lr-find: {describe_moved(moved, searched.low, searched.high)}")
     return spec, study
 
 
@@ -247,12 +248,12 @@ def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> 
 
 
 def _moved_into_lr_range(spec: Study) -> dict[float, float]:
-    """The known-good sets' lr outside a range test's range (``lr_find``), each with where it trains
-    (``moved_inside``); a study file's own range refuses a set outside it when loaded. So every trial
-    searches inside the range; two sets that become one are queued once."""
+    """The known-good sets' lr, each with where it trains, where any lies outside a range test's range
+    (``lr_find``, ``moved_inside``); a study file's own range refuses a set outside it when loaded. So
+    every trial searches inside the range; two sets that become one are queued once."""
     from search.lr_range import moved_inside
 
-    searched = spec.space.distribution("lr", {})
+    searched = spec.space.distribution("lr", {})  # a range test's range is the top-level lr's, in no branch
     if searched is None or searched.low is None or searched.high is None:
         return {}
     return moved_inside([q["lr"] for q in spec.enqueue if "lr" in q], searched.low, searched.high)
