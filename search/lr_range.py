@@ -49,24 +49,26 @@ def space_entry(test) -> str:
 
 
 def moved_inside(lrs: list[float], low: float, high: float) -> dict[float, float]:
-    """Where queued rates train when any lies outside the range ``low``..``high``, as {rate: moved}:
-    all multiplied by one factor that puts their centre (on a log scale) at the range's middle, then
-    clipped to it, to three figures. Moved as one, they keep their ratios where the range is wider
-    than their spread: two guesses stay two, and one alone lands on the middle. The edges are where the
-    loss falls fastest and where it stops falling. Empty where every rate lies inside."""
-    rates = list(dict.fromkeys(lrs))  # in the study file's order
-    if all(low <= lr <= high for lr in rates):
+    """Where queued rates outside the range ``low``..``high`` train instead, as {rate: moved}: all
+    multiplied by one factor that puts their centre (on a log scale) at the range's middle, then
+    clipped to it, to three figures. Rates inside stay: the range test does not rule them out. Moved
+    as one, those outside keep their ratios where the range is wider than their spread: two guesses
+    stay two, and one alone lands on the middle. The edges are where the loss falls fastest and where
+    it stops falling."""
+    outside = list(dict.fromkeys(lr for lr in lrs if not low <= lr <= high))  # in the study file's order
+    if not outside:
         return {}
-    centre = math.exp(sum(math.log(lr) for lr in rates) / len(rates))
+    centre = math.exp(sum(math.log(lr) for lr in outside) / len(outside))
     factor = math.sqrt(low * high) / centre
-    return {lr: float(f"{min(high, max(low, lr * factor)):.3g}") for lr in rates}
+    return {lr: float(f"{min(high, max(low, lr * factor)):.3g}") for lr in outside}
 
 
 def describe_moved(moved: dict[float, float], low: float, high: float) -> str:
     """The run's words for ``moved_inside``: the range, each queued rate and where it trains."""
     pairs = ", ".join(f"{lr:g} -> {to:g}" for lr, to in moved.items())
     clipped = "; those past its edges clipped to them" if {low, high} & set(moved.values()) else ""
-    return f"queued lr moved as one around the middle of the range recorded, {low:.2e} to {high:.2e}: {pairs}{clipped}"
+    recorded = f"the range recorded, {low:.2e} to {high:.2e}"
+    return f"queued lr outside {recorded}, moved as one around its middle: {pairs}{clipped}"
 
 
 def queued_outside(spec: Study, test) -> list[float]:

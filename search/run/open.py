@@ -248,9 +248,9 @@ def _queue_known_good(spec: Study, study: optuna.Study, options: RunOptions) -> 
 
 
 def _moved_into_lr_range(spec: Study) -> dict[float, float]:
-    """The known-good sets' lr, each with where it trains, where any lies outside a range test's range
-    (``lr_find``, ``moved_inside``); a study file's own range refuses a set outside it when loaded. So
-    every trial searches inside the range; two sets that become one are queued once."""
+    """The known-good sets' lr outside a range test's range (``lr_find``), each with where it trains
+    (``moved_inside``); a study file's own range refuses a set outside it when loaded. So every trial
+    searches inside the range; two sets that become one are queued once."""
     from search.lr_range import moved_inside
 
     searched = spec.space.distribution("lr", {})  # a range test's range is the top-level lr's, in no branch

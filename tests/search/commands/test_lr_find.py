@@ -43,7 +43,7 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     found = study.user_attrs[LR_RANGE_ATTR]
     middle = float(f"{(found['low'] * found['high']) ** 0.5:.3g}")
     recorded = f"the range recorded, {found['low']:.2e} to {found['high']:.2e}"
-    assert f"lr-find: queued lr moved as one around the middle of {recorded}: 1e-05 -> {middle:g}" in first
+    assert f"lr-find: queued lr outside {recorded}, moved as one around its middle: 1e-05 -> {middle:g}" in first
     assert study.trials[0].params["lr"] == middle
     assert found["low"] < found["high"] and found["steps"] >= 40
     # the next run (a later worker) does not test again and samples the same recorded range
@@ -74,17 +74,17 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     for searched in (first, second, check_study(spec, storage)):  # check_study: how a later run opens it
         assert (searched.space["lr"].low, searched.space["lr"].high, searched.space.lr_to_find()) == (1e-3, 1e-2, None)
     assert study.user_attrs[LR_RANGE_ATTR]["high"] == 1e-2
-    # one set's lr outside the range recorded: all three moved as one, their centre (9.09e-4) to its middle
-    # (3.16e-3), their ratios kept but for 5e-3's, clipped to the range's top; each queued once
-    inside = [{"lr": 1.04e-3, "scheduler": "cosine"}, {"lr": 1.74e-3, "scheduler": "cosine"}]
-    inside.append({"lr": 1e-2, "loss": "f1"})
+    # the queued sets' lr outside the range recorded moved as one, their centre (3.87e-4) to its middle
+    # (3.16e-3), their ratio kept; the set inside stays; each queued once
+    inside = [{"lr": 2.45e-3, "scheduler": "cosine"}, {"lr": 4.08e-3, "scheduler": "cosine"}]
+    inside.append({"lr": 5e-3, "loss": "f1"})
     assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == inside
     create_study(load_study("lr-sweep", [queued]), options, storage)  # the file without lr_find: nothing new
     assert len(study.get_trials()) == 3
     # the moves said once, by the worker that queued them, for the range recorded (the second's own differs)
     assert said == [
-        "lr-find: queued lr moved as one around the middle of the range recorded, 1.00e-03 to 1.00e-02: "
-        "0.0003 -> 0.00104, 0.0005 -> 0.00174, 0.005 -> 0.01; those past its edges clipped to them"
+        "lr-find: queued lr outside the range recorded, 1.00e-03 to 1.00e-02, moved as one around its middle: "
+        "0.0003 -> 0.00245, 0.0005 -> 0.00408"
     ]
     assert later == []
 
@@ -100,13 +100,17 @@ def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_pat
         assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and said in run.stderr, run.stderr
 
 
-def test_queued_rates_move_as_one_around_the_range_middle_where_any_lies_outside():
-    from search.lr_range import moved_inside
+def test_queued_rates_outside_the_range_move_as_one_around_its_middle_and_those_inside_stay():
+    from search.lr_range import describe_moved, moved_inside
 
     assert moved_inside([3e-3, 1e-3], 6.09e-3, 6.09e-2) == {3e-3: 3.34e-2, 1e-3: 1.11e-2}  # 3 apart, around 1.93e-2
     assert moved_inside([1e-5], 1e-3, 1e-2) == {1e-5: 3.16e-3}  # one alone: the middle
-    # one inside moves with the one outside: still 3 apart, not the inside one's neighbour or the same set
-    assert moved_inside([3e-3, 1e-3], 2e-3, 2e-2) == {3e-3: 1.1e-2, 1e-3: 3.65e-3}
-    assert moved_inside([3e-3, 1e-3], 5e-4, 2e-3) == {3e-3: 1.73e-3, 1e-3: 5.77e-4}
-    assert moved_inside([1e-6, 1e-2], 1e-3, 2e-3) == {1e-6: 1e-3, 1e-2: 2e-3}  # wider apart than the range: its edges
-    assert moved_inside([3e-3, 1e-3, 3e-3], 1e-3, 1e-2) == {}  # all inside: none moves
+    assert moved_inside([3e-3, 1e-3], 2e-3, 2e-2) == {1e-3: 6.32e-3}  # 3e-3, inside, stays
+    assert moved_inside([3e-3, 1e-3], 5e-4, 2e-3) == {3e-3: 1e-3}  # onto the set inside: the run queues one
+    assert moved_inside([3e-3, 1e-3, 3e-3], 1e-3, 1e-2) == {}
+    clipped = moved_inside([1e-6, 1e-2], 1e-3, 2e-3)  # wider apart than the range: its edges
+    assert clipped == {1e-6: 1e-3, 1e-2: 2e-3}
+    assert describe_moved(clipped, 1e-3, 2e-3) == (
+        "queued lr outside the range recorded, 1.00e-03 to 2.00e-03, moved as one around its middle: "
+        "1e-06 -> 0.001, 0.01 -> 0.002; those past its edges clipped to them"
+    )
