@@ -206,7 +206,6 @@ def check(server: PostgresHere, home: Path, n_trials: int) -> list[tuple[str, bo
 
     from search.record import TrialRecord, failures_by_reason, ranked
     from search.store.artifacts import DASHBOARD_ARTIFACTS
-    from search.store.optuna_private import ARTIFACTS_ATTR_PREFIX
     from training.checkpoint import load_checkpoint
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -223,12 +222,10 @@ def check(server: PostgresHere, home: Path, n_trials: int) -> list[tuple[str, bo
 
     artifacts = home / "artifacts"
     records: dict[str, tuple[int | None, str]] = {}  # artifact id: (trial number, file name)
-    for t in trials:
-        for key, meta in t.system_attrs.items():
-            if key.startswith(ARTIFACTS_ATTR_PREFIX):
-                meta = json.loads(meta) if isinstance(meta, str) else meta
-                records[meta["artifact_id"]] = (t.number, meta["filename"])
     storage = optuna.storages.get_storage(server.url)
+    for t in trials:
+        for meta in optuna.artifacts.get_all_artifact_meta(t, storage=storage):
+            records[meta.artifact_id] = (t.number, meta.filename)
     for key in storage.get_study_system_attrs(storage.get_study_id_from_name(STUDY)):
         if key.startswith(DASHBOARD_ARTIFACTS):
             records[key.rsplit(":", 1)[1]] = (None, "a note's picture")

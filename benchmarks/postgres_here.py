@@ -23,11 +23,16 @@ def server_binaries() -> Path | None:
     return Path(found[-1]).parent if found else (Path(on_path).parent if on_path else None)
 
 
+# Settings for a server whose data may be lost with the machine (the tests'): no wait for the disk
+# at each commit. A restart of the server itself loses nothing (the data is in the system's cache).
+NOT_DURABLE = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
 class PostgresHere:
     """A running cluster of its own; ``url`` reaches its ``postgres`` database as user ``postgres``."""
 
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
+    def __init__(self, folder: Path, port: int, settings: tuple[str, ...] = ()) -> None:
+        self.folder, self.port, self.settings = folder, port, settings
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
 
     def _run(self, *command: str) -> None:
@@ -39,7 +44,8 @@ class PostgresHere:
 
     def pg_ctl(self, action: str, mode: str = "fast") -> None:
         binary = str(server_binaries() / "pg_ctl")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        settings = " ".join(f"-c {setting}" for setting in ("listen_addresses=127.0.0.1", *self.settings))
+        options = f"-p {self.port} -k {self.folder} {settings}"
         self._run(binary, "-D", str(self.folder / "data"), "-l", str(self.folder / "server.log"), "-m", mode,
                   "-o", options, "-w", action)  # fmt: skip
 
@@ -50,7 +56,8 @@ class PostgresHere:
 
 
 @contextlib.contextmanager
-def postgres_here() -> Iterator[PostgresHere]:
+def postgres_here(*, durable: bool = True) -> Iterator[PostgresHere]:
+    """A new cluster, started; ``durable=False``: without waiting for the disk (``NOT_DURABLE``)."""
     binaries = server_binaries()
     if binaries is None:
         raise RuntimeError("no PostgreSQL server is installed: apt-get install postgresql")
@@ -60,7 +67,7 @@ def postgres_here() -> Iterator[PostgresHere]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = PostgresHere(folder, port)
+    server = PostgresHere(folder, port, () if durable else NOT_DURABLE)
     try:
         server._run(str(binaries / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "-A", "trust", "--no-sync")
         server.pg_ctl("start")

@@ -44,10 +44,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import lr_find
 from search.run.lifecycle import run_here
 from search.run.options import RunOptions
 from search.study import load_study
-from search.study.schema import Study
+from search.study.schema import StudySpec
 
 NO_PRUNING = "{name: none}"
 BLIND = "enqueue=[]"
@@ -77,7 +78,7 @@ CANDIDATES: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
 Curve = list[tuple[int, float]]
 
 
-def arm_study(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) -> tuple[Study, RunOptions]:
+def arm_study(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) -> tuple[StudySpec, RunOptions]:
     """The arm's study and where it runs, with a budget of ``n_trials``."""
     sampler, pruner, enqueue, more = ARMS[arm]
     name = f"eff-{list(ARMS).index(arm)}-{seed}"
@@ -104,7 +105,7 @@ def run_arm(arm: str, seed: int, n_trials: int, home: Path, extra: list[str]) ->
         easy = load_study("lr-sweep", [*same_training, f"seed={seed}", "name=easy"])
         run_here(easy, RunOptions(options.storage_url, home / "easy", max(3, n_trials // 2), None, quiet=True))
     study = run_here(spec, options)
-    return finished(study), range_test_epochs(study, spec)
+    return finished(study), lr_find_epochs(study, spec)
 
 
 def default_needs(seed: int, n_trials: int, home: Path, extra: list[str], mark: float, beyond: int) -> Curve:
@@ -120,9 +121,9 @@ def default_needs(seed: int, n_trials: int, home: Path, extra: list[str], mark: 
         run_here(spec, dataclasses.replace(options, n_trials=budget))
 
 
-def range_test_epochs(study: optuna.Study, spec) -> float:
+def lr_find_epochs(study: optuna.Study, spec) -> float:
     """A range test's steps over the optimizer steps of one epoch (one a micro-batch, as it runs)."""
-    found = study.user_attrs.get("lr_range")
+    found = lr_find.recorded(study.user_attrs)
     if not found:
         return 0.0
     from training import prepare_data

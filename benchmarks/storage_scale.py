@@ -648,9 +648,9 @@ def read_cost(url: str, running: int) -> None:
     Optuna's storage reads every unfinished trial whole at each ``get_trials``. The database's part
     is the same rows fetched by plain SQL. The project's sampler, pruner and retention read only
     the finished trials, once a trial, fetching those the worker has not seen
-    (``optuna_private.finished_trials``): its cost is last, on the same study."""
+    (``search.store.finished_trials``): its cost is last, on the same study."""
     from search.record import write_start
-    from search.store import open_storage, optuna_private
+    from search.store import ask, finished_trials, open_storage
     from search.study.distributions import sample
 
     name = f"reads-{uuid.uuid4().hex[:6]}"
@@ -659,7 +659,7 @@ def read_cost(url: str, running: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(running):
-            trial = optuna_private.ask(study, queued=0)
+            trial = ask(study, queued=0)
             write_start(trial, spec.trial_config(sample(trial, spec.space), None))
             for epoch in range(5):
                 trial.report(0.5, epoch)
@@ -678,9 +678,9 @@ def read_cost(url: str, running: int) -> None:
             cursor.execute(f"SELECT * FROM {table} WHERE trial_id = ANY(%s)", (ids,))
             rows += len(cursor.fetchall())
         database = time.perf_counter() - started
-    optuna_private.finished_trials(reader)  # as the worker's own first read
+    finished_trials(reader)  # as the worker's own first read
     started = time.perf_counter()
-    optuna_private.finished_trials(reader)
+    finished_trials(reader)
     search = time.perf_counter() - started
     print(f"{running:>7} {rows:>7} {worker:>17.3f} {database:>10.3f} {search:>17.3f}", flush=True)
     _delete(name)

@@ -10,7 +10,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from search import console
-from search.commands import COMMANDS, options
+from search.commands import COMMANDS, arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             name, description=module.HELP, epilog=module.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(command)
-        options.shared(command, module.SHARED)
+        arguments.shared(command, module.SHARED)
     return parser
 
 

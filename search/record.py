@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.store import STORAGE_ERRORS, set_user_attrs
-from search.store.optuna_private import StaleTrial
+from search.store import STORAGE_ERRORS, StaleTrial, set_user_attrs
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
     from training import TrainConfig, TrainResult

@@ -1,4 +1,5 @@
-"""Shared fixtures: small real image files on disk, tiny timm models, real storages."""
+"""Shared fixtures: small real image files on disk, tiny timm models, real storages. What the suite
+needs of the machine (Debian's programs, a PostgreSQL server of its own) is ``machine.py``'s."""
 
 from __future__ import annotations
 
@@ -14,16 +15,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import sqlalchemy
 
+from tests.machine import install_missing, require
 from training import TrainConfig, models
 from training.data import cache as decode_cache
 from training.data import prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from pgbouncer_here import pgbouncer, pgbouncer_binary  # noqa: E402
+from pgbouncer_here import pgbouncer  # noqa: E402
+from postgres_here import PostgresHere, postgres_here  # noqa: E402
 
-PG_URL = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Debian's programs the tests start, installed where missing (``machine.install_missing``)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    install_missing(reporter.write_line if reporter else print)
 
 
 @pytest.fixture(autouse=True)
@@ -145,26 +151,32 @@ def tiny_config(root: Path | None = None, **overrides) -> TrainConfig:
     return TrainConfig.model_validate(base)
 
 
-def postgres_url() -> str:
-    """The real PostgreSQL server; fails loudly if it is not there (CI must have it)."""
-    engine = sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect():
-            pass
-    except sqlalchemy.exc.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {error}")
-    finally:
-        engine.dispose()
-    return PG_URL
+@pytest.fixture(scope="session")
+def postgres() -> PostgresHere:
+    """The suite's own PostgreSQL server, on a free local port, started by the first test that needs
+    it and stopped at the end (``machine.py`` says why not one at a fixed address)."""
+    require("postgresql")
+    with postgres_here(durable=False) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
-def bouncer_url():
-    """The real PostgreSQL server through a real PgBouncer (Debian's), transaction pooling, with the
-    shipped deploy/pgbouncer/pgbouncer.ini's pool settings; shared by the tests of that path."""
-    if pgbouncer_binary() is None:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("needs Debian's pgbouncer (CI installs it)")
-    with pgbouncer(postgres_url()) as url:
+def postgres_url(postgres: PostgresHere) -> str:
+    return postgres.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new SQLite file, then the suite's PostgreSQL server: a test of the storage runs on both."""
+    return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def bouncer_url(postgres_url: str):
+    """The suite's PostgreSQL server through a real PgBouncer (Debian's), transaction pooling, with
+    the shipped deploy/pgbouncer/pgbouncer.ini's pool settings; shared by the tests of that path."""
+    require("pgbouncer")
+    with pgbouncer(postgres_url) as url:
         yield url
 
 

@@ -1,6 +1,6 @@
 """The layout a reader relies on, read from the code itself: no import cycle, small modules and
 functions, ``search`` using only what ``training`` lists, a study file's schema that acts on
-nothing, and Optuna's private names in one file."""
+nothing, and Optuna's private names behind ``search.store``, in its ``_``-prefixed modules."""
 
 from __future__ import annotations
 
@@ -119,13 +119,24 @@ def test_importing_the_study_schema_loads_nothing_that_samples_prunes_or_trains(
     assert not [m for m in loaded.stdout.split() if m.startswith(acting)], loaded.stdout
 
 
-def test_optunas_private_names_are_used_in_one_file():
+def test_optunas_private_names_are_used_only_in_the_private_modules_of_the_store():
     modules = ("optuna.storages._", "optuna.study._", "optuna.trial._", "optuna.artifacts._", "optuna._")
     names = ("._trial_id", "._study_id", "._storage", "._backend", "._cached_frozen_trial", "._get_stale_trial_ids")
-    names += ("._get_filepath", "._base_path")
-    private = (*modules, *names, "._set_trial_attr_without_commit", "._get_trials(")
+    names += ("._get_filepath", "._base_path", "._thread_local")
+    # a call of Optuna's private methods, or a method of Optuna's private protocol defined here
+    private = (*modules, *names, "._set_trial_attr_without_commit", "._get_trials(", "def _get_trials(")
     users = sorted(name for name, path in MODULES.items() if any(p in path.read_text() for p in private))
-    assert users == ["search.store.optuna_private"], users
+    assert users and all(name.startswith("search.store._") for name in users), users
+
+
+def test_the_stores_private_modules_are_imported_by_the_store_only():
+    for name, path in MODULES.items():
+        if name.startswith("search.store"):
+            continue
+        for module, names in _imports(path):
+            reached = [module] if module.startswith("search.store._") else []
+            reached += [f"{module}.{n}" for n in names if module == "search.store" and n.startswith("_")]
+            assert not reached, f"{name} imports {reached}: ask search.store for what it needs"
 
 
 def test_each_command_is_a_module_of_its_own():

@@ -9,18 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.machine import require
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-from postgres_here import server_binaries  # noqa: E402
-
 INVARIANTS = 14
 
 
-@pytest.mark.skipif(server_binaries() is None, reason="needs PostgreSQL's server (apt-get install postgresql)")
 def test_a_short_chaos_run_keeps_every_invariant():
+    require("postgresql")
     run = subprocess.run(
         [sys.executable, str(BENCHMARKS / "chaos.py"), "--seed", "11", "--kills", "3", "--restarts", "1",
          "--workers", "3", "--n-trials", "10"],

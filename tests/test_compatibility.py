@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import optuna
-from conftest import search_here
 from optuna.trial import TrialState
 
+from tests.conftest import search_here
 from training.checkpoint import load_checkpoint, read_meta
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "before-rebuild"

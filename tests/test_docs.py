@@ -1,10 +1,12 @@
-"""The docs a newcomer reads: a short README with the two Quick start commands, every page in the
-site's nav, and sentences short enough to read aloud. (``mkdocs build --strict`` in ``.ci/run``
-checks the links.)"""
+"""The docs a newcomer reads: a short README with the two Quick start commands (CI runs the second,
+and nothing else), every page in the site's nav, a site that builds with every link resolved, and
+sentences short enough to read aloud."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,14 +32,30 @@ def _sentences(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
-def test_the_readme_is_short_and_its_quick_start_is_the_two_commands():
+def _quick_start() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    assert readme.count("\n") <= 150
-    quick = readme.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
-    assert quick == [
+    return readme.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+
+
+def test_the_readme_is_short_and_its_quick_start_is_the_two_commands():
+    assert (ROOT / "README.md").read_text().count("\n") <= 150
+    assert _quick_start() == [
         "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/search run --study lr-sweep",
         "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
     ]
+
+
+def test_ci_runs_the_readmes_test_command_and_nothing_else():
+    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', _quick_start()[1]]
+
+
+def test_the_site_builds_with_every_link_resolved(tmp_path):
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
 
 
 def test_every_page_is_in_the_sites_nav():

@@ -4,7 +4,6 @@ started here): a job array whose tasks are workers of one study in the real Post
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,16 +13,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import postgres_url
 from optuna.trial import TrialState
 
-SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "slurm" / "search-array.sbatch"
-DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch")
+from tests.machine import require
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(d) or Path(f"/usr/sbin/{d}").exists() for d in DAEMONS),
-    reason="needs root and Debian's slurm-wlm and munge (CI installs them)",
-)
+SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "slurm" / "search-array.sbatch"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs its jobs as root here: needs root")
 
 
 def _free_port() -> int:
@@ -67,6 +63,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture
 def cluster(tmp_path):
     """munged, slurmctld and slurmd of this test, stopped after it; yields the environment to submit with."""
+    require("slurm-wlm")
+    require("munge")
     folder = tmp_path / "slurm"
     for sub in ("state", "spool", "munge", "dev"):
         (folder / sub).mkdir(parents=True)
@@ -94,8 +92,8 @@ def cluster(tmp_path):
                 subprocess.run(["kill", pid_file.read_text().strip()], check=False)
 
 
-def test_a_job_array_runs_the_workers_of_one_study_in_postgresql(cluster, tmp_path):
-    url, name = postgres_url(), f"slurm-{uuid.uuid4().hex[:8]}"
+def test_a_job_array_runs_the_workers_of_one_study_in_postgresql(cluster, tmp_path, postgres_url):
+    url, name = postgres_url, f"slurm-{uuid.uuid4().hex[:8]}"
     env = {**cluster, "SEARCH_STORAGE": url, "SEARCH_ARTIFACTS": str(tmp_path / "artifacts"), "STUDY": "lr-sweep",
            "SEARCH": str(Path(sys.executable).parent / "search")}  # fmt: skip
     overrides = ["--set", "model.name=test_resnet", "--set", "data.image_size=16", "--set", "train.epochs=1",

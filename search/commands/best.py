@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "the best trial's params and metrics, as JSON"
 SHARED = ("storage",)
@@ -16,15 +16,15 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser)
+    arguments.study(parser)
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.export import choose_trial
+    from search.handover import choose_trial
     from search.record import TrialRecord, collapse_text
     from search.study.inputs import data_facts
 
-    study = options.open_study(args)
+    study = arguments.open_study(args)
     trial = choose_trial(study, None)
     facts = data_facts(study.user_attrs)
     names = facts.class_names if facts else None

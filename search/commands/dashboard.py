@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from search.commands import options
+from search.commands import arguments
 from training import SearchServiceError
 
 HELP = "serve optuna-dashboard on a study, with each trial's note and pictures"
@@ -18,11 +18,11 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser)
+    arguments.study(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)"
     )
-    parser.add_argument("--port", type=options.count(0, 65535), default=8080, help="port to serve on (default 8080)")
+    parser.add_argument("--port", type=arguments.count(0, 65535), default=8080, help="port to serve on (default 8080)")
 
 
 def take_action(args: argparse.Namespace) -> int:
@@ -31,12 +31,11 @@ def take_action(args: argparse.Namespace) -> int:
 
     import optuna_dashboard
 
-    from search.store import load_existing, open_storage, resolve_storage_url
-    from search.store.optuna_private import study_id
+    from search.store import load_existing, open_storage, resolve_storage_url, study_id
 
     storage = open_storage(resolve_storage_url(args.storage))
     study = load_existing(storage, args.study)
-    app = optuna_dashboard.wsgi(storage, artifact_store=options.artifact_store(args))
+    app = optuna_dashboard.wsgi(storage, artifact_store=arguments.artifact_store(args))
 
     class Server(WSGIServer):  # the wsgiref server optuna-dashboard's own run_server uses, bound here first
         address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "write a trial's checkpoint, or the best K's, as files plain timm loads"
 SHARED = ("storage", "artifacts")
@@ -17,11 +17,11 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser)
+    arguments.study(parser)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--trial", type=options.count(0), metavar="N", help="trial number (default: the best)")
+    which.add_argument("--trial", type=arguments.count(0), metavar="N", help="trial number (default: the best)")
     which.add_argument(
-        "--top", type=options.count(1), metavar="K", help="the K best trials, into the folder --out (an ensemble)"
+        "--top", type=arguments.count(1), metavar="K", help="the K best trials, into the folder --out (an ensemble)"
     )
     parser.add_argument("--out", required=True, help="the checkpoint file (with --top, the folder) to write")
     parser.add_argument("--force", action="store_true", help="overwrite what --out names")
@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.export import Export, export_top, export_trial
+    from search.handover import Export, export_top, export_trial
     from search.record import TrialRecord
 
-    study, store, out = options.open_study(args), options.artifact_store(args), Path(args.out)
+    study, store, out = arguments.open_study(args), arguments.artifact_store(args), Path(args.out)
     mode = Export.ALL_DATA if args.all_data else Export.RETRAIN if args.retrain else Export.STORED
     if args.top is not None:
         exported = export_top(study, store, out, args.top, mode=mode, force=args.force)

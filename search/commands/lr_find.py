@@ -1,11 +1,11 @@
-"""``search lr-find``: the learning-rate range test of a study, before it runs."""
+"""``search lr-find``: a study's lr-find (the learning-rate range test), before it runs."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "a learning-rate range test of a study: the lr range worth searching, and its plot"
 SHARED = ()
@@ -16,19 +16,19 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser, "a study file: a name in ./studies or the project's studies/, or a YAML path")
+    arguments.study(parser, "a study file: a name in ./studies or the project's studies/, or a YAML path")
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for the plot (default: here)")
-    options.overrides(parser)
+    arguments.overrides(parser)
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.lr_range import draw, find_range, summary
+    from search import lr_find
     from search.study import load_study
     from training import make_folder
 
     spec = load_study(args.study, args.set)
     folder = make_folder(Path(args.out), "the --out folder", "give --out a folder that can be written")
-    test = find_range(spec)
-    plot = draw(test, folder / f"lr-find-{spec.name}.png", f"{spec.name}: {spec.model.name}, learning-rate range test")
-    print("\n".join([*summary(spec, test), f"plot: {plot}"]))
+    test = lr_find.find(spec)
+    plot = lr_find.draw(test, folder / f"lr-find-{spec.name}.png", f"{spec.name}: {spec.model.name}, lr-find")
+    print("\n".join([*lr_find.summary(spec, test), f"plot: {plot}"]))
     return 0

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.commands import options
+from search.commands import arguments
 from training import IMAGE_EXTENSIONS, ConfigError, DataError, replacing
 
 HELP = "predict a folder of images with a checkpoint or an ensemble, into a CSV"
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--info", metavar="CSV", help="the competition's info.csv (ImageID,ans): fill ans in its order")
     parser.add_argument("--out", required=True, metavar="CSV", help="the CSV to write")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--batch-size", type=options.count(1), default=256, help="images per batch (default 256)")
+    parser.add_argument("--batch-size", type=arguments.count(1), default=256, help="images per batch (default 256)")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
 
 

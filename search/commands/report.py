@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "write one HTML page on a study's data, its best model and its search"
 SHARED = ("storage", "artifacts")
@@ -16,13 +16,13 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser)
+    arguments.study(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and its pictures")
 
 
 def take_action(args: argparse.Namespace) -> int:
     from search.report.page import write_report
 
-    page = write_report(options.open_study(args), options.artifact_store(args), Path(args.out))
+    page = write_report(arguments.open_study(args), arguments.artifact_store(args), Path(args.out))
     print(f"report written to {page}", file=sys.stderr)
     return 0

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "run a study, or continue it, until it has its finished trials"
 SHARED = ("storage", "artifacts", "quiet")
@@ -19,33 +19,34 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser, "a study file: a name in ./studies or the project's studies/, or a YAML path")
+    arguments.study(parser, "a study file: a name in ./studies or the project's studies/, or a YAML path")
     parser.add_argument(
-        "--n-trials", type=options.count(1), metavar="N",
+        "--n-trials", type=arguments.count(1), metavar="N",
         help="finished trials (complete and pruned) the whole study should reach (default: budget.n_trials)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=options.seconds, metavar="S", help="seconds after which no new trial starts (budget.timeout)"
-    )
-    parser.add_argument("--workers", type=options.count(1), default=1, metavar="N", help="worker processes here")
+        "--timeout", type=arguments.seconds, metavar="S",
+        help="seconds after which no new trial starts (budget.timeout)",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=arguments.count(1), default=1, metavar="N", help="worker processes here")
     parser.add_argument(
-        "--trials-per-gpu", type=options.count(1), metavar="K", help="K workers on each GPU (instead of --workers)"
+        "--trials-per-gpu", type=arguments.count(1), metavar="K", help="K workers on each GPU (instead of --workers)"
     )
     parser.add_argument(
         "--mps", action="store_true",
         help="where a GPU gets several workers: run them under a CUDA MPS daemon of this run (kernels run at once)",
     )  # fmt: skip
-    options.overrides(parser)
+    arguments.overrides(parser)
     parser.add_argument(
         "--warm-start", metavar="STUDY",
         help="queue the best trials of STUDY, in the same storage, as this study's first (warm_start.study)",
     )  # fmt: skip
     parser.add_argument(
-        "--heartbeat-interval", type=options.count(1), default=10, metavar="S",
+        "--heartbeat-interval", type=arguments.count(1), default=10, metavar="S",
         help="seconds between a running trial's heartbeats (default 10)",
     )  # fmt: skip
     parser.add_argument(
-        "--grace-period", type=options.count(1), metavar="S",
+        "--grace-period", type=arguments.count(1), metavar="S",
         help="seconds without a heartbeat after which a trial's worker counts as gone (default: 3 heartbeats)",
     )  # fmt: skip
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "what a study trains, its trials by state, the best ones and what mattered"
 SHARED = ("storage",)
@@ -16,13 +16,13 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser)
-    parser.add_argument("--top", type=options.count(1), default=10, metavar="K", help="how many top trials (10)")
+    arguments.study(parser)
+    parser.add_argument("--top", type=arguments.count(1), default=10, metavar="K", help="how many top trials (10)")
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.status import status_text
     from search.store import load_existing, open_storage, resolve_storage_url, stale_trial_numbers
+    from search.summary import status_text
 
     storage = open_storage(resolve_storage_url(args.storage))
     study = load_existing(storage, args.study)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.commands import options
+from search.commands import arguments
 
 HELP = "let every worker running a study finish its trial and stop"
 SHARED = ("storage",)
@@ -15,7 +15,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.study(parser)
+    arguments.study(parser)
 
 
 def take_action(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def take_action(args: argparse.Namespace) -> int:
 
     from search.store import request_stop
 
-    study = options.open_study(args)
+    study = arguments.open_study(args)
     request_stop(study)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     now = f"finish the {running} running first (search status shows them)" if running else "none is running one now"

@@ -21,7 +21,7 @@ def take_action(args: argparse.Namespace) -> int:
 
     from search.store import open_storage, resolve_storage_url
     from search.study.inputs import data_summary
-    from search.study.setup import SPEC_ATTR, setup_text
+    from search.study.recorded import SPEC_ATTR, setup_text
 
     # Optuna's summaries: one query per storage, not every trial of every study (the best by
     # macro-F1, as record.ranked ranks them, for a study that maximises one value).

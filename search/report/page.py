@@ -25,9 +25,9 @@ from search.report.figures import (
     sample_mosaic_png,
 )
 from search.store import AtomicArtifactStore, not_in_store, stored
-from search.study import Study, validate_study
+from search.study import StudySpec, validate_study
 from search.study.inputs import data_facts
-from search.study.setup import SPEC_ATTR
+from search.study.recorded import SPEC_ATTR
 from training import make_folder
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def _data_pictures(data: PreparedData, out: Path) -> None:
     sample_mosaic_png(samples, out / "samples.png")
 
 
-def _best_section(spec: Study, store: AtomicArtifactStore, trials: list[FrozenTrial], data: PreparedData,
+def _best_section(spec: StudySpec, store: AtomicArtifactStore, trials: list[FrozenTrial], data: PreparedData,
                   out: Path) -> str:  # fmt: skip
     """The best complete trial's scores, pictures and most confused classes; what there is instead
     while no trial has completed (a study still in its first trial, or only pruned and failed ones)."""
@@ -108,7 +108,8 @@ def _best_section(spec: Study, store: AtomicArtifactStore, trials: list[FrozenTr
 <h3>Most confused classes</h3>{confused}"""
 
 
-def _confused_examples(spec: Study, store: AtomicArtifactStore, top: FrozenTrial, data: PreparedData, out: Path) -> str:
+def _confused_examples(spec: StudySpec, store: AtomicArtifactStore, top: FrozenTrial, data: PreparedData,
+                       out: Path) -> str:  # fmt: skip
     """Example validation images of the three most confused (true → predicted) pairs."""
     from training import predict_validation
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from datetime import timedelta
 
 from optuna.trial import FrozenTrial, TrialState
 
+from search.formats import duration, four, short
 from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
 from search.report.parts import confused_parts, is_competition, part_scores
-from search.run.progress import short
 from training import DataFacts
 
 
@@ -64,9 +63,10 @@ def every_trial(trials: list[FrozenTrial], limit: int = 200) -> str:
     rows = []
     for t in shown:
         kept = TrialRecord.of(t)
-        took = t.datetime_complete - t.datetime_start if t.datetime_complete and t.datetime_start else None
+        start, end = t.datetime_start, t.datetime_complete
+        took = (end - start).total_seconds() if start and end else None
         value = t.value if t.value is not None else max(t.intermediate_values.values(), default=None)
-        cells = [t.number, _duration(took), "" if kept.best_epoch is None else kept.best_epoch,
+        cells = [t.number, duration(took), "" if kept.best_epoch is None else kept.best_epoch,
                  "" if value is None else f"{value:.4f}"]  # fmt: skip
         row = "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
         rows.append(f"<tr>{row}<td style='text-align:left'>{html.escape(ended(t))}</td></tr>")
@@ -97,15 +97,3 @@ def failed_trials(trials: list[FrozenTrial]) -> str:
         for reason, numbers in groups
     )
     return f"<h3>Failed trials</h3><table><tr><th>reason</th><th>how many</th><th>trials</th></tr>{rows}</table>"
-
-
-def four(value: float | None) -> str:
-    """A metric as the report's tables show it; nan where the trial did not record it."""
-    return f"{value if value is not None else float('nan'):.4f}"
-
-
-def _duration(took: timedelta | None) -> str:
-    if took is None:
-        return ""
-    minutes, seconds = divmod(round(took.total_seconds()), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

@@ -24,18 +24,30 @@ from search.run.options import RunOptions
 from search.run.outage import StorageOutage, storage_failure
 from search.run.progress import Progress
 from search.run.scratch import scratch_folder
-from search.store import STORAGE_ERRORS, AtomicArtifactStore, describe_db_error, optuna_private, redact, stop_requests
+from search.store import (
+    STORAGE_ERRORS,
+    AtomicArtifactStore,
+    artifact_ids,
+    describe_db_error,
+    fail_and_retry,
+    finished_trials,
+    redact,
+    stop_requests,
+    trial_counts,
+    trial_id,
+)
+from search.store import ask as new_or_queued_trial
+from search.store import fail_stale_trials as fail_stale
 from search.store.artifacts import remove, remove_temporaries
 from search.store.budget import Next, TrialGate, next_step
-from search.store.optuna_private import trial_counts, trial_id
-from search.study.schema import Study
+from search.study.schema import StudySpec
 from training import SearchServiceError, pause_point
 
 POLL_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
 
 
-def run_here(spec: Study, options: RunOptions) -> optuna.Study:
+def run_here(spec: StudySpec, options: RunOptions) -> optuna.Study:
     """``search run`` in this process: open the run, say what its data left out, run its trials."""
     progress = Progress(quiet=options.quiet)
     return work(open_and_say(spec, options, progress), options, progress)
@@ -98,7 +110,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             done = run_trial(study, trial, objective, gate)
             running = None
             failures.count(done)
-            trials = optuna_private.finished_trials(study)  # only those this worker has not read yet
+            trials = finished_trials(study)  # only those this worker has not read yet
             if done.state == TrialState.COMPLETE:
                 keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
             if done.state == TrialState.FAIL:
@@ -126,7 +138,7 @@ def ask(study: optuna.Study, gate: TrialGate, queued: int, n_trials: int) -> opt
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for study.optimize: ``run_trial`` sends them itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        trial = optuna_private.ask(study, queued)
+        trial = new_or_queued_trial(study, queued)
     if gate.still_held():
         return trial
     counts = trial_counts(study)
@@ -178,14 +190,14 @@ def queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
 def fail_stale_trials(study: optuna.Study, store: AtomicArtifactStore) -> None:
     """The running trials without a heartbeat for the grace period turn FAIL, each saying which
     worker stopped and when, and are queued again (what ``study.optimize`` does before each trial)."""
-    for failed in optuna_private.fail_stale_trials(study, record.stopped_worker):
+    for failed in fail_stale(study, record.stopped_worker):
         remove_trial_files(study, failed, store)
 
 
 def fail_lost_trial(study: optuna.Study, trial: optuna.Trial, reason: str, store: AtomicArtifactStore) -> None:
     """A trial whose run the database took down turns FAIL, saying so, and is queued again, unless
     another worker already failed it (its heartbeats stopped while the database was away)."""
-    failed = optuna_private.fail_and_retry(study, trial_id(trial), lambda _: record.failure_attrs(reason))
+    failed = fail_and_retry(study, trial_id(trial), lambda _: record.failure_attrs(reason))
     if failed is not None:
         remove_trial_files(study, failed, store)
 
@@ -193,7 +205,7 @@ def fail_lost_trial(study: optuna.Study, trial: optuna.Trial, reason: str, store
 def remove_trial_files(study: optuna.Study, failed: FrozenTrial, store: AtomicArtifactStore) -> None:
     """A lost trial's checkpoint, if it stored one before its worker stopped (a failed trial is
     never ranked, so retention would keep it for ever), and the files its worker left half written."""
-    for artifact_id in optuna_private.artifact_ids(study, failed):
+    for artifact_id in artifact_ids(study, failed):
         remove(store, artifact_id)
     if worker := record.TrialRecord.of(failed).worker:
         remove_temporaries(store, worker)

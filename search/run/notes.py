@@ -18,8 +18,8 @@ from typing import Any
 import optuna
 
 from search.record import collapse_text, collapsed
+from search.store import study_id, trial_id
 from search.store.artifacts import AtomicArtifactStore, dashboard_artifact_key, upload
-from search.store.optuna_private import study_id, trial_id
 
 
 class DrawingProcess:

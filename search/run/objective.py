@@ -22,7 +22,7 @@ from search.store import STORAGE_ERRORS, AtomicArtifactStore
 from search.store.artifacts import upload_to_trial
 from search.study.distributions import sample
 from search.study.pruners import first_prunable_step
-from search.study.schema import Study
+from search.study.schema import StudySpec
 from training import ConfigError, DiskError, NonFiniteLossError, TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Objective:
     A failed trial is an ``Outcome`` (its reason recorded); what must stop the worker is raised: a
     wrong study or a full disk, an interrupt, a database that went away."""
 
-    def __init__(self, spec: Study, store: AtomicArtifactStore, work_dir: Path, progress: Progress) -> None:
+    def __init__(self, spec: StudySpec, store: AtomicArtifactStore, work_dir: Path, progress: Progress) -> None:
         self.spec = spec
         self.store = store
         self.work_dir = work_dir

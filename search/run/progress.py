@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from optuna.trial import FrozenTrial
 
+from search.formats import short
 from search.record import best
 
 
@@ -65,10 +66,3 @@ class Progress:
             f"study {name}: {finished}/{n_trials} finished ({counts['COMPLETE']} complete, "
             f"{counts['PRUNED']} pruned, {counts['FAIL']} failed), {best_text}"
         )
-
-
-def short(value: Any) -> str:
-    """A parameter's value as the tables and lines show it: 3 significant digits, ``-`` for none."""
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -22,13 +22,13 @@ from search.run.options import RunOptions
 if TYPE_CHECKING:
     import optuna
 
-    from search.study.schema import Study
+    from search.study.schema import StudySpec
 
 # What every worker imports before its first trial (about ten seconds of CPU): the fork server
 # imports it once and each worker is forked from it with all of it already loaded.
 WORKER_IMPORTS = ["torch", "timm", "sklearn.metrics", "albumentations", "search.run.lifecycle"]
 
-Plan = list[tuple["Study", RunOptions, dict[str, str]]]
+Plan = list[tuple["StudySpec", RunOptions, dict[str, str]]]
 
 
 def start_worker_server() -> multiprocessing.context.BaseContext:
@@ -40,7 +40,7 @@ def start_worker_server() -> multiprocessing.context.BaseContext:
 
 
 def run_on_workers(
-    spec: Study, options: RunOptions, *, trials_per_gpu: int | None, mps: bool
+    spec: StudySpec, options: RunOptions, *, trials_per_gpu: int | None, mps: bool
 ) -> tuple[int, optuna.Study]:
     """Open the run here, once, so that what every worker would find wrong is said once before any
     starts (the artifact folder, the storage and space, the device, the data), the study is made
@@ -73,7 +73,7 @@ def run_on_workers(
         return start_workers(worker_plan(spec, options, gpus, daemon)), run.study
 
 
-def worker_plan(spec: Study, options: RunOptions, gpus: list[str], mps: dict[str, str] | None = None) -> Plan:
+def worker_plan(spec: StudySpec, options: RunOptions, gpus: list[str], mps: dict[str, str] | None = None) -> Plan:
     """What each worker is given: its study (training on the one GPU it sees, as ``cuda``, within its
     part of that GPU's share for images; decoding into the cache folder this run decoded into), its
     options (its index) and its environment (``worker_environments``)."""
@@ -121,7 +121,7 @@ def start_workers(plan: Plan) -> int:
     return bad[0] if bad else 0
 
 
-def worker_main(spec: Study, options: RunOptions, env: dict[str, str]) -> None:
+def worker_main(spec: StudySpec, options: RunOptions, env: dict[str, str]) -> None:
     """A worker process: this machine's share of threads and its GPU, then its trials."""
     os.environ.update(env)  # before anything initialises CUDA in this process
     import torch

@@ -19,8 +19,8 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from search.store._attrs import trial_artifact_recorder
 from search.store.database import search_home
-from search.store.optuna_private import trial_artifact_recorder
 from training import DiskError, make_folder, make_readable, pause_point, process_alive
 
 DASHBOARD_ARTIFACTS = "dashboard:artifacts:"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from search.study.schema import Budget, Component, Retention, Study
+from search.study.schema import Budget, Component, Retention, StudySpec
 from search.study.space import Distribution, Param, SearchSpace
 
 _LOADING = ("STUDIES_DIR", "find_study_file", "load_study", "validate_study")
 
-__all__ = ["Budget", "Component", "Distribution", "Param", "Retention", "SearchSpace", "Study", *_LOADING]
+__all__ = ["Budget", "Component", "Distribution", "Param", "Retention", "SearchSpace", "StudySpec", *_LOADING]
 
 
 def __getattr__(name: str) -> Any:

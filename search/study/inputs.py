@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.study.setup import as_new_study
+from search.study.recorded import as_new_study
 from training import ConfigError, DataConfig, DataFacts, ModelConfig
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study

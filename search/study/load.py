@@ -1,5 +1,5 @@
 """Loading a study file: YAML in ``studies/``, ``--set`` overrides, ``${VAR}`` from the environment,
-then one validation into a frozen ``Study`` and one check of the names it gives against their
+then one validation into a frozen ``StudySpec`` and one check of the names it gives against their
 registries. Every mistake is one ``ConfigError`` line naming the file, the key and the value."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from search.study.fields import SpaceError
 from search.study.pruners import build_pruner
 from search.study.samplers import SAMPLERS
-from search.study.schema import Study
+from search.study.schema import StudySpec
 from training import WITHOUT_TIMM, ConfigError, registered
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -35,7 +35,7 @@ def find_study_file(name_or_path: str) -> Path:
     raise ConfigError(f"no study file for '{name_or_path}' in ./studies or {STUDIES_DIR}; known studies: {known}")
 
 
-def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
+def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> StudySpec:
     """Read, override and validate a study file; any problem is one ``ConfigError`` line."""
     path = find_study_file(name_or_path)
     raw = _read(path)
@@ -123,19 +123,19 @@ def expand_env(value: Any, where: str, key: str = "") -> Any:
     return value
 
 
-def validate_study(raw: dict[str, Any], where: str, overridden: Sequence[str] = ()) -> Study:
+def validate_study(raw: dict[str, Any], where: str, overridden: Sequence[str] = ()) -> StudySpec:
     """Parsed without the names that need timm (seconds to import), its names checked, so any other
     problem is answered at once; then parsed in full."""
     try:
-        check_names(Study.model_validate(raw, context=WITHOUT_TIMM), where, overridden)
-        spec = Study.model_validate(raw)
+        check_names(StudySpec.model_validate(raw, context=WITHOUT_TIMM), where, overridden)
+        spec = StudySpec.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(describe(error, where, overridden)) from None
     _check_space(spec, where, overridden, timm=True)  # its model and optimizer names, now that timm is in
     return spec
 
 
-def check_names(spec: Study, where: str, overridden: Sequence[str] = ()) -> None:
+def check_names(spec: StudySpec, where: str, overridden: Sequence[str] = ()) -> None:
     """The names a study gives, against what they name: the space's fields (``SearchSpace.check``),
     the queued trials' parameters, the sampler and the pruner (their registries)."""
     _check_space(spec, where, overridden)
@@ -154,7 +154,7 @@ def check_names(spec: Study, where: str, overridden: Sequence[str] = ()) -> None
             raise ConfigError(f"{_attributed(where, key, overridden)}: {key} = {shown!r}: {error}") from None
 
 
-def _check_space(spec: Study, where: str, overridden: Sequence[str], *, timm: bool = False) -> None:
+def _check_space(spec: StudySpec, where: str, overridden: Sequence[str], *, timm: bool = False) -> None:
     try:
         spec.space.check(timm=timm)
     except SpaceError as error:
@@ -162,7 +162,7 @@ def _check_space(spec: Study, where: str, overridden: Sequence[str], *, timm: bo
         raise ConfigError(f"{_attributed(where, key, overridden)}: {key}: {error}") from None
 
 
-def _unfit(params: dict[str, Any], spec: Study) -> str | None:
+def _unfit(params: dict[str, Any], spec: StudySpec) -> str | None:
     """What keeps a queued trial's ``params`` out of the space, or None."""
     for name, value in params.items():
         dist = spec.space.distribution(name, params)
@@ -204,7 +204,7 @@ def describe(error: ValidationError, where: str, overridden: Sequence[str] = ())
 def _known_keys(section: Sequence[str]) -> list[str]:
     """The keys a study file may give in ``section`` (a path of keys from the top), as its models
     define them; none where the path leads to no model."""
-    model: Any = Study
+    model: Any = StudySpec
     for key in section:
         field = getattr(model, "model_fields", {}).get(key)
         model = field.annotation if field is not None else None

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from search.study.snapshot import PerTrial
+from search.store import PerTrial
 from training import registered
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {

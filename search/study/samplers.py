@@ -7,9 +7,9 @@ from typing import Any
 
 import optuna
 
+from search.store import PerTrial
 from search.study.distributions import grid_space
 from search.study.schema import Component
-from search.study.snapshot import PerTrial
 from search.study.space import SearchSpace
 from training import ConfigError
 

@@ -41,7 +41,7 @@ class WarmStart(Frozen):
     top: int = Field(3, ge=1)
 
 
-class Study(Frozen):
+class StudySpec(Frozen):
     """One study file, resolved: what to train, what to sample, how to search, for how long."""
 
     name: str
@@ -65,7 +65,7 @@ class Study(Frozen):
         return f"{variable} ({key})" if variable else key
 
     @model_validator(mode="after")
-    def _input_size_fits_the_model(self, info: ValidationInfo) -> Study:
+    def _input_size_fits_the_model(self, info: ValidationInfo) -> StudySpec:
         check_input_size(self.model, self.data, info)
         return self
 

@@ -32,7 +32,7 @@ from search.study.fields import (
 from training import WITHOUT_TIMM, Frozen
 
 SCALARS = (bool, int, float, str, type(None))  # what Optuna stores as a choice
-# ``lr: {lr_find: true}`` with no bounds: the range test looks 100 times beyond these on each side
+# ``lr: {lr_find: true}`` with no bounds: lr-find looks 100 times beyond these on each side
 LR_FIND_WIDE = {"low": 1e-5, "high": 1e-1, "log": True}
 LR_PATH = "train.optimizer.lr"
 
@@ -46,7 +46,7 @@ class Distribution(Frozen):
     step: float | None = None
     choices: list[Any] | None = None
     integer: bool = False
-    lr_find: bool = False  # the learning rate only: searched inside the range a range test finds (LR_FIND_WIDE)
+    lr_find: bool = False  # the learning rate only: searched inside the range lr-find finds (LR_FIND_WIDE)
 
     @model_validator(mode="before")
     @classmethod
@@ -163,11 +163,11 @@ class SearchSpace(RootModel[dict[str, Entry]]):
         return None
 
     def lr_to_find(self) -> Distribution | None:
-        """The learning rate's entry where it asks for a range test (``lr_find``), else None."""
+        """The learning rate's entry where it asks for lr-find (``lr_find``), else None."""
         entry = next((e for k, e in self.root.items() if resolve(k) == LR_PATH), None)
         return entry if isinstance(entry, Distribution) and entry.lr_find else None
 
-    def with_lr_range(self, low: float, high: float) -> SearchSpace:
+    def with_found_lr(self, low: float, high: float) -> SearchSpace:
         """This space with the learning rate searched from ``low`` to ``high`` on a log scale."""
         root = {
             k: Distribution(low=low, high=high, log=True) if resolve(k) == LR_PATH else e for k, e in self.root.items()

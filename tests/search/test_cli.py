@@ -13,9 +13,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import search
 
 from search.cli import main
+from tests.conftest import search
 
 
 def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):

@@ -77,7 +77,7 @@ def test_a_failed_trial_queued_again_says_as_which_trial_and_whether_it_ran():
 def test_a_stopped_workers_reason_names_the_worker_and_its_last_heartbeat_or_the_trials_start():
     from datetime import datetime, timezone
 
-    from search.store.optuna_private import StaleTrial
+    from search.store import StaleTrial
 
     study = _study_with([(TrialState.COMPLETE, 0.5, {"worker": "gpu-3:4121"}), (TrialState.COMPLETE, 0.5, {})])
     named, unnamed = study.trials

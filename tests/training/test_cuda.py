@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from optuna.trial import TrialState
 
 from search.run.mps import MPS_CONTROL, mps_daemon
+from tests.conftest import tiny_config
 from training.data.loader import DeviceBatchLoader
 from training.device_augment import DeviceAugment
 

@@ -13,9 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FOUR, TINY, search_here
 
 from search.cli import main
+from tests.conftest import FOUR, TINY, search_here
+from tests.machine import require
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -85,12 +86,8 @@ def small_study(tmp_path_factory):
 
 
 def _chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return found
+    require("chromium")
+    return shutil.which("chromium")
 
 
 def test_study_page_in_a_real_browser_shows_trials_params_and_pictures(small_study, tmp_path):

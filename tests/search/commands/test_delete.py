@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import optuna
-from conftest import TINY, optuna_cli, search_here
 from optuna.trial import TrialState
+
+from tests.conftest import TINY, optuna_cli, search_here
 
 
 def test_delete_removes_a_study_and_every_file_it_stored_and_nothing_of_another(tmp_path):

@@ -14,11 +14,11 @@ import optuna
 import pytest
 import timm
 import torch
-from conftest import TINY, search, search_here
 from optuna.trial import TrialState
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.conftest import TINY, search, search_here
 from training.checkpoint import read_meta
 
 
@@ -98,7 +98,7 @@ def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_
 def test_export_all_data_of_a_trial_without_its_epochs_is_one_error(tmp_path):
     from optuna.distributions import FloatDistribution
 
-    from search.export import Export, export_trial
+    from search.handover import Export, export_trial
     from training import SearchServiceError
 
     study = optuna.create_study(direction="maximize")  # a trial recorded by plain Optuna: no epochs

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import optuna
-from conftest import TINY, search_here
 
+from search.lr_find import RECORD_ATTR
 from search.study import load_study
-from search.study.setup import LR_RANGE_ATTR
+from tests.conftest import TINY, search_here
 
 TINY_SET = [arg for arg in TINY if arg != "--quiet"]
 
@@ -40,7 +40,7 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     first = first.stdout + first.stderr
     assert "lr-find: a learning-rate range test for study 'lr-sweep'" in first
     study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
-    found = study.user_attrs[LR_RANGE_ATTR]
+    found = study.user_attrs[RECORD_ATTR]
     middle = float(f"{(found['low'] * found['high']) ** 0.5:.3g}")
     recorded = f"the range recorded, {found['low']:.2e} to {found['high']:.2e}"
     assert f"lr-find: queued lr outside {recorded}, moved as one around its middle: 1e-05 -> {middle:g}" in first
@@ -55,7 +55,7 @@ def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searche
     assert len(lrs) == 3 and all(found["low"] <= lr <= found["high"] for lr in lrs), (found, lrs)
     assert {t.distributions["lr"].low for t in study.get_trials()} == {found["low"]}
     status = search_here("status", "--study", "lr-sweep", env=env).stdout
-    assert f"lr searched from {found['low']:.2e} to {found['high']:.2e}, found by its range test" in status
+    assert f"lr searched from {found['low']:.2e} to {found['high']:.2e}, found by lr-find" in status
 
 
 def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_path):
@@ -73,7 +73,7 @@ def test_two_workers_that_tested_at_once_search_the_range_recorded_first(tmp_pat
     second, study = create_study(spec, options, storage, {"low": 2e-3, "high": 3e-2, "steps": 40}, say=later.append)
     for searched in (first, second, check_study(spec, storage)):  # check_study: how a later run opens it
         assert (searched.space["lr"].low, searched.space["lr"].high, searched.space.lr_to_find()) == (1e-3, 1e-2, None)
-    assert study.user_attrs[LR_RANGE_ATTR]["high"] == 1e-2
+    assert study.user_attrs[RECORD_ATTR]["high"] == 1e-2
     # the queued sets' lr outside the range recorded moved as one, their centre (3.87e-4) to its middle
     # (3.16e-3), their ratio kept; the set inside stays; each queued once
     inside = [{"lr": 2.45e-3, "scheduler": "cosine"}, {"lr": 4.08e-3, "scheduler": "cosine"}]
@@ -101,7 +101,7 @@ def test_lr_find_where_it_cannot_work_is_one_line_before_anything_trains(tmp_pat
 
 
 def test_queued_rates_outside_the_range_move_as_one_around_its_middle_and_those_inside_stay():
-    from search.lr_range import describe_moved, moved_inside
+    from search.lr_find import describe_moved, moved_inside
 
     assert moved_inside([3e-3, 1e-3], 6.09e-3, 6.09e-2) == {3e-3: 3.34e-2, 1e-3: 1.11e-2}  # 3 apart, around 1.93e-2
     assert moved_inside([1e-5], 1e-3, 1e-2) == {1e-5: 3.16e-3}  # one alone: the middle

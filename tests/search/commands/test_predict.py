@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 import training.predict
 from search.cli import main
+from tests.conftest import tiny_config
 from training import train
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data.cache import decode_image

@@ -6,8 +6,9 @@ import re
 import uuid
 
 import optuna
-from conftest import search_here
 from optuna.trial import TrialState
+
+from tests.conftest import search_here
 
 
 def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import optuna
 import timm
-from conftest import FOUR, TINY, optuna_cli, search_here, write_image
 from optuna.trial import TrialState
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import FOUR, TINY, optuna_cli, search_here, write_image
 from training.data import cache as decode_cache
 from training.data import prepare
 

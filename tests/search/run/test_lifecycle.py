@@ -14,9 +14,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, postgres_url, search_here
 from optuna.trial import TrialState
 
+from tests.conftest import TINY, search_here
 from training.checkpoint import read_meta
 
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
@@ -114,7 +114,9 @@ def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_
     assert len(optuna.load_study(study_name="lr-sweep", storage=url).trials) == len(trials) + 1
 
 
-def test_through_pgbouncer_a_killed_workers_trial_is_retried_and_stop_reaches_every_worker(tmp_path, bouncer_url):
+def test_through_pgbouncer_a_killed_workers_trial_is_retried_and_stop_reaches_every_worker(
+    tmp_path, postgres_url, bouncer_url
+):
     """The storage path past the connection limit, end to end: workers on one PostgreSQL study
     through PgBouncer's transaction pooling (the budget's lock included), a SIGKILLed worker's trial
     failed by its missing heartbeats and retried by another worker, then ``search stop``."""
@@ -149,7 +151,7 @@ def test_through_pgbouncer_a_killed_workers_trial_is_retried_and_stop_reaches_ev
         assert [t.state for t in others] == [TrialState.COMPLETE] * len(others)  # both running trials finished
         assert all(t.datetime_start.timestamp() < stopped_at for t in others)  # and none started after the stop
     finally:
-        optuna.delete_study(study_name=name, storage=postgres_url())
+        optuna.delete_study(study_name=name, storage=postgres_url)
 
 
 KNOWN_PARAMS = {"lr": 0.01, "scheduler": "cosine", "loss": "cross_entropy", "accumulation_steps": 1}
@@ -300,13 +302,8 @@ def test_a_wrong_data_root_is_said_before_the_hub_is_asked_for_weights(tmp_path,
     assert hub_cache["asked"] == []
 
 
-def _restart_postgresql() -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
-
-
-def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path):
-    url = postgres_url()
+def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path, postgres):
+    url = postgres.url
     name = f"restart-{os.getpid()}"
     env = {**os.environ, "SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
     command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, "--n-trials", "4",
@@ -327,7 +324,7 @@ def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path):
                 break
             time.sleep(0.05)
         before = {t.number: (t.value, t.user_attrs) for t in trials if t.state == TrialState.COMPLETE}
-        _restart_postgresql()
+        postgres.restart("fast")  # as an operator restarts it: sessions ended, the server back
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err[-3000:]
         study = optuna.load_study(study_name=name, storage=url)
@@ -514,13 +511,13 @@ def test_a_trial_another_worker_failed_meanwhile_ends_its_run_without_stopping_t
     from search.record import failure_attrs, write_failure
     from search.run.lifecycle import run_trial
     from search.run.objective import Outcome
-    from search.store import open_storage, optuna_private
+    from search.store import fail_and_retry, open_storage
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
     trial = study.ask()
 
     def objective(running):
-        optuna_private.fail_and_retry(study, running._trial_id, lambda _: failure_attrs("failed by another worker"))
+        fail_and_retry(study, running._trial_id, lambda _: failure_attrs("failed by another worker"))
         write_failure(running, "its own reason")  # a finished trial's attributes: not written, no error
         return Outcome(TrialState.COMPLETE, 0.5)
 

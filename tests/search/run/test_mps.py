@@ -11,11 +11,11 @@ import os
 import optuna
 import pytest
 import torch
-from conftest import BROKEN_MPS_CONTROL, install_mps_control, search_here
 from optuna.trial import TrialState
 
 from search.run.gpus import sharing, worker_environments
 from search.run.mps import mps_daemon
+from tests.conftest import BROKEN_MPS_CONTROL, install_mps_control, search_here
 from training.errors import SearchServiceError
 
 

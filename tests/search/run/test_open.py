@@ -9,13 +9,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import postgres_url
 
 from search.run.open import create_study
 from search.run.options import RunOptions
 from search.store import open_storage
 from search.study import load_study
-from search.study.setup import QUEUED_ATTR
+from search.study.recorded import QUEUED_ATTR
 
 KNOWN = [
     {"lr": 0.003, "accumulation_steps": 1, "scheduler": "cosine", "loss": "cross_entropy"},
@@ -23,8 +22,7 @@ KNOWN = [
 ]
 
 
-def _open(name: str, enqueue: list[dict], errors: list[BaseException] | None = None) -> None:
-    url = postgres_url()
+def _open(url: str, name: str, enqueue: list[dict], errors: list[BaseException] | None = None) -> None:
     spec = load_study("lr-sweep", [f"name={name}", f"enqueue={enqueue}"])
     storage = open_storage(url)
     try:
@@ -37,17 +35,17 @@ def _open(name: str, enqueue: list[dict], errors: list[BaseException] | None = N
         storage.engine.dispose()
 
 
-def test_workers_opening_a_study_at_once_queue_each_known_good_configuration_once(monkeypatch):
+def test_workers_opening_a_study_at_once_queue_each_known_good_configuration_once(monkeypatch, postgres_url):
     name = f"open-{uuid.uuid4().hex[:8]}"
     try:
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=_open, args=(name, KNOWN, errors)) for _ in range(6)]
+        threads = [threading.Thread(target=_open, args=(postgres_url, name, KNOWN, errors)) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         assert not errors, errors
-        study = optuna.load_study(study_name=name, storage=postgres_url())
+        study = optuna.load_study(study_name=name, storage=postgres_url)
         assert len(study.trials) == 2 and all(t.params == {} for t in study.trials)  # waiting: no params yet
         assert [t.system_attrs["fixed_params"] for t in study.trials] == KNOWN
         assert study.user_attrs[QUEUED_ATTR] == KNOWN
@@ -57,16 +55,16 @@ def test_workers_opening_a_study_at_once_queue_each_known_good_configuration_onc
 
         with monkeypatch.context() as patched:
             patched.setattr(optuna.Study, "get_trials", no_trials_read)
-            _open(name, KNOWN)
+            _open(postgres_url, name, KNOWN)
 
         edited = [*KNOWN, {**KNOWN[0], "lr": 0.01}]  # the file gains a configuration: it is queued, once
-        _open(name, edited)
-        _open(name, edited)
-        study = optuna.load_study(study_name=name, storage=postgres_url())
+        _open(postgres_url, name, edited)
+        _open(postgres_url, name, edited)
+        study = optuna.load_study(study_name=name, storage=postgres_url)
         assert [t.system_attrs["fixed_params"] for t in study.trials] == edited
         assert study.user_attrs[QUEUED_ATTR] == edited
     finally:
-        optuna.delete_study(study_name=name, storage=postgres_url())
+        optuna.delete_study(study_name=name, storage=postgres_url)
 
 
 @pytest.mark.parametrize("enqueue", [[], KNOWN[:1]])

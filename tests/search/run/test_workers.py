@@ -14,10 +14,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import TINY, postgres_url, search, search_here, write_image
 from optuna.trial import TrialState
 
 from search.study import load_study
+from tests.conftest import TINY, search, search_here, write_image
 from training.data import prepare
 
 
@@ -57,7 +57,7 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
         assert (tmp_path / "tmp" / f"search-cache-{os.getuid()}" / "decoded").is_dir()
 
 
-def test_eight_workers_share_one_study_on_postgresql_through_pgbouncer(tmp_path, bouncer_url):
+def test_eight_workers_share_one_study_on_postgresql_through_pgbouncer(tmp_path, postgres_url, bouncer_url):
     url = bouncer_url  # transaction pooling: the budget's lock and heartbeats go through it too
     name = f"pg-{uuid.uuid4().hex[:8]}"
     env = {"SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
@@ -72,7 +72,7 @@ def test_eight_workers_share_one_study_on_postgresql_through_pgbouncer(tmp_path,
         assert len({t.user_attrs["worker"] for t in study.trials}) >= 4  # the trials really were shared
         assert len({t.user_attrs.get("seed") for t in finished}) == 1
     finally:
-        optuna.delete_study(study_name=name, storage=postgres_url())
+        optuna.delete_study(study_name=name, storage=postgres_url)
 
 
 def test_packing_without_mps_is_answered_with_what_it_costs(tmp_path, monkeypatch):
@@ -165,10 +165,10 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_the_storage_password_is_in_no_workers_command_line_or_environment(tmp_path):
+def test_the_storage_password_is_in_no_workers_command_line_or_environment(tmp_path, postgres_url):
     """The workers get the storage as an object over the fork server's socket: not in their argv,
     not in their environment (nor in the fork server's), though the user gave it in SEARCH_STORAGE."""
-    url = postgres_url().replace("://postgres@", "://postgres:s3cret-pw@")  # trust auth: any password passes
+    url = postgres_url.replace("://postgres@", "://postgres:s3cret-pw@")  # trust auth: any password passes
     name = f"pw-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
     command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", "--n-trials", "2", "--workers", "2",
@@ -177,7 +177,7 @@ def test_the_storage_password_is_in_no_workers_command_line_or_environment(tmp_p
     try:
         deadline, seen = time.monotonic() + 120, []
         while time.monotonic() < deadline and run.poll() is None:
-            trials = optuna.get_all_study_summaries(postgres_url())
+            trials = optuna.get_all_study_summaries(postgres_url)
             if any(s.study_name == name and s.n_trials for s in trials):
                 seen = [(pid, Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes())
                         for pid in _descendants(run.pid) if Path(f"/proc/{pid}").exists()]  # fmt: skip
@@ -191,4 +191,4 @@ def test_the_storage_password_is_in_no_workers_command_line_or_environment(tmp_p
     finally:
         if run.poll() is None:
             run.kill()
-        optuna.delete_study(study_name=name, storage=postgres_url())
+        optuna.delete_study(study_name=name, storage=postgres_url)

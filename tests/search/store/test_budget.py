@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 import sqlalchemy
-from conftest import postgres_url
 
 from search.store.budget import Next, TrialGate, next_step
 
@@ -33,7 +32,7 @@ def test_the_budget_counts_finished_and_running_trials(counts, expected):
 def url(request, tmp_path) -> str:
     if request.param == "pgbouncer":  # transaction pooling: the lock lives in a transaction kept open
         return request.getfixturevalue("bouncer_url")
-    return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else postgres_url()
+    return f"sqlite:///{tmp_path}/studies.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
 
 
 def test_the_gate_lets_one_worker_through_at_a_time_and_release_is_idempotent(url):
@@ -59,15 +58,15 @@ def test_the_gate_lets_one_worker_through_at_a_time_and_release_is_idempotent(ur
     TrialGate(url, f"other-{name}").acquire()  # another study's gate is another lock
 
 
-def test_a_lock_whose_connection_was_cut_is_known_to_be_lost(bouncer_url):
+def test_a_lock_whose_connection_was_cut_is_known_to_be_lost(postgres_url, bouncer_url):
     """A server that ends the lock's transaction (a restart, PgBouncer's idle_transaction_timeout)
     ends the lock without a word: the worker asks before it lets the lock go."""
-    for url in (postgres_url(), bouncer_url):
+    for url in (postgres_url, bouncer_url):
         gate = TrialGate(url, f"cut-{uuid.uuid4().hex[:8]}")
         gate.acquire()
         assert gate.still_held()
         backend = gate._held.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
-        with sqlalchemy.create_engine(postgres_url()).connect() as admin:
+        with sqlalchemy.create_engine(postgres_url).connect() as admin:
             admin.execute(sqlalchemy.text("SELECT pg_terminate_backend(:p)"), {"p": backend})
         assert not gate.still_held()
         gate.release()  # a broken connection: released all the same, and the next acquire gets a new one

@@ -12,25 +12,30 @@ import optuna
 import psycopg2
 import pytest
 import sqlalchemy
-from conftest import pgbouncer, postgres_url, search_here
 
 from search.store import StorageError, open_storage
 from search.store.database import CONNECTIONS_PER_WORKER, STORAGE_POOL
+from tests.conftest import pgbouncer, postgres_here, search_here
+from tests.machine import require
 
-PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test"}
+
+def _connect(url: str, user: str = "postgres"):
+    """A plain psycopg2 connection to ``url``'s server and database, as ``user``."""
+    parsed = sqlalchemy.engine.make_url(url)
+    return psycopg2.connect(host=parsed.host, port=parsed.port, dbname=parsed.database, user=user)
 
 
-def _ours() -> int:
-    with contextlib.closing(psycopg2.connect(user="postgres", **PG)) as db, db.cursor() as cursor:
+def _ours(url: str) -> int:
+    with contextlib.closing(_connect(url)) as db, db.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'search'")
         return cursor.fetchone()[0]
 
 
-def test_a_workers_storage_holds_a_bounded_pool_however_many_threads_use_it(tmp_path):
+def test_a_workers_storage_holds_a_bounded_pool_however_many_threads_use_it(postgres_url):
     gc.collect()  # earlier tests' storages, not yet collected, close their connections now, not while counting
-    storage = open_storage(postgres_url())
+    storage = open_storage(postgres_url)
     assert (storage.engine.pool.size(), storage.engine.pool._max_overflow) == (STORAGE_POOL, 0)
-    before, most, stop = _ours(), [0], threading.Event()
+    before, most, stop = _ours(postgres_url), [0], threading.Event()
 
     def use() -> None:
         while not stop.is_set():
@@ -40,7 +45,7 @@ def test_a_workers_storage_holds_a_bounded_pool_however_many_threads_use_it(tmp_
     for thread in threads:
         thread.start()
     for _ in range(20):
-        most[0] = max(most[0], _ours() - before)
+        most[0] = max(most[0], _ours(postgres_url) - before)
     stop.set()
     for thread in threads:
         thread.join()
@@ -48,30 +53,32 @@ def test_a_workers_storage_holds_a_bounded_pool_however_many_threads_use_it(tmp_
     storage.engine.dispose()
 
 
-def test_a_connection_refused_for_a_limit_is_one_line_naming_the_limit(tmp_path):
-    url = postgres_url()
+@pytest.fixture
+def server_of_its_own():
+    """A PostgreSQL server that only this test uses: nobody else takes or frees a connection."""
+    with postgres_here(durable=False) as server:
+        yield server
+
+
+def test_a_connection_refused_for_a_limit_is_one_line_naming_the_limit(server_of_its_own):
+    url, port = server_of_its_own.url, server_of_its_own.port
     admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as db:
-        db.exec_driver_sql("DROP ROLE IF EXISTS search_limited")
         db.exec_driver_sql("CREATE ROLE search_limited LOGIN CONNECTION LIMIT 1")
-    limited = "postgresql+psycopg2://search_limited@127.0.0.1:5432/test"
-    held = [psycopg2.connect(user="search_limited", **PG)]
+    limited = url.replace("://postgres@", "://search_limited@")
+    held = [_connect(url, "search_limited")]
     try:
         run = search_here("status", "--study", "x", "--storage", limited)
         assert run.returncode == 1 and run.stderr.strip().splitlines() == [
-            f'search: error: cannot open storage {limited}: connection to server at "127.0.0.1", port 5432 failed: '
+            f'search: error: cannot open storage {limited}: connection to server at "127.0.0.1", port {port} failed: '
             'FATAL:  too many connections for role "search_limited"; the role\'s connection limit is reached (each '
             f"worker holds up to {CONNECTIONS_PER_WORKER} connections): run fewer workers, raise the limit, or put "
             "PgBouncer in front of the server (see docs/storage.md)"
         ]
-        # the server's own limit: every slot taken, as by too many workers (once the workers of
-        # earlier tests have gone: one of them leaving would free a slot)
-        deadline = time.monotonic() + 60
-        while _ours() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # the server's own limit: every slot taken, as by too many workers
         with contextlib.suppress(psycopg2.OperationalError):
             while True:
-                held.append(psycopg2.connect(user="postgres", **PG))
+                held.append(_connect(url))
         run = search_here("status", "--study", "x", "--storage", url)
         assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
         assert (
@@ -80,14 +87,12 @@ def test_a_connection_refused_for_a_limit_is_one_line_naming_the_limit(tmp_path)
     finally:
         for connection in held:
             connection.close()
-        admin.dispose()  # its connection may be one that was refused
-        with admin.connect() as db:
-            db.exec_driver_sql("DROP ROLE IF EXISTS search_limited")
         admin.dispose()
 
 
-def test_pgbouncers_client_limit_is_one_line_naming_it():
-    with pgbouncer(postgres_url(), max_client_conn=1) as url:
+def test_pgbouncers_client_limit_is_one_line_naming_it(postgres_url):
+    require("pgbouncer")
+    with pgbouncer(postgres_url, max_client_conn=1) as url:
         held = psycopg2.connect(url.replace("postgresql+psycopg2", "postgresql"))
         try:
             run = search_here("status", "--study", "x", "--storage", url)
@@ -139,11 +144,12 @@ def test_a_wrong_password_is_not_waited_for(monkeypatch):
     assert len(calls) == 1
 
 
-def test_workers_opening_together_through_pgbouncer_share_its_few_server_connections():
+def test_workers_opening_together_through_pgbouncer_share_its_few_server_connections(postgres_url):
     """Optuna's own schema check keeps one connection in a transaction while it reads on a second:
     through transaction pooling, as many workers opening at once as the pool's server connections
     took them all and waited for their second until PgBouncer cut them. Each read is on its own now."""
-    with pgbouncer(postgres_url(), default_pool_size=2, reserve_pool_size=0, idle_transaction_timeout=20) as url:
+    require("pgbouncer")
+    with pgbouncer(postgres_url, default_pool_size=2, reserve_pool_size=0, idle_transaction_timeout=20) as url:
         open_storage(url).engine.dispose()  # the tables exist, as for workers joining a study
         opened, errors, start = [], [], threading.Barrier(12)
 

@@ -9,12 +9,12 @@ import json
 import optuna
 import pytest
 import yaml
-from conftest import TINY, search_here
 from optuna.trial import TrialState
 
 from search.study import STUDIES_DIR, load_study
 from search.study.distributions import grid_space, sample, space_distributions
-from search.study.setup import changed_setup
+from search.study.recorded import changed_setup
+from tests.conftest import TINY, search_here
 from training import ConfigError
 from training.checkpoint import read_meta
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
 
+from tests.conftest import write_image
 from training import DataConfig, DataError
 from training.data.cache import decode_images
 from training.data.competition import competition_class_names, competition_layout

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from search.study import load_study
-from search.study.setup import changed_setup
+from search.study.recorded import changed_setup
 
 
 def test_a_changed_setup_is_what_trials_depend_on_and_not_what_the_space_samples():

@@ -2,7 +2,7 @@
 optimizer step, from far below any useful rate to far above, with the loss of each step smoothed.
 Where the smoothed loss falls fastest, and where it stops falling, bound the rates worth searching.
 
-``range_test(config, start, end)`` trains the config's model on its data, loss and optimizer, at
+``lr_find(config, start, end)`` trains the config's model on its data, loss and optimizer, at
 its micro-batch size (one optimizer step a batch), and stops once the loss diverges.
 """
 
@@ -27,7 +27,7 @@ WINDOW = 0.1  # the curve is smoothed over this share of the steps, centred: a r
 
 
 @dataclass(frozen=True)
-class RangeTest:
+class LrFindResult:
     """What a range test saw, and the range it suggests."""
 
     rates: tuple[float, ...]  # each step's learning rate
@@ -71,7 +71,7 @@ def suggest(rates: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
     return (low, high) if low <= high / math.sqrt(10) else (high / 10, high)
 
 
-def range_test(config: TrainConfig, start: float, end: float, steps: int | None = None) -> RangeTest:
+def lr_find(config: TrainConfig, start: float, end: float, steps: int | None = None) -> LrFindResult:
     """Train ``config`` from its first step with the rate rising from ``start`` to ``end`` over
     ``steps`` optimizer steps (default: one epoch's batches, within ``MIN_STEPS``..``MAX_STEPS``),
     until the loss diverges. A loss that diverges within the first few steps is a ``ConfigError``:
@@ -121,7 +121,7 @@ def range_test(config: TrainConfig, start: float, end: float, steps: int | None 
     smoothed = centred(np.array(losses), max(3, int(WINDOW * len(rates))))
     low, high = suggest(np.array(rates), smoothed)
     diverged = diverged or diverged_after(np.array(rates), smoothed)
-    return RangeTest(tuple(rates), tuple(smoothed), tuple(losses), low, high, diverged, time.perf_counter() - began)
+    return LrFindResult(tuple(rates), tuple(smoothed), tuple(losses), low, high, diverged, time.perf_counter() - began)
 
 
 def diverged_after(rates: np.ndarray, smoothed: np.ndarray) -> float | None:

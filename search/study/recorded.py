@@ -1,5 +1,6 @@
-"""What a study trains, recorded with the study when it is made: a later run with another setup is
-refused (its trials would not compare), and the commands describe a study by it."""
+"""What a study records of itself, as study user attributes: the spec it was made with (a later run
+with another setup is refused, since its trials would not compare, and the commands describe a study
+by it), its queued known-good configurations and its warm start."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import json
 from typing import Any
 
 from search.study.fields import MACHINE_SETTINGS
-from search.study.schema import Study
+from search.study.schema import StudySpec
 
 SPEC_ATTR = "spec"  # the study user attribute holding the spec it was made with, as JSON
 WARM_START_ATTR = "warm_start"  # the other study and its trials queued first, recorded once they are
 QUEUED_ATTR = "queued"  # the known-good configurations (enqueue) queued so far, each once in the study's life
-LR_RANGE_ATTR = "lr_range"  # the learning-rate range its range test found (lr_find), with the test's cost
 
 # What may differ between runs of one study without making their trials incomparable: the study's
 # bookkeeping (the space has its own check, `fit_space`), where a machine keeps its files, and how
@@ -24,12 +24,12 @@ _RUN_ONLY = (
 )  # fmt: skip
 
 
-def recorded_spec(spec: Study) -> str:
+def recorded_spec(spec: StudySpec) -> str:
     """The spec as the study records it."""
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
 
-def changed_setup(recorded: dict[str, Any], spec: Study) -> list[tuple[str, Any, Any]]:
+def changed_setup(recorded: dict[str, Any], spec: StudySpec) -> list[tuple[str, Any, Any]]:
     """What this run trains differently from the spec the study recorded when it was made, as
     ``(key, then, now)``: the model, the data, the epochs, the fixed training settings, the seed.
     The fields the space samples are left out (a trial's own value wins), and so are keys the

@@ -10,10 +10,11 @@ from datetime import datetime
 import optuna
 from optuna.trial import TrialState
 
+from search import lr_find
+from search.formats import duration, short
 from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
-from search.run.progress import short
 from search.study.inputs import data_facts, data_summary
-from search.study.setup import LR_RANGE_ATTR, SPEC_ATTR, setup_text
+from search.study.recorded import SPEC_ATTR, setup_text
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -56,8 +57,7 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
     setup = setup_text(attrs.get(SPEC_ATTR), None if facts else data_summary(attrs))
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines += [f"  {line}" for line in facts.lines()] if facts else []
-    if isinstance(found := attrs.get(LR_RANGE_ATTR), dict):
-        lines.append(f"  lr searched from {found['low']:.2e} to {found['high']:.2e}, found by its range test")
+    lines += [line] if (line := lr_find.status_line(attrs)) else []
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
     lines += _running(trials, stale) + _failures(trials)
     complete = ranked(trials)
@@ -96,7 +96,7 @@ def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[st
         epochs = kept.trained_epochs() or "?"
         done = len(t.intermediate_values)
         latest = f", macro-F1 {t.intermediate_values[max(t.intermediate_values)]:.4f}" if done else ""
-        since = _duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
+        since = duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
         worker = kept.worker or "a worker"
         lines.append(f"  running: trial {t.number} on {worker}, {done}/{epochs} epochs{latest}, for {since}")
         if t.number in stale:
@@ -125,9 +125,3 @@ def _failures(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
         clipped = reason if len(reason) <= 160 else reason[:157] + "..."
         lines.append(f"  failed: {len(numbers)} x {clipped} (trial{'s' if len(numbers) > 1 else ''} {shown})")
     return lines
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"

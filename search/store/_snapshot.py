@@ -18,7 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.store.optuna_private import FINISHED, finished_trials
+from search.store._internals import FINISHED
+from search.store._trials import finished_trials
 
 
 class FinishedView:

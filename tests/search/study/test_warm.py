@@ -6,11 +6,11 @@ from __future__ import annotations
 import sqlite3
 
 import optuna
-from conftest import TINY, search_here
 
 from search.record import ranked
 from search.study import load_study
 from search.study.warm import map_params
+from tests.conftest import TINY, search_here
 
 NARROW = [
     "--set", "name=warm", "--set", "enqueue=[]", "--set", "space.accumulation_steps=null",

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 
+from tests.conftest import tiny_config
 from training import ConfigError, NonFiniteLossError, train
-from training.lr_find import diverged_after, range_test, rates_between, suggest
+from training.lr_finder import diverged_after, lr_find, rates_between, suggest
 
 
 def test_rates_rise_by_one_factor_from_start_to_end():
@@ -41,7 +41,7 @@ def test_a_curve_that_rose_four_times_its_lowest_after_it_diverged_where_it_firs
 
 def test_the_suggested_range_leaves_out_divergent_rates_and_holds_one_that_trains():
     config = tiny_config(epochs=3, batch_size=32)
-    test = range_test(config, 1e-6, 30.0, steps=48)
+    test = lr_find(config, 1e-6, 30.0, steps=48)
     assert test.diverged_at is not None, "rates up to 30 should make the loss diverge"
     assert test.low < test.high < test.diverged_at / 10
     assert test.losses.index(min(test.losses)) < len(test.losses) - 1  # it turned up before the end
@@ -61,4 +61,4 @@ def test_the_suggested_range_leaves_out_divergent_rates_and_holds_one_that_train
 
 def test_a_loss_that_diverges_from_the_first_steps_is_one_error_saying_to_lower_the_bounds():
     with pytest.raises(ConfigError, match=r"the loss diverged after \d+ steps .* lower the space's lr bounds"):
-        range_test(tiny_config(batch_size=32), 1e3, 1e8, steps=40)
+        lr_find(tiny_config(batch_size=32), 1e3, 1e8, steps=40)

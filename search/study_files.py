@@ -1,5 +1,5 @@
-"""Deleting a study and every file it stored (checkpoints, pictures), which Optuna's own
-``delete-study`` leaves in the artifact folder under names that do not say whose they are."""
+"""The files a study stored (checkpoints, pictures), found and deleted with it: Optuna's own
+``delete-study`` leaves them in the artifact folder under names that do not say whose they are."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import FrozenTrial, TrialState
 
 from search.record import TrialRecord
-from search.store import AtomicArtifactStore, stale_trial_numbers
+from search.store import AtomicArtifactStore, stale_trial_numbers, study_id
 from search.store.artifacts import DASHBOARD_ARTIFACTS, remove
-from search.store.optuna_private import study_id
 from training import ConfigError, SearchServiceError
 
 

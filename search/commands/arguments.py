@@ -1,5 +1,5 @@
-"""What the commands' options share: the storage, the artifact folder, the study, and argparse
-types that make a bad number a usage error naming it."""
+"""The arguments commands share: the storage, the artifact folder, the study, and argparse types
+that make a bad number a usage error naming it."""
 
 from __future__ import annotations
 

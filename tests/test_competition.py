@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import search_here, write_image
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
 from search.report.parts import confused_parts, part_scores
+from tests.conftest import search_here, write_image
 from training import competition_class_names
 from training.data import cache as decode_cache
 from training.data import prepare
@@ -122,19 +122,6 @@ def test_the_report_gives_the_competitions_own_breakdowns(competition, tmp_path)
     assert {"predicted.png", "curves.png", "samples.png", "classes.png"} <= pictures
     assert (out / "samples.png").stat().st_size < 300_000  # a page's width of samples, not a row per class
     assert [cell for cell in re.findall(r"<td style='text-align:left'>([^<]*)</td>", page)] == ["complete"] * 2
-
-
-def test_the_competitions_breakdown_reads_each_part_from_the_confusion_matrix():
-    names = competition_class_names((30, 60))
-    matrix = np.eye(18, dtype=int) * 10
-    matrix[1, 2] = 4  # mask/male/30-59 taken for mask/male/>=60: the age band alone is wrong
-    matrix[0, 6] = 3  # mask/male/<30 taken for incorrect/male/<30: the mask state alone
-    scores = part_scores(matrix)
-    assert scores["gender"] == 1.0 and scores["age"] < 1.0 and scores["mask"] < 1.0
-    assert confused_parts(matrix, names) == [
-        "age '30-59' taken for '>=60': 4 of 64 images",
-        "mask 'mask' taken for 'incorrect': 3 of 67 images",
-    ]
 
 
 def test_a_root_one_level_off_is_refused_in_one_line_naming_the_variable(competition):

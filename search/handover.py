@@ -1,6 +1,6 @@
-"""Exporting trials as self-describing checkpoints that load into a plain timm model: a trial's stored
-checkpoint, the best K for an ensemble, or a trial's params trained again (on all the data, for the
-final submission). Everything is checked before the first file is written."""
+"""What a study hands over: trials as self-describing checkpoints that load into a plain timm model,
+a trial's stored checkpoint, the best K for an ensemble, or a trial's params trained again (on all
+the data, for the final submission). Everything is checked before the first file is written."""
 
 from __future__ import annotations
 

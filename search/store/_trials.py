@@ -1,0 +1,106 @@
+"""A study's trials read as a worker needs them, lighter than Optuna's own reads, which read every
+trial whole, running ones too, and grow with the workers and the study: counts by state, a new
+trial asked for, and the finished trials fetched once each (``_internals`` says why these use
+Optuna's private names)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import Counter
+from typing import Any
+
+import optuna
+import sqlalchemy
+
+from search.store import _internals
+from search.store._internals import FINISHED, storage_of, study_id, usable_rdb
+
+
+def trial_counts(study: optuna.Study) -> Counter:
+    """The study's trials by state name, counted by the database: the budget asks this of every
+    trial start, under its lock, and Optuna's own ``get_trials`` reads every running trial whole
+    (with its params, attributes and reports) each time, which grows with the workers. Without the
+    private names, counted from ``get_trials``."""
+    backend = usable_rdb(storage_of(study))
+    if backend is None:
+        return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    table = _internals.models.TrialModel
+    with _internals.scoped_session(backend.scoped_session) as session:
+        rows = session.execute(
+            sqlalchemy.select(table.state, sqlalchemy.func.count())
+            .where(table.study_id == study_id(study, backend))
+            .group_by(table.state)
+        ).all()
+    return Counter({state.name: count for state, count in rows})
+
+
+def ask(study: optuna.Study, queued: int) -> optuna.Trial:
+    """The next trial: a queued one where the study has one (``study.ask`` takes it atomically);
+    else a new trial, made without ``study.ask``'s look for queued ones, which reads every
+    unfinished trial whole (half a second at a thousand running trials, under the study's lock)."""
+    private = all(hasattr(study, name) for name in ("_thread_local", "_storage", "_study_id"))
+    if queued or _internals.MISSING or not private:
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+class _Finished:
+    """A study's finished trials as one storage client last read them, by trial id, each with the
+    time it finished (a trial id of a study deleted and made again may come back as another trial)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_id: dict[int, tuple[Any, optuna.trial.FrozenTrial]] = {}
+
+
+class FinishedReads:
+    """The finished trials each storage client has read, by study id. Kept for the life of the
+    client (a weak key: it goes with its storage), since a finished trial never changes: a worker
+    fetches each once, however many times it reads the study."""
+
+    FETCH_ALL = 500  # more new finished trials than this: one read of them all, not a list of ids
+
+    def __init__(self) -> None:
+        self._clients: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, dict[int, _Finished]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def read(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        """``finished_trials``: one query lists the finished trials' ids and the time each finished,
+        and only those this client has not read are fetched whole."""
+        backend = usable_rdb(storage_of(study))
+        if backend is None:
+            return study.get_trials(deepcopy=False, states=FINISHED)
+        study_key = study_id(study, backend)
+        known = self._clients.setdefault(backend, {}).setdefault(study_key, _Finished())
+        columns = _internals.models.TrialModel.__table__.c  # the model's datetimes are properties over these
+        with known.lock:
+            with _internals.scoped_session(backend.scoped_session) as session:
+                rows = session.execute(
+                    sqlalchemy.select(columns.trial_id, columns.datetime_complete).where(
+                        columns.study_id == study_key, columns.state.in_(FINISHED)
+                    )
+                ).all()
+            finished = dict(rows)
+            known.by_id = {i: kept for i, kept in known.by_id.items() if finished.get(i, object()) == kept[0]}
+            new = set(finished) - set(known.by_id)
+            if new:
+                if known.by_id and len(new) <= self.FETCH_ALL:
+                    fetched = backend._get_trials(study_key, FINISHED, new, max(finished))  # new ones and later
+                else:
+                    fetched = backend._get_trials(study_key, FINISHED, set(), -1)
+                for trial in fetched:  # one that finished since the ids were listed waits for the next read
+                    if trial._trial_id in finished:
+                        known.by_id[trial._trial_id] = (finished[trial._trial_id], trial)
+            return sorted((trial for _, trial in known.by_id.values()), key=lambda t: t.number)
+
+
+_READS = FinishedReads()  # this process's: every storage client in it shares the one record
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's finished trials (complete, pruned, failed), by number, as Optuna's own
+    ``FrozenTrial``: shared, not to be changed. Without the private names, Optuna's ``get_trials``."""
+    return _READS.read(study)
