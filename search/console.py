@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from training import SearchServiceError
+from training import Said, SearchServiceError
 
 
 def configure(*, prefix: str = "", debug: bool = False) -> None:
@@ -26,16 +26,15 @@ def configure(*, prefix: str = "", debug: bool = False) -> None:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
 
 
-_SAID: set[tuple[str, ...]] = set()  # the data notes said by this process, one entry per data set
+_SAID = Said()  # the data notes said by this process, one entry per data set (training/per_process.py)
 
 
 def say_data_notes(notes: Sequence[str]) -> None:
     """What a data set's listing and decode left out (skipped folders and images, a class without
     validation images), as warnings, once per process: an export or a report prepares the same data
     for each trial it trains."""
-    if tuple(notes) in _SAID:
+    if not _SAID.first_time(tuple(notes)):
         return
-    _SAID.add(tuple(notes))
     for note in notes:
         logging.getLogger("search").warning("%s", note)
 

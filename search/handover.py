@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import say_data_notes
-from search.record import TrialRecord, ranked
+from search.record import TrialRecord, chosen, ranked
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.inputs import check_inputs, data_place, trained_inputs
 from training import ConfigError, SearchServiceError, TrainConfig, replacing
@@ -27,35 +27,17 @@ class Export(Enum):
     ALL_DATA = "all data"  # the trial's params trained again on all the data, up to its best epoch
 
 
-def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """The given trial, or the best complete one; clear errors when there is none."""
-    trials = study.get_trials(deepcopy=False)
-    if number is not None:
-        for trial in trials:
-            if trial.number == number:
-                return trial
-        last = max((t.number for t in trials), default=None)
-        span = f"trials are numbered 0..{last}" if last is not None else "it has no trials"
-        raise SearchServiceError(f"study '{study.study_name}' has no trial {number}; {span}")
-    top = ranked(trials)
-    if not top:
-        raise SearchServiceError(
-            f"study '{study.study_name}' has no complete trial yet; run it on (search status shows it)"
-        )
-    return top[0]
-
-
 def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, number: int | None = None,
                  mode: Export = Export.STORED, force: bool = False) -> FrozenTrial:  # fmt: skip
     """Write trial ``number``'s checkpoint (the best trial's by default) to ``out``, atomically."""
-    trial = choose_trial(study, number)
+    trial = chosen(study, number)
     if mode is Export.ALL_DATA:
         _complete(trial)
     out = _free(out, force=force)
-    validation_f1 = _f1_to_best_epoch(trial) if mode is Export.ALL_DATA else []
+    validation_values = _values_to_best_epoch(trial) if mode is Export.ALL_DATA else []
     with replacing(out, "checkpoint") as temporary:
         if mode is Export.ALL_DATA:
-            _train_on_all_data(study, trial, validation_f1, temporary)
+            _train_on_all_data(study, trial, validation_values, temporary)
         elif not stored(store, TrialRecord.of(trial).checkpoint_artifact, copy_to=temporary):
             if mode is not Export.RETRAIN:
                 raise SearchServiceError(
@@ -70,19 +52,18 @@ def export_top(study: optuna.Study, store: AtomicArtifactStore, folder: Path, to
                mode: Export = Export.STORED, force: bool = False) -> list[tuple[FrozenTrial, Path]]:  # fmt: skip
     """The ``top`` best complete trials as ``folder/trial-<number>.safetensors``, for an ensemble
     (``search predict`` with all of them)."""
-    chosen = ranked(study.get_trials(deepcopy=False))[:top]
-    if not chosen:
-        choose_trial(study, None)  # says there is none yet
+    leaders = ranked(study.get_trials(deepcopy=False))[:top]
+    if not leaders:
+        chosen(study, None)  # says there is none yet
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file; --out with --top is the folder to write the checkpoints in")
-    outs = [_free(folder / f"trial-{t.number}.safetensors", force=force) for t in chosen]
+    outs = [_free(folder / f"trial-{t.number}.safetensors", force=force) for t in leaders]
     if mode is Export.ALL_DATA:
-        for trial in chosen:
-            _f1_to_best_epoch(trial)  # every trial's epochs checked before the first one trains
-    missing = (
-        [t for t in chosen if not stored(store, TrialRecord.of(t).checkpoint_artifact)] if mode is Export.STORED else []
-    )
+        for trial in leaders:
+            _values_to_best_epoch(trial)  # every trial's epochs checked before the first one trains
+    stored_only = mode is Export.STORED
+    missing = [t for t in leaders if stored_only and not stored(store, TrialRecord.of(t).checkpoint_artifact)]
     if missing:
         which = f"trial {missing[0].number} has" if len(missing) == 1 else f"trials {_numbers(missing)} have"
         raise SearchServiceError(
@@ -90,7 +71,7 @@ def export_top(study: optuna.Study, store: AtomicArtifactStore, folder: Path, to
             "their params again, or ask for fewer with --top"
         )
     return [
-        (export_trial(study, store, out, number=t.number, mode=mode, force=force), out) for t, out in zip(chosen, outs)
+        (export_trial(study, store, out, number=t.number, mode=mode, force=force), out) for t, out in zip(leaders, outs)
     ]
 
 
@@ -123,24 +104,24 @@ def _complete(trial: FrozenTrial) -> None:
         )
 
 
-def _f1_to_best_epoch(trial: FrozenTrial) -> list[float]:
-    """The trial's validation macro-F1 of each epoch up to its best, which ``--all-data`` trains to."""
+def _values_to_best_epoch(trial: FrozenTrial) -> list[float]:
+    """The trial's objective at each epoch up to its best (its reports), which ``--all-data`` trains to."""
     best_epoch = TrialRecord.of(trial).best_epoch
     epochs = best_epoch + 1 if best_epoch is not None else 0
-    validation_f1 = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
-    if not validation_f1 or None in validation_f1:
+    validation_values = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
+    if not validation_values or None in validation_values:
         raise SearchServiceError(
-            f"trial {trial.number} did not record its best epoch and the macro-F1 of every epoch to it"
+            f"trial {trial.number} did not record its best epoch and its value at every epoch to it"
         )
-    return validation_f1
+    return validation_values
 
 
-def _train_on_all_data(study: optuna.Study, trial: FrozenTrial, validation_f1: list[float], target: Path) -> None:
+def _train_on_all_data(study: optuna.Study, trial: FrozenTrial, validation_values: list[float], target: Path) -> None:
     """The trial's params trained again on all the data (its validation split too) for the epochs
-    of ``validation_f1``: up to the one where the trial peaked."""
+    of ``validation_values``: up to the one where the trial peaked."""
     from training import train_on_all_data  # torch and timm: seconds to import, for this path only
 
-    train_on_all_data(_trainable_config(study, trial, None), validation_f1, target)
+    train_on_all_data(_trainable_config(study, trial, None), validation_values, target)
 
 
 def _retrain(study: optuna.Study, trial: FrozenTrial, target: Path) -> None:

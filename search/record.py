@@ -21,11 +21,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.store import STORAGE_ERRORS, StaleTrial, set_user_attrs
+from training import OBJECTIVES, SearchServiceError
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
     from training import TrainConfig, TrainResult
 
-SCALAR_METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "roc_auc", "train_loss")
+SCALAR_METRICS = (*OBJECTIVES, "macro_precision", "macro_recall", "train_loss")
 NO_REASON = "no reason recorded (its worker was killed or lost, or the database went away)"
 
 
@@ -39,6 +40,9 @@ class TrialRecord:
     config: str | None = None  # the TrainConfig it trained, as JSON
     macro_f1: float | None = None
     accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    weighted_f1: float | None = None
+    worst_class_f1: float | None = None
     macro_precision: float | None = None
     macro_recall: float | None = None
     roc_auc: float | None = None
@@ -177,7 +181,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def ranked(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The complete trials, best macro-F1 first; of equal ones, the earlier trial first."""
+    """The complete trials, best value (the study's objective) first; of equal ones, the earlier first."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return sorted(complete, key=lambda t: t.value, reverse=True)
 
@@ -186,6 +190,29 @@ def best(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     """The best complete trial (``ranked``'s first), or None before one completed."""
     top = ranked(trials)
     return top[0] if top else None
+
+
+def chosen(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """The trial a command acts on: trial ``number``, or the best; one line where there is none."""
+    trials = study.get_trials(deepcopy=False)
+    if number is not None:
+        found = next((t for t in trials if t.number == number), None)
+        if found is not None:
+            return found
+        last = max((t.number for t in trials), default=None)
+        span = f"trials are numbered 0..{last}" if last is not None else "it has no trials"
+        raise SearchServiceError(f"study '{study.study_name}' has no trial {number}; {span}")
+    top = best(trials)
+    if top is None:
+        raise SearchServiceError(
+            f"study '{study.study_name}' has no complete trial yet; run it on (search status shows it)"
+        )
+    return top
+
+
+def shown_as(objective: str) -> str:
+    """An objective's name as every output shows it ('macro-F1', 'balanced accuracy')."""
+    return OBJECTIVES.get(objective, objective)
 
 
 def failures_by_reason(trials: Sequence[FrozenTrial]) -> list[tuple[str, list[int]]]:

@@ -12,14 +12,14 @@ from optuna.trial import TrialState
 
 from search import lr_find
 from search.formats import duration, short
-from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
+from search.record import TrialRecord, collapse_text, failures_by_reason, ranked, shown_as
 from search.study.inputs import data_facts, data_summary
-from search.study.recorded import SPEC_ATTR, setup_text
+from search.study.recorded import SPEC_ATTR, objective, setup_text
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
-def importance(study: optuna.Study) -> dict[str, float] | str:
+def importance(study: optuna.Study, label: str) -> dict[str, float] | str:
     """Parameter importance by PED-ANOVA (how far the best tenth of the trials' values of a parameter
     differ from all of them), as optuna-dashboard ranks them; or why it is not shown: too few
     complete trials, or values that do not differ (equal bars would read as a finding). Named
@@ -34,7 +34,7 @@ def importance(study: optuna.Study) -> dict[str, float] | str:
         return f"shown from {MIN_TRIALS_FOR_IMPORTANCE} complete trials ({len(complete)} so far)"
     values = {round(t.value, 6) for t in complete}
     if len(values) == 1:
-        return f"not shown: every complete trial scored the same macro-F1, {complete[0].value:.4f}"
+        return f"not shown: every complete trial scored the same {label}, {complete[0].value:.4f}"
     shared = sorted(set.intersection(*(set(t.params) for t in complete)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -53,31 +53,33 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     attrs = study.user_attrs
+    label = shown_as(objective(attrs))
     facts = data_facts(attrs)  # shown in full below, else in short in the first line
     setup = setup_text(attrs.get(SPEC_ATTR), None if facts else data_summary(attrs))
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines += [f"  {line}" for line in facts.lines()] if facts else []
     lines += [line] if (line := lr_find.status_line(attrs)) else []
     lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
-    lines += _running(trials, stale) + _failures(trials)
+    lines += _running(trials, stale, label) + _failures(trials)
     complete = ranked(trials)
     if not complete:
         lines.append("  no complete trial yet")
         return "\n".join(lines)
     best = complete[0]
-    lines.append(f"  best: trial {best.number}, macro-F1 {best.value:.4f}")
+    lines.append(f"  best: trial {best.number}, {label} {best.value:.4f}")
     lines += _collapsed(complete, facts.class_names if facts else None)
     names = sorted({k for t in complete[:top] for k in t.params})
     widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
-    header = f"  {'trial':>5} {'macro-F1':>8} {'acc':>6} {'epochs':>6}  " + " ".join(f"{n:>{widths[n]}}" for n in names)
-    lines += ["", header]
+    width = max(8, len(label))
+    columns = " ".join(f"{n:>{widths[n]}}" for n in names)
+    lines += ["", f"  {'trial':>5} {label:>{width}} {'acc':>6} {'epochs':>6}  {columns}"]
     for t in complete[:top]:
         cells = " ".join(f"{short(t.params.get(n)):>{widths[n]}}" for n in names)
         kept = TrialRecord.of(t)
         acc, epochs = kept.accuracy, "-" if kept.epochs_run is None else kept.epochs_run
         shown = "-" if acc is None else format(acc, ".3f")
-        lines.append(f"  {t.number:>5} {t.value:>8.4f} {shown:>6} {epochs:>6}  {cells}")
-    mattered = importance(study)
+        lines.append(f"  {t.number:>5} {t.value:>{width}.4f} {shown:>6} {epochs:>6}  {cells}")
+    mattered = importance(study, label)
     if isinstance(mattered, str):
         lines += ["", f"  parameter importance: {mattered}"]
     else:
@@ -86,7 +88,7 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
     return "\n".join(lines)
 
 
-def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[str]:
+def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int], label: str) -> list[str]:
     """One line per running trial: where it runs, how far it got and since when, and whether its
     worker still sends heartbeats."""
     lines = []
@@ -95,7 +97,7 @@ def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int]) -> list[st
         kept = TrialRecord.of(t)
         epochs = kept.trained_epochs() or "?"
         done = len(t.intermediate_values)
-        latest = f", macro-F1 {t.intermediate_values[max(t.intermediate_values)]:.4f}" if done else ""
+        latest = f", {label} {t.intermediate_values[max(t.intermediate_values)]:.4f}" if done else ""
         since = duration((now - t.datetime_start).total_seconds()) if t.datetime_start else "?"
         worker = kept.worker or "a worker"
         lines.append(f"  running: trial {t.number} on {worker}, {done}/{epochs} epochs{latest}, for {since}")

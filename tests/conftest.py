@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from tests.machine import install_missing, require
-from training import TrainConfig, models
-from training.data import cache as decode_cache
-from training.data import prepare
+from training import TrainConfig
+from training.per_process import forget_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from pgbouncer_here import pgbouncer  # noqa: E402
@@ -38,9 +37,7 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("SEARCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
-    decode_cache._IN_PROCESS.clear()
-    prepare._PREPARED.clear()
-    monkeypatch.setattr(models, "_hub_files", {})
+    forget_all()  # what this process kept of earlier tests, as a new process starts empty
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from optuna_dashboard import get_note
 
 from search.report.parts import confused_parts, part_scores
 from tests.conftest import search_here, write_image
-from training import competition_class_names
+from training import TrainResult, competition_class_names
 from training.data import cache as decode_cache
 from training.data import prepare
+from training.per_process import forget_all
 
 STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
 RUN = [
@@ -52,7 +53,7 @@ def competition(tmp_path_factory):
     env = {"SEARCH_HOME": str(home), "MASK_DATA": str(root)}
     first = search_here(*RUN, "--set", "name=mask-a", env=env)
     assert first.returncode == 0, first.stderr
-    decode_cache._IN_PROCESS.clear()  # as a new process: the images only in the machine's decode cache
+    forget_all()  # as a new process: the images only in the machine's decode cache
     prepare._PREPARED.clear()
     decoded = []
     original = decode_cache._decode_all
@@ -158,15 +159,14 @@ def test_a_trial_that_learned_nothing_is_flagged_in_status_best_and_its_note(tmp
     assert f"  trial 0 {said}" in status and "  no complete trial learned: train more epochs" in status
     assert json.loads(search_here("best", "--study", "short", env=env).stdout)["metrics"]["learned_nothing"] == said
 
-    class Result:  # what a trial's run leaves, as the note reads it
-        best_metrics = {"macro_f1": 0.0023, "accuracy": 0.07, "macro_precision": 0.0, "macro_recall": 0.06,
-                        "per_class_f1": [0.0] * 18, "confusion_matrix": collapsed}  # fmt: skip
-        class_names, best_epoch, epochs_run, stopped_early = names, 1, 2, False
-        train_images_per_second, device = 100.0, "cpu"
+    best = {"macro_f1": 0.0023, "accuracy": 0.07, "balanced_accuracy": 0.06, "macro_precision": 0.0,
+            "macro_recall": 0.06, "per_class_f1": [0.0] * 18, "confusion_matrix": collapsed}  # fmt: skip
+    result = TrainResult(best_epoch=1, best_metrics=best, history=[best] * 2, train_images_per_second=100.0,
+                         checkpoint=None, device="cpu", class_names=tuple(names))  # fmt: skip
 
     trial = study.ask(lr)
     pictures = TrialPictures(AtomicArtifactStore(Path(tmp_path / "artifacts")))
-    pictures.submit(trial, Result(), draw=False)
+    pictures.submit(trial, result, draw=False)
     pictures.wait()
     assert f"**This model {said}.**" in get_note(trial)
     study.tell(trial, state=TrialState.FAIL)

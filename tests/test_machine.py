@@ -33,8 +33,7 @@ def test_as_root_the_missing_packages_are_installed_with_apt_get(fake_apt, monke
     machine.install_missing(said.append)
     assert fake_apt.read_text().splitlines() == ["update -qq", "install -y -qq no-such-package"]
     assert said == [
-        "tests: installing Debian's no-such-package for the tests that start them "
-        "(apt-get install -y no-such-package)"
+        "tests: installing Debian's no-such-package for the tests that start them (apt-get install -y no-such-package)"
     ]
 
 

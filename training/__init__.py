@@ -18,7 +18,9 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from training.config import (  # noqa: E402 - after the variable albumentations reads at import
+    DEFAULT_OBJECTIVE,
     LOSS_PARAMS,
+    OBJECTIVES,
     SCHEDULER_PARAMS,
     WITHOUT_TIMM,
     AugmentConfig,
@@ -31,6 +33,7 @@ from training.config import (  # noqa: E402 - after the variable albumentations 
     TrainConfig,
     TrainSettings,
     check_input_size,
+    check_objective,
     registered,
 )
 from training.data.competition import PARTS, competition_class_names, part_labels  # noqa: E402
@@ -46,6 +49,7 @@ from training.errors import (  # noqa: E402
 )
 from training.files import make_folder, make_readable, process_alive, replacing  # noqa: E402
 from training.pause_points import pause_point  # noqa: E402
+from training.per_process import Said  # noqa: E402
 
 # name -> the module that defines it, imported when the name is first asked for
 _LAZY = {
@@ -68,8 +72,10 @@ _LAZY = {
 }
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
     "IMAGE_EXTENSIONS",
     "LOSS_PARAMS",
+    "OBJECTIVES",
     "PARTS",
     "SCHEDULER_PARAMS",
     "WITHOUT_TIMM",
@@ -84,6 +90,7 @@ __all__ = [
     "ModelConfig",
     "NonFiniteLossError",
     "OptimizerConfig",
+    "Said",
     "SchedulerConfig",
     "SearchServiceError",
     "TrainConfig",
@@ -91,6 +98,7 @@ __all__ = [
     "cache_folder",
     "default_cache_dir",
     "check_input_size",
+    "check_objective",
     "competition_class_names",
     "load_source",
     "make_folder",

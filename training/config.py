@@ -24,6 +24,18 @@ SCHEDULER_PARAMS: dict[str, set[str]] = {
     "plateau": {"plateau_factor", "plateau_patience", "warmup_steps"},
 }
 
+# The metrics a study may rank its trials by (its ``objective``), each computed from an epoch's
+# validation predictions, higher better, with the words every output shows it by.
+OBJECTIVES: dict[str, str] = {
+    "macro_f1": "macro-F1",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "weighted_f1": "weighted F1",
+    "worst_class_f1": "worst-class F1",
+    "roc_auc": "one-vs-rest ROC-AUC",
+}
+DEFAULT_OBJECTIVE = "macro_f1"  # the competition's score, and what every study ranked by before the setting
+
 # Validation context that leaves out the checks needing timm (model and optimizer names): it takes
 # seconds to import, so a study file is checked without it first and its other typos answered at once.
 WITHOUT_TIMM = {"timm": False}
@@ -236,13 +248,20 @@ class TrainSettings(Frozen):
         return self.model_copy(update={"gpu_images_share": self.gpu_images_share / workers})
 
 
+def check_objective(name: str) -> str:
+    return registered("objective", name, OBJECTIVES)
+
+
 class TrainConfig(TrainSettings):
     """Everything one training run needs; ``train(config)`` reads nothing else."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     seed: int = 0
+    objective: str = DEFAULT_OBJECTIVE  # the metric that picks the best epoch and that the plateau schedule watches
     output_dir: Path | None = None  # where the best epoch's checkpoint goes; None: none written
+
+    _objective = field_validator("objective")(check_objective)
 
     @model_validator(mode="after")
     def _input_size_fits_the_model(self, info: ValidationInfo) -> TrainConfig:

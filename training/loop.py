@@ -2,7 +2,7 @@
 
 One epoch = ``train_one_epoch`` then ``evaluate``; the caller's ``on_epoch_end`` sees the
 validation metrics and may stop the run (that is how a pruner stops a trial). The best epoch by
-validation macro-F1 (never accuracy: the data is imbalanced) is checkpointed.
+the run's objective (macro-F1 unless the study chose another) is checkpointed.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from torch import nn
 
 from training.accelerate import autocast
 from training.checkpoint import checkpoint_meta, save_checkpoint
-from training.config import TrainConfig
+from training.config import DEFAULT_OBJECTIVE, TrainConfig
 from training.data.loader import BatchLoader
 from training.errors import NonFiniteLossError
-from training.metrics import classification_metrics
+from training.metrics import classification_metrics, objective_value
 from training.schedulers import Schedule
 from training.setup import InputPipe, Training, set_up
 
@@ -42,10 +42,16 @@ class TrainResult:
     device: str
     class_names: tuple[str, ...] = ()
     stopped_early: bool = False
+    objective: str = DEFAULT_OBJECTIVE  # the metric that picked the best epoch
     epochs_run: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.epochs_run = len(self.history)
+
+    @property
+    def best_value(self) -> float:
+        """The objective at the best epoch."""
+        return float(self.best_metrics[self.objective])
 
 
 def accumulation_weights(batch_sizes: list[int], steps: int) -> list[tuple[float, bool]]:
@@ -125,19 +131,19 @@ def evaluate(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> dict[str
     return classification_metrics(labels, probs)
 
 
-def train_on_all_data(config: TrainConfig, validation_f1: Sequence[float], out: Path) -> Path:
+def train_on_all_data(config: TrainConfig, validation_values: Sequence[float], out: Path) -> Path:
     """A trial's recipe again on every image, its validation split included, for as many epochs as
-    ``validation_f1`` holds (the trial's macro-F1 per epoch up to its best: where it peaked), as the
-    final model of a competition. The schedule steps as in the trial, the plateau scheduler reading
-    the trial's own macro-F1 since nothing is held out to measure a new one. The last epoch's
+    ``validation_values`` holds (the trial's objective per epoch up to its best: where it peaked), as
+    the final model of a competition. The schedule steps as in the trial, the plateau scheduler
+    reading the trial's own values since nothing is held out to measure new ones. The last epoch's
     weights are the checkpoint; its header has no metrics, only what it was trained on."""
     run = set_up(config, all_data=True)
     rates = []
-    for epoch, f1 in enumerate(validation_f1):
+    for epoch, value in enumerate(validation_values):
         rates.append(run.schedule.lr())
         train_epoch(run, epoch)
-        run.schedule.after_epoch(f1)
-    meta = checkpoint_meta(config, run.data.decoded.class_names, run.norm, len(validation_f1) - 1, {})
+        run.schedule.after_epoch(value)
+    meta = checkpoint_meta(config, run.data.decoded.class_names, run.norm, len(validation_values) - 1, {})
     meta["trained_on"] = {"images": len(run.data.train_idx), "held_out": 0, "epoch_lr": rates}
     return save_checkpoint(out, run.model, meta)
 
@@ -149,7 +155,7 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
     checkpoint_path = Path(config.output_dir) / "best.safetensors" if config.output_dir else None
 
     history: list[dict[str, Any]] = []
-    best_epoch, best_metrics = -1, {}
+    best_epoch, best_metrics, best_value = -1, {}, -math.inf
     images_seen, train_seconds = 0, 0.0
     stopped = False
     for epoch in range(config.epochs):
@@ -166,12 +172,13 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
             **evaluate(model, run.val_loader, run.pipe),
         }
         history.append(metrics)
-        if metrics["macro_f1"] > best_metrics.get("macro_f1", -1.0):
-            best_epoch, best_metrics = epoch, metrics
+        value = objective_value(metrics, config.objective)
+        if value > best_value:
+            best_epoch, best_metrics, best_value = epoch, metrics, value
             if checkpoint_path is not None:
                 meta = checkpoint_meta(config, data.decoded.class_names, run.norm, epoch, metrics)
                 save_checkpoint(checkpoint_path, model, meta)
-        schedule.after_epoch(metrics["macro_f1"])
+        schedule.after_epoch(value)
         if on_epoch_end is not None and on_epoch_end(epoch, metrics):
             stopped = epoch < config.epochs - 1
             break
@@ -184,4 +191,5 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> Tra
         device=str(run.device),
         class_names=data.decoded.class_names,
         stopped_early=stopped,
+        objective=config.objective,
     )

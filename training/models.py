@@ -14,13 +14,14 @@ from torch import nn
 
 from training.config import ModelConfig
 from training.errors import SearchServiceError
+from training.per_process import Kept
 
 # The file in this machine's Hugging Face cache that each model's hub weights were loaded from, by
 # this process: later loads of the model read it directly. Through timm, every load asks the hub
 # for the file's latest version first (a request per trial; where the hub's packets are dropped,
 # its time-outs per trial before timm falls back on the cache). None: not from the hub (a URL's
 # weights, in torch's cache, which asks nothing once cached), so there is nothing to look for again.
-_hub_files: dict[str, str | None] = {}
+_hub_files: Kept = Kept()  # kept per process: training/per_process.py
 
 
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:

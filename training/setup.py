@@ -20,6 +20,7 @@ from training.data.prepare import PreparedData, prepare_data
 from training.errors import ConfigError
 from training.losses import build_loss
 from training.models import create_model, normalisation
+from training.per_process import Said
 from training.schedulers import Schedule, build_schedule
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,12 @@ class InputPipe:
         return x.contiguous(memory_format=self.memory_format)
 
 
-_WARNED: set[str] = set()
+_WARNED = Said()
 
 
 def _warn_once(message: str) -> None:
     """A warning said once per process: a worker's trials would each say it again."""
-    if message not in _WARNED:
-        _WARNED.add(message)
+    if _WARNED.first_time(message):
         log.warning("%s", message)
 
 

@@ -20,12 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.handover import choose_trial
-    from search.record import TrialRecord, collapse_text
+    from search.record import TrialRecord, chosen, collapse_text
     from search.study.inputs import data_facts
+    from search.study.recorded import objective
 
     study = arguments.open_study(args)
-    trial = choose_trial(study, None)
+    trial = chosen(study, None)
     facts = data_facts(study.user_attrs)
     names = facts.class_names if facts else None
     shown = {k: v for k, v in trial.user_attrs.items() if k not in ("config", "confusion_matrix")}
@@ -34,6 +34,7 @@ def take_action(args: argparse.Namespace) -> int:
         shown["per_class_f1"] = dict(zip(names, kept.per_class_f1))
     if collapse := kept.collapse():
         shown["learned_nothing"] = collapse_text(collapse, names)
-    result = {"number": trial.number, "value": trial.value, "params": trial.params, "metrics": shown}
+    result = {"number": trial.number, "objective": objective(study.user_attrs), "value": trial.value,
+              "params": trial.params, "metrics": shown}  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def take_action(args: argparse.Namespace) -> int:
     from search.handover import Export, export_top, export_trial
-    from search.record import TrialRecord
+    from search.record import TrialRecord, shown_as
+    from search.study.recorded import objective
 
     study, store, out = arguments.open_study(args), arguments.artifact_store(args), Path(args.out)
     mode = Export.ALL_DATA if args.all_data else Export.RETRAIN if args.retrain else Export.STORED
@@ -43,14 +44,15 @@ def take_action(args: argparse.Namespace) -> int:
         exported = export_top(study, store, out, args.top, mode=mode, force=args.force)
     else:
         exported = [(export_trial(study, store, out, number=args.trial, mode=mode, force=args.force), out)]
+    label = shown_as(objective(study.user_attrs))
     for trial, path in exported:
         value = f"{trial.value:.4f}" if trial.value is not None else "n/a"
         if mode is Export.ALL_DATA:
             last = TrialRecord.of(trial).best_epoch
             print(f"trial {trial.number}'s params trained on all the data for epochs 0 to {last}, its best "
-                  f"(its macro-F1 then {value}), exported to {path}")  # fmt: skip
+                  f"(its {label} then {value}), exported to {path}")  # fmt: skip
         else:
-            print(f"trial {trial.number} (macro-F1 {value}) exported to {path}")
+            print(f"trial {trial.number} ({label} {value}) exported to {path}")
     if args.top is not None and len(exported) < args.top:
         print(f"only {len(exported)} complete trial(s) in '{study.study_name}'; all exported", file=sys.stderr)
     return 0

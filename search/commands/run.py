@@ -92,8 +92,9 @@ def take_action(args: argparse.Namespace) -> int:
         install_signal_handlers()
         code, study = 0, run_here(spec, run)
     if code == 0 and not args.quiet:
-        from search.record import best
+        from search.record import best, shown_as
 
         top = best(study.get_trials(deepcopy=False))
-        print(f"best trial {top.number}: macro-F1 {top.value:.4f}" if top else "no complete trial", file=sys.stderr)
+        shown = f"best trial {top.number}: {shown_as(spec.objective)} {top.value:.4f}" if top else "no complete trial"
+        print(shown, file=sys.stderr)
     return code

@@ -78,7 +78,9 @@ def predicted_vs_true_png(confusion: Sequence[Sequence[int]], names: Sequence[st
     return path
 
 
-def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
+def value_vs_lr_png(trials: list[FrozenTrial], path: Path, objective: str) -> Path:
+    """Each trial's value (its best, or its last before it was pruned) against its learning rate,
+    by loss and by scheduler."""
     figure = new_figure(10, 3.8)
     for k, key in enumerate(("loss", "scheduler")):
         ax = figure.add_subplot(1, 2, k + 1)
@@ -97,7 +99,7 @@ def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("learning rate")
-        ax.set_ylabel("best validation macro-F1")
+        ax.set_ylabel(f"best validation {objective}")
         ax.set_title(f"by {key}")
         ax.legend(fontsize=7)
     figure.savefig(path)
@@ -107,26 +109,27 @@ def f1_vs_lr_png(trials: list[FrozenTrial], path: Path) -> Path:
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def learning_curves_png(curves: list[tuple[str, list[float | None], list[float]]], path: Path) -> Path:
-    """Training loss and validation macro-F1 per epoch (from 0), one line per (label, losses, F1s),
-    each with its own marker; a curve equal to an earlier one says so in the legend, since it hides it."""
+def learning_curves_png(curves: list[tuple[str, list[float | None], list[float]]], path: Path, objective: str) -> Path:
+    """Training loss and the validation ``objective`` (as shown) per epoch (from 0), one line per
+    (name, losses, values), each with its own marker; a curve equal to an earlier one says so in the
+    legend, since it hides it."""
     figure = new_figure(12, 4)
-    loss_ax, f1_ax = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    loss_ax, value_ax = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     drawn: dict[tuple, str] = {}
-    for k, (label, losses, f1s) in enumerate(curves):
-        same = drawn.get((tuple(losses), tuple(f1s)))
-        drawn.setdefault((tuple(losses), tuple(f1s)), label)
+    for k, (label, losses, values) in enumerate(curves):
+        same = drawn.get((tuple(losses), tuple(values)))
+        drawn.setdefault((tuple(losses), tuple(values)), label)
         style = {"marker": MARKERS[k % len(MARKERS)], "markersize": 7 - k % 3, "alpha": 0.85}
         shown = f"{label} (same as {same})" if same else label
         if any(v is not None for v in losses):
             loss_ax.plot(range(len(losses)), [np.nan if v is None else v for v in losses], label=shown, **style)
-        f1_ax.plot(range(len(f1s)), f1s, label=shown, **style)
-    for ax, what in ((loss_ax, "training loss"), (f1_ax, "validation macro-F1")):
+        value_ax.plot(range(len(values)), values, label=shown, **style)
+    for ax, what in ((loss_ax, "training loss"), (value_ax, f"validation {objective}")):
         ax.set_xlabel("epoch (from 0)")
         ax.set_ylabel(what)
         ax.set_title(f"{what} per epoch, top trials")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    if f1_ax.lines:  # one legend for both, beside them: inside, it hides the lines it names
-        f1_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="trial, macro-F1")
+    if value_ax.lines:  # one legend for both, beside them: inside, it hides the lines it names
+        value_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title=f"trial, {objective}")
     figure.savefig(path)
     return path

@@ -14,20 +14,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.console import say_data_notes
 from search.pictures import confusion_png, per_class_f1_png
-from search.record import TrialRecord, best, ranked
+from search.record import TrialRecord, best, ranked, shown_as
 from search.report import sections
 from search.report.figures import (
     class_distribution_png,
-    f1_vs_lr_png,
     image_grid_png,
     learning_curves_png,
     predicted_vs_true_png,
     sample_mosaic_png,
+    value_vs_lr_png,
 )
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study import StudySpec, validate_study
 from search.study.inputs import data_facts
-from search.study.recorded import SPEC_ATTR
+from search.study.recorded import SPEC_ATTR, objective
 from training import make_folder
 
 if TYPE_CHECKING:
@@ -49,8 +49,9 @@ def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> 
     say_data_notes(data.notes)
     _data_pictures(data, out)
     trials = study.get_trials(deepcopy=False)
-    f1_vs_lr_png(trials, out / "f1_vs_lr.png")
-    learning_curves_png(_curves(ranked(trials)[:6]), out / "curves.png")
+    label = shown_as(objective(study.user_attrs))
+    value_vs_lr_png(trials, out / "value_vs_lr.png", label)
+    learning_curves_png(_curves(ranked(trials)[:6]), out / "curves.png", label)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     facts = data_facts(study.user_attrs) or data.facts  # as the study's runs found the data
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(study.study_name)}</title>
@@ -60,10 +61,11 @@ def write_report(study: optuna.Study, store: AtomicArtifactStore, out: Path) -> 
 Epochs are counted from 0, as in the live lines, the dashboard and <code>search best</code>.</p>
 <h2>The data</h2>{sections.data_facts(facts)}
 <img src="classes.png" alt="class distribution"><img src="samples.png" alt="samples per class">
-{_best_section(spec, store, trials, data, out)}
-<h2>The search</h2><img src="f1_vs_lr.png" alt="F1 against learning rate"><img src="curves.png" alt="learning curves">
-<h3>Top trials</h3><div class="wide">{sections.top_trials(trials)}</div>
-<h3>Every trial</h3>{sections.every_trial(trials)}
+{_best_section(spec, store, trials, data, out, label)}
+<h2>The search</h2><img src="value_vs_lr.png" alt="{label} against learning rate">
+<img src="curves.png" alt="learning curves">
+<h3>Top trials</h3><div class="wide">{sections.top_trials(trials, label)}</div>
+<h3>Every trial</h3>{sections.every_trial(trials, label)}
 {sections.failed_trials(trials)}
 </body></html>"""
     (out / "index.html").write_text(page)
@@ -71,11 +73,11 @@ Epochs are counted from 0, as in the live lines, the dashboard and <code>search 
 
 
 def _curves(top: list[FrozenTrial]) -> list[tuple[str, list[float | None], list[float]]]:
-    """(label, training loss per epoch, validation macro-F1 per epoch) of each of the ``top`` trials."""
+    """(name, training loss per epoch, the objective per epoch) of each of the ``top`` trials."""
     curves = []
     for t in top:
-        f1s = [t.intermediate_values[step] for step in sorted(t.intermediate_values)]
-        curves.append((f"trial {t.number}, {t.value:.3f}", TrialRecord.of(t).epoch_train_loss or [], f1s))
+        values = [t.intermediate_values[step] for step in sorted(t.intermediate_values)]
+        curves.append((f"trial {t.number}, {t.value:.3f}", TrialRecord.of(t).epoch_train_loss or [], values))
     return curves
 
 
@@ -91,7 +93,7 @@ def _data_pictures(data: PreparedData, out: Path) -> None:
 
 
 def _best_section(spec: StudySpec, store: AtomicArtifactStore, trials: list[FrozenTrial], data: PreparedData,
-                  out: Path) -> str:  # fmt: skip
+                  out: Path, label: str) -> str:  # fmt: skip
     """The best complete trial's scores, pictures and most confused classes; what there is instead
     while no trial has completed (a study still in its first trial, or only pruned and failed ones)."""
     top = best(trials)
@@ -102,7 +104,7 @@ def _best_section(spec: StudySpec, store: AtomicArtifactStore, trials: list[Froz
     per_class_f1_png(kept.per_class_f1, names, out / "per_class_f1.png")
     predicted_vs_true_png(kept.confusion_matrix, names, out / "predicted.png")
     confused = _confused_examples(spec, store, top, data, out)
-    return f"""<h2>The best trial</h2>{sections.best_trial(top, names)}
+    return f"""<h2>The best trial</h2>{sections.best_trial(top, names, label)}
 <img src="predicted.png" alt="true and predicted classes">
 <img src="confusion.png" alt="confusion matrix"><img src="per_class_f1.png" alt="per-class F1">
 <h3>Most confused classes</h3>{confused}"""

@@ -20,12 +20,13 @@ def data_facts(facts: DataFacts) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in facts.lines()) + "</ul>"
 
 
-def best_trial(top: FrozenTrial, class_names: Sequence[str]) -> str:
+def best_trial(top: FrozenTrial, class_names: Sequence[str], label: str) -> str:
     """The best trial's scores: a warning where it learned nothing; for the competition's 18
     classes, each part's macro-F1 and the confusions in the parts' terms."""
     kept = TrialRecord.of(top)
     lines = [
-        f"<p>Best: trial {top.number}, validation macro-F1 {top.value:.4f} (accuracy {four(kept.accuracy)}), "
+        f"<p>Best: trial {top.number}, validation {html.escape(label)} {top.value:.4f} "
+        f"(accuracy {four(kept.accuracy)}), "
         f"at epoch {kept.best_epoch if kept.best_epoch is not None else '?'} (counted from 0).</p>"
     ]
     if collapse := kept.collapse():
@@ -41,11 +42,11 @@ def best_trial(top: FrozenTrial, class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def top_trials(trials: list[FrozenTrial]) -> str:
+def top_trials(trials: list[FrozenTrial], label: str) -> str:
     """The ten best complete trials as a table: metrics, epochs and every parameter."""
     complete = ranked(trials)[:10]
     params = sorted({k for t in complete for k in t.params})
-    head = "".join(f"<th>{html.escape(p)}</th>" for p in ["trial", "macro-F1", "accuracy", "epochs", *params])
+    head = "".join(f"<th>{html.escape(p)}</th>" for p in ["trial", label, "accuracy", "epochs", *params])
     rows = []
     for t in complete:
         kept = TrialRecord.of(t)
@@ -55,11 +56,12 @@ def top_trials(trials: list[FrozenTrial]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def every_trial(trials: list[FrozenTrial], limit: int = 200) -> str:
+def every_trial(trials: list[FrozenTrial], label: str, limit: int = 200) -> str:
     """Each trial's duration, best epoch and how it ended (complete, pruned at epoch k, failed and
     why), the latest ``limit``."""
     shown = [t for t in trials if t.state != TrialState.WAITING][-limit:]
-    head = "<tr><th>trial</th><th>duration</th><th>best epoch</th><th>macro-F1</th><th style='text-align:left'>ended</th></tr>"  # noqa: E501
+    heads = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "duration", "best epoch", label))
+    head = f"<tr>{heads}<th style='text-align:left'>ended</th></tr>"
     rows = []
     for t in shown:
         kept = TrialRecord.of(t)

@@ -115,7 +115,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                 keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
             if done.state == TrialState.FAIL:
                 progress.line(f"trial {done.number} failed: {record.TrialRecord.of(done).failure_reason or 'see log'}")
-            progress.study(study.study_name, trials, options.n_trials)
+            progress.study(study.study_name, trials, options.n_trials, objective.spec.objective)
             outage.over()
         except Exception as error:
             if (cause := storage_failure(error)) is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from search.record import collapse_text, collapsed
+from search.record import collapse_text, collapsed, shown_as
 from search.store import study_id, trial_id
 from search.store.artifacts import AtomicArtifactStore, dashboard_artifact_key, upload
 
@@ -138,10 +138,13 @@ class TrialPictures:
                     artifact_id = self._upload(trial, path)
                     links.append(f"### {title}\n\n![{title}]({get_artifact_path(trial, artifact_id)})")
         worst = sorted(range(len(names)), key=lambda c: best["per_class_f1"][c])[:3]
+        value = f"{shown_as(result.objective)} {result.best_value:.4f}"
+        others = [name for name in ("macro_f1", "accuracy", "balanced_accuracy") if name != result.objective]
         summary = (
-            f"## Trial {trial.number}: macro-F1 {best['macro_f1']:.4f} at epoch {result.best_epoch}\n\n"
-            f"accuracy {best['accuracy']:.4f}, macro precision {best['macro_precision']:.4f}, "
-            f"macro recall {best['macro_recall']:.4f}, {result.epochs_run} epochs"
+            f"## Trial {trial.number}: {value} at epoch {result.best_epoch}\n\n"
+            + "".join(f"{shown_as(name)} {best[name]:.4f}, " for name in others)
+            + f"macro precision {best['macro_precision']:.4f}, macro recall {best['macro_recall']:.4f}, "
+            f"{result.epochs_run} epochs"
             f"{' (pruned)' if result.stopped_early else ''}, "
             f"{result.train_images_per_second:.0f} img/s on {result.device}\n\n"
             "weakest classes: " + ", ".join(f"{names[c]} ({best['per_class_f1'][c]:.2f})" for c in worst)

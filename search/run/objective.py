@@ -1,7 +1,8 @@
 """The trial adapter: sample → training config → ``train`` → record → the outcome to tell.
 
-Pruning is the epoch callback: it reports macro-F1 at step = epoch and asks the pruner. What a
-trial leaves goes into Optuna's own tables (params, user attributes) and artifact store.
+Pruning is the epoch callback: it reports the study's objective at step = epoch and asks the
+pruner. What a trial leaves goes into Optuna's own tables (params, user attributes) and artifact
+store.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class Objective:
         """Train the trial's config, reporting each epoch; record how it ended."""
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
-            trial.report(metrics["macro_f1"], epoch)
-            self.progress.epoch(trial.number, epoch, config.epochs, metrics)
+            trial.report(metrics[config.objective], epoch)
+            self.progress.epoch(trial.number, epoch, config.epochs, metrics, config.objective)
             return epoch >= self.first_prunable_epoch and trial.should_prune()
 
         failure: tuple[str, int | None] | None = None
@@ -98,7 +99,7 @@ class Objective:
         self.pictures.submit(trial, result, draw=not result.stopped_early)
         if result.stopped_early:
             return Outcome(TrialState.PRUNED)
-        return Outcome(TrialState.COMPLETE, float(result.best_metrics["macro_f1"]))
+        return Outcome(TrialState.COMPLETE, result.best_value)
 
 
 def _free_device_memory() -> None:

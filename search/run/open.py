@@ -175,7 +175,7 @@ def create_study(
             load_if_exists=True,
         )
         if study.metric_names is None:  # the dashboard's name for the objective, not "Objective 0"
-            study.set_metric_names(["macro_f1"])
+            study.set_metric_names([spec.objective])
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
     _same_setup(spec, study.user_attrs)

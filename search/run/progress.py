@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from optuna.trial import FrozenTrial
 
 from search.formats import short
-from search.record import best
+from search.record import best, shown_as
 
 
 class Progress:
@@ -49,19 +49,21 @@ class Progress:
         shown = " ".join(f"{k}={short(v)}" for k, v in params.items())
         self._write(f"trial {number} started: {shown}")
 
-    def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
+    def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any], objective: str) -> None:
         self._write(
-            f"trial {number} epoch {epoch} ({epoch + 1} of {epochs}) macro-F1 {metrics['macro_f1']:.4f} "
+            f"trial {number} epoch {epoch} ({epoch + 1} of {epochs}) {shown_as(objective)} {metrics[objective]:.4f} "
             f"loss {metrics['train_loss']:.4f} {metrics['train_images_per_second']:.0f} img/s",
             final=False,
         )
 
-    def study(self, name: str, trials: Sequence[FrozenTrial], n_trials: int) -> None:
+    def study(self, name: str, trials: Sequence[FrozenTrial], n_trials: int, objective: str) -> None:
         """The study's line after a trial: finished of the budget, by state, and the best so far."""
         counts = Counter(t.state.name for t in trials)
         finished = counts["COMPLETE"] + counts["PRUNED"]
         top = best(trials)
-        best_text = f"best macro-F1 {top.value:.4f} (trial {top.number})" if top else "no complete trial yet"
+        best_text = (
+            f"best {shown_as(objective)} {top.value:.4f} (trial {top.number})" if top else "no complete trial yet"
+        )
         self._write(
             f"study {name}: {finished}/{n_trials} finished ({counts['COMPLETE']} complete, "
             f"{counts['PRUNED']} pruned, {counts['FAIL']} failed), {best_text}"

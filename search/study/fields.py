@@ -1,6 +1,7 @@
 """The fields of the training settings a study can search, named by their dotted paths, and the
 columns a trial records their sampled values under (the stable names existing studies use, else
-the path itself)."""
+the path itself). The one translation between the two: ``column`` (path to column), made once per
+parameter when a space is walked, and ``apply`` (column to path), once per trial's config."""
 
 from __future__ import annotations
 

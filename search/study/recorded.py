@@ -9,6 +9,7 @@ from typing import Any
 
 from search.study.fields import MACHINE_SETTINGS
 from search.study.schema import StudySpec
+from training import DEFAULT_OBJECTIVE
 
 SPEC_ATTR = "spec"  # the study user attribute holding the spec it was made with, as JSON
 WARM_START_ATTR = "warm_start"  # the other study and its trials queued first, recorded once they are
@@ -17,11 +18,13 @@ QUEUED_ATTR = "queued"  # the known-good configurations (enqueue) queued so far,
 # What may differ between runs of one study without making their trials incomparable: the study's
 # bookkeeping (the space has its own check, `fit_space`), where a machine keeps its files, and how
 # it trains. Everything else in a study file, but the fields the space samples, decides what a
-# trial's macro-F1 means.
+# trial's value means.
 _RUN_ONLY = (
     "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner",
     "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
 )  # fmt: skip
+# Settings a spec recorded before they existed leaves out, with what its study trained by then.
+ADDED_SINCE: dict[str, Any] = {"objective": DEFAULT_OBJECTIVE}
 
 
 def recorded_spec(spec: StudySpec) -> str:
@@ -35,7 +38,7 @@ def changed_setup(recorded: dict[str, Any], spec: StudySpec) -> list[tuple[str, 
     The fields the space samples are left out (a trial's own value wins), and so are keys the
     recorded spec does not have (written by an earlier version)."""
     skipped = (*_RUN_ONLY, *spec.space.sampled_paths())
-    changes, then = [], _flat(recorded)
+    changes, then = [], {**ADDED_SINCE, **_flat(recorded)}
     for key, value in _flat(spec.model_dump(mode="json")).items():
         before = then.get(key, value)
         if before != value and not any(key == k or key.startswith(f"{k}.") for k in skipped):
@@ -72,3 +75,12 @@ def setup_text(spec_json: str | None, data: str | None = None) -> str | None:
         )
     except (TypeError, ValueError, KeyError):  # none recorded (made by plain Optuna), or in another form
         return None
+
+
+def objective(attrs: dict[str, Any]) -> str:
+    """The metric a study ranks its trials by, from the spec it recorded (``attrs``: its user
+    attributes); the default for a study made before the setting, or by plain Optuna."""
+    try:
+        return json.loads(attrs[SPEC_ATTR]).get("objective", ADDED_SINCE["objective"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return ADDED_SINCE["objective"]

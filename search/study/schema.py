@@ -7,11 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from search.study.fields import apply
 from search.study.space import SearchSpace
-from training import DataConfig, Frozen, ModelConfig, TrainConfig, TrainSettings, check_input_size
+from training import (
+    DEFAULT_OBJECTIVE,
+    DataConfig,
+    Frozen,
+    ModelConfig,
+    TrainConfig,
+    TrainSettings,
+    check_input_size,
+    check_objective,
+)
 
 
 class Component(Frozen):
@@ -46,6 +55,7 @@ class StudySpec(Frozen):
 
     name: str
     seed: int = 0
+    objective: str = DEFAULT_OBJECTIVE  # what the study ranks, prunes and picks by: a name of training.OBJECTIVES
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainSettings = Field(default_factory=TrainSettings)
@@ -57,6 +67,7 @@ class StudySpec(Frozen):
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     warm_start: WarmStart | None = None
     _variables: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the ${VARIABLE} its value came from
+    _objective = field_validator("objective")(check_objective)
 
     def named(self, key: str) -> str:
         """``key`` as its user set it: with the environment variable its value came from, if one did
@@ -75,5 +86,5 @@ class StudySpec(Frozen):
         settings = apply({"train": self.train.model_dump(), "model": self.model.model_dump()}, params)
         return TrainConfig.model_validate(
             {**settings["train"], "model": settings["model"], "data": self.data, "seed": self.seed,
-             "output_dir": output_dir}
+             "objective": self.objective, "output_dir": output_dir}
         )  # fmt: skip

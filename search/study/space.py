@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Discriminator, RootModel, Tag, ValidationError, model_validator
+from pydantic import ConfigDict, Discriminator, PrivateAttr, RootModel, Tag, ValidationError, model_validator
 
 from search.study.fields import (
     BRANCH_FIELDS,
@@ -106,12 +106,14 @@ Entry = Annotated[
 @dataclass(frozen=True)
 class Param:
     """One searched parameter: its column, the field it sets, and what it is sampled from. A
-    choice of a setting by name has ``branches``: the parameters sampled when that name is chosen."""
+    choice of a setting by name has ``branches``: the parameters sampled when that name is chosen.
+    ``key``: the space's entry it comes from, as the study file names it."""
 
     name: str
     path: str
     distribution: Distribution
     branches: Mapping[str, tuple[Param, ...]] = field(default_factory=dict)
+    key: str = ""
 
 
 class SearchSpace(RootModel[dict[str, Entry]]):
@@ -119,6 +121,7 @@ class SearchSpace(RootModel[dict[str, Entry]]):
     (a setting chosen by name). ``check`` says whether the names fit the training settings."""
 
     model_config = ConfigDict(frozen=True)
+    _walked: list[Param] | None = PrivateAttr(default=None)  # ``params``, walked once
 
     @model_validator(mode="before")
     @classmethod
@@ -143,10 +146,13 @@ class SearchSpace(RootModel[dict[str, Entry]]):
         return self.root[key]
 
     def params(self) -> list[Param]:
-        """Every top-level parameter, in the order they are sampled (``FIRST``, then the file's)."""
-        params = [_param(key, entry) for key, entry in self.root.items()]
-        first = {path: place for place, path in enumerate(FIRST)}
-        return sorted(params, key=lambda p: first.get(_section(p.path), len(FIRST)))
+        """Every top-level parameter, in the order they are sampled (``FIRST``, then the file's):
+        each entry's path and column worked out once (``fields.column``), for every later use."""
+        if self._walked is None:
+            params = [_param(key, entry) for key, entry in self.root.items()]
+            first = {path: place for place, path in enumerate(FIRST)}
+            self._walked = sorted(params, key=lambda p: first.get(_section(p.path), len(FIRST)))
+        return self._walked
 
     def every_param(self) -> list[Param]:
         """The top-level parameters and every branch's own (a field may be in several branches)."""
@@ -164,15 +170,13 @@ class SearchSpace(RootModel[dict[str, Entry]]):
 
     def lr_to_find(self) -> Distribution | None:
         """The learning rate's entry where it asks for lr-find (``lr_find``), else None."""
-        entry = next((e for k, e in self.root.items() if resolve(k) == LR_PATH), None)
-        return entry if isinstance(entry, Distribution) and entry.lr_find else None
+        lr = next((p.distribution for p in self.params() if p.path == LR_PATH), None)
+        return lr if lr is not None and lr.lr_find else None
 
     def with_found_lr(self, low: float, high: float) -> SearchSpace:
         """This space with the learning rate searched from ``low`` to ``high`` on a log scale."""
-        root = {
-            k: Distribution(low=low, high=high, log=True) if resolve(k) == LR_PATH else e for k, e in self.root.items()
-        }
-        return SearchSpace.model_validate(root)
+        lr = next(p.key for p in self.params() if p.path == LR_PATH)
+        return SearchSpace.model_validate({**self.root, lr: Distribution(low=low, high=high, log=True)})
 
     def sampled_paths(self) -> set[str]:
         """Every field a trial's sampled value may set."""
@@ -185,13 +189,14 @@ class SearchSpace(RootModel[dict[str, Entry]]):
             return dist.model_copy(update={"choices": orders[name]}) if name in orders else dist
 
         root: dict[str, Any] = {}
-        for key, entry in self.root.items():
-            path = resolve(key)
-            if isinstance(entry, Distribution):
-                root[key] = fit(column(path), entry)
+        for p in self.params():
+            if not p.branches:
+                root[p.key] = fit(p.name, p.distribution)
                 continue
-            names = orders.get(column(path), list(entry))
-            root[key] = {b: {f: fit(column(f"{path}.{f}"), d) for f, d in entry[b].items()} for b in names}
+            names = orders.get(p.name, list(p.branches))
+            root[p.key] = {
+                b: {q.path.rsplit(".", 1)[1]: fit(q.name, q.distribution) for q in p.branches[b]} for b in names
+            }
         return SearchSpace.model_validate(root)
 
     def check(self, *, timm: bool = False) -> None:
@@ -223,14 +228,15 @@ def _section(path: str) -> str:
 
 
 def _param(key: str, entry: Distribution | Branches) -> Param:
+    """The one place a space entry's key becomes its field's path and column (``fields``)."""
     path = resolve(key)
     if isinstance(entry, Distribution):
-        return Param(column(path), path, entry)
+        return Param(column(path), path, entry, key=key)
     branches = {
-        name: tuple(Param(column(f"{path}.{f}"), f"{path}.{f}", dist) for f, dist in fields.items())
+        name: tuple(Param(column(f"{path}.{f}"), f"{path}.{f}", dist, key=key) for f, dist in fields.items())
         for name, fields in entry.items()
     }
-    return Param(column(path), f"{path}.name", Distribution(choices=list(entry)), branches)
+    return Param(column(path), f"{path}.name", Distribution(choices=list(entry)), branches, key=key)
 
 
 def _check_branches(key: str, path: str, branches: Branches, context: dict | None) -> list[str]:

@@ -18,6 +18,7 @@ from search.run.mps import MPS_CONTROL, mps_daemon
 from tests.conftest import tiny_config
 from training.data.loader import DeviceBatchLoader
 from training.device_augment import DeviceAugment
+from training.per_process import forget_all
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -49,11 +50,10 @@ def test_staged_batches_are_the_resident_ones_and_come_from_pinned_buffers():
 
 
 def test_a_trial_trains_from_staged_host_images(monkeypatch):
-    from training.data import loader
     from training.loop import train_epoch
     from training.setup import set_up
 
-    monkeypatch.setattr(loader, "_RESIDENT", {})  # this process's earlier decision, if any
+    forget_all()  # this process's earlier decision, if any
     run = set_up(tiny_config(device="cuda", gpu_images_share=1e-12))  # the images take more than that
     assert run.train_loader.staging is not None and not run.train_loader.resident.is_cuda
     loss, seen, _ = train_epoch(run, 0)

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.data.loader import BatchLoader, DeviceBatchLoader
 from training.device_augment import DeviceAugment, _Parameters, unsupported
+from training.per_process import forget_all
 
 
 @pytest.fixture
@@ -335,7 +336,7 @@ def test_images_that_do_not_fit_on_the_gpu_stay_where_they_are(monkeypatch):
     from training.data import loader
 
     images = np.zeros((4, 8, 8, 3), np.uint8)
-    monkeypatch.setattr(loader, "_RESIDENT", {})
+    forget_all()  # this process's earlier images on the device, as in a new process
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100, 10**9))  # 100 bytes free
     host = loader.resident_images(images, torch.device("cuda"))
     assert host.device.type == "cpu" and host.data_ptr() == images.ctypes.data  # no copy of its own

@@ -16,11 +16,11 @@ from torch import nn
 from tests.conftest import tiny_config
 from training import NonFiniteLossError, SchedulerConfig, SearchServiceError, accelerate, setup, train
 from training.checkpoint import load_checkpoint, read_meta
-from training.data import prepare
 from training.data.loader import BatchLoader
 from training.data.prepare import prepare_data
 from training.loop import accumulation_weights, predict_probs, train_epoch, train_on_all_data, train_one_epoch
 from training.models import create_model
+from training.per_process import forget_all
 from training.schedulers import build_schedule
 from training.setup import InputPipe, build_loaders, set_up
 
@@ -51,7 +51,7 @@ def test_a_class_the_validation_split_lacks_is_noted_with_the_ceiling_it_puts_on
     """Noted on the prepared data, for the run that opens the study to say (once, for its workers too)."""
     data = prepare_data(tiny_config(folder_dataset).data, 0)  # every class validated: nothing noted
     assert not any("validation split has no image" in note for note in data.notes)
-    prepare._PREPARED.clear()  # as a new process: the folder is listed again
+    forget_all()  # as a new process: the folder is listed again
     (folder_dataset / "owl").mkdir()
     (folder_dataset / "fox" / "0.jpg").rename(folder_dataset / "owl" / "0.jpg")  # one image: one side only
     unvalidated, notes = 0, []
@@ -69,7 +69,7 @@ def test_a_class_the_validation_split_lacks_is_noted_with_the_ceiling_it_puts_on
 def test_augmentation_without_a_gpu_counterpart_is_said_once_per_process_naming_what_keeps_it_on_the_cpu(
     folder_dataset, caplog, monkeypatch
 ):
-    monkeypatch.setattr(setup, "_WARNED", set())
+    forget_all()  # no warning said yet
     flip = {"name": "HorizontalFlip", "p": 0.5}
     steps = {"train": [flip, {"name": "GaussNoise"}], "val": [flip]}
     config = tiny_config(folder_dataset, augment=steps)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from training.metrics import classification_metrics
+from training import ConfigError
+from training.metrics import classification_metrics, objective_value
 
 
 def test_metrics_equal_scikit_learn_on_the_same_predictions():
@@ -20,6 +21,9 @@ def test_metrics_equal_scikit_learn_on_the_same_predictions():
     assert m["macro_precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro"))
     assert m["macro_recall"] == pytest.approx(skm.recall_score(labels, pred, average="macro"))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, probs, multi_class="ovr"))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, pred))
+    assert m["weighted_f1"] == pytest.approx(skm.f1_score(labels, pred, average="weighted"))
+    assert m["worst_class_f1"] == pytest.approx(min(skm.f1_score(labels, pred, average=None)))
     assert m["per_class_f1"] == pytest.approx(skm.f1_score(labels, pred, average=None).tolist())
     assert m["confusion_matrix"] == skm.confusion_matrix(labels, pred).tolist()
     assert m["macro_f1"] != pytest.approx(m["accuracy"])  # imbalance: they differ
@@ -31,3 +35,11 @@ def test_a_class_missing_from_validation_keeps_the_shape():
     m = classification_metrics(labels, probs)
     assert len(m["per_class_f1"]) == 3 and np.array(m["confusion_matrix"]).shape == (3, 3)
     assert np.isnan(m["roc_auc"])
+    assert m["worst_class_f1"] == pytest.approx(2 / 3)  # of the two classes with validation images, not the third's 0
+    assert objective_value(m, "macro_f1") == m["macro_f1"]
+    with pytest.raises(
+        ConfigError,
+        match=r"^the objective roc_auc \(one-vs-rest ROC-AUC\) is undefined on this "
+        "validation split: it needs validation images of every class; choose another objective",
+    ):
+        objective_value(m, "roc_auc")  # fmt: skip

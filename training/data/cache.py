@@ -28,8 +28,8 @@ import numpy as np
 
 from training.data.sources import Dataset
 from training.errors import DataError
-from training.memo import Memo
 from training.pause_points import pause_point
+from training.per_process import Memo
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from training.errors import ConfigError
+from training.per_process import Kept
 
 
 class BatchOrder:
@@ -229,7 +230,7 @@ class PinnedStaging:
                 yield self._send(i % 2, host)
 
 
-_RESIDENT: dict[str, tuple[np.ndarray, torch.Tensor]] = {}  # by device: the last images put there
+_RESIDENT: Kept = Kept()  # by device: the last images put there (training/per_process.py)
 
 
 def resident_images(images: np.ndarray, device: torch.device, share_of_free: float = 0.5) -> torch.Tensor:

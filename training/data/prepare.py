@@ -14,7 +14,7 @@ from training.data.facts import DataFacts, decoded_left_out
 from training.data.listing import Dataset
 from training.data.sources import cache_folder, load_source
 from training.data.split import split_train_val, unvalidated_classes
-from training.memo import Memo
+from training.per_process import Memo
 
 
 @dataclass(frozen=True)

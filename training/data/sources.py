@@ -69,7 +69,12 @@ def cache_folder(configured: Path | None) -> Path | None:
     return _writable_or_fallback(default_cache_dir(configured), tempfile.gettempdir())
 
 
-@functools.lru_cache(maxsize=8)
+def forget_cache_folder() -> None:
+    """Forget the cache folder chosen (``training/per_process.py``)."""
+    _writable_or_fallback.cache_clear()
+
+
+@functools.lru_cache(maxsize=8)  # per process: its warning is said once (training/per_process.py)
 def _writable_or_fallback(folder: Path, temporary: str) -> Path | None:
     error = _cannot_write(folder)
     if error is None:

@@ -16,7 +16,7 @@ def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     assert search_here("report", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"]).returncode == 0
     page = (out / "index.html").read_text()
     pictures = re.findall(r'<img src="([^"]+)"', page)
-    expected = {"classes.png", "samples.png", "confusion.png", "per_class_f1.png", "f1_vs_lr.png", "curves.png"}
+    expected = {"classes.png", "samples.png", "confusion.png", "per_class_f1.png", "value_vs_lr.png", "curves.png"}
     assert expected <= set(pictures)
     assert all((out / p).read_bytes().startswith(b"\x89PNG") for p in pictures)
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])

@@ -39,7 +39,7 @@ def test_status_best_and_studies_commands(finished_study):
     best_value = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"]).best_value
     assert studies[0].split()[:3] == ["study", "trials", "best"] and len(studies) == 2
     assert re.fullmatch(
-        rf"lr-sweep +\d+ +{best_value:.4f}  \d{{4}}-\d\d-\d\d \d\d:\d\d  {setup}",
+        rf"lr-sweep +\d+ +{best_value:.4f}  macro-F1 +\d{{4}}-\d\d-\d\d \d\d:\d\d  {setup}",
         studies[1],
     ), studies
 

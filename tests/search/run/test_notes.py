@@ -9,7 +9,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -18,27 +17,29 @@ from optuna_dashboard import get_note
 import search.pictures
 from search.run.notes import TrialPictures
 from search.store import AtomicArtifactStore, open_storage
+from training import TrainResult
 
 NAMES = ["cat", "dog", "fox"]
 
 
-def finished_result() -> SimpleNamespace:
+def finished_result() -> TrainResult:
     best = {
         "macro_f1": 0.61,
         "accuracy": 0.7,
+        "balanced_accuracy": 0.63,
         "macro_precision": 0.6,
         "macro_recall": 0.62,
         "per_class_f1": [0.9, 0.5, 0.43],
         "confusion_matrix": [[9, 1, 0], [2, 5, 3], [1, 3, 3]],
     }
-    return SimpleNamespace(
-        best_metrics=best,
-        class_names=NAMES,
+    return TrainResult(
         best_epoch=2,
-        epochs_run=4,
-        stopped_early=False,
+        best_metrics=best,
+        history=[best] * 4,
         train_images_per_second=812.0,
+        checkpoint=None,
         device="cpu",
+        class_names=tuple(NAMES),
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 from training import DataConfig, DataError
 from training.data import cache as decode_cache
 from training.data.sources import cache_folder, image_folder, load_source
+from training.per_process import forget_all
 
 
 def _count_decodes(monkeypatch):
@@ -41,7 +42,7 @@ def test_decodes_each_file_once_per_process(folder_dataset, monkeypatch):
 def test_persisted_cache_lets_a_new_process_skip_decoding(folder_dataset, tmp_path, monkeypatch):
     data = image_folder(folder_dataset)
     first = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
-    decode_cache._IN_PROCESS.clear()  # as in a new process
+    forget_all()  # as in a new process
     calls = _count_decodes(monkeypatch)
     again = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
     assert calls == []
@@ -78,11 +79,11 @@ def test_a_new_process_maps_the_cache_and_cannot_change_it(folder_dataset, tmp_p
     first = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
     assert isinstance(first.images, np.memmap)  # the decoding worker reads the file too: one copy
     expected = np.array(first.images)
-    decode_cache._IN_PROCESS.clear()
+    forget_all()
     again = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
     assert isinstance(again.images, np.memmap) and again.images.filename == first.images.filename
     again.images[0] = 7  # stays in this process (copy-on-write)
-    decode_cache._IN_PROCESS.clear()
+    forget_all()
     third = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
     assert np.array_equal(third.images, expected)
 
@@ -93,7 +94,7 @@ def test_an_unreadable_cache_is_decoded_again_and_replaced(folder_dataset, tmp_p
     expected, stored = np.array(first.images), first.images.filename
     with open(stored, "r+b") as file:  # a crash or a full disk left it short
         file.truncate(1000)
-    decode_cache._IN_PROCESS.clear()
+    forget_all()
     calls = _count_decodes(monkeypatch)
     again = decode_cache.decode_images(data, (16, 16), cache_dir=tmp_path / "c")
     assert len(calls) == 42 and "ignoring unreadable decode cache" in caplog.text
