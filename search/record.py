@@ -2,7 +2,8 @@
 ranking of a study's complete trials that every command uses.
 
 Each field of ``TrialRecord`` is the trial user attribute of the same name, as the dashboard and
-Optuna's own CLI show them. A field an earlier version did not write reads as None.
+Optuna's own CLI show them. A field an earlier version did not write reads as None (a study made by
+0.1 has no balanced_accuracy, weighted_f1 or worst_class_f1: the fields stay, as every 0.x study's).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.machine import install_missing, require
+from tests.warm import launch, stop_all
 from training import TrainConfig
 from training.per_process import forget_all
 
@@ -25,10 +26,36 @@ from pgbouncer_here import pgbouncer  # noqa: E402
 from postgres_here import PostgresHere, postgres_here  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One thread per test process, and per process a test starts: the suite runs one test process
+    # per core (pyproject.toml), and more threads than cores spin against each other. Set before
+    # the first test module imports torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Debian's programs the tests start, installed where missing (``machine.install_missing``)."""
+    """Debian's programs the tests start, installed where missing (``machine.install_missing``), by
+    the run that starts the test processes, before it starts them."""
+    if hasattr(session.config, "workerinput"):  # a test process of the run: its starter did it
+        return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     install_missing(reporter.write_line if reporter else print)
+
+
+# A test that needs one of these is slow: a finished study, a server, a cluster. The rest of the slow
+# tests say so themselves (``@pytest.mark.slow``): ``pytest -m "not slow"`` leaves them all out.
+SLOW_FIXTURES = {"finished_study", "one_trial_study", "small_study", "competition", "postgres", "postgres_url",
+                 "bouncer_url", "server_of_its_own", "cluster"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_all()  # a failed test's warm ``search`` processes, which would keep the session from ending
 
 
 @pytest.fixture(autouse=True)
@@ -236,14 +263,10 @@ FOUR = {"lr", "scheduler", "loss", "accumulation_steps"}  # what every trial of 
 def search(
     *args: str, env: dict | None = None, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """The real ``search`` command in a process of its own (``python -m search``)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "search", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
+    """The real ``search`` command in a process of its own, started warm (``tests/warm.py``)."""
+    process = launch(*args, env={**os.environ, **(env or {})})
+    out, err = process.communicate(timeout=timeout)
+    result = subprocess.CompletedProcess(["search", *args], process.returncode, out, err)
     if check and result.returncode != 0:
         raise AssertionError(f"search {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result

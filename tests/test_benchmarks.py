@@ -12,6 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+@pytest.mark.slow
 def test_trial_throughput_runs_on_the_cpu_and_prints_every_figure(mps_control):
     # --packed-early: (d)'s processes set up while (a) runs, as on CUDA; --mps: (d) again under the
     # daemon `search run --mps` starts (here the stand-in for nvidia-cuda-mps-control)
@@ -55,6 +56,7 @@ def test_packed_trials_count_only_the_window_where_all_of_them_train():
         common_window_rate([[(0.0, 1.0, 10)], [(2.0, 3.0, 10)]])
 
 
+@pytest.mark.slow
 def test_trial_throughput_runs_only_the_parts_asked_for():
     script = str(BENCHMARKS / "trial_throughput.py")
     run = subprocess.run(
@@ -78,6 +80,7 @@ def test_trial_throughput_runs_only_the_parts_asked_for():
     assert "--cudnn-limit: -1 is negative" in negative.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_packed_process_left_waiting_exits_without_training_when_the_benchmark_goes(tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -96,6 +99,7 @@ def test_a_packed_process_left_waiting_exits_without_training_when_the_benchmark
     assert proc.stdout.read() == ""  # no report: it trained nothing
 
 
+@pytest.mark.slow
 def test_decode_cache_benchmark_compares_the_two_formats_across_processes():
     run = subprocess.run(
         [sys.executable, str(BENCHMARKS / "decode_cache.py"), "--images", "1500", "--size", "64", "64",

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.machine import require
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 INVARIANTS = 14
 
 
+@pytest.mark.slow
 def test_a_short_chaos_run_keeps_every_invariant():
     require("postgresql")
     run = subprocess.run(

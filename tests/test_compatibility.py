@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import search_here
@@ -22,6 +23,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "before-rebuild"
 NAME = "before-rebuild"
 
 
+@pytest.mark.slow
 def test_a_study_made_before_the_rebuild_is_read_exported_and_continued(tmp_path):
     home = tmp_path / "home"
     shutil.copytree(FIXTURE, home, ignore=shutil.ignore_patterns("study.yaml"))

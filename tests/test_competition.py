@@ -66,6 +66,7 @@ def competition(tmp_path_factory):
     return {"root": root, "home": home, "env": env, "broken": broken, "first": first}
 
 
+@pytest.mark.slow
 def test_the_datas_facts_are_shown_for_a_study_read_from_the_cache(competition):
     env, broken = competition["env"], competition["broken"]
     status = search_here("status", "--study", "mask-b", env=env).stdout
@@ -83,6 +84,7 @@ def test_the_datas_facts_are_shown_for_a_study_read_from_the_cache(competition):
         assert re.search(rf"{name} .*\(125 images, 18 classes, 18 people, {val_people} of them for validation", studies)
 
 
+@pytest.mark.slow
 def test_one_epoch_numbering_from_the_live_lines_to_the_report(competition, tmp_path):
     env = competition["env"]
     live = competition["first"].stderr
@@ -107,6 +109,7 @@ def test_one_epoch_numbering_from_the_live_lines_to_the_report(competition, tmp_
     assert f"trained on all the data for epochs 0 to {best_epoch}, its best" in exported.stdout
 
 
+@pytest.mark.slow
 def test_the_report_gives_the_competitions_own_breakdowns(competition, tmp_path):
     out = tmp_path / "report"
     assert search_here("report", "--study", "mask-a", "--out", str(out), env=competition["env"]).returncode == 0

@@ -92,6 +92,7 @@ def cluster(tmp_path):
                 subprocess.run(["kill", pid_file.read_text().strip()], check=False)
 
 
+@pytest.mark.slow
 def test_a_job_array_runs_the_workers_of_one_study_in_postgresql(cluster, tmp_path, postgres_url):
     url, name = postgres_url, f"slurm-{uuid.uuid4().hex[:8]}"
     env = {**cluster, "SEARCH_STORAGE": url, "SEARCH_ARTIFACTS": str(tmp_path / "artifacts"), "STUDY": "lr-sweep",

@@ -207,7 +207,8 @@ def _queue_known_good(spec: StudySpec, study: optuna.Study, options: RunOptions)
             moved = {**params, "lr": moves[params["lr"]]} if params.get("lr") in moves else params
             if params not in queued:
                 if moved not in trained:  # two sets moved onto one are queued once
-                    study.enqueue_trial(moved, skip_if_exists=True)  # skip_if_exists: a study from before this record
+                    # skip_if_exists: a 0.1 study queued its sets before this record (kept until 1.0)
+                    study.enqueue_trial(moved, skip_if_exists=True)
                     said |= {params["lr"]: moved["lr"]} if moved is not params else {}
                 queued.append(params)
             trained.append(moved)

@@ -87,7 +87,8 @@ def data_place(data: DataConfig) -> str:
 
 def check_inputs(study: optuna.Study, inputs: dict[str, Any], where: str, *, record: bool = True) -> None:
     """Refuse (``ConfigError``) a run whose images or weights are not those the study was made on;
-    ``record``: the first run of a study (or of a study made before this check) records its own.
+    ``record``: the first run of a study (or of a 0.1 study made before this check; kept until 1.0,
+    docs/design.md) records its own.
     ``where``: the data's place, for the message. Two runs that record at once on different data:
     the one whose record did not stay refuses."""
     recorded = study.user_attrs.get(INPUTS_ATTR)

@@ -23,7 +23,8 @@ _RUN_ONLY = (
     "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner",
     "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
 )  # fmt: skip
-# Settings a spec recorded before they existed leaves out, with what its study trained by then.
+# Settings a spec recorded before they existed leaves out, with what its study trained by then
+# (``objective``: since 0.2). Read for every 0.x study until 1.0 (docs/design.md).
 ADDED_SINCE: dict[str, Any] = {"objective": DEFAULT_OBJECTIVE}
 
 
@@ -35,8 +36,8 @@ def recorded_spec(spec: StudySpec) -> str:
 def changed_setup(recorded: dict[str, Any], spec: StudySpec) -> list[tuple[str, Any, Any]]:
     """What this run trains differently from the spec the study recorded when it was made, as
     ``(key, then, now)``: the model, the data, the epochs, the fixed training settings, the seed.
-    The fields the space samples are left out (a trial's own value wins), and so are keys the
-    recorded spec does not have (written by an earlier version)."""
+    The fields the space samples are left out (a trial's own value wins). A key the recorded spec
+    does not have (recorded by an earlier 0.x) compares as ``ADDED_SINCE`` says, else not at all."""
     skipped = (*_RUN_ONLY, *spec.space.sampled_paths())
     changes, then = [], {**ADDED_SINCE, **_flat(recorded)}
     for key, value in _flat(spec.model_dump(mode="json")).items():

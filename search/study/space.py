@@ -127,7 +127,8 @@ class SearchSpace(RootModel[dict[str, Entry]]):
     @classmethod
     def _one_entry_per_field(cls, value: Any) -> Any:
         """Nested fields flattened to their paths (``model: {drop_rate: ...}`` is ``model.drop_rate``),
-        and nulls left out (a recorded spec holds ``weight_decay: null`` where it was not searched)."""
+        and nulls left out (a spec recorded by 0.1 holds ``weight_decay: null`` where it was not
+        searched; read until 1.0, docs/design.md)."""
         if not isinstance(value, dict):
             return value
 

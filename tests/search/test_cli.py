@@ -18,6 +18,7 @@ from search.cli import main
 from tests.conftest import search
 
 
+@pytest.mark.slow
 def test_unreachable_database_is_one_line_in_bounded_time(tmp_path):
     started = time.monotonic()
     run = search(
@@ -130,6 +131,7 @@ def test_a_database_error_nothing_waited_for_is_one_line_not_a_traceback(capsys)
     )
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_ends_the_command_quietly(one_trial_study):
     """`search status | head -1`: the rest of the output has nowhere to go; no traceback about it."""
     env = {**os.environ, "SEARCH_HOME": str(one_trial_study)}

@@ -117,6 +117,7 @@ def test_checkpoint_is_safe_self_describing_and_predicts_identically(folder_data
     assert classification_metrics(labels, probs)["macro_f1"] == pytest.approx(result.best_metrics["macro_f1"])
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_in_plain_python_without_this_project(folder_dataset, tmp_path):
     result = train(tiny_config(folder_dataset, epochs=1, output_dir=tmp_path))
     script = f"""
@@ -156,6 +157,7 @@ def test_validation_runs_in_eval_mode_under_inference_mode(folder_dataset):
     assert modes and all(m == (False, True) for m in modes)
 
 
+@pytest.mark.slow
 def test_every_loss_and_scheduler_trains(folder_dataset):
     for loss in ("cross_entropy", "focal", "label_smoothing", "f1"):
         for scheduler in ("step", "cosine", "plateau"):
@@ -246,6 +248,7 @@ def test_albumentations_own_serialised_form_is_accepted(folder_dataset):
     assert torch.equal(images, torch.from_numpy(data.decoded.images[order][:, :, ::-1].copy()))
 
 
+@pytest.mark.slow
 def test_compile_keeps_its_inductor_cache_in_the_shared_cache_folder_unless_the_user_chose_one(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
 

@@ -39,6 +39,7 @@ def test_a_curve_that_rose_four_times_its_lowest_after_it_diverged_where_it_firs
     assert diverged_after(rates, still_falling) is None
 
 
+@pytest.mark.slow
 def test_the_suggested_range_leaves_out_divergent_rates_and_holds_one_that_trains():
     config = tiny_config(epochs=3, batch_size=32)
     test = lr_find(config, 1e-6, 30.0, steps=48)

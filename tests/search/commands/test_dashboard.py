@@ -17,6 +17,7 @@ import pytest
 from search.cli import main
 from tests.conftest import FOUR, TINY, search_here
 from tests.machine import require
+from tests.warm import launch
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -90,6 +91,7 @@ def _chromium() -> str:
     return shutil.which("chromium")
 
 
+@pytest.mark.slow
 def test_study_page_in_a_real_browser_shows_trials_params_and_pictures(small_study, tmp_path):
     chromium = _chromium()
     dashboard = Dashboard(small_study)
@@ -115,14 +117,13 @@ def test_study_page_in_a_real_browser_shows_trials_params_and_pictures(small_stu
         dashboard.stop()
 
 
+@pytest.mark.slow
 def test_dashboard_reading_the_sqlite_file_never_disturbs_a_running_study(small_study, tmp_path):
     home = tmp_path / "live"
     shutil.copytree(small_study, home)
     dashboard = Dashboard(home)
     env = {**os.environ, "SEARCH_HOME": str(home)}
-    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", "--n-trials", "6", *TINY,
-               "--set", "train.epochs=2"]  # fmt: skip
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = launch("run", "--study", "lr-sweep", "--n-trials", "6", *TINY, "--set", "train.epochs=2", env=env)
     reads = 0
     try:
         deadline = time.monotonic() + 240
@@ -137,6 +138,7 @@ def test_dashboard_reading_the_sqlite_file_never_disturbs_a_running_study(small_
     assert "locked" not in err and reads > 10
 
 
+@pytest.mark.slow
 def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatch):
     import socket
 

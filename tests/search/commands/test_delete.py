@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import TINY, optuna_cli, search_here
 
 
+@pytest.mark.slow
 def test_delete_removes_a_study_and_every_file_it_stored_and_nothing_of_another(tmp_path):
     env = {"SEARCH_HOME": str(tmp_path)}
     two = ["--study", "lr-sweep", "--n-trials", "2", *TINY, "--set", "pruner={name: none}", "--set", "enqueue=[]"]

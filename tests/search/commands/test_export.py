@@ -44,6 +44,7 @@ def _plain_timm_predictions(path: Path, images: np.ndarray) -> np.ndarray:
         return model(x).argmax(1).numpy()
 
 
+@pytest.mark.slow
 def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_study, tmp_path, monkeypatch):  # fmt: skip
     from sklearn.metrics import f1_score
 
@@ -63,6 +64,7 @@ def test_export_loads_into_plain_timm_and_predicts_as_the_trial_did(finished_stu
     assert forced.returncode == 0 and read_meta(out)["metrics"] == meta["metrics"]
 
 
+@pytest.mark.slow
 def test_export_all_data_trains_the_best_trials_params_on_every_image_up_to_its_best_epoch(finished_study, tmp_path):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     best, env = study.best_trial, finished_study["env"]
@@ -109,6 +111,7 @@ def test_export_all_data_of_a_trial_without_its_epochs_is_one_error(tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["status", "best", "export", "stop"])
 def test_commands_that_read_the_study_answer_without_importing_torch(finished_study, tmp_path, command):
     """They read the database and copy a file: torch and timm would add seconds to each."""
@@ -122,6 +125,7 @@ def test_commands_that_read_the_study_answer_without_importing_torch(finished_st
     assert "optuna" in imported and "torch" not in imported and "timm" not in imported
 
 
+@pytest.mark.slow
 def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study, tmp_path):
     study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
     best = study.best_trial
@@ -147,6 +151,7 @@ def test_export_retrain_remakes_a_checkpoint_removed_by_retention(finished_study
         aside.rename(stored)
 
 
+@pytest.mark.slow
 def test_export_top_writes_the_best_trials_for_an_ensemble_and_nothing_when_it_refuses(tmp_path):
     env = {"SEARCH_HOME": str(tmp_path / "home")}
     three = ["--study", "lr-sweep", "--n-trials", "3", *TINY, "--set", "pruner={name: none}", "--set", "enqueue=[]"]

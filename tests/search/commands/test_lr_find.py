@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import optuna
+import pytest
 
 from search.lr_find import RECORD_ATTR
 from search.study import load_study
@@ -14,6 +15,7 @@ from tests.conftest import TINY, search_here
 TINY_SET = [arg for arg in TINY if arg != "--quiet"]
 
 
+@pytest.mark.slow
 def test_lr_find_prints_the_range_a_run_can_use_and_draws_it(tmp_path):
     out = search_here("lr-find", "--study", "lr-sweep", *TINY_SET, "--out", str(tmp_path / "plots")).stdout
     found = re.search(r"suggested lr: (\S+) to (\S+) ", out)
@@ -31,6 +33,7 @@ def test_lr_find_prints_the_range_a_run_can_use_and_draws_it(tmp_path):
     assert f"plot: {plot}" in out and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_study_asking_for_lr_find_records_the_range_once_and_every_run_searches_it(tmp_path):
     env = {"SEARCH_HOME": str(tmp_path)}
     args = ["--study", "lr-sweep", *TINY_SET, "--set", "train.epochs=1", "--set", "space.lr={lr_find: true}",

@@ -6,11 +6,13 @@ import re
 import uuid
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import search_here
 
 
+@pytest.mark.slow
 def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     out = tmp_path / "report"
     assert search_here("report", "--study", "lr-sweep", "--out", str(out), env=finished_study["env"]).returncode == 0
@@ -29,6 +31,7 @@ def test_report_is_one_page_with_its_pictures(finished_study, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_report_of_a_study_with_no_complete_trial_yet_shows_what_there_is(finished_study, tmp_path):
     """Asked for early (only pruned or failed trials so far): the page, without a best trial."""
     from optuna.distributions import FloatDistribution

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import optuna
+import pytest
 import timm
 from optuna.trial import TrialState
 from safetensors.torch import load_file, save_file
@@ -63,6 +64,7 @@ def test_retention_keeps_only_the_top_k_checkpoints(finished_study):
     assert not (finished_study["home"] / "work").exists()  # the worker's scratch folder, and its parents, gone
 
 
+@pytest.mark.slow
 def test_plain_optuna_cli_reads_the_study(finished_study):
     trials = json.loads(
         optuna_cli("trials", "--study-name", "lr-sweep", "--storage", finished_study["url"], "-f", "json")
@@ -102,6 +104,7 @@ def test_running_again_with_another_model_data_or_training_is_refused_before_a_t
     assert f"the study has {before} finished trials of the 1 asked for: nothing to run" in again.stderr, again.stderr
 
 
+@pytest.mark.slow
 def test_running_again_on_other_images_or_weights_is_refused_and_the_same_files_elsewhere_are_not(
     tmp_path, folder_dataset
 ):
@@ -156,6 +159,7 @@ def test_running_again_on_other_images_or_weights_is_refused_and_the_same_files_
     assert [t.state for t in optuna.load_study(study_name="lr-sweep", storage=url).trials] == [TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_the_demo_written_by_another_png_encoder_is_the_same_data_and_a_relabelled_one_is_not(tmp_path):
     """Each machine writes the demo's PNG files itself; another OpenCV's encoder gives the same pixels in
     files of other sizes, which must not read as other data when machines share a demo study."""
@@ -192,6 +196,7 @@ def test_the_demo_written_by_another_png_encoder_is_the_same_data_and_a_relabell
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # one per run that was let through
 
 
+@pytest.mark.slow
 def test_running_again_continues_the_same_study(finished_study):
     args = [a if a != "5" else "7" for a in finished_study["args"]]
     reordered = [  # the study file edited: the same choices in another order are the same space

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import TINY, search_here
+from tests.warm import Launched, launch
 from training.checkpoint import read_meta
 
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
@@ -25,18 +25,15 @@ FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
 RUN = ["run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT]
 
 
-def _start(home: Path, *args: str, quiet: bool = True) -> subprocess.Popen:
-    """A worker process, to be killed or interrupted; in a process group of its own, as a command
-    started from a terminal is."""
+def _start(home: Path, *args: str, quiet: bool = True) -> Launched:
+    """A worker process, to be killed or interrupted; in a session of its own, as a command started
+    from a terminal is."""
     env = {**os.environ, "SEARCH_HOME": str(home)}
-    command = [sys.executable, "-m", "search", *(a for a in RUN if quiet or a != "--quiet"), *args]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    return launch(*(a for a in RUN if quiet or a != "--quiet"), *args, env=env, new_session=True)
 
 
 def _wait_mid_training(
-    url: str, process: subprocess.Popen, need_finished: int, need_running: int = 1, limit: float = 120,
+    url: str, process: Launched, need_finished: int, need_running: int = 1, limit: float = 120,
     name: str = "lr-sweep", need_retried: bool = False,
 ) -> None:  # fmt: skip
     """Until ``need_running`` trials are RUNNING with an epoch reported (so inside a later epoch)
@@ -58,6 +55,7 @@ def _wait_mid_training(
     raise AssertionError("no trial reached mid-training in time")
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
@@ -92,6 +90,7 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
             assert read_meta(stored)["metrics"]["macro_f1"] == old.value
 
 
+@pytest.mark.slow
 def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_on(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     args = ["--n-trials", "30", "--workers", "2", "--set", "train.epochs=4", "--set", "pruner={name: none}"]
@@ -114,6 +113,7 @@ def test_stop_lets_the_running_workers_finish_their_trials_and_a_later_run_goes_
     assert len(optuna.load_study(study_name="lr-sweep", storage=url).trials) == len(trials) + 1
 
 
+@pytest.mark.slow
 def test_through_pgbouncer_a_killed_workers_trial_is_retried_and_stop_reaches_every_worker(
     tmp_path, postgres_url, bouncer_url
 ):
@@ -159,6 +159,7 @@ KNOWN = "{lr: 0.01, scheduler: cosine, loss: cross_entropy, accumulation_steps: 
 
 
 # The run after an interruption does not depend on which signal it was: it is checked once.
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code, run_again", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
 def test_interrupted_worker_marks_its_trial_and_the_next_run_continues(tmp_path, signum, code, run_again):
     url = f"sqlite:///{tmp_path}/studies.db"
@@ -199,6 +200,7 @@ def test_interrupted_before_any_trial_ran_says_that_none_was_marked(tmp_path, mo
     assert run.stderr.strip().splitlines() == ["search: interrupted; no trial was running; run again to continue"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how, code",
     [("SIGTERM to the command only, as a scheduler sends it: it passes it on", 143),
@@ -225,6 +227,7 @@ def test_interrupting_a_run_of_several_workers_stops_every_worker_and_marks_thei
     assert len({t.user_attrs["worker"] for t in failed}) == 2
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(tmp_path):
     run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "2", *TINY,
@@ -242,6 +245,7 @@ def test_nan_loss_fails_that_trial_with_reason_and_epoch_and_the_study_goes_on(t
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 2
 
 
+@pytest.mark.slow
 def test_a_configuration_error_inside_a_trial_stops_the_run_at_once(tmp_path):
     run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "5", *TINY,
@@ -283,6 +287,7 @@ def test_weights_that_cannot_be_loaded_are_one_line_before_any_trial(tmp_path, m
     assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/studies.db") == []
 
 
+@pytest.mark.slow
 def test_a_run_asks_the_hub_for_pretrained_weights_once_not_in_every_trial(tmp_path, hub_cache):
     args = ["--n-trials", "2", *TINY, "--set", "train.epochs=1", "--set", "model.pretrained=true"]
     run = search_here("run", "--study", "lr-sweep", *args, env={"SEARCH_HOME": str(tmp_path)})
@@ -302,13 +307,13 @@ def test_a_wrong_data_root_is_said_before_the_hub_is_asked_for_weights(tmp_path,
     assert hub_cache["asked"] == []
 
 
+@pytest.mark.slow
 def test_postgresql_restart_mid_study_costs_at_most_the_running_trial(tmp_path, postgres):
     url = postgres.url
     name = f"restart-{os.getpid()}"
     env = {**os.environ, "SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": url}
-    command = [sys.executable, "-m", "search", "run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, "--n-trials", "4",
-               "--set", f"name={name}", "--set", "train.epochs=8", "--set", "pruner={name: none}"]  # fmt: skip
-    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = launch("run", "--study", "lr-sweep", *TINY, *FAST_HEARTBEAT, "--n-trials", "4", "--set", f"name={name}",
+                    "--set", "train.epochs=8", "--set", "pruner={name: none}", env=env)  # fmt: skip
     storage = optuna.storages.RDBStorage(url)  # one for every look, not a connection each
     try:
         deadline = time.monotonic() + 120
@@ -351,6 +356,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp_path, tiny_disk):
     (tiny_disk / "filler").write_bytes(b"\0" * 200_000)  # leave less room than a checkpoint needs
     env = {"SEARCH_HOME": str(tmp_path), "SEARCH_ARTIFACTS": str(tiny_disk / "artifacts")}
@@ -367,6 +373,7 @@ def test_full_disk_stops_the_run_clearly_and_records_no_truncated_checkpoint(tmp
     assert leftovers == [], leftovers  # temporary files removed
 
 
+@pytest.mark.slow
 def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(tmp_path):
     run = search_here(
         "run", "--study", "lr-sweep", "--n-trials", "20", *TINY, "--set", "space.lr={choices: [1.0e+30]}",
@@ -377,6 +384,7 @@ def test_a_worker_whose_trials_keep_failing_stops_instead_of_burning_the_budget(
     assert len(study.trials) == 5 and all(t.state == TrialState.FAIL for t in study.trials)
 
 
+@pytest.mark.slow
 def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the_worker_goes_on(tmp_path, monkeypatch):
     import weakref
 
@@ -437,6 +445,7 @@ def test_an_interrupted_queued_trial_is_queued_again_three_times_at_most(tmp_pat
     assert study.trials[-1].system_attrs["retry_history"] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_weights_in_the_cache_are_read_at_once_where_the_hub_does_not_answer(tmp_path, hub_cache, monkeypatch):
     """Not offline by the variable, but off the network: the cached file, without the hub's retries."""
     from huggingface_hub import constants
@@ -465,6 +474,7 @@ def test_a_trial_made_after_the_budgets_lock_was_lost_past_the_budget_is_failed_
     assert last.state == TrialState.FAIL and last.user_attrs["failure_reason"] == LOST_LOCK
 
 
+@pytest.mark.slow
 def test_a_lost_trial_fails_saying_why_is_queued_again_and_its_files_go(tmp_path):
     """A trial the database took down, and one whose worker stopped after storing its checkpoint
     and while writing another file: each fails once, saying why, its params queued again without

@@ -81,6 +81,7 @@ def test_workers_under_the_daemon_name_their_gpu_as_its_server_numbers_them():
     assert "CUDA_MPS_PIPE_DIRECTORY" not in worker_environments(2, ["2", "5"])[0]
 
 
+@pytest.mark.slow
 def test_search_run_packs_its_trials_under_a_daemon_started_before_and_stopped_after(
     mps_control, tmp_path, monkeypatch
 ):

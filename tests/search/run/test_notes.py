@@ -54,6 +54,7 @@ def pngs(store: AtomicArtifactStore) -> list[Path]:
     return [p for p in store.base_path.iterdir() if p.read_bytes()[:4] == b"\x89PNG"]
 
 
+@pytest.mark.slow
 def test_pictures_are_drawn_outside_the_worker_process(trials, monkeypatch):
     study, (trial, _), store = trials
 
@@ -76,6 +77,7 @@ def test_pictures_are_drawn_outside_the_worker_process(trials, monkeypatch):
     assert pictures.drawer is None
 
 
+@pytest.mark.slow
 def test_a_drawing_process_that_died_is_replaced_and_the_note_never_lost(trials):
     study, (first, second), store = trials
     pictures = TrialPictures(store)
@@ -89,6 +91,7 @@ def test_a_drawing_process_that_died_is_replaced_and_the_note_never_lost(trials)
     assert get_note(second).count("![") == 2
 
 
+@pytest.mark.slow
 def test_a_failed_drawing_still_leaves_the_note(trials, caplog):
     study, (trial, _), store = trials
     result = finished_result()
@@ -101,6 +104,7 @@ def test_a_failed_drawing_still_leaves_the_note(trials, caplog):
     assert "could not draw trial" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_drawing_process_ends_with_its_worker_however_it_ended():
     worker = subprocess.Popen(
         [

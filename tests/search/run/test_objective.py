@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from search.study import STUDIES_DIR
@@ -15,6 +16,7 @@ from training.checkpoint import read_meta
 LIVE = [arg for arg in TINY if arg != "--quiet"]
 
 
+@pytest.mark.slow
 def test_a_study_ranking_by_balanced_accuracy_ranks_prunes_exports_and_reports_by_it(tmp_path):
     env = {"SEARCH_HOME": str(tmp_path)}
     run = search_here("run", "--study", "lr-sweep", "--n-trials", "3", *LIVE, *MUST_PRUNE,

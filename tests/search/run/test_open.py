@@ -35,6 +35,7 @@ def _open(url: str, name: str, enqueue: list[dict], errors: list[BaseException] 
         storage.engine.dispose()
 
 
+@pytest.mark.slow
 def test_workers_opening_a_study_at_once_queue_each_known_good_configuration_once(monkeypatch, postgres_url):
     name = f"open-{uuid.uuid4().hex[:8]}"
     try:

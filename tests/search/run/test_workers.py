@@ -21,6 +21,7 @@ from tests.conftest import TINY, search, search_here, write_image
 from training.data import prepare
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["writable", "read-only"])
 def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
     broken = folder_dataset / "cat" / "broken.jpg"
@@ -57,6 +58,7 @@ def test_two_workers_share_one_sqlite_file(cache, tmp_path, folder_dataset):
         assert (tmp_path / "tmp" / f"search-cache-{os.getuid()}" / "decoded").is_dir()
 
 
+@pytest.mark.slow
 def test_eight_workers_share_one_study_on_postgresql_through_pgbouncer(tmp_path, postgres_url, bouncer_url):
     url = bouncer_url  # transaction pooling: the budget's lock and heartbeats go through it too
     name = f"pg-{uuid.uuid4().hex[:8]}"
@@ -165,6 +167,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_the_storage_password_is_in_no_workers_command_line_or_environment(tmp_path, postgres_url):
     """The workers get the storage as an object over the fork server's socket: not in their argv,
     not in their environment (nor in the fork server's), though the user gave it in SEARCH_STORAGE."""

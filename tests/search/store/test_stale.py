@@ -7,10 +7,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import optuna
+import pytest
 
 from search.store import _stale, open_storage
 
 
+@pytest.mark.slow
 def test_a_trial_whose_worker_stopped_or_never_sent_a_heartbeat_fails_saying_why_and_is_queued_again(storage_url):
     from search import record
 

@@ -7,6 +7,7 @@ import contextlib
 import uuid
 
 import optuna
+import pytest
 
 from search.store import _internals, _trials, open_storage
 
@@ -41,6 +42,7 @@ def _seen(trials):
     return [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values) for t in trials]
 
 
+@pytest.mark.slow
 def test_finished_trials_are_optunas_own_and_each_is_fetched_once(storage_url, monkeypatch):
     storage = open_storage(storage_url)
     study = optuna.create_study(storage=storage, study_name=f"finished-{uuid.uuid4().hex[:8]}", direction="maximize")

@@ -172,6 +172,7 @@ def test_unknown_study_name_lists_the_known_ones(capsys):
     assert not Path(".search").exists()  # the study file is read before the storage is opened or made
 
 
+@pytest.mark.slow
 def test_the_real_command_prints_no_traceback_and_debug_does(tmp_path):
     path = _write(tmp_path, _set("train.epochs", "many"))
     plain = subprocess.run([sys.executable, "-m", "search", "run", "--study", path], capture_output=True, text=True)

@@ -43,6 +43,7 @@ def test_seeded_samplers_repeat_themselves():
     assert draws(5) == draws(5) != draws(6)
 
 
+@pytest.mark.slow
 def test_tpe_samples_from_the_finished_trials_read_once_per_trial_as_plain_tpe_does(tmp_path, monkeypatch):
     """Each trial's four parameters share one read of the finished trials, and the draws are plain
     TPE's: a running trial (another worker's) is not learned from by either."""

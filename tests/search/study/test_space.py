@@ -21,6 +21,7 @@ from training.checkpoint import read_meta
 WIDER = ["space.model.drop_rate={low: 0.0, high: 0.5}", "space.train.optimizer.weight_decay={low: 0.0, high: 0.1}"]
 
 
+@pytest.mark.slow
 def test_fields_named_by_path_are_trial_params_and_land_in_the_trained_config(tmp_path):
     """Searching a field no code lists: ``model.drop_rate`` and ``train.optimizer.weight_decay`` in
     a study file, the second under its stable column ``weight_decay``."""

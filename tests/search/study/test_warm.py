@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import optuna
+import pytest
 
 from search.record import ranked
 from search.study import load_study
@@ -19,6 +20,7 @@ NARROW = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_study_starts_with_the_best_trials_of_another_put_onto_its_space(finished_study, tmp_path):
     # a copy (its write-ahead log included): the shared study stays as it is
     with (
