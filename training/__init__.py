@@ -62,6 +62,7 @@ _LAZY = {
     "resolve_device": "training.setup",
     "fetch_weights": "training.models",
     "load_checkpoint": "training.checkpoint",
+    "check_defined": "training.metrics",
     "LrFindResult": "training.lr_finder",
     "lr_find": "training.lr_finder",
     "default_bounds": "training.lr_finder",

@@ -28,7 +28,10 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, A
         )
         per_class = skm.f1_score(labels, predicted, labels=classes, average=None, zero_division=0)
         try:
-            auc = float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=classes))
+            if probs.shape[1] == 2:  # scikit-learn's two-class form: the positive class's probability
+                auc = float(skm.roc_auc_score(labels, probs[:, 1]))
+            else:
+                auc = float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=classes))
         except ValueError:  # a class missing from the validation set leaves AUC undefined
             auc = float("nan")
         balanced = float(skm.balanced_accuracy_score(labels, predicted))
@@ -47,13 +50,28 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, A
     }
 
 
+# The objectives that a validation split without an image of some class leaves undefined.
+NEEDS_EVERY_CLASS = ("roc_auc",)
+
+
 def objective_value(metrics: dict[str, Any], objective: str) -> float:
     """The objective's value in an epoch's ``metrics``; a ``ConfigError`` where the validation split
     leaves it undefined, which every trial of the study would meet."""
     value = metrics[objective]
     if not math.isfinite(value):
-        raise ConfigError(
-            f"the objective {objective} ({OBJECTIVES[objective]}) is undefined on this validation split: it needs "
-            "validation images of every class; choose another objective in the study file"
-        )
+        raise ConfigError(_undefined(objective))
     return value
+
+
+def check_defined(objective: str, val_labels: np.ndarray, num_classes: int) -> None:
+    """A ``ConfigError`` before anything trains where the validation split leaves ``objective``
+    undefined: every trial would fail at the end of its first epoch."""
+    if objective in NEEDS_EVERY_CLASS and len(np.unique(val_labels)) < num_classes:
+        raise ConfigError(_undefined(objective))
+
+
+def _undefined(objective: str) -> str:
+    return (
+        f"the objective {objective} ({OBJECTIVES[objective]}) is undefined on this validation split: it needs "
+        "validation images of every class; choose another objective in the study file"
+    )

@@ -55,6 +55,7 @@ class Schedule:
 
     def after_epoch(self, objective: float) -> None:
         """Called once per epoch with the epoch's objective (the plateau schedule, mode max, reads it)."""
+        self.epoch_rates.step()  # nothing to update; torch's schedulers expect their optimizer stepped first
         if isinstance(self.epoch_scheduler, sched.ReduceLROnPlateau):
             self.epoch_scheduler.step(objective)
         else:

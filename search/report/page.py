@@ -62,7 +62,7 @@ Epochs are counted from 0, as in the live lines, the dashboard and <code>search 
 <h2>The data</h2>{sections.data_facts(facts)}
 <img src="classes.png" alt="class distribution"><img src="samples.png" alt="samples per class">
 {_best_section(spec, store, trials, data, out, label)}
-<h2>The search</h2><img src="value_vs_lr.png" alt="{label} against learning rate">
+<h2>The search</h2><img src="value_vs_lr.png" alt="{html.escape(label)} against learning rate">
 <img src="curves.png" alt="learning curves">
 <h3>Top trials</h3><div class="wide">{sections.top_trials(trials, label)}</div>
 <h3>Every trial</h3>{sections.every_trial(trials, label)}

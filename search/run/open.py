@@ -30,7 +30,16 @@ from search.study.samplers import build_sampler
 from search.study.schema import StudySpec
 from search.study.warm import Mapped, map_params
 from search.study.warm import describe as describe_warm_start
-from training import ConfigError, DataError, PreparedData, fetch_weights, load_source, prepare_data, resolve_device
+from training import (
+    ConfigError,
+    DataError,
+    PreparedData,
+    check_defined,
+    fetch_weights,
+    load_source,
+    prepare_data,
+    resolve_device,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress) -> Ope
         raise DataError(str(error).replace("data.root", spec.named("data.root"), 1)) from None
     fetch_weights(spec.model)
     data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
+    check_defined(spec.objective, data.decoded.labels[data.val_idx], data.num_classes)
     found = lr_find.find_for_study(spec, progress.line) if spec.space.lr_to_find() is not None else None
     spec, study = create_study(spec, options, storage, found, warm, progress.line)
     return OpenRun(spec, store, study, data)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Discriminator, PrivateAttr, RootModel, Tag, ValidationError, model_validator
+from pydantic import ConfigDict, Discriminator, RootModel, Tag, ValidationError, model_validator
 
 from search.study.fields import (
     BRANCH_FIELDS,
@@ -121,7 +121,6 @@ class SearchSpace(RootModel[dict[str, Entry]]):
     (a setting chosen by name). ``check`` says whether the names fit the training settings."""
 
     model_config = ConfigDict(frozen=True)
-    _walked: list[Param] | None = PrivateAttr(default=None)  # ``params``, walked once
 
     @model_validator(mode="before")
     @classmethod
@@ -147,13 +146,11 @@ class SearchSpace(RootModel[dict[str, Entry]]):
         return self.root[key]
 
     def params(self) -> list[Param]:
-        """Every top-level parameter, in the order they are sampled (``FIRST``, then the file's):
-        each entry's path and column worked out once (``fields.column``), for every later use."""
-        if self._walked is None:
-            params = [_param(key, entry) for key, entry in self.root.items()]
-            first = {path: place for place, path in enumerate(FIRST)}
-            self._walked = sorted(params, key=lambda p: first.get(_section(p.path), len(FIRST)))
-        return self._walked
+        """Every top-level parameter, in the order they are sampled (``FIRST``, then the file's),
+        each with its path and column (``_param``, the one place an entry's key becomes them)."""
+        params = [_param(key, entry) for key, entry in self.root.items()]
+        first = {path: place for place, path in enumerate(FIRST)}
+        return sorted(params, key=lambda p: first.get(_section(p.path), len(FIRST)))
 
     def every_param(self) -> list[Param]:
         """The top-level parameters and every branch's own (a field may be in several branches)."""

@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics as skm
 
 from training import ConfigError
-from training.metrics import classification_metrics, objective_value
+from training.metrics import check_defined, classification_metrics, objective_value
 
 
 def test_metrics_equal_scikit_learn_on_the_same_predictions():
@@ -43,3 +43,14 @@ def test_a_class_missing_from_validation_keeps_the_shape():
         "validation split: it needs validation images of every class; choose another objective",
     ):
         objective_value(m, "roc_auc")  # fmt: skip
+
+
+def test_two_classes_have_their_roc_auc_and_a_split_missing_a_class_leaves_it_undefined_before_training():
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
+    m = classification_metrics(labels, probs)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, probs[:, 1]))
+    check_defined("roc_auc", labels, 2)  # both classes validated: nothing said
+    with pytest.raises(ConfigError, match=r"^the objective roc_auc \(one-vs-rest ROC-AUC\) is undefined"):
+        check_defined("roc_auc", np.array([0, 0, 1]), 3)
+    check_defined("macro_f1", np.array([0, 0, 1]), 3)  # defined whatever the split holds

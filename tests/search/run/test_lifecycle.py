@@ -29,7 +29,7 @@ def _start(home: Path, *args: str, quiet: bool = True) -> Launched:
     """A worker process, to be killed or interrupted; in a session of its own, as a command started
     from a terminal is."""
     env = {**os.environ, "SEARCH_HOME": str(home)}
-    return launch(*(a for a in RUN if quiet or a != "--quiet"), *args, env=env, new_session=True)
+    return launch(*(a for a in RUN if quiet or a != "--quiet"), *args, env=env)
 
 
 def _wait_mid_training(

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study import STUDIES_DIR
-from tests.conftest import MUST_PRUNE, TINY, search_here
+from search.study import STUDIES_DIR, load_study
+from tests.conftest import MUST_PRUNE, TINY, search_here, write_image
 from training.checkpoint import read_meta
+from training.data.prepare import prepare_data
 
 LIVE = [arg for arg in TINY if arg != "--quiet"]
 
@@ -56,3 +58,20 @@ def test_an_unknown_objective_is_one_line_naming_the_choices(tmp_path):
         f"search: error: {STUDIES_DIR / 'lr-sweep.yaml'} with --set objective: objective = 'f1': unknown objective "
         "'f1', choose from ['accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc', 'weighted_f1', 'worst_class_f1']"
     ]
+
+
+def test_an_objective_the_validation_split_leaves_undefined_is_one_line_before_anything_trains(
+    tmp_path, folder_dataset
+):
+    # a class of one image, on the training side by the seed: one-vs-rest ROC-AUC has no value
+    write_image(folder_dataset / "owl" / "0.png", np.random.default_rng(3), (200, 200, 200))
+    data = f"data={{source: folder, root: {folder_dataset}, image_size: 16}}"
+    config = load_study("lr-sweep", [data]).data.model_copy(update={"cache_dir": tmp_path / "probe"})
+    seed = next(s for s in range(20) if 3 not in (d := prepare_data(config, s)).decoded.labels[d.val_idx])
+    run = search_here("run", "--study", "lr-sweep", *TINY, "--set", data, "--set", f"seed={seed}",
+                      "--set", "objective=roc_auc", env={"SEARCH_HOME": str(tmp_path)})  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1] == (
+        "search: error: the objective roc_auc (one-vs-rest ROC-AUC) is undefined on this validation split: it "
+        "needs validation images of every class; choose another objective in the study file"
+    )
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/studies.db") == []  # no study made, no trial run
