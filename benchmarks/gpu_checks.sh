@@ -26,7 +26,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 # 1: (a)-(d) at the competition's sizes, start-up, the short study, and the whole run timed (< 300 s)
 step 1 throughput 330 "$python" benchmarks/trial_throughput.py --gpu
 # 2: what only a GPU shows: staged batches, host-resident images, a real out-of-memory, MPS clients
-step 2 cuda-tests 120 "$python" -m pytest -q -p no:cacheprovider tests/training/test_cuda.py
+#    (one test at a time, on the one GPU; nothing installed: the machine has no package registry)
+step 2 cuda-tests 120 env SEARCH_TESTS_INSTALL=0 "$python" -m pytest -q -p no:cacheprovider -n 0 tests/training/test_cuda.py
 # 3: the study's own batch, where packing has room: (c) and (d) under `search run --mps`'s daemon,
 #    and (c) with its steps replayed as CUDA graphs (train.cuda_graphs), the other way to fill the GPU
 step 3 batch64-packed 180 "$python" benchmarks/trial_throughput.py --gpu --batch 64 --mps --cuda-graphs --only c,d

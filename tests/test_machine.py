@@ -29,6 +29,7 @@ def fake_apt(tmp_path, monkeypatch):
 
 def test_as_root_the_missing_packages_are_installed_with_apt_get(fake_apt, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("SEARCH_TESTS_INSTALL", raising=False)
     said: list[str] = []
     machine.install_missing(said.append)
     assert fake_apt.read_text().splitlines() == ["update -qq", "install -y -qq no-such-package"]
@@ -37,8 +38,11 @@ def test_as_root_the_missing_packages_are_installed_with_apt_get(fake_apt, monke
     ]
 
 
-def test_without_root_one_line_says_what_to_install_and_nothing_is_run(fake_apt, monkeypatch):
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+@pytest.mark.parametrize("user", ["not root", "root, told not to install"])
+def test_without_root_one_line_says_what_to_install_and_nothing_is_run(fake_apt, monkeypatch, user):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000 if user == "not root" else 0)
+    if user != "not root":
+        monkeypatch.setenv("SEARCH_TESTS_INSTALL", "0")  # a machine without a package registry
     said: list[str] = []
     machine.install_missing(said.append)
     assert not fake_apt.exists()
