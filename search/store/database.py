@@ -126,8 +126,9 @@ def restarting(error: BaseException | None) -> bool:
     return False
 
 
-# What the server answers a worker that makes Optuna's tables while another one does: they are there.
-MADE_AT_ONCE = ("already exists", "duplicate key value violates unique constraint")
+# What the database answers a worker that makes Optuna's tables while another one does: they are
+# there (PostgreSQL's words, then SQLite's).
+MADE_AT_ONCE = ("already exists", "duplicate key value violates unique constraint", "UNIQUE constraint failed")
 
 
 def open_storage(

@@ -129,6 +129,26 @@ def test_a_starting_worker_waits_for_a_restarting_server_and_opens_again_after_a
     assert len(lines) == said and not refusals
 
 
+def test_workers_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path):
+    """SQLite refuses all but one of the workers that make Optuna's tables at once (``UNIQUE
+    constraint failed: alembic_version.version_num``): the others open the file again."""
+    url, start, errors = f"sqlite:///{tmp_path}/new.db", threading.Barrier(8), []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            open_storage(url).engine.dispose()
+        except StorageError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+
+
 def test_a_wrong_password_is_not_waited_for(monkeypatch):
     from search.store import database
 
