@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -44,14 +45,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # A test that needs one of these is slow: a finished study, a server, a cluster. The rest of the slow
 # tests say so themselves (``@pytest.mark.slow``): ``pytest -m "not slow"`` leaves them all out.
-SLOW_FIXTURES = {"finished_study", "one_trial_study", "small_study", "competition", "postgres", "postgres_url",
-                 "bouncer_url", "server_of_its_own", "cluster"}  # fmt: skip
+SLOW_FIXTURES = {"finished_study", "own_finished_study", "one_trial_study", "small_study", "competition", "postgres",
+                 "postgres_url", "bouncer_url", "server_of_its_own", "cluster"}  # fmt: skip
+
+
+# The files of the longest tests (a minute or more of the short chaos run, the throughput
+# benchmark, Slurm, eight workers): run first, so that the side-by-side run does not end waiting on one.
+LONGEST_FIRST = ("tests/test_chaos.py", "tests/test_benchmarks.py", "tests/test_slurm.py",
+                 "tests/search/run/test_workers.py", "tests/search/run/test_lifecycle.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {path: place for place, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONGEST_FIRST)))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -288,6 +297,16 @@ def finished_study(tmp_path_factory):
     args = ["--study", "lr-sweep", "--n-trials", "5", *TINY, *MUST_PRUNE, "--set", "checkpoints.keep_top_k=1"]
     run = search("run", *args, env=env)
     return {"home": home, "env": env, "args": args, "run": run, "url": f"sqlite:///{home}/studies.db"}
+
+
+@pytest.fixture
+def own_finished_study(finished_study, tmp_path):
+    """A copy of the finished study for a test that adds trials to it: the shared one stays as made,
+    whichever test process runs the tests that read it, and in whatever order."""
+    home = tmp_path / "home"
+    shutil.copytree(finished_study["home"], home)
+    env = {**finished_study["env"], "SEARCH_HOME": str(home)}
+    return {**finished_study, "home": home, "env": env, "url": f"sqlite:///{home}/studies.db"}
 
 
 @pytest.fixture(scope="session")

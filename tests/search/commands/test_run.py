@@ -197,16 +197,16 @@ def test_the_demo_written_by_another_png_encoder_is_the_same_data_and_a_relabell
 
 
 @pytest.mark.slow
-def test_running_again_continues_the_same_study(finished_study):
-    args = [a if a != "5" else "7" for a in finished_study["args"]]
+def test_running_again_continues_the_same_study(own_finished_study):
+    args = [a if a != "5" else "7" for a in own_finished_study["args"]]
     reordered = [  # the study file edited: the same choices in another order are the same space
         "--set", "space.loss={f1: {}, label_smoothing: {smoothing: {low: 0.02, high: 0.2}}, "
                  "focal: {focal_gamma: {low: 0.5, high: 3.0}}, cross_entropy: {}}",
         "--set", "space.accumulation_steps={choices: [8, 4, 2, 1]}",
     ]  # fmt: skip
-    again = search_here("run", *args, *reordered, env=finished_study["env"])
+    again = search_here("run", *args, *reordered, env=own_finished_study["env"])
     assert again.returncode == 0, again.stderr[-2000:]
-    study = optuna.load_study(study_name="lr-sweep", storage=finished_study["url"])
+    study = optuna.load_study(study_name="lr-sweep", storage=own_finished_study["url"])
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 7 and len({t.number for t in study.trials}) == len(study.trials)
     # enqueued configurations are not queued a second time
