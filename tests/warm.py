@@ -101,10 +101,10 @@ class Launched:
             os.kill(self.pid, signum)
 
     def kill(self) -> None:
-        self.send_signal(9)
+        self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        self.send_signal(15)
+        self.send_signal(signal.SIGTERM)
 
     def kill_group(self) -> None:
         """It and every process it started (its workers, its fork server, its drawing process)."""
