@@ -166,6 +166,27 @@ def competition_root(tmp_path: Path) -> Path:
     return root
 
 
+STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
+
+
+def write_competition(root: Path, people: int = 18, seed: int = 3) -> Path:
+    """A competition-layout training folder with its train.csv: ``people`` people with seven images
+    each (18 give every class people), macOS litter, and person 2's mask2.jpg truncated."""
+    rng = np.random.default_rng(seed)
+    rows = ["id,gender,race,age,path"]
+    for i in range(people):
+        gender, age = ("male", "female")[i % 2], (22, 45, 71)[i // 2 % 3]
+        folder = f"{i:06d}_{gender}_Asian_{age}"
+        rows.append(f"{i:06d},{gender},Asian,{age},{folder}")
+        for k, stem in enumerate(STEMS):
+            write_image(root / "images" / folder / f"{stem}.jpg", rng, (40 * k % 255, 60 + 90 * (i % 2), age * 3))
+        (root / "images" / folder / "._mask1.jpg").write_bytes(b"resource fork")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    broken = root / "images" / "000002_male_Asian_45" / "mask2.jpg"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    return root
+
+
 def tiny_config(root: Path | None = None, **overrides) -> TrainConfig:
     """A config that trains in seconds on the CPU: tiny timm model, small images."""
     data = {"source": "folder", "root": root, "image_size": 16} if root else {"source": "demo", "image_size": 16}

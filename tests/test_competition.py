@@ -9,20 +9,18 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
 from search.report.parts import confused_parts, part_scores
-from tests.conftest import search_here, write_image
+from tests.conftest import search_here, write_competition
 from training import TrainResult, competition_class_names
 from training.data import cache as decode_cache
 from training.data import prepare
 from training.per_process import forget_all
 
-STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
 RUN = [
     "run", "--study", "mask-lr-sweep", "--n-trials", "2",
     "--set", "model.name=test_resnet", "--set", "model.pretrained=false", "--set", "data.image_size=16",
@@ -36,19 +34,8 @@ RUN = [
 def competition(tmp_path_factory):
     """18 people with seven images each (every class has people), a train.csv, a truncated image and
     macOS litter; two studies on it, the second decoded from the cache alone."""
-    root = tmp_path_factory.mktemp("mask") / "train"
-    rng = np.random.default_rng(3)
-    rows = ["id,gender,race,age,path"]
-    for i in range(18):
-        gender, age = ("male", "female")[i % 2], (22, 45, 71)[i // 2 % 3]
-        folder = f"{i:06d}_{gender}_Asian_{age}"
-        rows.append(f"{i:06d},{gender},Asian,{age},{folder}")
-        for k, stem in enumerate(STEMS):
-            write_image(root / "images" / folder / f"{stem}.jpg", rng, (40 * k % 255, 60 + 90 * (i % 2), age * 3))
-        (root / "images" / folder / "._mask1.jpg").write_bytes(b"resource fork")
-    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    root = write_competition(tmp_path_factory.mktemp("mask") / "train")
     broken = root / "images" / "000002_male_Asian_45" / "mask2.jpg"
-    broken.write_bytes(broken.read_bytes()[:40])  # truncated
     home = tmp_path_factory.mktemp("home")
     env = {"SEARCH_HOME": str(home), "MASK_DATA": str(root)}
     first = search_here(*RUN, "--set", "name=mask-a", env=env)

@@ -63,6 +63,7 @@ _LAZY = {
     "fetch_weights": "training.models",
     "load_checkpoint": "training.checkpoint",
     "check_defined": "training.metrics",
+    "classification_metrics": "training.metrics",
     "LrFindResult": "training.lr_finder",
     "lr_find": "training.lr_finder",
     "default_bounds": "training.lr_finder",

@@ -2,7 +2,20 @@
 options it shares with others), ``EXAMPLES``, ``add_arguments(parser)`` and ``take_action(args)``,
 which returns the exit code. Each module imports what it runs only when it runs."""
 
-from search.commands import best, dashboard, delete, export, lr_find, predict, report, run, status, stop, studies
+from search.commands import (
+    best,
+    dashboard,
+    delete,
+    export,
+    lr_find,
+    notebook,
+    predict,
+    report,
+    run,
+    status,
+    stop,
+    studies,
+)
 
 # In the order ``search`` lists them: a study's life, from running it to deleting it.
 COMMANDS = {
@@ -14,6 +27,7 @@ COMMANDS = {
     "studies": studies,
     "export": export,
     "report": report,
+    "notebook": notebook,
     "dashboard": dashboard,
     "predict": predict,
     "delete": delete,

@@ -30,15 +30,19 @@ def class_distribution_png(train_counts: np.ndarray, val_counts: np.ndarray, nam
     return path
 
 
-def image_grid_png(rows: list[tuple[str, np.ndarray]], path: Path, per_row: int = 8) -> Path:
-    """One row per (title, images[k, H, W, 3]) pair."""
-    figure = new_figure(1.2 * per_row + 2.0, 1.3 * len(rows) + 0.4)
+def image_grid_png(
+    rows: list[tuple[str, np.ndarray]], path: Path, per_row: int = 8, captions: list[list[str]] | None = None
+) -> Path:
+    """One row per (title, images[k, H, W, 3]) pair; ``captions``: a line under each image, row by row."""
+    figure = new_figure(1.2 * per_row + 2.0, (1.3 if captions is None else 1.6) * len(rows) + 0.4)
     for r, (title, images) in enumerate(rows):
         for c in range(per_row):
             ax = figure.add_subplot(len(rows), per_row, r * per_row + c + 1)
             ax.axis("off")
             if c < len(images):
                 ax.imshow(images[c])
+                if captions is not None:
+                    ax.text(0.5, -0.04, captions[r][c], fontsize=7, ha="center", va="top", transform=ax.transAxes)
             if c == 0:
                 ax.set_title(title, fontsize=8, loc="left")
     figure.savefig(path)
