@@ -336,7 +336,7 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     calls: list[tuple[str, int, int, float]] = []  # (train / val, epoch, images, seconds) per call
-    real_train, real_eval = loop.train_one_epoch, loop.evaluate
+    real_train, real_eval = loop.train_one_epoch, loop.validate
 
     def timed(kind: str, function):
         def wrapper(*args, **kwargs):
@@ -356,7 +356,7 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
 
     overrides = mask_overrides(size, root, home) + [f"train.epochs={size['epochs']}", "enqueue=[]"]
     spec = load_study("mask-lr-sweep", overrides)
-    loop.train_one_epoch, loop.evaluate = timed("train", real_train), timed("val", real_eval)
+    loop.train_one_epoch, loop.validate = timed("train", real_train), timed("val", real_eval)
     try:
         options = RunOptions(storage_url=f"sqlite:///{home}/s.db", artifacts=home / "artifacts",
                              n_trials=size["trials"], timeout=None, quiet=True)  # fmt: skip
@@ -364,7 +364,7 @@ def short_study(size: dict, root: Path, home: Path) -> dict:
         study = run_here(spec, options)
         rest = time.perf_counter() - study_started
     finally:
-        loop.train_one_epoch, loop.evaluate = real_train, real_eval
+        loop.train_one_epoch, loop.validate = real_train, real_eval
     states = [t.state.name for t in study.trials]
     train = [(epoch, images, seconds) for kind, epoch, images, seconds in calls if kind == "train"]
     first, later = [c for c in train if c[0] == 0], [c for c in train if c[0] > 0]

@@ -93,6 +93,8 @@ class DataConfig(Frozen):
     root: Path | None = None  # folder / competition root; csv: the CSV file
     image_size: tuple[int, int] = (32, 32)  # (height, width) every image is resized to once
     val_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    # 1: one split by val_ratio. K >= 2: K-fold cross-validation, grouped by person, every image validated once
+    folds: int = Field(1, ge=1)
     age_bounds: tuple[int, int] = (30, 60)  # competition: age < 30 → 0, < 60 → 1, else 2
     cache_dir: Path | None = None  # persist decoded images here, keyed by source and size
     demo_imbalance: float = Field(12.0, ge=1.0)  # demo: largest class / smallest class

@@ -43,6 +43,13 @@ class TrainResult:
     class_names: tuple[str, ...] = ()
     stopped_early: bool = False
     objective: str = DEFAULT_OBJECTIVE  # the metric that picked the best epoch
+    # cross-validated (``data.folds``): each fold's objective, its model, and the pooled out-of-fold
+    # class probabilities, a row per image (NaN where a stopped run left it unvalidated)
+    fold_values: list[float] = field(default_factory=list)
+    fold_checkpoints: list[Path] = field(default_factory=list)
+    out_of_fold: np.ndarray | None = None
+    labels: np.ndarray | None = None  # the true class of each row of out_of_fold
+    validated_in: np.ndarray | None = None  # the fold that validated each row (-1: none)
     epochs_run: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -127,8 +134,13 @@ def predict_probs(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> tup
 
 
 def evaluate(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> dict[str, Any]:
+    return validate(model, loader, pipe)[0]
+
+
+def validate(model: nn.Module, loader: BatchLoader, pipe: InputPipe) -> tuple[dict[str, Any], np.ndarray]:
+    """The validation metrics, and the class probabilities they were computed from."""
     probs, labels = predict_probs(model, loader, pipe)
-    return classification_metrics(labels, probs)
+    return classification_metrics(labels, probs), probs
 
 
 def train_on_all_data(config: TrainConfig, validation_values: Sequence[float], out: Path) -> Path:
@@ -148,48 +160,66 @@ def train_on_all_data(config: TrainConfig, validation_values: Sequence[float], o
     return save_checkpoint(out, run.model, meta)
 
 
-def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
-    """Train one model as configured; ``on_epoch_end(epoch, metrics)`` returning True stops early."""
-    run = set_up(config)
-    model, data, schedule = run.model, run.data, run.schedule
-    checkpoint_path = Path(config.output_dir) / "best.safetensors" if config.output_dir else None
+@dataclass
+class Fitted:
+    """What the epochs of one split left: every epoch's metrics, the chosen epoch's metrics and
+    validation probabilities, whether the caller stopped it, and the training throughput."""
 
+    history: list[dict[str, Any]]
+    epoch: int
+    metrics: dict[str, Any]
+    probs: np.ndarray | None
+    stopped: bool  # before its last epoch
+    images_per_second: float
+    asked_to_stop: bool = False  # on_epoch_end returned True, at any epoch
+
+
+def fit(run: Training, on_epoch_end: EpochCallback | None, checkpoint: Path | None, *, last: bool = False) -> Fitted:
+    """Train ``run`` epoch by epoch, validating after each; ``on_epoch_end`` returning True stops it.
+    The chosen epoch is the best by the objective, or with ``last`` the last one trained; its
+    weights go to ``checkpoint`` (when given)."""
+    config, schedule = run.config, run.schedule
     history: list[dict[str, Any]] = []
-    best_epoch, best_metrics, best_value = -1, {}, -math.inf
-    images_seen, train_seconds = 0, 0.0
-    stopped = False
+    chosen = Fitted(history, -1, {}, None, False, 0.0)
+    best_value, images_seen, train_seconds = -math.inf, 0, 0.0
     for epoch in range(config.epochs):
         lr = schedule.lr()
         loss, seen, seconds = train_epoch(run, epoch)
         images_seen, train_seconds = images_seen + seen, train_seconds + seconds
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "lr": lr,
-            "train_images_per_second": seen / seconds if seconds else float("inf"),
-            # Eager even when compiled: validation without grad, and its short last batch, would each
-            # be one more graph to compile per trial, for a few batches per epoch.
-            **evaluate(model, run.val_loader, run.pipe),
-        }
+        # Eager even when compiled: validation without grad, and its short last batch, would each
+        # be one more graph to compile per trial, for a few batches per epoch.
+        scores, probs = validate(run.model, run.val_loader, run.pipe)
+        metrics = {"epoch": epoch, "train_loss": loss, "lr": lr,
+                   "train_images_per_second": seen / seconds if seconds else float("inf"), **scores}  # fmt: skip
         history.append(metrics)
         value = objective_value(metrics, config.objective)
-        if value > best_value:
-            best_epoch, best_metrics, best_value = epoch, metrics, value
-            if checkpoint_path is not None:
-                meta = checkpoint_meta(config, data.decoded.class_names, run.norm, epoch, metrics)
-                save_checkpoint(checkpoint_path, model, meta)
+        stop = on_epoch_end is not None and bool(on_epoch_end(epoch, metrics))
+        if value > best_value or (last and (stop or epoch == config.epochs - 1)):
+            best_value, chosen.epoch, chosen.metrics, chosen.probs = value, epoch, metrics, probs
+            if checkpoint is not None:
+                meta = checkpoint_meta(config, run.data.decoded.class_names, run.norm, epoch, metrics)
+                save_checkpoint(checkpoint, run.model, meta)
         schedule.after_epoch(value)
-        if on_epoch_end is not None and on_epoch_end(epoch, metrics):
-            stopped = epoch < config.epochs - 1
+        if stop:
+            chosen.stopped, chosen.asked_to_stop = epoch < config.epochs - 1, True
             break
+    chosen.images_per_second = images_seen / train_seconds if train_seconds else 0.0
+    return chosen
+
+
+def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train one model as configured; ``on_epoch_end(epoch, metrics)`` returning True stops early."""
+    run = set_up(config)
+    checkpoint_path = Path(config.output_dir) / "best.safetensors" if config.output_dir else None
+    fitted = fit(run, on_epoch_end, checkpoint_path)
     return TrainResult(
-        best_epoch=best_epoch,
-        best_metrics=best_metrics,
-        history=history,
-        train_images_per_second=images_seen / train_seconds if train_seconds else 0.0,
+        best_epoch=fitted.epoch,
+        best_metrics=fitted.metrics,
+        history=fitted.history,
+        train_images_per_second=fitted.images_per_second,
         checkpoint=checkpoint_path,
         device=str(run.device),
-        class_names=data.decoded.class_names,
-        stopped_early=stopped,
+        class_names=run.data.decoded.class_names,
+        stopped_early=fitted.stopped,
         objective=config.objective,
     )

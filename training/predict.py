@@ -28,9 +28,11 @@ def predict_files(
     flip_tta: bool = False,
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Class probabilities (N, C) for image files, averaged over the checkpoints (an ensemble), and
-    their headers. Checkpoints of other classes than the first's are refused before any predicts.
+    """Class probabilities (N, C) for image files, averaged over the checkpoints (an ensemble; by
+    ``weights`` where given), and their headers. Checkpoints of other classes than the first's are
+    refused before any predicts.
 
     Images are decoded and resized exactly as for training (OpenCV, INTER_AREA, RGB), once per
     batch for each input size among the checkpoints. ``flip_tta`` averages the probabilities of
@@ -42,18 +44,19 @@ def predict_files(
     if where.type == "cuda":
         models = [m.to(memory_format=torch.channels_last) for m in models]
     pipes = [InputPipe(meta["mean"], meta["std"], where) for meta in metas]
+    shares = [w / sum(weights) for w in weights] if weights else [1 / len(models)] * len(models)
     out = []
     with torch.inference_mode(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             decoded: dict[tuple[int, int], torch.Tensor] = {}
             probs = torch.zeros(())
-            for model, meta, pipe in zip(models, metas, pipes):
+            for model, meta, pipe, share in zip(models, metas, pipes, shares):
                 size = tuple(meta["input_size"][1:])
                 if size not in decoded:
                     decoded[size] = _decode(pool, chunk, size)
-                probs = probs + _probabilities(model, pipe(decoded[size]), where, flip_tta=flip_tta)
-            out.append(probs / len(models))
+                probs = probs + share * _probabilities(model, pipe(decoded[size]), where, flip_tta=flip_tta)
+            out.append(probs)
             if progress is not None:
                 progress(len(chunk))
     return torch.cat(out).numpy(), list(metas)

@@ -187,12 +187,15 @@ class Training:
     schedule: Schedule
 
 
-def set_up(config: TrainConfig, *, all_data: bool = False) -> Training:
+def set_up(config: TrainConfig, *, all_data: bool = False, fold: int | None = None) -> Training:
     """A run ready for its first epoch: the data decoded (or found in the cache), the model on the
     device (channels_last and cuDNN autotuning on CUDA), compiled or replayed as CUDA graphs if asked.
-    ``all_data``: the validation split trains too."""
+    ``all_data``: the validation split trains too. ``fold``: the data split as that fold of the
+    cross-validation (``data.folds``)."""
     device = resolve_device(config.device)
     data = prepare_data(config.data, config.seed)
+    if fold is not None:
+        data = data.fold(fold)
     if all_data:
         data = replace(data, train_idx=np.sort(np.concatenate([data.train_idx, data.val_idx])))
     seed_everything(config.seed)

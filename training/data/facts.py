@@ -43,6 +43,7 @@ class DataFacts:
     train_people: int | None = None
     val_people: int | None = None
     left_out: tuple[LeftOut, ...] = ()
+    folds: int = 1  # K-fold cross-validation: the split above is the first fold's
 
     @classmethod
     def of(
@@ -53,6 +54,7 @@ class DataFacts:
         groups: np.ndarray | None,
         split: tuple[np.ndarray, np.ndarray],
         left_out: list[tuple[str, str]],
+        folds: int = 1,
     ) -> DataFacts:
         """The facts of decoded ``labels`` (and ``groups``), split into (train, validation) indices,
         with what the listing and the decode left out as (kind, path) pairs."""
@@ -69,8 +71,10 @@ class DataFacts:
             class_names=tuple(class_names),
             train_images=len(train),
             val_images=len(val),
-            val_per_class=tuple(np.bincount(labels[val], minlength=len(class_names)).tolist()),
+            # cross-validated, every image is validated once, in its fold
+            val_per_class=tuple(np.bincount(labels if folds > 1 else labels[val], minlength=len(class_names)).tolist()),
             left_out=tuple(kinds),
+            folds=folds,
             **people,
         )
 
@@ -95,7 +99,9 @@ class DataFacts:
     def summary(self) -> str:
         """A few words: '83 images, 18 classes, 12 people, 3 of them for validation, 2 items left out'."""
         text = f"{self.images:,} images, {len(self.class_names)} classes"
-        if self.people is not None:
+        if self.people is not None and self.folds > 1:
+            text += f", {self.people} people, in {self.folds} folds"
+        elif self.people is not None:
             text += f", {self.people} people, {self.val_people} of them for validation"
         skipped = sum(k.count for k in self.left_out)
         return text + (f", {skipped} item{'s' if skipped != 1 else ''} left out" if skipped else "")
@@ -103,10 +109,14 @@ class DataFacts:
     def lines(self) -> list[str]:
         """The facts in full, a line each, as ``search status`` and the report show them."""
         people = f" of {self.train_people} and {self.val_people} people" if self.people is not None else ""
+        split = f"{self.train_images:,} train and {self.val_images:,} validation images{people}"
+        if self.folds > 1:
+            by = "person" if self.people is not None else "image"
+            split = f"{self.folds} folds by {by}, every image validated once; the first: {split}"
         lines = [
             f"data: {self.summary()}, in {self.source}",
-            f"split: {self.train_images:,} train and {self.val_images:,} validation images{people}",
-            "validation images per class: "
+            f"split: {split}",
+            f"validation images per class{' (over the folds)' if self.folds > 1 else ''}: "
             + ", ".join(f"{name} {n}" for name, n in zip(self.class_names, self.val_per_class)),
         ]
         for kind in self.left_out:

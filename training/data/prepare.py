@@ -4,7 +4,7 @@ facts (``DataFacts``: what it holds and what was left out on the way) for the ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -13,23 +13,32 @@ from training.data.cache import DecodedImages, decode_images
 from training.data.facts import DataFacts, decoded_left_out
 from training.data.listing import Dataset
 from training.data.sources import cache_folder, load_source
-from training.data.split import split_train_val, unvalidated_classes
+from training.data.split import fold_splits, split_train_val, unvalidated_classes
 from training.per_process import Memo
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Decoded images and the split, shared by every trial on the same data in this process."""
+    """Decoded images and the split, shared by every trial on the same data in this process. With
+    ``data.folds`` of K >= 2, ``folds`` holds the K (train, validation) pairs and the split is the
+    first fold's; ``fold(k)`` is the data split as fold k (the same decoded images)."""
 
     decoded: DecodedImages
     train_idx: np.ndarray
     val_idx: np.ndarray
     facts: DataFacts
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+
+    def fold(self, k: int) -> PreparedData:
+        train_idx, val_idx = self.folds[k]
+        return replace(self, train_idx=train_idx, val_idx=val_idx)
 
     @property
     def notes(self) -> list[str]:
         """What to warn of: each item left out, and classes without validation images."""
-        unvalidated = unvalidated_classes(self.decoded.labels, self.val_idx, self.decoded.class_names)
+        # cross-validated, every image is validated once: the pooled predictions have every class
+        decoded = self.decoded
+        unvalidated = None if self.folds else unvalidated_classes(decoded.labels, self.val_idx, decoded.class_names)
         return [*self.facts.notes(), *([unvalidated] if unvalidated else [])]
 
     @property
@@ -61,11 +70,19 @@ def prepare_data(
         decoded = decode_images(
             listing, config.image_size, cache_folder(config.cache_dir), config.decode_threads, progress
         )
-        train_idx, val_idx = split_train_val(decoded.labels, decoded.groups, config.val_ratio, seed)
+        labels, groups = decoded.labels, decoded.groups
+        folds = fold_splits(labels, groups, config.folds, seed) if config.folds > 1 else []
+        train_idx, val_idx = folds[0] if folds else split_train_val(labels, groups, config.val_ratio, seed)
         left_out = [*listing.left_out, *decoded_left_out(decoded.skipped)]
         facts = DataFacts.of(
-            listing.source, decoded.class_names, decoded.labels, decoded.groups, (train_idx, val_idx), left_out
+            listing.source,
+            decoded.class_names,
+            decoded.labels,
+            decoded.groups,
+            (train_idx, val_idx),
+            left_out,
+            folds=len(folds) or 1,
         )
-        return PreparedData(decoded, train_idx, val_idx, facts)
+        return PreparedData(decoded, train_idx, val_idx, facts, tuple(folds))
 
     return _PREPARED.get((config.model_dump_json(), seed), prepare)

@@ -47,10 +47,29 @@ def split_train_val(
     return np.sort(train), np.sort(val)
 
 
+def fold_splits(
+    labels: np.ndarray, groups: np.ndarray | None, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` (train, validation) index pairs for cross-validation: every image is validated in
+    exactly one fold, no group (person) has images on both sides of any fold, and each fold keeps
+    every class's share as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``, the
+    splitter of ``split_train_val``). The same seed gives the same folds in the same order."""
+    groups = np.arange(len(labels)) if groups is None else groups
+    found = len(np.unique(groups))
+    if found < folds:
+        unit = "images" if found == len(labels) else "groups (people)"
+        raise DataError(f"data.folds = {folds}, but the data has only {found} {unit}: give at most {found} folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # classes rarer than the fold count: long-tailed data
+        return [(np.sort(train), np.sort(val)) for train, val in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
 def unvalidated_classes(labels: np.ndarray, val_idx: np.ndarray, class_names: Sequence[str]) -> str | None:
     """What to say of the classes the validation split has no image of, or None when it has them all:
-    macro-F1 counts each as 0 in every trial, so it cannot reach 1 (the ranking of trials holds; the
-    figure misleads). Rare classes of few people."""
+    macro-F1 averages over every class, and such a class, never true, scores 0 unless it is never
+    predicted either, so no trial can reach 1 (the ranking of trials holds; the figure misleads).
+    Rare classes of few people."""
     validated = np.bincount(labels[val_idx], minlength=len(class_names))
     missing = [c for c in range(len(class_names)) if not validated[c]]
     if not missing:

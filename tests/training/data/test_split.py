@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from training.data.competition import competition_layout
-from training.data.split import split_train_val
+from training.data.split import fold_splits, split_train_val
 from training.errors import DataError
 
 
@@ -63,3 +63,23 @@ def test_a_split_the_data_cannot_give_says_what_would_do(groups, ratio, message)
         bound = float(message.rsplit(" ", 1)[1])
         train, val = split_train_val(labels, groups, bound, seed=0)
         assert len(train) and len(val)
+
+
+def test_folds_validate_every_image_once_keep_each_person_on_one_side_and_follow_the_seed(competition_root):
+    data = competition_layout(competition_root, (30, 60))
+    folds = fold_splits(data.labels, data.groups, 4, seed=5)
+    assert len(folds) == 4
+    validated = np.concatenate([val for _, val in folds])
+    assert sorted(validated.tolist()) == list(range(len(data.labels)))  # every image exactly once
+    for train, val in folds:
+        assert set(data.groups[train]).isdisjoint(data.groups[val])
+        assert len(train) + len(val) == len(data.labels)
+    again, other = fold_splits(data.labels, data.groups, 4, seed=5), fold_splits(data.labels, data.groups, 4, seed=6)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))  # the same folds, in the same order
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+
+
+def test_more_folds_than_people_says_how_many_there_are():
+    with pytest.raises(DataError) as error:
+        fold_splits(np.tile(np.arange(2), 30), np.repeat(np.arange(3), 20), 5, seed=0)
+    assert "data.folds = 5, but the data has only 3 groups (people): give at most 3 folds" in str(error.value)
