@@ -12,6 +12,7 @@ import json
 import math
 import os
 import socket
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -57,6 +58,11 @@ class TrialRecord:
     train_images_per_second: float | None = None
     device: str | None = None
     checkpoint_artifact: str | None = None  # the artifact id of its best epoch's checkpoint
+    # cross-validated (data.folds): each fold's objective, its fold models' and its pooled
+    # out-of-fold class probabilities' artifact ids
+    fold_values: list[float | None] | None = None
+    fold_checkpoints: list[str] | None = None
+    out_of_fold_artifact: str | None = None
     failure_reason: str | None = None
     failed_epoch: int | None = None
 
@@ -71,9 +77,30 @@ class TrialRecord:
         validation image (``COLLAPSED``, and more than that class's own share): it learned nothing."""
         return collapsed(self.confusion_matrix)
 
+    def stored_files(self) -> list[str]:
+        """The artifact ids of what it stored for hand-over: its checkpoint, its fold models and
+        its out-of-fold probabilities (its pictures are its note's, kept with the study)."""
+        ids = [self.checkpoint_artifact, *(self.fold_checkpoints or ()), self.out_of_fold_artifact]
+        return [i for i in ids if i]
+
     def trained_epochs(self) -> int | None:
-        """How many epochs its config trains, or None where it recorded none."""
-        return json.loads(self.config)["epochs"] if self.config else None
+        """How many epochs its config trains (over every fold, cross-validated), or None where it
+        recorded none."""
+        if not self.config:
+            return None
+        config = json.loads(self.config)
+        return config["epochs"] * config.get("data", {}).get("folds", 1)
+
+    def fold_sd(self) -> float | None:
+        """Cross-validated: the standard deviation of its folds' objective; None otherwise."""
+        values = [v for v in self.fold_values or () if v is not None]
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def spread(self) -> str | None:
+        """Cross-validated: its folds' objective as 'folds 0.612-0.705, sd 0.041'; None otherwise."""
+        values = [v for v in self.fold_values or () if v is not None]
+        sd = self.fold_sd()
+        return None if sd is None else f"folds {min(values):.3f}-{max(values):.3f}, sd {sd:.3f}"
 
 
 COLLAPSED = 0.9  # a model that predicts one class for this share of the images or more
@@ -105,9 +132,24 @@ def write_start(trial: optuna.Trial, config: TrainConfig) -> None:
     set_user_attrs(trial, _attrs(seed=config.seed, worker=worker, config=config_json))
 
 
-def write_result(trial: optuna.Trial, result: TrainResult, checkpoint: str | None = None) -> None:
-    """What a trial records when it trained: ``result_attrs``."""
-    set_user_attrs(trial, result_attrs(result, checkpoint))
+def write_result(
+    trial: optuna.Trial,
+    result: TrainResult,
+    checkpoint: str | None = None,
+    *,
+    fold_checkpoints: list[str] | None = None,
+    out_of_fold: str | None = None,
+) -> None:
+    """What a trial records when it trained: ``result_attrs``, and the artifact ids of what a
+    cross-validated trial stored (its fold models, its out-of-fold probabilities)."""
+    stored = _attrs(fold_checkpoints=fold_checkpoints) if fold_checkpoints else {}
+    stored |= _attrs(out_of_fold_artifact=out_of_fold) if out_of_fold else {}
+    set_user_attrs(trial, result_attrs(result, checkpoint) | stored)
+
+
+def write_fold_values(trial: optuna.Trial, values: list[float]) -> None:
+    """A cross-validated trial's objective on each fold done so far, as it goes."""
+    set_user_attrs(trial, _attrs(fold_values=_json_safe(list(values))))
 
 
 def result_attrs(result: TrainResult, checkpoint: str | None = None) -> dict[str, Any]:
@@ -125,7 +167,8 @@ def result_attrs(result: TrainResult, checkpoint: str | None = None) -> dict[str
         train_images_per_second=round(result.train_images_per_second, 1),
         device=result.device,
     )
-    return attrs | (_attrs(checkpoint_artifact=checkpoint) if checkpoint else {})
+    folds = _attrs(fold_values=_json_safe(result.fold_values)) if result.fold_values else {}
+    return attrs | folds | (_attrs(checkpoint_artifact=checkpoint) if checkpoint else {})
 
 
 def failure_attrs(reason: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from training import ConfigError, SearchServiceError
 def study_artifacts(storage: optuna.storages.BaseStorage, study: optuna.Study, trials: list[FrozenTrial]) -> set[str]:
     """The ids of everything the study stored: checkpoints (recorded on their trials) and the
     pictures of the trials' notes (recorded on the study, where optuna-dashboard looks)."""
-    ids = {kept.checkpoint_artifact for t in trials if (kept := TrialRecord.of(t)).checkpoint_artifact}
+    ids = {artifact_id for t in trials for artifact_id in TrialRecord.of(t).stored_files()}
     ids |= {meta.artifact_id for t in trials for meta in get_all_artifact_meta(t, storage=storage)}
     ids |= {meta.artifact_id for meta in get_all_artifact_meta(study)}
     for key, value in storage.get_study_system_attrs(study_id(study, storage)).items():

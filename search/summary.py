@@ -66,19 +66,24 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
         lines.append("  no complete trial yet")
         return "\n".join(lines)
     best = complete[0]
-    lines.append(f"  best: trial {best.number}, {label} {best.value:.4f}")
+    spread = TrialRecord.of(best).spread()
+    lines.append(f"  best: trial {best.number}, {label} {best.value:.4f}" + (f" ({spread})" if spread else ""))
     lines += _collapsed(complete, facts.class_names if facts else None)
     names = sorted({k for t in complete[:top] for k in t.params})
     widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
     width = max(8, len(label))
     columns = " ".join(f"{n:>{widths[n]}}" for n in names)
-    lines += ["", f"  {'trial':>5} {label:>{width}} {'acc':>6} {'epochs':>6}  {columns}"]
+    folded = any(TrialRecord.of(t).fold_values for t in complete[:top])  # cross-validated: each one's fold sd
+    sd = f" {'fold sd':>7}" if folded else ""
+    lines += ["", f"  {'trial':>5} {label:>{width}}{sd} {'acc':>6} {'epochs':>6}  {columns}"]
     for t in complete[:top]:
         cells = " ".join(f"{short(t.params.get(n)):>{widths[n]}}" for n in names)
         kept = TrialRecord.of(t)
         acc, epochs = kept.accuracy, "-" if kept.epochs_run is None else kept.epochs_run
         shown = "-" if acc is None else format(acc, ".3f")
-        lines.append(f"  {t.number:>5} {t.value:>{width}.4f} {shown:>6} {epochs:>6}  {cells}")
+        sd_text = "-" if (fold_sd := kept.fold_sd()) is None else f"{fold_sd:.3f}"
+        spread = f" {sd_text:>7}" if folded else ""
+        lines.append(f"  {t.number:>5} {t.value:>{width}.4f}{spread} {shown:>6} {epochs:>6}  {cells}")
     mattered = importance(study, label)
     if isinstance(mattered, str):
         lines += ["", f"  parameter importance: {mattered}"]

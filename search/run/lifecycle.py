@@ -212,10 +212,10 @@ def remove_trial_files(study: optuna.Study, failed: FrozenTrial, store: AtomicAr
 
 
 def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:
-    """Checkpoint retention: only the best ``keep`` complete trials keep their checkpoint."""
+    """Checkpoint retention: only the best ``keep`` complete trials keep their checkpoint (their fold
+    models and out-of-fold probabilities, cross-validated)."""
     for old in record.ranked(trials)[keep:]:
-        artifact_id = record.TrialRecord.of(old).checkpoint_artifact
-        if artifact_id:
+        for artifact_id in record.TrialRecord.of(old).stored_files():
             remove(store, artifact_id)
 
 

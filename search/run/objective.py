@@ -11,12 +11,14 @@ import gc
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from search import record
+from search.run.folds import behind_the_best
 from search.run.notes import TrialPictures
 from search.run.progress import Progress
 from search.store import STORAGE_ERRORS, AtomicArtifactStore
@@ -24,7 +26,10 @@ from search.store.artifacts import upload_to_trial
 from search.study.distributions import sample
 from search.study.pruners import first_prunable_step
 from search.study.schema import StudySpec
-from training import ConfigError, DiskError, NonFiniteLossError, TrainConfig, train
+from training import ConfigError, DiskError, NonFiniteLossError, TrainConfig, train, train_folds
+
+if TYPE_CHECKING:
+    from training import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class Objective:
         self.progress = progress
         self.pictures = TrialPictures(store)
         self.first_prunable_epoch = first_prunable_step(spec.pruner)
+        self.steps_per_fold = spec.epochs_per_fold()
 
     def __call__(self, trial: optuna.Trial) -> Outcome:
         params = sample(trial, self.spec.space)
@@ -64,13 +70,21 @@ class Objective:
         """Train the trial's config, reporting each epoch; record how it ended."""
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
-            trial.report(metrics[config.objective], epoch)
+            fold = metrics.get("fold")  # cross-validated: fold k's epochs are steps k × steps_per_fold + epoch
+            trial.report(metrics[config.objective], epoch if fold is None else fold * self.steps_per_fold + epoch)
             self.progress.epoch(trial.number, epoch, config.epochs, metrics, config.objective)
             return epoch >= self.first_prunable_epoch and trial.should_prune()
 
+        def on_fold_end(fold: int, values: list[float]) -> bool:
+            record.write_fold_values(trial, values)
+            return behind_the_best(trial, values, self.spec.fold_pruning)
+
         failure: tuple[str, int | None] | None = None
         try:
-            result = train(config, on_epoch_end)
+            if config.data.folds > 1:
+                result = train_folds(config, on_epoch_end, on_fold_end)
+            else:
+                result = train(config, on_epoch_end)
         except (ConfigError, DiskError) as error:  # the study or the disk is wrong: stop, burn no more trials
             record.write_failure(trial, str(error))
             raise
@@ -88,18 +102,28 @@ class Objective:
         if failure is not None:
             record.write_failure(trial, failure[0], failed_epoch=failure[1])
             return Outcome(TrialState.FAIL)
-        checkpoint = None
-        if not result.stopped_early and result.checkpoint is not None and result.checkpoint.is_file():
-            try:
-                checkpoint = upload_to_trial(self.store, result.checkpoint, trial)
-            except DiskError as error:
-                record.write_failure(trial, str(error), result=result)
-                raise
-        record.write_result(trial, result, checkpoint)
+        try:
+            stored = {} if result.stopped_early else self._store(trial, result, config)
+        except DiskError as error:
+            record.write_failure(trial, str(error), result=result)
+            raise
+        record.write_result(trial, result, **stored)
         self.pictures.submit(trial, result, draw=not result.stopped_early)
         if result.stopped_early:
             return Outcome(TrialState.PRUNED)
         return Outcome(TrialState.COMPLETE, result.best_value)
+
+    def _store(self, trial: optuna.Trial, result: TrainResult, config: TrainConfig) -> dict[str, Any]:
+        """What a complete trial hands over, into the artifact store: its best epoch's checkpoint, or
+        cross-validated, its fold models and its pooled out-of-fold class probabilities."""
+        if result.out_of_fold is not None:
+            probs = Path(config.output_dir) / "out_of_fold.npz"
+            np.savez(probs, probs=result.out_of_fold, labels=result.labels, fold=result.validated_in)
+            folds = [upload_to_trial(self.store, path, trial) for path in result.fold_checkpoints]
+            return {"fold_checkpoints": folds, "out_of_fold": upload_to_trial(self.store, probs, trial)}
+        if result.checkpoint is not None and result.checkpoint.is_file():
+            return {"checkpoint": upload_to_trial(self.store, result.checkpoint, trial)}
+        return {}
 
 
 def _free_device_memory() -> None:

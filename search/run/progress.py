@@ -51,7 +51,8 @@ class Progress:
 
     def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any], objective: str) -> None:
         self._write(
-            f"trial {number} epoch {epoch} ({epoch + 1} of {epochs}) {shown_as(objective)} {metrics[objective]:.4f} "
+            f"trial {number}{_fold(metrics)} epoch {epoch} ({epoch + 1} of {epochs}) {shown_as(objective)} "
+            f"{metrics[objective]:.4f} "
             f"loss {metrics['train_loss']:.4f} {metrics['train_images_per_second']:.0f} img/s",
             final=False,
         )
@@ -68,3 +69,8 @@ class Progress:
             f"study {name}: {finished}/{n_trials} finished ({counts['COMPLETE']} complete, "
             f"{counts['PRUNED']} pruned, {counts['FAIL']} failed), {best_text}"
         )
+
+
+def _fold(metrics: dict[str, Any]) -> str:
+    """' fold k' for an epoch of a cross-validated trial's fold k (from 0, as epochs are counted)."""
+    return f" fold {metrics['fold']}" if metrics.get("fold") is not None else ""

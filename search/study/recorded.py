@@ -20,12 +20,12 @@ QUEUED_ATTR = "queued"  # the known-good configurations (enqueue) queued so far,
 # it trains. Everything else in a study file, but the fields the space samples, decides what a
 # trial's value means.
 _RUN_ONLY = (
-    "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner",
+    "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner", "fold_pruning",
     "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
 )  # fmt: skip
 # Settings a spec recorded before they existed leaves out, with what its study trained by then
-# (``objective``: since 0.2). Read for every 0.x study until 1.0 (docs/design.md).
-ADDED_SINCE: dict[str, Any] = {"objective": DEFAULT_OBJECTIVE}
+# (``objective``: since 0.2; ``data.folds``: since 0.3). Read for every 0.x study until 1.0 (docs/design.md).
+ADDED_SINCE: dict[str, Any] = {"objective": DEFAULT_OBJECTIVE, "data.folds": 1}
 
 
 def recorded_spec(spec: StudySpec) -> str:

@@ -43,6 +43,14 @@ class Retention(Frozen):
     keep_top_k: int = Field(3, ge=1)  # checkpoints kept: the best k complete trials
 
 
+class FoldPruning(Frozen):
+    """Cross-validated studies: a trial stops between folds when a one-sided Wilcoxon signed-rank
+    test says, below ``p_threshold``, that its folds are worse than the best trial's (0: never)."""
+
+    p_threshold: float = Field(0.1, ge=0.0, lt=1.0)
+    min_folds: int = Field(2, ge=1)
+
+
 class WarmStart(Frozen):
     """The best ``top`` complete trials of ``study`` (in the same storage) queued first."""
 
@@ -64,6 +72,7 @@ class StudySpec(Frozen):
     pruner: Component = Field(default_factory=lambda: Component(name="median"))
     budget: Budget = Field(default_factory=Budget)
     checkpoints: Retention = Field(default_factory=Retention)
+    fold_pruning: FoldPruning = Field(default_factory=FoldPruning)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     warm_start: WarmStart | None = None
     _variables: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the ${VARIABLE} its value came from
@@ -74,6 +83,15 @@ class StudySpec(Frozen):
         (``MASK_DATA (data.root)``), for a message to name what the user typed."""
         variable = self._variables.get(key)
         return f"{variable} ({key})" if variable else key
+
+    def epochs_per_fold(self) -> int:
+        """The most epochs a trial of this study trains: cross-validated, fold k's epoch e is the
+        trial's step k × this + e, the same step for every trial (a pruner compares like with like)."""
+        for param in self.space.every_param():
+            if param.path == "train.epochs":
+                found = param.distribution
+                return int(max(found.choices) if found.choices is not None else found.high)
+        return self.train.epochs
 
     @model_validator(mode="after")
     def _input_size_fits_the_model(self, info: ValidationInfo) -> StudySpec:
