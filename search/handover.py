@@ -33,6 +33,8 @@ def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, 
     trial = chosen(study, number)
     if mode is Export.ALL_DATA:
         _complete(trial)
+    elif TrialRecord.of(trial).fold_values is not None:
+        raise SearchServiceError(f"trial {trial.number} {_CROSS_VALIDATED}")
     out = _free(out, force=force)
     validation_values = _values_to_best_epoch(trial) if mode is Export.ALL_DATA else []
     with replacing(out, "checkpoint") as temporary:
@@ -75,6 +77,36 @@ def export_top(study: optuna.Study, store: AtomicArtifactStore, folder: Path, to
     ]
 
 
+_CROSS_VALIDATED = (
+    "is cross-validated: its models are its folds'; pass --folds to write them (search predict averages "
+    "them), or --all-data for one model trained on every image"
+)
+
+
+def export_folds(study: optuna.Study, store: AtomicArtifactStore, folder: Path, *, number: int | None = None,
+                 force: bool = False) -> tuple[FrozenTrial, list[Path]]:  # fmt: skip
+    """A cross-validated trial's fold models (the best trial's by default) as
+    ``folder/trial-<number>-fold-<k>.safetensors``: an ensemble for ``search predict``."""
+    trial = chosen(study, number)
+    ids = TrialRecord.of(trial).fold_checkpoints or []
+    if not ids:
+        why = "is not cross-validated (data.folds)" if TrialRecord.of(trial).fold_values is None else (
+            f"stored no fold models ({_why_missing(trial, store)})")  # fmt: skip
+        raise SearchServiceError(f"trial {trial.number} {why}; export it without --folds")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; --out with --folds is the folder to write the fold models in")
+    outs = [_free(folder / f"trial-{trial.number}-fold-{k}.safetensors", force=force) for k in range(len(ids))]
+    missing = [k for k, artifact_id in enumerate(ids) if not stored(store, artifact_id)]
+    if missing:
+        raise SearchServiceError(f"trial {trial.number}'s fold {missing[0]} model is {not_in_store(store)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for artifact_id, out in zip(ids, outs):
+        with replacing(out, "checkpoint") as temporary:
+            stored(store, artifact_id, copy_to=temporary)
+    return trial, outs
+
+
 def _free(out: Path, *, force: bool) -> Path:
     """``out``, unless a file is there already and ``force`` does not allow replacing it."""
     out = Path(out)
@@ -90,6 +122,8 @@ def _numbers(trials: list[FrozenTrial]) -> str:
 def _why_missing(trial: FrozenTrial, store: AtomicArtifactStore) -> str:
     if trial.state != TrialState.COMPLETE:
         return f"it is {trial.state.name}"
+    if TrialRecord.of(trial).fold_values is not None:
+        return f"it {_CROSS_VALIDATED}"
     if not TrialRecord.of(trial).checkpoint_artifact:
         return "none was written"
     return f"it is {not_in_store(store)}"
@@ -105,15 +139,29 @@ def _complete(trial: FrozenTrial) -> None:
 
 
 def _values_to_best_epoch(trial: FrozenTrial) -> list[float]:
-    """The trial's objective at each epoch up to its best (its reports), which ``--all-data`` trains to."""
-    best_epoch = TrialRecord.of(trial).best_epoch
-    epochs = best_epoch + 1 if best_epoch is not None else 0
+    """The trial's objective at each epoch up to its best (its reports), which ``--all-data`` trains
+    to; cross-validated, each epoch's mean over the folds, to the last epoch (the one each fold kept)."""
+    kept = TrialRecord.of(trial)
+    if kept.fold_values is not None:
+        return _fold_means(trial)
+    epochs = kept.best_epoch + 1 if kept.best_epoch is not None else 0
     validation_values = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
     if not validation_values or None in validation_values:
         raise SearchServiceError(
             f"trial {trial.number} did not record its best epoch and its value at every epoch to it"
         )
     return validation_values
+
+
+def _fold_means(trial: FrozenTrial) -> list[float]:
+    """A complete cross-validated trial's objective at each epoch, averaged over its folds: its
+    reports, in step order, are each fold's epochs in turn."""
+    values = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+    folds = len(TrialRecord.of(trial).fold_values or ())
+    if not folds or len(values) % folds:
+        raise SearchServiceError(f"trial {trial.number} did not record every epoch of each of its folds")
+    epochs = len(values) // folds
+    return [sum(values[k * epochs + e] for k in range(folds)) / folds for e in range(epochs)]
 
 
 def _train_on_all_data(study: optuna.Study, trial: FrozenTrial, validation_values: list[float], target: Path) -> None:

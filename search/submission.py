@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from search.ensemble import MANIFEST, read_manifest
 from training import IMAGE_EXTENSIONS, ConfigError, DataError, replacing
 
 
@@ -61,10 +62,13 @@ def write_predictions(
         rows, fields = [], []
     if not paths:
         raise DataError(f"no images in {images}")
+    checkpoints, weights = ensemble_files(checkpoints)
     ensemble_metas(checkpoints)  # a file that is not a checkpoint: one line, before the progress bar
     # A bar on a terminal; none in a log file (where each redraw would be a line): the closing line says it
     with tqdm(total=len(paths), unit="img", disable=True if quiet else None, desc="predicting") as bar:
-        probs, metas = predict_files(checkpoints, paths, batch_size, flip_tta=flip_tta, progress=bar.update)
+        probs, metas = predict_files(
+            checkpoints, paths, batch_size, flip_tta=flip_tta, progress=bar.update, weights=weights
+        )
     labels = probs.argmax(axis=1)
     names = metas[0]["class_names"]
     with replacing(out, "predictions") as temporary, open(temporary, "w", newline="") as file:
@@ -78,3 +82,21 @@ def write_predictions(
             for path, label, p in zip(paths, labels, probs):
                 writer.writerow([os.path.relpath(path, images), int(label), names[label], *(f"{v:.6f}" for v in p)])
     return len(paths)
+
+
+def ensemble_files(checkpoints: Sequence[Path]) -> tuple[list[Path], list[float] | None]:
+    """The checkpoint files to predict with and their weights: a folder ``search ensemble`` wrote
+    is its fold models by its manifest's weights; a folder ``search export --folds`` wrote, its
+    checkpoints alike; files are averaged alike (no weights)."""
+    folders = [Path(c) for c in checkpoints if Path(c).is_dir()]
+    if not folders:
+        return list(checkpoints), None
+    if len(checkpoints) > 1:
+        raise ConfigError(f"--checkpoint {folders[0]} is a folder of checkpoints: give it alone, or give files")
+    if (folders[0] / MANIFEST).exists():
+        return read_manifest(folders[0])
+    files = sorted(folders[0].glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"--checkpoint {folders[0]} holds no .safetensors file; give search export's or search "
+                          "ensemble's folder, or checkpoint files")  # fmt: skip
+    return files, None

@@ -11,8 +11,8 @@ from search.commands import arguments
 HELP = "write a trial's checkpoint, or the best K's, as files plain timm loads"
 SHARED = ("storage", "artifacts")
 EXAMPLES = """examples:
-  search export --study lr-sweep --out best.safetensors
   search export --study mask-lr-sweep --top 5 --all-data --out final/
+  search export --study mask-cv --folds --out folds/
 """
 
 
@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--all-data", action="store_true",
         help="train the trial's params again on all the data (its validation split too) up to its best epoch",
     )  # fmt: skip
+    how.add_argument(
+        "--folds", action="store_true",
+        help="a cross-validated trial's fold models, into the folder --out (search predict averages them)",
+    )  # fmt: skip
 
 
 def take_action(args: argparse.Namespace) -> int:
@@ -39,6 +43,8 @@ def take_action(args: argparse.Namespace) -> int:
     from search.study.recorded import objective
 
     study, store, out = arguments.open_study(args), arguments.artifact_store(args), Path(args.out)
+    if args.folds:
+        return _export_folds(study, store, out, args)
     mode = Export.ALL_DATA if args.all_data else Export.RETRAIN if args.retrain else Export.STORED
     if args.top is not None:
         exported = export_top(study, store, out, args.top, mode=mode, force=args.force)
@@ -55,4 +61,18 @@ def take_action(args: argparse.Namespace) -> int:
             print(f"trial {trial.number} ({label} {value}) exported to {path}")
     if args.top is not None and len(exported) < args.top:
         print(f"only {len(exported)} complete trial(s) in '{study.study_name}'; all exported", file=sys.stderr)
+    return 0
+
+
+def _export_folds(study, store, out: Path, args: argparse.Namespace) -> int:
+    from search.handover import export_folds
+    from search.record import TrialRecord
+
+    if args.top is not None:
+        print("search export: error: --folds writes one trial's fold models, not with --top (for several "
+              "trials' folds, search ensemble); see search export --help", file=sys.stderr)  # fmt: skip
+        return 2
+    trial, paths = export_folds(study, store, out, number=args.trial, force=args.force)
+    spread = TrialRecord.of(trial).spread()
+    print(f"trial {trial.number}'s {len(paths)} fold models ({spread}) exported to {out}")
     return 0

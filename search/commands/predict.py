@@ -19,7 +19,8 @@ EXAMPLES = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, nargs="+", metavar="FILE",
-        help="a checkpoint written by search export; several: their class probabilities averaged (an ensemble)",
+        help="a checkpoint written by search export; several: their class probabilities averaged (an ensemble); "
+        "a folder written by search ensemble: its fold models, by its weights",
     )  # fmt: skip
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of the images to predict")
     parser.add_argument("--info", metavar="CSV", help="the competition's info.csv (ImageID,ans): fill ans in its order")

@@ -53,7 +53,7 @@ BAD_INPUTS = [
        "no study 'lr-swep' in this storage; did you mean 'lr-sweep'? studies here: ['lr-sweep']")
       for command, more in [("status", []), ("best", []), ("report", ["--out", "r"]),
                             ("export", ["--out", "x.safetensors"]), ("dashboard", []), ("delete", ["--yes"]),
-                            ("stop", [])]],
+                            ("stop", []), ("ensemble", ["--out", "e"]), ("notebook", ["--out", "n.ipynb"])]],
     ("missing trial", ["export", "--study", "lr-sweep", "--trial", "99", "--out", "x.safetensors"], 1,
      "has no trial 99; trials are numbered 0.."),
     ("unknown option", ["run", "--study", "lr-sweep", "--n-trails", "3"], 2, "unrecognized arguments"),
@@ -98,6 +98,12 @@ BAD_INPUTS = [
     ("a split the data cannot give", ["run", "--study", "lr-sweep", "--workers", "2", "--quiet", "--set",
      "name=d5", "--set", "data.val_ratio=0.001"], 1,
      "data.val_ratio = 0.001 cuts the data into 1000 parts, it has only 675 images"),
+    ("more folds than the data can give", ["run", "--study", "lr-sweep", "--quiet", "--set", "name=d6", "--set",
+     "data.folds=1000"], 1, "data.folds = 1000, but the data has only 675 images: give at most 675 folds"),
+    ("fold models of a trial not cross-validated", ["export", "--study", "lr-sweep", "--folds", "--out",
+     "{empty}/folds"], 1, "trial 0 is not cross-validated (data.folds); export it without --folds"),
+    ("an ensemble of a study not cross-validated", ["ensemble", "--study", "lr-sweep", "--out", "{empty}/e"], 1,
+     "has no complete cross-validated trial with stored fold models"),
 ]  # fmt: skip
 
 
