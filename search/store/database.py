@@ -129,6 +129,9 @@ def restarting(error: BaseException | None) -> bool:
 # What the database answers a worker that makes Optuna's tables while another one does: they are
 # there (PostgreSQL's words, then SQLite's).
 MADE_AT_ONCE = ("already exists", "duplicate key value violates unique constraint", "UNIQUE constraint failed")
+# Tries for each: on a loaded machine, one that lost the race can find the tables half made again
+# (SQLite, 8 workers at once, 2 cores busy: 4 tries were not always enough).
+MADE_AT_ONCE_TRIES = 10
 
 
 def open_storage(
@@ -145,7 +148,8 @@ def open_storage(
             return _open_storage(url, heartbeat_interval, grace_period)
         except StorageError as error:
             tries += 1
-            if tries <= 3 and any(sign in str(error) for sign in MADE_AT_ONCE):
+            if tries <= MADE_AT_ONCE_TRIES and any(sign in str(error) for sign in MADE_AT_ONCE):
+                time.sleep(0.05 * tries)  # the one that made them may not have committed yet: let it
                 continue
             if time.monotonic() >= deadline or not restarting(error):
                 raise
