@@ -28,6 +28,7 @@ from search.study.recorded import objective
 from training import ConfigError, SearchServiceError, replacing
 
 MANIFEST = "ensemble.json"  # in the folder: the members, their fold models and weights
+ENSEMBLE_ATTR = "ensemble"  # the study's latest ensemble, its manifest, for the report
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def build_ensemble(study: optuna.Study, store: AtomicArtifactStore, folder: Path
                 "best_single": {"trial": chosen.best_single[0], "out_of_fold": chosen.best_single[1]}}  # fmt: skip
     with replacing(folder / MANIFEST, "ensemble manifest") as temporary:
         Path(temporary).write_text(json.dumps(manifest, indent=2) + "\n")
+    study.set_user_attr(ENSEMBLE_ATTR, json.dumps(manifest))
     return chosen
 
 

@@ -143,7 +143,7 @@ def _values_to_best_epoch(trial: FrozenTrial) -> list[float]:
     to; cross-validated, each epoch's mean over the folds, to the last epoch (the one each fold kept)."""
     kept = TrialRecord.of(trial)
     if kept.fold_values is not None:
-        return _fold_means(trial)
+        return fold_means(trial)
     epochs = kept.best_epoch + 1 if kept.best_epoch is not None else 0
     validation_values = [trial.intermediate_values.get(epoch) for epoch in range(epochs)]
     if not validation_values or None in validation_values:
@@ -153,7 +153,7 @@ def _values_to_best_epoch(trial: FrozenTrial) -> list[float]:
     return validation_values
 
 
-def _fold_means(trial: FrozenTrial) -> list[float]:
+def fold_means(trial: FrozenTrial) -> list[float]:
     """A complete cross-validated trial's objective at each epoch, averaged over its folds: its
     reports, in step order, are each fold's epochs in turn."""
     values = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from search import lr_find
 from search.formats import duration, short
-from search.record import TrialRecord, collapse_text, failures_by_reason, ranked, shown_as
+from search.record import TrialRecord, collapse_text, failures_by_reason, near_the_best, ranked, shown_as
 from search.study.inputs import data_facts, data_summary
 from search.study.recorded import SPEC_ATTR, objective, setup_text
 
@@ -69,6 +69,7 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
     spread = TrialRecord.of(best).spread()
     lines.append(f"  best: trial {best.number}, {label} {best.value:.4f}" + (f" ({spread})" if spread else ""))
     lines += _collapsed(complete, facts.class_names if facts else None)
+    lines += [f"  {line}" for line in near_the_best(complete, facts if objective(attrs) == "macro_f1" else None)]
     names = sorted({k for t in complete[:top] for k in t.params})
     widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
     width = max(8, len(label))

@@ -32,6 +32,8 @@ def take_action(args: argparse.Namespace) -> int:
     kept = TrialRecord.of(trial)
     if kept.per_class_f1 and names and len(names) == len(kept.per_class_f1):  # each class's F1 by its name
         shown["per_class_f1"] = dict(zip(names, kept.per_class_f1))
+    if (sd := kept.fold_sd()) is not None:  # cross-validated: fold_values is among them, and their spread
+        shown["fold_sd"] = sd
     if collapse := kept.collapse():
         shown["learned_nothing"] = collapse_text(collapse, names)
     result = {"number": trial.number, "objective": objective(study.user_attrs), "value": trial.value,

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import say_data_notes
+from search.ensemble import ENSEMBLE_ATTR, out_of_fold
 from search.pictures import confusion_png, per_class_f1_png
 from search.record import TrialRecord, best, ranked, shown_as
 from search.report import sections
@@ -65,6 +66,8 @@ Epochs are counted from 0, as in the live lines, the dashboard and <code>search 
 <h2>The search</h2><img src="value_vs_lr.png" alt="{html.escape(label)} against learning rate">
 <img src="curves.png" alt="learning curves">
 <h3>Top trials</h3><div class="wide">{sections.top_trials(trials, label)}</div>
+{sections.noise(ranked(trials), facts if objective(study.user_attrs) == "macro_f1" else None)}
+{sections.ensemble(study.user_attrs.get(ENSEMBLE_ATTR), label)}
 <h3>Every trial</h3>{sections.every_trial(trials, label)}
 {sections.failed_trials(trials)}
 </body></html>"""
@@ -116,12 +119,17 @@ def _confused_examples(spec: StudySpec, store: AtomicArtifactStore, top: FrozenT
     from training import predict_validation
 
     kept = TrialRecord.of(top)
-    if not kept.checkpoint_artifact:
+    val_images = data.decoded.images[data.val_idx]
+    if kept.out_of_fold_artifact:  # cross-validated: every image, predicted by the fold model that did not train on it
+        probs, labels = out_of_fold(store, top)
+        val_images = data.decoded.images
+    elif not kept.checkpoint_artifact:
         return "<p>The best trial's checkpoint is not stored; no example images.</p>"
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as file:
-        if not stored(store, kept.checkpoint_artifact, copy_to=Path(file.name)):
-            return f"<p>The best trial's checkpoint is {html.escape(not_in_store(store))}; no example images.</p>"
-        probs, labels = predict_validation(Path(file.name), spec.trial_config(top.params, None))
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as file:
+            if not stored(store, kept.checkpoint_artifact, copy_to=Path(file.name)):
+                return f"<p>The best trial's checkpoint is {html.escape(not_in_store(store))}; no example images.</p>"
+            probs, labels = predict_validation(Path(file.name), spec.trial_config(top.params, None))
     predicted = probs.argmax(1)
     names = data.decoded.class_names
     matrix = np.asarray(kept.confusion_matrix)
@@ -130,7 +138,6 @@ def _confused_examples(spec: StudySpec, store: AtomicArtifactStore, top: FrozenT
     pairs = [(a, b) for a, b in pairs if matrix[a, b] > 0]
     if not pairs:
         return "<p>No validation image is misclassified by the best trial.</p>"
-    val_images = data.decoded.images[data.val_idx]
     rows = []
     for a, b in pairs:
         chosen = np.flatnonzero((labels == a) & (predicted == b))

@@ -4,12 +4,13 @@ the trials (the best ten, and how each one ended)."""
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
 from search.formats import duration, four, short
-from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
+from search.record import TrialRecord, collapse_text, failures_by_reason, near_the_best, ranked
 from search.report.parts import confused_parts, is_competition, part_scores
 from training import DataFacts
 
@@ -24,11 +25,16 @@ def best_trial(top: FrozenTrial, class_names: Sequence[str], label: str) -> str:
     """The best trial's scores: a warning where it learned nothing; for the competition's 18
     classes, each part's macro-F1 and the confusions in the parts' terms."""
     kept = TrialRecord.of(top)
-    lines = [
-        f"<p>Best: trial {top.number}, validation {html.escape(label)} {top.value:.4f} "
-        f"(accuracy {four(kept.accuracy)}), "
-        f"at epoch {kept.best_epoch if kept.best_epoch is not None else '?'} (counted from 0).</p>"
-    ]
+    if kept.fold_values is not None:
+        lines = [f"<p>Best: trial {top.number}, out-of-fold {html.escape(label)} {top.value:.4f} "
+                 f"(accuracy {four(kept.accuracy)}) over {len(kept.fold_values)} folds ({kept.spread()}), each "
+                 "fold's last epoch.</p>"]  # fmt: skip
+    else:
+        lines = [
+            f"<p>Best: trial {top.number}, validation {html.escape(label)} {top.value:.4f} "
+            f"(accuracy {four(kept.accuracy)}), "
+            f"at epoch {kept.best_epoch if kept.best_epoch is not None else '?'} (counted from 0).</p>"
+        ]
     if collapse := kept.collapse():
         lines.append(f"<p class='warn'>This model {html.escape(collapse_text(collapse, class_names))}.</p>")
     if kept.confusion_matrix and is_competition(class_names):
@@ -46,14 +52,41 @@ def top_trials(trials: list[FrozenTrial], label: str) -> str:
     """The ten best complete trials as a table: metrics, epochs and every parameter."""
     complete = ranked(trials)[:10]
     params = sorted({k for t in complete for k in t.params})
-    head = "".join(f"<th>{html.escape(p)}</th>" for p in ["trial", label, "accuracy", "epochs", *params])
+    folded = any(TrialRecord.of(t).fold_values for t in complete)  # cross-validated: each one's spread
+    spread = ["folds (min-max)", "fold sd"] if folded else []
+    head = "".join(f"<th>{html.escape(p)}</th>" for p in ["trial", label, *spread, "accuracy", "epochs", *params])
     rows = []
     for t in complete:
         kept = TrialRecord.of(t)
         epochs = "" if kept.epochs_run is None else kept.epochs_run
-        cells = [t.number, f"{t.value:.4f}", four(kept.accuracy), epochs, *(short(t.params.get(p, "")) for p in params)]
+        values = [v for v in kept.fold_values or () if v is not None]
+        sd = kept.fold_sd()
+        shown = [f"{min(values):.3f}-{max(values):.3f}" if values else "", "" if sd is None else f"{sd:.3f}"]
+        cells = [t.number, f"{t.value:.4f}", *(shown if folded else []), four(kept.accuracy), epochs,
+                 *(short(t.params.get(p, "")) for p in params)]  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def noise(complete: list[FrozenTrial], facts: DataFacts | None) -> str:
+    """How far apart trials may score by chance, and the trials that close to the best."""
+    lines = near_the_best(complete, facts) if complete else []
+    return "".join(f"<p>{html.escape(line[0].upper() + line[1:])}.</p>" for line in lines)
+
+
+def ensemble(recorded: str | None, label: str) -> str:
+    """The latest ensemble ``search ensemble`` picked: its members, their weights and its
+    out-of-fold score against its best single member's."""
+    if not recorded:
+        return ""
+    kept = json.loads(recorded)
+    rows = "".join(f"<tr><td>{m['trial']}</td><td>{m['weight']:.2f}</td><td>{len(m['checkpoints'])}</td></tr>"
+                   for m in kept["members"])  # fmt: skip
+    single = kept["best_single"]
+    return (f"<h3>Out-of-fold ensemble</h3><p>Out-of-fold {html.escape(label)} {kept['out_of_fold']:.4f}, against "
+            f"{single['out_of_fold']:.4f} for its best single member, trial {single['trial']}; chosen on the same "
+            "predictions it is scored on, so optimistic.</p><table><tr><th>trial</th><th>weight</th><th>fold models"
+            f"</th></tr>{rows}</table>")  # fmt: skip
 
 
 def every_trial(trials: list[FrozenTrial], label: str, limit: int = 200) -> str:

@@ -106,6 +106,17 @@ class DataFacts:
         skipped = sum(k.count for k in self.left_out)
         return text + (f", {skipped} item{'s' if skipped != 1 else ''} left out" if skipped else "")
 
+    def one_image(self) -> tuple[str, int, float] | None:
+        """The validation's resolution: how much one image of the rarest validated class, taken for
+        the largest class, moves the macro-F1 of otherwise perfect predictions, with that class and
+        its count; None with fewer than two validated classes. That image costs its class's F1
+        1/(2n - 1) and the largest's 1/(2m + 1), over the validated classes."""
+        validated = [(n, name) for name, n in zip(self.class_names, self.val_per_class) if n]
+        if len(validated) < 2:
+            return None
+        (rarest, name), (largest, _) = min(validated), max(validated)
+        return name, rarest, (1 / (2 * rarest - 1) + 1 / (2 * largest + 1)) / len(validated)
+
     def lines(self) -> list[str]:
         """The facts in full, a line each, as ``search status`` and the report show them."""
         people = f" of {self.train_people} and {self.val_people} people" if self.people is not None else ""

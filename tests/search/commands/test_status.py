@@ -9,6 +9,7 @@ import random
 import re
 from datetime import datetime, timedelta
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy
@@ -186,3 +187,36 @@ def test_a_study_with_no_finished_trial_has_no_best_to_give(tmp_path, capsys, mo
     assert main([command[0], "--study", "empty", *command[1:]]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "search: error: study 'empty' has no complete trial yet; run it on (search status shows it)"
+
+
+def _near_study(tmp_path, values: list[float], folds: list[list[float]] | None) -> None:
+    from training import DataFacts
+
+    study = optuna.create_study(study_name="near", storage=f"sqlite:///{tmp_path}/studies.db", direction="maximize")
+    facts = DataFacts("demo", ("a", "b", "c"), train_images=400, val_images=194, val_per_class=(14, 150, 30))
+    study.set_user_attr("data_facts", facts.to_json())
+    for i, value in enumerate(values):
+        attrs = {"fold_values": folds[i]} if folds else {}
+        study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3 * (i + 1)}, distributions={"lr": LR},
+                                                  value=value, user_attrs=attrs))  # fmt: skip
+
+
+def test_status_names_the_trials_the_split_cannot_rank_against_the_best(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    moves = (1 / 27 + 1 / 301) / 3  # one image of the 14 taken for the largest class
+    _near_study(tmp_path, [0.90, 0.90 - moves / 2, 0.80, 0.90 - moves * 0.9], None)
+    assert main(["status", "--study", "near"]) == 0
+    out = capsys.readouterr().out
+    assert f"  noise: one validation image of the rarest class (a, 14 images) moves macro-F1 by {moves:.4f}" in out
+    assert f"  trials 1 and 3 are within one validation image of the best ({moves:.4f}): this split cannot rank " \
+           "them" in out  # fmt: skip
+
+
+def test_status_names_the_trials_within_a_standard_error_of_a_cross_validated_best(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    best = [0.80, 0.90, 0.85, 0.75, 0.70]
+    error = float(np.std(best, ddof=1) / math.sqrt(5))
+    _near_study(tmp_path, [0.80, 0.80 - error * 1.01, 0.80 - error * 0.99], [best, best, best])
+    assert main(["status", "--study", "near"]) == 0
+    out = capsys.readouterr().out
+    assert f"  trial 2 is within one standard error of the best ({error:.4f}, from its folds)" in out, out

@@ -18,6 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.record import TrialRecord
 from tests.conftest import TINY, search, search_here, write_competition
 from tests.warm import launch
 from training import TrainConfig, classification_metrics
@@ -92,6 +93,9 @@ def test_status_shows_the_spread_over_the_folds(cross_validated):
     assert f"  split: {FOLDS} folds by person, every image validated once" in status
     assert f"(folds {min(values):.3f}-{max(values):.3f}, sd {np.std(values, ddof=1):.3f})" in status, status
     assert re.search(r"trial macro-F1 fold sd", status)
+    best_json = json.loads(search_here("best", "--study", "mask-lr-sweep", env=cross_validated["env"]).stdout)
+    assert best_json["metrics"]["fold_values"] == values
+    assert best_json["metrics"]["fold_sd"] == pytest.approx(np.std(values, ddof=1))
 
 
 @pytest.mark.slow
@@ -141,6 +145,18 @@ def test_fold_models_and_an_out_of_fold_ensemble_are_handed_to_predict(cross_val
     assert np.allclose(predicted([ensemble], "ensemble"), expected, atol=1e-5)  # by the manifest's weights
     again = search_here("ensemble", "--study", "mask-lr-sweep", "--out", str(ensemble), env=env)
     assert again.returncode == 2 and "already holds an ensemble; pass --force" in again.stderr
+
+    # the report shows the folds' spread, the ensemble, and the images the best trial's fold models got wrong
+    report = search_here("report", "--study", "mask-lr-sweep", "--out", str(tmp_path / "report"), env=env)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    spread = re.escape(f"({TrialRecord.of(study.best_trial).spread()})")
+    best_line = rf"Best: trial {number}, out-of-fold macro-F1 {study.best_value:.4f} .*over 3 folds {spread}"
+    assert re.search(best_line, page), page
+    assert "<th>fold sd</th>" in page and "<h3>Out-of-fold ensemble</h3>" in page
+    assert f"Out-of-fold macro-F1 {manifest['out_of_fold']:.4f}, against" in page
+    assert "Noise: one validation image of the rarest class" in page
+    assert (tmp_path / "report" / "confused.png").is_file() and "most confused classes" in page
 
 
 @pytest.mark.slow
