@@ -151,7 +151,10 @@ def check_names(spec: StudySpec, where: str, overridden: Sequence[str] = ()) -> 
             check(component)
         except ValueError as error:
             shown = {"name": component.name, **component.options}
-            raise ConfigError(f"{_attributed(where, key, overridden)}: {key} = {shown!r}: {error}") from None
+            renamed = f"{key}.name" in overridden and component.options  # the file's options stayed with the old name
+            hint = (f"; --set {key}.name keeps the file's other {key} options: replace the whole section, e.g. "
+                    f"--set '{key}={{name: {component.name}}}'") if renamed else ""  # fmt: skip
+            raise ConfigError(f"{_attributed(where, key, overridden)}: {key} = {shown!r}: {error}{hint}") from None
 
 
 def _check_space(spec: StudySpec, where: str, overridden: Sequence[str], *, timm: bool = False) -> None:
@@ -170,6 +173,11 @@ def _unfit(params: dict[str, Any], spec: StudySpec) -> str | None:
             return f"'{name}' is not a parameter of the search space"
         if dist.choices is not None and value not in dist.choices:
             return f"{name}={value!r} is not one of {dist.choices}"
+        number = "whole number" if dist.integer else "number"
+        if dist.choices is None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{name}={value!r} is not a {number}; the space samples it from [{dist.low:g}, {dist.high:g}]"
+        if dist.choices is None and dist.integer and value != int(value):
+            return f"{name}={value!r} is not a whole number; the space samples it from [{dist.low:g}, {dist.high:g}]"
         if dist.choices is None and not (dist.low <= value <= dist.high):
             return f"{name}={value!r} is outside [{dist.low:g}, {dist.high:g}]"
     return None

@@ -98,6 +98,16 @@ BAD_INPUTS = [
     ("a split the data cannot give", ["run", "--study", "lr-sweep", "--workers", "2", "--quiet", "--set",
      "name=d5", "--set", "data.val_ratio=0.001"], 1,
      "data.val_ratio = 0.001 cuts the data into 1000 parts, it has only 675 images"),
+    # a queued set's value of the wrong type, and a component renamed by --set: one line that says what to do
+    ("a word where the space has a float", ["run", "--study", "lr-sweep", "--set",
+     "enqueue=[{{lr: fast, accumulation_steps: 1, scheduler: cosine, loss: cross_entropy}}]"], 2,
+     "with --set enqueue: enqueue[0]: lr='fast' is not a number; the space samples it from [0.0003, 0.03]"),
+    ("a fraction where the space has a whole number", ["run", "--study", "lr-sweep", "--set",
+     "enqueue=[{{lr: 0.001, accumulation_steps: 1, scheduler: step, step_size: 1.5, step_gamma: 0.5, "
+     "loss: cross_entropy}}]"], 2, "step_size=1.5 is not a whole number; the space samples it from [1, 3]"),
+    ("a pruner renamed by --set", ["run", "--study", "lr-sweep", "--set", "pruner.name=none"], 2,
+     "pruner 'none': NopPruner() takes no arguments; --set pruner.name keeps the file's other pruner options: "
+     "replace the whole section, e.g. --set 'pruner={name: none}'"),
     ("more folds than the data can give", ["run", "--study", "lr-sweep", "--quiet", "--set", "name=d6", "--set",
      "data.folds=1000"], 1, "data.folds = 1000, but the data has only 675 images: give at most 675 folds"),
     ("fold models of a trial not cross-validated", ["export", "--study", "lr-sweep", "--folds", "--out",
