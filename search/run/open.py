@@ -20,7 +20,7 @@ from search.record import ranked
 from search.run.options import RunOptions
 from search.run.outage import storage_failure
 from search.run.progress import Progress
-from search.store import AtomicArtifactStore, describe_db_error, load_existing, open_storage, restarting
+from search.store import AtomicArtifactStore, answered, describe_db_error, load_existing, open_storage, restarting
 from search.store.budget import TrialGate
 from search.study.distributions import fit_space, recorded_distributions
 from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
@@ -56,29 +56,34 @@ STARTUP_WAIT = 60.0  # seconds a starting worker waits for a restarting database
 
 
 def open_run(spec: StudySpec, options: RunOptions, progress: Progress) -> OpenRun:
-    """``prepare_run``, then ``check_run``: what a worker of ``search run --workers N`` does."""
+    """``prepare_run``, then ``check_run``: what a worker of ``search run --workers N`` does. Its run
+    opened the storage before starting it, so a refusal here is a restart, waited out."""
     return through_restarts(lambda: check_run(prepare_run(spec, options, progress)), progress)
 
 
 def open_and_say(spec: StudySpec, options: RunOptions, progress: Progress) -> OpenRun:
     """``open_run`` for the process that opens the run for its workers (or for itself): what the
-    data left out is said once, here, before the inputs check that it may explain."""
-    run = through_restarts(lambda: prepare_run(spec, options, progress), progress)
+    data left out is said once, here, before the inputs check that it may explain. A storage that
+    never answered (a wrong host or port) is one line at once; one that did is waited for."""
+    url = options.storage_url
+    run = through_restarts(lambda: prepare_run(spec, options, progress, opener=True), progress, url)
     say_data_notes(run.data.notes)
-    return through_restarts(lambda: check_run(run), progress)
+    return through_restarts(lambda: check_run(run), progress, url)
 
 
-def through_restarts(opening: Callable[[], OpenRun], progress: Progress) -> OpenRun:
+def through_restarts(opening: Callable[[], OpenRun], progress: Progress, opener_of: str | None = None) -> OpenRun:
     """``opening()``, done again while the database answers as a restarting server does, for up to
     ``STARTUP_WAIT``: a worker that starts during a restart waits for the server, as a running one
-    does. What was opened before is not done twice (the data and weights are this process's)."""
+    does; with ``opener_of`` (the storage's URL), only once the storage has answered in this process.
+    What was opened before is not done twice (the data and weights are this process's)."""
     deadline, said = time.monotonic() + STARTUP_WAIT, False
     while True:
         try:
             return opening()
         except Exception as error:
             cause = storage_failure(error)
-            if cause is None or time.monotonic() >= deadline or not restarting(error):
+            never = opener_of is not None and not answered(opener_of)
+            if cause is None or never or time.monotonic() >= deadline or not restarting(error):
                 raise
             if not said:
                 progress.line(f"storage error while the run opens ({describe_db_error(cause)}); retrying")
@@ -86,7 +91,7 @@ def through_restarts(opening: Callable[[], OpenRun], progress: Progress) -> Open
             time.sleep(1.0)
 
 
-def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress) -> OpenRun:
+def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress, *, opener: bool = False) -> OpenRun:
     """The artifact folder (before the decode, so it is answered at once), the device (one this
     machine lacks), the study, read only (a space its trials cannot take, another setup than it was
     made with), the data's listing (a wrong root is answered before the hub's time-outs), the
@@ -95,9 +100,8 @@ def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress) -> Ope
     nothing behind, and takes nothing from the runs that start with it."""
     store = AtomicArtifactStore(options.artifacts)
     resolve_device(spec.train.device)
-    storage = open_storage(
-        options.storage_url, options.heartbeat_interval, options.grace_period, STARTUP_WAIT, progress.line
-    )
+    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period, STARTUP_WAIT,
+                           progress.line, wait_if_never_answered=not opener)  # fmt: skip
     spec = check_study(spec, storage)
     warm = warm_trials(spec, storage)
     try:

@@ -16,6 +16,7 @@ from search.store.artifacts import AtomicArtifactStore, artifact_dir, not_in_sto
 from search.store.database import (
     STORAGE_ERRORS,
     StorageError,
+    answered,
     describe_db_error,
     is_sqlite,
     load_existing,
@@ -33,6 +34,7 @@ __all__ = [
     "PerTrial",
     "StaleTrial",
     "StorageError",
+    "answered",
     "artifact_dir",
     "artifact_ids",
     "ask",

@@ -134,24 +134,46 @@ MADE_AT_ONCE = ("already exists", "duplicate key value violates unique constrain
 MADE_AT_ONCE_TRIES = 10
 
 
+_ANSWERED: set[str] = set()  # the storages that opened in this process
+
+
+def answered(url: str) -> bool:
+    """Whether the storage at ``url`` has opened in this process: a refusal since is an outage."""
+    return url in _ANSWERED
+
+
 def open_storage(
-    url: str, heartbeat_interval: int = 10, grace_period: int = 30, wait: float = 0, say: Callable[[str], None] = print
+    url: str,
+    heartbeat_interval: int = 10,
+    grace_period: int = 30,
+    wait: float = 0,
+    say: Callable[[str], None] = print,
+    *,
+    wait_if_never_answered: bool = True,
 ) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried. A server
     that refuses connections or says it is starting or stopping (a restart) is tried again for up to
     ``wait`` seconds (a worker's start), saying so once, so that a restart does not end the workers
-    starting then. Workers that start at once on a new database all make Optuna's tables, and the
-    server refuses all but one: the others open it again, now that the tables are there."""
+    starting then; without ``wait_if_never_answered``, only where it opened in this process before
+    (a wrong host or port is one line at once). Workers that start at once on a new database all
+    make Optuna's tables, and the server refuses all but one: the others open it again, now that
+    the tables are there."""
+    wait = wait if wait_if_never_answered or answered(url) else 0
     deadline, said, tries = time.monotonic() + wait, False, 0
     while True:
         try:
-            return _open_storage(url, heartbeat_interval, grace_period)
+            storage = _open_storage(url, heartbeat_interval, grace_period)
+            _ANSWERED.add(url)
+            return storage
         except StorageError as error:
             tries += 1
             if tries <= MADE_AT_ONCE_TRIES and any(sign in str(error) for sign in MADE_AT_ONCE):
                 time.sleep(0.05 * tries)  # the one that made them may not have committed yet: let it
                 continue
             if time.monotonic() >= deadline or not restarting(error):
+                if restarting(error) and not answered(url):
+                    raise StorageError(f"{error}; check the host and port of the storage URL, and that its server "
+                                       "runs") from None  # fmt: skip
                 raise
             if not said:
                 say(f"{error}: trying again for up to {wait:.0f} s (a restarting server)")

@@ -80,3 +80,31 @@ def test_a_study_made_before_the_record_is_not_queued_again(tmp_path, enqueue):
     storage.engine.dispose()
     trials = optuna.load_study(study_name="old", storage=url).trials
     assert [t.system_attrs["fixed_params"] for t in trials] == KNOWN
+
+
+def test_a_storage_that_never_answered_is_one_line_at_once_and_one_that_did_is_waited_for(tmp_path, monkeypatch):
+    """A wrong host or port at start is not a restart: no minute of retries before the line."""
+    import socket
+
+    import search.run.open as opening
+    from search.store import database
+    from tests.conftest import search_here
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg2://search@127.0.0.1:{port}/search"
+    waits = []
+    monkeypatch.setattr(database.time, "sleep", waits.append)
+    monkeypatch.setattr(opening.time, "sleep", waits.append)
+    run = search_here("run", "--study", "lr-sweep", "--storage", url, env={"SEARCH_HOME": str(tmp_path)})
+    assert run.returncode == 1 and waits == []
+    assert run.stderr.splitlines() == [
+        f'search: error: cannot open storage {url}: connection to server at "127.0.0.1", port {port} failed: '
+        "Connection refused; check the host and port of the storage URL, and that its server runs"
+    ], run.stderr
+    monkeypatch.setattr(database.time, "monotonic", iter(range(0, 10_000, 5)).__next__)  # 5 s a look
+    monkeypatch.setitem(database.__dict__, "_ANSWERED", {url})  # as after it answered once in this process
+    with pytest.raises(database.StorageError, match="Connection refused"):
+        database.open_storage(url, wait=60, say=lambda line: None, wait_if_never_answered=False)
+    assert len(waits) >= 10  # then a refusal is a restart: tried again until the wait is over
