@@ -56,10 +56,9 @@ def trained_inputs(prepared: PreparedData, data: DataConfig, model: ModelConfig)
 def record_facts(study: optuna.Study, prepared: PreparedData) -> None:
     """The data's facts on the study, for ``search status``, ``search studies`` and the report; written
     where they are new (a study's first run, or items left out since), whether the images were
-    decoded now or read from the cache."""
-    facts = prepared.facts.to_json()
-    if study.user_attrs.get(FACTS_ATTR) != facts:
-        study.set_user_attr(FACTS_ATTR, facts)
+    decoded now or read from the cache; not where they differ only by where a machine mounts the data."""
+    if not prepared.facts.same_as(data_facts(study.user_attrs)):  # the same but for the mount: kept as they are
+        study.set_user_attr(FACTS_ATTR, prepared.facts.to_json())
 
 
 def data_facts(attrs: Mapping[str, Any]) -> DataFacts | None:

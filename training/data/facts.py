@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -81,6 +81,16 @@ class DataFacts:
     @property
     def images(self) -> int:
         return self.train_images + self.val_images
+
+    def same_as(self, other: DataFacts | None) -> bool:
+        """Whether ``other`` holds the same facts, wherever each machine mounts the data: paths are
+        compared below their source folder."""
+        return other is not None and self._mounted_anywhere() == other._mounted_anywhere()
+
+    def _mounted_anywhere(self) -> DataFacts:
+        root = self.source.rstrip("/") + "/"
+        kinds = tuple(replace(k, first=tuple(p.removeprefix(root) for p in k.first)) for k in self.left_out)
+        return replace(self, source="", left_out=kinds)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
