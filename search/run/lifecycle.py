@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections.abc import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -80,13 +81,17 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
     while deadline is None or time.monotonic() < deadline:
         running = None
         try:
-            gate.acquire()  # deciding on the budget and asking for the trial: one step for the whole study
+            # deciding on the budget and asking for the trial: one step for the whole study
+            if not gate.acquire(waiting_ends(study, deadline, stops)):  # the timeout, or a stop, while waiting
+                if deadline is None or time.monotonic() < deadline:
+                    progress.line(ASKED_TO_STOP.format(study.study_name))
+                return
             stops = stop_requests(study) if stops is None else stops  # those before this worker started
             if lost is not None:  # the database is back: the trial it took down fails, saying so, and is retried
                 fail_lost_trial(study, *lost, objective.store)
                 lost = None
             if stop_requests(study) > stops:
-                progress.line(f"study '{study.study_name}' was asked to stop (search stop): no new trial here")
+                progress.line(ASKED_TO_STOP.format(study.study_name))
                 return
             fail_stale_trials(study, objective.store)  # a killed worker's trial turns FAIL, its params queued again
             counts = trial_counts(study)
@@ -126,6 +131,28 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             outage.wait(cause)
         finally:
             gate.release()
+
+
+ASKED_TO_STOP = "study '{}' was asked to stop (search stop): no new trial here"
+STOP_LOOK = 5.0  # seconds between a waiting worker's looks for a stop request (each a query)
+
+
+def waiting_ends(study: optuna.Study, deadline: float | None, stops: int | None) -> Callable[[], bool]:
+    """For a worker waiting for the budget's lock: whether to stop waiting, once its ``deadline``
+    passed or a stop was asked since the ``stops`` it found (looked for every ``STOP_LOOK`` s)."""
+    looked = time.monotonic()
+
+    def ends() -> bool:
+        nonlocal looked
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return True
+        if stops is None or now - looked < STOP_LOOK:
+            return False
+        looked = now
+        return stop_requests(study) > stops
+
+    return ends
 
 
 LOST_LOCK = "made while the budget's lock was lost (its connection ended), past the study's n_trials"

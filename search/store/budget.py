@@ -10,7 +10,7 @@ import hashlib
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 
 import sqlalchemy
@@ -65,26 +65,34 @@ class TrialGate:
             # rolls back, and a broken connection is replaced at the next acquire
             self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, **engine_kwargs(url))
 
-    def acquire(self) -> None:
+    def acquire(self, give_up: Callable[[], bool] | None = None) -> bool:
+        """Whether the lock is held now: False where ``give_up()`` said so while another worker held
+        it (a run's timeout, a stop asked for), asked between tries."""
         if self._held is not None:
-            return
+            return True
         if self._engine is not None:
-            self._held = self._transaction_lock()
-        elif self.driver.startswith("sqlite") and make_url(self.url).database:
+            self._held = self._transaction_lock(give_up)
+            return self._held is not None
+        if self.driver.startswith("sqlite") and make_url(self.url).database:
             handle = open(f"{make_url(self.url).database}.lock", "a")  # noqa: SIM115 - held until release
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._held = handle
         else:
             self._held = True
+        return True
 
-    def _transaction_lock(self) -> sqlalchemy.engine.Connection:
+    def _transaction_lock(self, give_up: Callable[[], bool] | None) -> sqlalchemy.engine.Connection | None:
         """The study's advisory lock, taken in a transaction left open on a connection of its own;
-        tried again after a random pause that grows to ``MAX_PAUSE`` while another worker holds it."""
+        tried again after a random pause that grows to ``MAX_PAUSE`` while another worker holds it,
+        unless ``give_up()`` (None then)."""
         connection = self._engine.connect()
         try:
             pause = FIRST_PAUSE
             while not connection.execute(sqlalchemy.text(TRY_LOCK), {"k": self.key}).scalar():
                 connection.rollback()  # no transaction held open while waiting
+                if give_up is not None and give_up():
+                    connection.close()
+                    return None
                 time.sleep(random.uniform(0, pause))
                 pause = min(pause * 2, MAX_PAUSE)
         except BaseException:

@@ -8,10 +8,12 @@ import time
 import uuid
 from collections import Counter
 
+import optuna
 import pytest
 import sqlalchemy
 
 from search.store.budget import Next, TrialGate, next_step
+from tests.conftest import TINY, search_here
 
 
 @pytest.mark.parametrize(
@@ -73,3 +75,38 @@ def test_a_lock_whose_connection_was_cut_is_known_to_be_lost(postgres_url, bounc
         gate.acquire()
         assert gate.still_held()
         gate.release()
+
+
+@pytest.mark.parametrize("through", ["postgresql", "pgbouncer"])
+def test_a_worker_waiting_for_the_lock_gives_up_when_told(through, request):
+    """A run's timeout or a stop ends the wait for a lock another worker holds (forever, before)."""
+    url = request.getfixturevalue("postgres_url" if through == "postgresql" else "bouncer_url")
+    name = f"wait-{uuid.uuid4().hex[:8]}"
+    holder, waiter = TrialGate(url, name), TrialGate(url, name)
+    asked = []
+    try:
+        assert holder.acquire()
+        assert not waiter.acquire(give_up=lambda: asked.append(1) or len(asked) >= 3)
+        assert len(asked) == 3 and not waiter.still_held()
+        holder.release()
+        assert waiter.acquire(give_up=lambda: True)  # free: taken at once, whatever give_up would say
+    finally:
+        holder.close()
+        waiter.close()
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_the_budgets_lock_ends_at_its_timeout(tmp_path, postgres_url):
+    name = f"held-{uuid.uuid4().hex[:8]}"
+    env = {"SEARCH_HOME": str(tmp_path), "SEARCH_STORAGE": postgres_url}
+    args = ["run", "--study", "lr-sweep", *TINY, "--set", f"name={name}", "--set", "enqueue=[]"]
+    assert search_here(*args, "--n-trials", "1", env=env).returncode == 0  # the study, made
+    holder = TrialGate(postgres_url, name)  # as a worker stuck while it holds the lock
+    try:
+        assert holder.acquire()
+        started = time.monotonic()
+        run = search_here(*args, "--n-trials", "2", "--timeout", "3", env=env)
+        assert run.returncode == 0 and time.monotonic() - started < 120, run.stderr
+    finally:
+        holder.close()
+        optuna.delete_study(study_name=name, storage=postgres_url)
