@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
 
 from search.store import _internals
 from search.store._internals import FINISHED, storage_of, study_id, usable_rdb
@@ -38,12 +39,29 @@ def trial_counts(study: optuna.Study) -> Counter:
 def ask(study: optuna.Study, queued: int) -> optuna.Trial:
     """The next trial: a queued one where the study has one (``study.ask`` takes it atomically);
     else a new trial, made without ``study.ask``'s look for queued ones, which reads every
-    unfinished trial whole (half a second at a thousand running trials, under the study's lock)."""
+    unfinished trial whole (half a second at a thousand running trials, under the study's lock).
+    ``queued``: the WAITING trials counted before; a trial queued since (a worker's interrupted
+    trial, queued again outside the lock) is looked for too, by one indexed count."""
     private = all(hasattr(study, name) for name in ("_thread_local", "_storage", "_study_id"))
-    if queued or _internals.MISSING or not private:
+    if queued or _internals.MISSING or not private or _waiting(study):
         return study.ask()
     study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+def _waiting(study: optuna.Study) -> bool:
+    """Whether the study has a WAITING trial now."""
+    backend = usable_rdb(storage_of(study))
+    if backend is None:
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    table = _internals.models.TrialModel
+    with _internals.scoped_session(backend.scoped_session) as session:
+        found = session.execute(
+            sqlalchemy.select(table.trial_id)
+            .where(table.study_id == study_id(study, backend), table.state == TrialState.WAITING)
+            .limit(1)
+        ).first()
+    return found is not None
 
 
 class _Finished:

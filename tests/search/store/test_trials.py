@@ -38,6 +38,16 @@ def test_a_new_trial_is_made_without_optunas_look_for_queued_ones_only_when_none
     assert _trials.ask(study, queued=0).number == 2  # Optuna's own ask
 
 
+def test_a_trial_queued_after_the_count_is_taken_first(tmp_path):
+    """Counted with none queued, then another worker queues one (its interrupted trial): the next ask takes it."""
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    counted = _trials.trial_counts(study)["WAITING"]
+    study.enqueue_trial({"x": 0.75})
+    taken = _trials.ask(study, queued=counted)
+    assert taken.number == 0 and taken.suggest_float("x", 0, 1) == 0.75
+    assert _trials.trial_counts(study) == {"RUNNING": 1}
+
+
 def _seen(trials):
     return [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values) for t in trials]
 
