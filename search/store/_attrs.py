@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -13,7 +14,7 @@ import sqlalchemy.dialects.postgresql
 import sqlalchemy.dialects.sqlite
 
 from search.store import _internals
-from search.store._internals import storage_of, trial_id, usable_rdb
+from search.store._internals import TrialState, storage_of, trial_id, usable_rdb
 
 # The databases whose INSERT ... ON CONFLICT DO UPDATE SQLAlchemy writes (SQLite's since 3.24).
 _UPSERT = {"postgresql": sqlalchemy.dialects.postgresql.insert}
@@ -42,6 +43,25 @@ def write_attrs(storage: optuna.storages.BaseStorage, trial: int, attrs: Mapping
     elif attrs:
         with _internals.scoped_session(backend.scoped_session, True) as session:
             _write_user_attrs(backend, session, trial, attrs)
+
+
+def fail_with(storage: optuna.storages.BaseStorage, trial: int, attrs: Mapping[str, Any]) -> bool:
+    """A running trial told FAIL with ``attrs`` (why), in one transaction where the storage allows,
+    so that a reason never outlives its state: a worker that tells the trial COMPLETE meanwhile
+    finds it failed, or fails it first and finds no reason written. False where it had finished."""
+    backend = usable_rdb(storage)
+    if backend is None:
+        write_attrs(storage, trial, attrs)
+        return storage.set_trial_state_values(trial, TrialState.FAIL)
+    with _internals.scoped_session(backend.scoped_session, True) as session:
+        found = _internals.models.TrialModel.find_or_raise_by_id(trial, session, for_update=True)
+        if found.state != TrialState.RUNNING:
+            return False
+        if attrs:
+            _write_user_attrs(backend, session, trial, attrs)
+        found.state = TrialState.FAIL
+        found.datetime_complete = datetime.now()  # local time, as Optuna writes it
+    return True
 
 
 def _write_user_attrs(storage: optuna.storages.RDBStorage, session, trial: int, attrs: Mapping[str, Any]) -> None:

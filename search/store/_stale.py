@@ -16,7 +16,7 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 
 from search.store import _internals
-from search.store._attrs import write_attrs
+from search.store._attrs import fail_with
 from search.store._internals import TrialState, storage_of, usable_rdb
 
 
@@ -89,8 +89,8 @@ def fail_stale_trials(
 def fail_and_retry(
     study: optuna.Study, trial_id: int, reason: Callable[[optuna.trial.FrozenTrial], Mapping[str, Any]]
 ) -> optuna.trial.FrozenTrial | None:
-    """A running trial that its worker lost turns FAIL, first given the user attributes ``reason``
-    writes for it (a finished trial's cannot be written); the storage's stale-trial callback queues
+    """A running trial that its worker lost turns FAIL with the user attributes ``reason`` writes
+    for it, in one transaction (a finished trial's cannot be written); the storage's stale-trial callback queues
     its params again (up to 3 times), without its user attributes (its worker, its reason) or its
     artifacts. The trial as it was before, or None where it had finished (told, or failed first)."""
     storage = storage_of(study)
@@ -99,8 +99,7 @@ def fail_and_retry(
         trial = storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return None
-        write_attrs(storage, trial_id, reason(trial))
-        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+        if not fail_with(storage, trial_id, reason(trial)):  # its reason and its state: one transaction
             return None
         if callback is not None:
             retry = copy.deepcopy(trial)

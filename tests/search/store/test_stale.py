@@ -44,3 +44,42 @@ def test_a_trial_whose_worker_stopped_or_never_sent_a_heartbeat_fails_saying_why
     assert [t.system_attrs["failed_trial"] for t in retries] == [0, 1]
     assert _stale.stale_trials(storage, study.study_name) == []  # failed once, by one worker
     optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+def test_a_worker_that_tells_complete_while_its_trial_is_failed_never_leaves_a_complete_trial_with_a_reason(
+    storage_url,
+):
+    """A partitioned worker comes back and tells COMPLETE just after the reason is committed: the
+    reason and the FAIL state are one transaction, so its tell finds the trial failed."""
+    import sqlalchemy.orm
+
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name=f"race-{uuid.uuid4().hex[:8]}", direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    elsewhere = open_storage(storage_url)  # the partitioned worker's own connection
+    worker = optuna.load_study(study_name=study.study_name, storage=elsewhere)
+    told, busy = [], []
+
+    def tell_complete(session) -> None:  # after the commit that wrote the reason, once
+        if busy or told:
+            return
+        busy.append(1)
+        try:
+            if "failure_reason" in elsewhere.get_trial(trial._trial_id).user_attrs:
+                told.append(1)
+                try:
+                    worker.tell(trial.number, 0.9)
+                except Exception as error:  # noqa: BLE001 - already failed: refused, as it should be
+                    told.append(error)
+        finally:
+            busy.clear()
+
+    sqlalchemy.event.listen(sqlalchemy.orm.Session, "after_commit", tell_complete)
+    try:
+        _stale.fail_and_retry(study, trial._trial_id, lambda t: {"failure_reason": "its worker stopped"})
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.orm.Session, "after_commit", tell_complete)
+    ended = study.get_trials()[0]
+    assert told and (ended.state.name, "failure_reason" in ended.user_attrs) == ("FAIL", True), ended
+    optuna.delete_study(study_name=study.study_name, storage=storage)
