@@ -119,7 +119,11 @@ class TrialPictures:
             key = dashboard_artifact_key(trial_id(trial), artifact_id)
             trial.storage.set_study_system_attr(study_id(trial.study, trial.storage), key, meta)
 
-        return upload(self.store, path, record)
+        def recorded(artifact_id: str) -> bool:
+            key = dashboard_artifact_key(trial_id(trial), artifact_id)
+            return key in trial.storage.get_study_system_attrs(study_id(trial.study, trial.storage))
+
+        return upload(self.store, path, record, recorded)
 
     def _attach(self, trial: optuna.Trial, result: Any, *, draw: bool) -> None:
         from optuna_dashboard import save_note

@@ -97,6 +97,16 @@ def trial_artifact_recorder(trial: optuna.Trial) -> Callable[[str, str], None] |
     return record
 
 
+def trial_artifact_recorded(trial: optuna.Trial) -> Callable[[str], bool]:
+    """``recorded(artifact_id)``: whether the trial's record of that artifact is in the database."""
+
+    def recorded(artifact_id: str) -> bool:
+        key = f"{_internals.ARTIFACTS_ATTR_PREFIX}{artifact_id}"
+        return key in trial.storage.get_trial_system_attrs(trial_id(trial))
+
+    return recorded
+
+
 def artifact_ids(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[str]:
     """The artifacts recorded for a trial of ``study`` (Optuna's reader needs the study's storage)."""
     return [meta.artifact_id for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=storage_of(study))]

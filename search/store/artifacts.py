@@ -19,7 +19,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from search.store._attrs import trial_artifact_recorder
+from search.store._attrs import trial_artifact_recorded, trial_artifact_recorder
 from search.store.database import search_home
 from training import DiskError, make_folder, make_readable, pause_point, process_alive
 
@@ -80,12 +80,19 @@ class AtomicArtifactStore(FileSystemArtifactStore):
         return True
 
 
-def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], None]) -> str:
+def upload(
+    store: AtomicArtifactStore,
+    path: Path,
+    record: Callable[[str, str], None],
+    recorded: Callable[[str], bool] | None = None,
+) -> str:
     """Store a file as an artifact: the bytes first, then ``record(artifact_id, meta_json)`` writes
     the attribute that points to them, so a failed write never leaves a record of a missing or
     truncated file (Optuna's own ``upload_artifact`` has written them in either order across its
-    releases). A record that cannot be written (the database went away) takes the file away again:
-    no file is left that no record points to. Returns the artifact's id."""
+    releases). Where the record's write fails (the database went away), ``recorded(artifact_id)``
+    asks whether its commit landed all the same (its reply was lost): then the upload stands; where
+    it did not, the file is taken away again; where nobody can tell (the database still away), the
+    file stays, so that a record never names missing bytes. Returns the artifact's id."""
     artifact_id = str(uuid.uuid4())
     with open(path, "rb") as file:
         store.write(artifact_id, file)
@@ -98,9 +105,21 @@ def upload(store: AtomicArtifactStore, path: Path, record: Callable[[str, str], 
     try:
         record(artifact_id, json.dumps(meta))
     except BaseException:
-        remove(store, artifact_id)
-        raise
+        if not _landed(store, artifact_id, recorded):
+            raise
     return artifact_id
+
+
+def _landed(store: AtomicArtifactStore, artifact_id: str, recorded: Callable[[str], bool] | None) -> bool:
+    """After its record's write failed: whether the record landed all the same. The file is taken
+    away only where it surely did not."""
+    try:
+        landed = recorded is not None and recorded(artifact_id)
+    except Exception:  # noqa: BLE001 - the database still away: nobody can tell, so the bytes stay
+        return False
+    if not landed:
+        remove(store, artifact_id)
+    return landed
 
 
 def dashboard_artifact_key(trial_id: int, artifact_id: str) -> str:
@@ -114,7 +133,7 @@ def upload_to_trial(store: AtomicArtifactStore, path: Path, trial: optuna.Trial)
     record = trial_artifact_recorder(trial)
     if record is None:  # this Optuna keeps them under another key: its own upload writes it
         return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-    return upload(store, path, record)
+    return upload(store, path, record, trial_artifact_recorded(trial))
 
 
 def stored(store: AtomicArtifactStore, artifact_id: str | None, copy_to: Path | None = None) -> bool:

@@ -56,3 +56,53 @@ def test_a_file_whose_record_cannot_be_written_is_taken_away_again(tmp_path):
     with pytest.raises(sqlalchemy.exc.OperationalError):
         upload(store, tmp_path / "best.safetensors", database_gone)
     assert list(store.base_path.iterdir()) == []
+
+
+def test_a_record_whose_reply_was_lost_keeps_its_file_and_one_nobody_can_confirm_keeps_it_too(tmp_path):
+    """The record's commit landed and its reply was lost: the checkpoint it names stays. Where the
+    database cannot be asked, the bytes stay too: a record must never name a missing file."""
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    (tmp_path / "best.safetensors").write_bytes(b"weights")
+    records = {}
+
+    def reply_lost(artifact_id, meta):
+        records[artifact_id] = meta  # committed
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
+
+    artifact_id = upload(store, tmp_path / "best.safetensors", reply_lost, records.__contains__)
+    assert (store.base_path / artifact_id).read_bytes() == b"weights" and artifact_id in records
+
+    def still_away(artifact_id):
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    def never_written(artifact_id, meta):
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        upload(store, tmp_path / "best.safetensors", never_written, still_away)
+    assert len(list(store.base_path.iterdir())) == 2  # kept: nobody could say it was not recorded
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        upload(store, tmp_path / "best.safetensors", never_written, lambda artifact_id: False)
+    assert len(list(store.base_path.iterdir())) == 2  # surely not recorded: taken away again
+
+
+def test_a_trials_checkpoint_whose_record_landed_without_a_reply_is_kept_and_named(tmp_path, monkeypatch):
+    import optuna
+
+    from search.store import open_storage
+    from search.store.artifacts import upload_to_trial
+
+    store = AtomicArtifactStore(tmp_path / "artifacts")
+    (tmp_path / "best.safetensors").write_bytes(b"weights")
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    trial = study.ask()
+    written = trial.storage.set_trial_system_attr
+
+    def reply_lost(*args):
+        written(*args)
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(trial.storage, "set_trial_system_attr", reply_lost)
+    artifact_id = upload_to_trial(store, tmp_path / "best.safetensors", trial)
+    assert (store.base_path / artifact_id).read_bytes() == b"weights"
+    assert [meta.artifact_id for meta in optuna.artifacts.get_all_artifact_meta(trial)] == [artifact_id]
