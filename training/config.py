@@ -99,6 +99,7 @@ class DataConfig(Frozen):
     cache_dir: Path | None = None  # persist decoded images here, keyed by source and size
     demo_imbalance: float = Field(12.0, ge=1.0)  # demo: largest class / smallest class
     decode_threads: int = Field(0, ge=0)  # 0: one per CPU core
+    keep_damaged: bool = False  # train on JPEGs that end early (decoded with a grey tail) instead of leaving them out
 
     @field_validator("image_size", mode="before")
     @classmethod

@@ -24,8 +24,10 @@ _RUN_ONLY = (
     "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
 )  # fmt: skip
 # Settings a spec recorded before they existed leaves out, with what its study trained by then
-# (``objective``: since 0.2; ``data.folds``: since 0.3). Read for every 0.x study until 1.0 (docs/design.md).
-ADDED_SINCE: dict[str, Any] = {"objective": DEFAULT_OBJECTIVE, "data.folds": 1}
+# (``objective``: since 0.2; ``data.folds``, ``data.keep_damaged``: since 0.3; where a study made
+# before trained on a damaged image, the inputs check finds its images changed). Read for every
+# 0.x study until 1.0 (docs/design.md).
+ADDED_SINCE: dict[str, Any] = {"objective": DEFAULT_OBJECTIVE, "data.folds": 1, "data.keep_damaged": False}
 
 
 def recorded_spec(spec: StudySpec) -> str:

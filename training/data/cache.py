@@ -33,7 +33,7 @@ from training.per_process import Memo
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _IMAGES, _INDEX = "images.npy", "index.npz"
 
 
@@ -47,6 +47,7 @@ class DecodedImages:
     paths: tuple[str, ...]
     class_names: tuple[str, ...]
     skipped: tuple[str, ...]  # files that could not be decoded
+    damaged: tuple[str, ...] = ()  # JPEGs that end early, left out (``data.keep_damaged`` keeps them)
 
 
 _IN_PROCESS: Memo[DecodedImages] = Memo(2)  # by cache key
@@ -69,9 +70,10 @@ def content_digest(decoded: DecodedImages, *, sizes: bool = True) -> str:
     return digest.hexdigest()
 
 
-def cache_key(dataset: Dataset, image_size: tuple[int, int]) -> str:
-    """A digest of every file's identity and the target size."""
-    digest = hashlib.sha1(f"v{_CACHE_VERSION}:{image_size}:{dataset.class_names}".encode())
+def cache_key(dataset: Dataset, image_size: tuple[int, int], keep_damaged: bool = False) -> str:
+    """A digest of every file's identity, the target size, and whether damaged images are kept."""
+    kept = ":damaged" if keep_damaged else ""
+    digest = hashlib.sha1(f"v{_CACHE_VERSION}:{image_size}:{dataset.class_names}{kept}".encode())
     for path, label in zip(dataset.paths, dataset.labels):
         try:
             stat = os.stat(path)
@@ -102,18 +104,36 @@ def decode_image(path: str, size: tuple[int, int]) -> np.ndarray | None:
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
+def ends_early(path: str) -> bool:
+    """Whether a JPEG file ends before its end-of-image marker (cut short in a copy or an upload):
+    OpenCV decodes it with a grey tail, saying so only on stderr. Other formats: False."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(2) != b"\xff\xd8":
+                return False
+            file.seek(max(0, os.fstat(file.fileno()).st_size - _JPEG_TAIL))
+            return b"\xff\xd9" not in file.read()
+    except OSError:
+        return False
+
+
+_JPEG_TAIL = 1024  # bytes at a JPEG's end its end-of-image marker is looked for in (some writers pad after it)
+
+
 def decode_images(
     dataset: Dataset,
     image_size: tuple[int, int],
     cache_dir: Path | None = None,
     threads: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    keep_damaged: bool = False,
 ) -> DecodedImages:
     """Decode and resize every image of ``dataset``, reusing this process's or the disk's copy.
-    The files that cannot be decoded are left out and named in ``skipped``, for the caller to say."""
-    key = cache_key(dataset, image_size)
+    The files that cannot be decoded are left out and named in ``skipped``, and JPEGs that end
+    early in ``damaged`` (unless ``keep_damaged``), for the caller to say."""
+    key = cache_key(dataset, image_size, keep_damaged)
     folder = Path(cache_dir) / "decoded" / key if cache_dir is not None else None
-    return _IN_PROCESS.get(key, lambda: _decoded(folder, dataset, image_size, threads, progress))
+    return _IN_PROCESS.get(key, lambda: _decoded(folder, dataset, image_size, threads, progress, keep_damaged))
 
 
 def _decoded(
@@ -122,16 +142,17 @@ def _decoded(
     image_size: tuple[int, int],
     threads: int,
     progress: Callable[[int, int], None] | None,
+    keep_damaged: bool = False,
 ) -> DecodedImages:
     """The images from the machine's cache ``folder``, decoded into it first if it is not there (or
     unreadable); without a cache folder, decoded for this process alone."""
     if folder is None:
-        return _decode_all(dataset, image_size, threads, progress)
+        return _decode_all(dataset, image_size, threads, progress, keep_damaged)
     with _one_at_a_time(folder):  # the machine's other workers wait for this one's cache
         decoded = _load(folder) if folder.is_dir() else None
         if decoded is None:
             _remove_leftovers(folder)
-            decoded = _decode_all(dataset, image_size, threads, progress)
+            decoded = _decode_all(dataset, image_size, threads, progress, keep_damaged)
             if folder.is_dir():  # there but unreadable
                 _set_aside(folder)
             # Mapped from the file like any later worker's: the decoded copy in this process is freed.
@@ -165,21 +186,30 @@ def _decode_all(
     image_size: tuple[int, int],
     threads: int,
     progress: Callable[[int, int], None] | None,
+    keep_damaged: bool = False,
 ) -> DecodedImages:
     # OpenCV releases the GIL while decoding, so threads scale with cores.
     workers = threads or os.cpu_count() or 1
     images = np.empty((len(dataset.paths), *image_size, 3), dtype=np.uint8)
     ok = np.zeros(len(dataset.paths), dtype=bool)
+    damaged = []
+
+    def decode(path: str) -> np.ndarray | str | None:  # None: unreadable; "damaged": decoded, but cut short
+        image = decode_image(path, image_size)
+        return "damaged" if image is not None and not keep_damaged and ends_early(path) else image
+
     with ThreadPoolExecutor(workers) as pool:
-        for i, image in enumerate(pool.map(lambda p: decode_image(p, image_size), dataset.paths, chunksize=64)):
-            if image is not None:
+        for i, image in enumerate(pool.map(decode, dataset.paths, chunksize=64)):
+            if isinstance(image, str):
+                damaged.append(dataset.paths[i])
+            elif image is not None:
                 images[i] = image
                 ok[i] = True
             if progress is not None and (i + 1) % 256 == 0:
                 progress(i + 1, len(dataset.paths))
     if progress is not None:
         progress(len(dataset.paths), len(dataset.paths))
-    skipped = tuple(p for p, good in zip(dataset.paths, ok) if not good)
+    skipped = tuple(p for p, good in zip(dataset.paths, ok) if not good and p not in set(damaged))
     labels = dataset.labels[ok]
     empty = [dataset.class_names[c] for c in range(len(dataset.class_names)) if not np.any(labels == c)]
     if not ok.any():
@@ -193,6 +223,7 @@ def _decode_all(
         paths=tuple(p for p, good in zip(dataset.paths, ok) if good),
         class_names=dataset.class_names,
         skipped=skipped,
+        damaged=tuple(damaged),
     )
 
 
@@ -200,7 +231,8 @@ def _save(folder: Path, decoded: DecodedImages) -> bool:
     """Write the images as one raw ``.npy`` (mapped by readers, not copied) and the rest beside it,
     in a temporary folder renamed into place: a reader sees the whole cache or none. Says whether
     the cache is there (ours, or an identical one another worker renamed into place first)."""
-    meta = {"paths": decoded.paths, "class_names": decoded.class_names, "skipped": decoded.skipped}
+    meta = {"paths": decoded.paths, "class_names": decoded.class_names, "skipped": decoded.skipped,
+            "damaged": decoded.damaged}  # fmt: skip
     index = {"labels": decoded.labels, "meta": np.asarray(json.dumps(meta))}
     if decoded.groups is not None:
         index["groups"] = decoded.groups.astype(str)
@@ -251,6 +283,7 @@ def _load(folder: Path) -> DecodedImages | None:
             paths=tuple(meta["paths"]),
             class_names=tuple(meta["class_names"]),
             skipped=tuple(meta["skipped"]),
+            damaged=tuple(meta.get("damaged", ())),
         )
     except (OSError, ValueError, KeyError) as error:
         log.warning("ignoring unreadable decode cache %s (%s); decoding again", folder, error)

@@ -164,6 +164,7 @@ def _skipping(kind: str, path: str) -> str:
     return f"skipping {path}: {LEFT_OUT.get(kind, kind)}"
 
 
-def decoded_left_out(skipped: tuple[str, ...]) -> list[tuple[str, str]]:
-    """The decode's skipped files as (kind, path): unreadable, or gone since the listing."""
-    return [("unreadable image" if os.path.exists(p) else "missing image", p) for p in skipped]
+def decoded_left_out(skipped: tuple[str, ...], damaged: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The decode's left-out files as (kind, path): unreadable, gone since the listing, or damaged."""
+    gone = [("unreadable image" if os.path.exists(p) else "missing image", p) for p in skipped]
+    return gone + [("damaged image", p) for p in damaged]

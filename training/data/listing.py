@@ -19,6 +19,7 @@ LEFT_OUT = {
     "missing folder": "listed in train.csv but not on disk",
     "unnamed image": "not named mask1-5, incorrect_mask or normal",
     "unreadable image": "cannot be decoded",
+    "damaged image": "its JPEG data ends early; data.keep_damaged: true trains on it",
     "missing image": "no such file",
 }
 

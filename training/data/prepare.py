@@ -67,13 +67,12 @@ def prepare_data(
 
     def prepare() -> PreparedData:
         listing = dataset or load_source(config)
-        decoded = decode_images(
-            listing, config.image_size, cache_folder(config.cache_dir), config.decode_threads, progress
-        )
+        decoded = decode_images(listing, config.image_size, cache_folder(config.cache_dir), config.decode_threads,
+                                progress, config.keep_damaged)  # fmt: skip
         labels, groups = decoded.labels, decoded.groups
         folds = fold_splits(labels, groups, config.folds, seed) if config.folds > 1 else []
         train_idx, val_idx = folds[0] if folds else split_train_val(labels, groups, config.val_ratio, seed)
-        left_out = [*listing.left_out, *decoded_left_out(decoded.skipped)]
+        left_out = [*listing.left_out, *decoded_left_out(decoded.skipped, decoded.damaged)]
         facts = DataFacts.of(
             listing.source,
             decoded.class_names,

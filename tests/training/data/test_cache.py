@@ -256,3 +256,26 @@ def test_a_worker_waiting_for_another_ones_decode_says_so(folder_dataset, tmp_pa
         assert said in caplog.text and waiting.is_alive()  # it says why it waits, and waits
     waiting.join(timeout=60)
     assert not waiting.is_alive()  # the other one let go: it went on
+
+
+def test_a_jpeg_that_ends_early_is_left_out_and_named_as_damaged_unless_kept(folder_dataset, tmp_path, capfd):
+    """OpenCV decodes a JPEG cut short with a grey tail (libjpeg's warning on stderr only)."""
+    from training import DataConfig, prepare_data
+
+    cut = folder_dataset / "cat" / "cut.jpg"
+    whole = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(cut), whole)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
+    assert cv2.imread(str(cut)) is not None  # decodes: the defect
+    config = DataConfig(source="folder", root=folder_dataset, image_size=16, cache_dir=tmp_path / "c")
+    left = prepare_data(config, 0)
+    assert str(cut) not in left.decoded.paths and left.decoded.damaged == (str(cut),)
+    kinds = {k.kind: k for k in left.facts.left_out}
+    assert kinds["damaged image"].first == (str(cut),) and kinds["damaged image"].count == 1
+    assert "damaged image" in " ".join(left.notes) and "data.keep_damaged: true" in left.facts.lines()[-1]
+    kept = prepare_data(config.model_copy(update={"keep_damaged": True}), 0)
+    assert str(cut) in kept.decoded.paths and not kept.decoded.damaged
+    assert len(kept.decoded.paths) == len(left.decoded.paths) + 1
+    key = decode_cache.cache_key(image_folder(folder_dataset), (16, 16))
+    again = decode_cache._load(tmp_path / "c" / "decoded" / key)
+    assert again.damaged == (str(cut),)  # as the next worker reads the cache
