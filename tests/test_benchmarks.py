@@ -116,3 +116,22 @@ def test_decode_cache_benchmark_compares_the_two_formats_across_processes():
         assert re.search(re.escape(ratio) + r": \d+\.\d{3}", run.stdout), ratio
     gathered = re.search(r"training batches of 100 gathered from the mapped cache.*: (\d+) img/s", run.stdout)
     assert gathered and int(gathered.group(1)) > 0
+
+
+@pytest.mark.slow
+def test_selection_benchmark_prints_every_arms_figures(tmp_path):
+    """The smallest run of it: one seed, two default trials and one cross-validated one."""
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "selection.py"), "--settings", "digits", "--seeds", "0", "--trials", "2", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    moves = re.search(r"one test image of the rarest class moves test macro-F1 by (0\.\d{4})", out)
+    assert moves and float(moves[1]) < 0.005
+    assert re.search(r"reference: \{.*\"lr\".*\}, retrained on the search part: test macro-F1 0\.\d{3}", out)
+    number = r"-?\d\.\d{3} ± \d\.\d{3}"
+    for arm in ("default", "cv", "cv \\+ ensemble"):
+        assert re.search(rf"\| {arm} \| {number} \| [+-]\d\.\d{{3}} \| {number} \| ({number}|-) \| \d+ \|", out), arm
+    assert re.search(r"  default: test \(reported\) by seed 0: 0\.\d{3} \(0\.\d{3}\)", out)

@@ -198,8 +198,20 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optun
             if is_sqlite(url):
                 _write_ahead_log(storage.engine)
             return storage
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+        except ImportError:
+            raise StorageError(f"cannot open storage {redact(url)}: {_no_driver(url)}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as error:
             raise StorageError(f"cannot open storage {redact(url)}: {describe_db_error(error)}") from None
+
+
+def _no_driver(url: str) -> str:
+    """What to do where the URL's database driver is not installed (for a bare ``postgresql://``,
+    SQLAlchemy's default driver, which this project does not install)."""
+    driver = make_url(url).drivername
+    if driver.startswith("postgresql"):
+        return (f"the driver of {driver}:// is not installed; name psycopg2, which the postgres extra installs: "
+                "postgresql+psycopg2://user@host:5432/db (pip install -e '.[postgres]')")  # fmt: skip
+    return f"the driver of {driver}:// is not installed; install it, or name an installed one in the URL"
 
 
 def check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:

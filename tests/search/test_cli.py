@@ -47,6 +47,9 @@ BAD_INPUTS = [
      "data.root={csv}"],
      1, "labels.csv:3: empty path or label"),
     ("malformed storage URL", ["status", "--study", "lr-sweep", "--storage", "not a url"], 2, "is malformed"),
+    ("a PostgreSQL URL whose driver is not installed", ["status", "--study", "x", "--storage",
+     "postgresql://u:s3cret@127.0.0.1:1/db"], 1, "the driver of postgresql:// is not installed; name psycopg2, which "
+     "the postgres extra installs: postgresql+psycopg2://user@host:5432/db (pip install -e '.[postgres]')"),
     ("password never shown", ["status", "--study", "x", "--storage", "postgresql://u:s3cret@"], 1, "***"),
     # an unknown study is a usage error in every command that reads one, with the nearest name
     *[(f"unknown study, {command}", [command, "--study", "lr-swep", *more], 2,
