@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from postgres_here import PostgresHere, postgres_here  # noqa: E402
+from stopping import stop_everything_on_sigterm  # noqa: E402
 
 MOMENTS = ("upload", "tell", "budget", "decode")
 STUDY = "chaos"
@@ -159,6 +160,7 @@ def run(chaos: Chaos, events: list[str], rng: random.Random, workers: int, limit
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_everything_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--kills", type=int, default=10)

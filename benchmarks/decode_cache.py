@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from stopping import stop_everything_on_sigterm
 
 from training.data import cache as decode_cache
 
@@ -106,6 +107,7 @@ def staged_rate(folder: Path, batch: int) -> float:
 
 
 def main() -> int:
+    stop_everything_on_sigterm()
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--size", type=int, nargs=2, default=(256, 192), metavar=("H", "W"))

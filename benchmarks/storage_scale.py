@@ -51,6 +51,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgbouncer_here import pgbouncer  # noqa: E402
+from stopping import stop_everything_on_sigterm  # noqa: E402
 
 SERVER = os.environ.get("SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 EPOCHS = 10  # the mask study's
@@ -718,6 +719,7 @@ def _print_size(row: dict) -> None:
 
 
 def main() -> None:
+    stop_everything_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="held,reads,grpc,sizes", help="which parts to run")
     parser.add_argument("--paths", default="direct,pgbouncer")

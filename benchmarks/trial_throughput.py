@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from stopping import stop_everything_on_sigterm
 
 SIZES = {
     # people, image (h, w) on disk, model input, model, batch, trials × epochs of the short study
@@ -411,6 +412,7 @@ class Sections:
 
 
 def main() -> int:
+    stop_everything_on_sigterm()
     began = time.perf_counter()
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpu", action="store_true", help="the competition's sizes on CUDA")
