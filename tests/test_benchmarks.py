@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +140,54 @@ def test_selection_benchmark_prints_every_arms_figures(tmp_path):
     for arm in ("default", "cv", "cv \\+ ensemble"):
         assert re.search(rf"\| {arm} \| {number} \| [+-]\d\.\d{{3}} \| {number} \| ({number}|-) \| \d+ \|", out), arm
     assert re.search(r"  default: test \(reported\) by seed 0: 0\.\d{3} \(0\.\d{3}\)", out)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_storage_scale_stopped_with_sigterm_leaves_no_worker_and_no_folder(postgres_url):
+    tmp_path = Path(tempfile.mkdtemp(prefix="scale-sigterm-"))  # not under pytest's: PgBouncer's user reads in it
+    tmp_path.chmod(0o1777)
+    try:
+        _stopped_with_sigterm(tmp_path, postgres_url)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _stopped_with_sigterm(tmp_path: Path, postgres_url: str) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SEARCH_TEST_POSTGRES": postgres_url}
+    command = [sys.executable, str(BENCHMARKS / "storage_scale.py"), "--parts", "held", "--paths", "direct",
+               "--steps", "10", "--processes", "2", "--epoch-seconds", "30"]  # fmt: skip
+    bench = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, children = time.monotonic() + 120, []
+    while time.monotonic() < deadline and len(children) < 3:  # the two worker processes and the resource tracker
+        assert bench.poll() is None, bench.communicate()[1][-2000:]
+        children = _children(bench.pid)
+        time.sleep(0.2)
+    time.sleep(3)  # the workers on their trials, holding connections
+    children = _children(bench.pid)
+    bench.send_signal(signal.SIGTERM)
+    bench.communicate(timeout=120)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(pid) for pid in children):
+        time.sleep(0.2)
+    assert not [pid for pid in children if _running(pid)]
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(("scale-artifacts-", "pgbouncer-"))]
+    assert not left  # its artifact folder, and PgBouncer's, removed
