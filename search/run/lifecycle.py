@@ -39,7 +39,7 @@ from search.store import (
 )
 from search.store import ask as new_or_queued_trial
 from search.store import fail_stale_trials as fail_stale
-from search.store.artifacts import remove, remove_temporaries
+from search.store.artifacts import remove, remove_temporaries, settle_unsure
 from search.store.budget import Next, TrialGate, next_step
 from search.study.schema import StudySpec
 from training import SearchServiceError, pause_point
@@ -66,6 +66,7 @@ def work(run: OpenRun, options: RunOptions, progress: Progress) -> optuna.Study:
             objective = Objective(run.spec, run.store, work_dir, progress)
             run_trials(run.study, objective, gate, options, progress)
             objective.pictures.wait()
+            settle_unsure(run.store)  # a picture's record the last outage hid
     finally:
         gate.close()  # its connection, kept for the trial starts
     return run.study
@@ -87,9 +88,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
                     progress.line(ASKED_TO_STOP.format(study.study_name))
                 return
             stops = stop_requests(study) if stops is None else stops  # those before this worker started
-            if lost is not None:  # the database is back: the trial it took down fails, saying so, and is retried
-                fail_lost_trial(study, *lost, objective.store)
-                lost = None
+            lost = after_outage(study, lost, objective.store)  # the database answers: what it took down, settled
             if stop_requests(study) > stops:
                 progress.line(ASKED_TO_STOP.format(study.study_name))
                 return
@@ -219,6 +218,14 @@ def fail_stale_trials(study: optuna.Study, store: AtomicArtifactStore) -> None:
     worker stopped and when, and are queued again (what ``study.optimize`` does before each trial)."""
     for failed in fail_stale(study, record.stopped_worker):
         remove_trial_files(study, failed, store)
+
+
+def after_outage(study: optuna.Study, lost: tuple[optuna.Trial, str] | None, store: AtomicArtifactStore) -> None:
+    """Once the database answers again: the trial it took down (``lost``, with why) fails, saying
+    so, and is retried; the files whose record's fate it hid are removed where no record names them."""
+    if lost is not None:
+        fail_lost_trial(study, *lost, store)
+    settle_unsure(store)
 
 
 def fail_lost_trial(study: optuna.Study, trial: optuna.Trial, reason: str, store: AtomicArtifactStore) -> None:

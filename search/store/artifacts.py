@@ -40,6 +40,9 @@ class AtomicArtifactStore(FileSystemArtifactStore):
         make_folder(base_path, "the artifact folder", "give another --artifacts")
         super().__init__(base_path)
         self.base_path = base_path
+        # files whose record's write failed while nobody could tell whether it landed: artifact id ->
+        # ``recorded``, asked again once the database answers (``settle_unsure``)
+        self.unsure: dict[str, Callable[[str], bool]] = {}
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         if Path(artifact_id).name != artifact_id or artifact_id in (".", ".."):
@@ -92,7 +95,8 @@ def upload(
     releases). Where the record's write fails (the database went away), ``recorded(artifact_id)``
     asks whether its commit landed all the same (its reply was lost): then the upload stands; where
     it did not, the file is taken away again; where nobody can tell (the database still away), the
-    file stays, so that a record never names missing bytes. Returns the artifact's id."""
+    file stays, so that a record never names missing bytes, until ``settle_unsure`` can ask.
+    Returns the artifact's id."""
     artifact_id = str(uuid.uuid4())
     with open(path, "rb") as file:
         store.write(artifact_id, file)
@@ -115,11 +119,25 @@ def _landed(store: AtomicArtifactStore, artifact_id: str, recorded: Callable[[st
     away only where it surely did not."""
     try:
         landed = recorded is not None and recorded(artifact_id)
-    except Exception:  # noqa: BLE001 - the database still away: nobody can tell, so the bytes stay
+    except Exception:  # noqa: BLE001 - the database still away: nobody can tell, so the bytes stay for now
+        store.unsure[artifact_id] = recorded
         return False
     if not landed:
         remove(store, artifact_id)
     return landed
+
+
+def settle_unsure(store: AtomicArtifactStore) -> None:
+    """The files kept while nobody could tell whether their record landed, asked again (the
+    database answers again): a file no record names is removed; one still unknown stays listed."""
+    for artifact_id, recorded in list(store.unsure.items()):
+        try:
+            landed = recorded(artifact_id)
+        except Exception:  # noqa: BLE001 - still away: asked again later
+            continue
+        del store.unsure[artifact_id]
+        if not landed:
+            remove(store, artifact_id)
 
 
 def dashboard_artifact_key(trial_id: int, artifact_id: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.listing import ends_early
 from training.data.sources import Dataset
 from training.errors import DataError
 from training.pause_points import pause_point
@@ -102,22 +103,6 @@ def decode_image(path: str, size: tuple[int, int]) -> np.ndarray | None:
     height, width = size
     resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-
-
-def ends_early(path: str) -> bool:
-    """Whether a JPEG file ends before its end-of-image marker (cut short in a copy or an upload):
-    OpenCV decodes it with a grey tail, saying so only on stderr. Other formats: False."""
-    try:
-        with open(path, "rb") as file:
-            if file.read(2) != b"\xff\xd8":
-                return False
-            file.seek(max(0, os.fstat(file.fileno()).st_size - _JPEG_TAIL))
-            return b"\xff\xd9" not in file.read()
-    except OSError:
-        return False
-
-
-_JPEG_TAIL = 1024  # bytes at a JPEG's end its end-of-image marker is looked for in (some writers pad after it)
 
 
 def decode_images(

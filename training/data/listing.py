@@ -3,6 +3,7 @@ out on the way, each item with the reason a user reads."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +49,19 @@ def visible(path: Path) -> bool:
 
 def is_image(path: Path) -> bool:
     return visible(path) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def ends_early(path: str) -> bool:
+    """Whether a JPEG file ends before its end-of-image marker (cut short in a copy or an upload):
+    OpenCV decodes it with a grey tail, saying so only on stderr. Other formats: False."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(2) != b"\xff\xd8":
+                return False
+            file.seek(max(0, os.fstat(file.fileno()).st_size - _JPEG_TAIL))
+            return b"\xff\xd9" not in file.read()
+    except OSError:
+        return False
+
+
+_JPEG_TAIL = 1024  # bytes at a JPEG's end its end-of-image marker is looked for in (some writers pad after it)

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy
 
 from search.store import AtomicArtifactStore
-from search.store.artifacts import remove_temporaries, upload
+from search.store.artifacts import remove_temporaries, settle_unsure, upload
 
 
 def _gone_pid() -> int:
@@ -72,8 +72,12 @@ def test_a_record_whose_reply_was_lost_keeps_its_file_and_one_nobody_can_confirm
     artifact_id = upload(store, tmp_path / "best.safetensors", reply_lost, records.__contains__)
     assert (store.base_path / artifact_id).read_bytes() == b"weights" and artifact_id in records
 
+    away = [True]
+
     def still_away(artifact_id):
-        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        if away:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        return False  # back: it never landed
 
     def never_written(artifact_id, meta):
         raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
@@ -81,9 +85,14 @@ def test_a_record_whose_reply_was_lost_keeps_its_file_and_one_nobody_can_confirm
     with pytest.raises(sqlalchemy.exc.OperationalError):
         upload(store, tmp_path / "best.safetensors", never_written, still_away)
     assert len(list(store.base_path.iterdir())) == 2  # kept: nobody could say it was not recorded
+    settle_unsure(store)
+    assert len(list(store.base_path.iterdir())) == 2 and len(store.unsure) == 1  # still away: still kept
+    away.clear()
+    settle_unsure(store)
+    assert len(list(store.base_path.iterdir())) == 1 and not store.unsure  # back, and no record: removed
     with pytest.raises(sqlalchemy.exc.OperationalError):
         upload(store, tmp_path / "best.safetensors", never_written, lambda artifact_id: False)
-    assert len(list(store.base_path.iterdir())) == 2  # surely not recorded: taken away again
+    assert len(list(store.base_path.iterdir())) == 1  # surely not recorded: taken away again
 
 
 def test_a_trials_checkpoint_whose_record_landed_without_a_reply_is_kept_and_named(tmp_path, monkeypatch):
