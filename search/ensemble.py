@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial
 
 from search.handover import export_folds
 from search.record import TrialRecord, ranked
-from search.store import AtomicArtifactStore, not_in_store
+from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.recorded import objective
 from training import ConfigError, SearchServiceError, replacing
 
@@ -91,11 +91,13 @@ def build_ensemble(study: optuna.Study, store: AtomicArtifactStore, folder: Path
                    force: bool = False) -> Ensemble:  # fmt: skip
     """Select an ensemble among the ``top`` complete trials and write their fold models and the
     manifest into ``folder``."""
-    leaders = [t for t in ranked(study.get_trials(deepcopy=False)) if TrialRecord.of(t).fold_checkpoints][:top]
+    kept_files = [t for t in ranked(study.get_trials(deepcopy=False)) if _files_kept(store, t)]  # retention's
+    leaders = kept_files[:top]
     if not leaders:
         raise SearchServiceError(
             f"study '{study.study_name}' has no complete cross-validated trial with stored fold models; an ensemble "
-            "needs a study with data.folds of 2 or more (search status shows its trials)"
+            "needs a study with data.folds of 2 or more (search status shows its trials), and picks among the "
+            "trials checkpoints.keep_top_k keeps"
         )
     folder = Path(folder)
     if (folder / MANIFEST).exists() and not force:
@@ -113,6 +115,14 @@ def build_ensemble(study: optuna.Study, store: AtomicArtifactStore, folder: Path
         Path(temporary).write_text(json.dumps(manifest, indent=2) + "\n")
     study.set_user_attr(ENSEMBLE_ATTR, json.dumps(manifest))
     return chosen
+
+
+def _files_kept(store: AtomicArtifactStore, trial: FrozenTrial) -> bool:
+    """Whether a cross-validated trial's fold models and out-of-fold file are all in the store
+    (retention removes those of the trials past ``checkpoints.keep_top_k``)."""
+    kept = TrialRecord.of(trial)
+    files = [*(kept.fold_checkpoints or ()), kept.out_of_fold_artifact]
+    return bool(kept.fold_checkpoints) and all(stored(store, f) for f in files)
 
 
 def read_manifest(folder: Path) -> tuple[list[Path], list[float]]:

@@ -26,7 +26,7 @@ from search.store import STORAGE_ERRORS, StaleTrial, set_user_attrs
 from training import OBJECTIVES, SearchServiceError
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
-    from training import DataFacts, TrainConfig, TrainResult
+    from training import TrainConfig, TrainResult
 
 SCALAR_METRICS = (*OBJECTIVES, "macro_precision", "macro_recall", "train_loss")
 NO_REASON = "no reason recorded (its worker was killed or lost, or the database went away)"
@@ -271,29 +271,3 @@ def failures_by_reason(trials: Sequence[FrozenTrial]) -> list[tuple[str, list[in
             reason += f"; {done} as trial {retry.number}"
         by_reason[reason].append(t.number)
     return sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[1][0]))
-
-
-def near_the_best(complete: Sequence[FrozenTrial], facts: DataFacts | None) -> list[str]:
-    """How far apart two trials may score by chance, and the trials that close to the best (ranked
-    ``complete`` trials), which the study cannot rank against it: one validation image of the
-    rarest class (``facts``, for macro-F1), or for a cross-validated best, the standard error of its
-    folds' mean."""
-    lines, floor = [], facts.one_image() if facts else None
-    if floor:
-        name, count, moves = floor
-        lines.append(f"noise: one validation image of the rarest class ({name}, {count} images) moves macro-F1 "
-                     f"by {moves:.4f}")  # fmt: skip
-    best = complete[0]
-    folds = [v for v in TrialRecord.of(best).fold_values or () if v is not None]
-    if len(folds) > 1:
-        margin = statistics.stdev(folds) / math.sqrt(len(folds))
-        within = f"one standard error of the best ({margin:.4f}, from its folds)"
-    elif floor:
-        margin, within = floor[2], f"one validation image of the best ({floor[2]:.4f}): this split cannot rank them"
-    else:
-        return lines
-    near = [str(t.number) for t in complete[1:] if best.value - t.value <= margin]
-    if near:
-        shown = near[0] if len(near) == 1 else ", ".join(near[:-1]) + " and " + near[-1]
-        lines.append(f"trial{'s' if len(near) > 1 else ''} {shown} {'are' if len(near) > 1 else 'is'} within {within}")
-    return lines

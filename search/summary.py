@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 from search import lr_find
 from search.formats import duration, short
-from search.record import TrialRecord, collapse_text, failures_by_reason, near_the_best, ranked, shown_as
+from search.noise import near_the_best
+from search.record import TrialRecord, collapse_text, failures_by_reason, ranked, shown_as
 from search.study.inputs import data_facts, data_summary
 from search.study.recorded import SPEC_ATTR, objective, setup_text
 

@@ -60,6 +60,7 @@ _LAZY = {
     "train": "training.loop",
     "train_on_all_data": "training.loop",
     "train_folds": "training.cross_validation",
+    "free_device_memory": "training.setup",
     "fold_checkpoint": "training.cross_validation",
     "resolve_device": "training.setup",
     "fetch_weights": "training.models",

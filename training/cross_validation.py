@@ -23,7 +23,7 @@ from training.config import TrainConfig
 from training.data.prepare import prepare_data
 from training.loop import EpochCallback, TrainResult, fit
 from training.metrics import classification_metrics, objective_value
-from training.setup import set_up
+from training.setup import free_device_memory, set_up
 
 # fold k and the objectives of the folds done so far -> True to stop the trial (a pruner's check)
 FoldCallback = Callable[[int, list[float]], bool | None]
@@ -37,8 +37,9 @@ def train_folds(
     config: TrainConfig, on_epoch_end: EpochCallback | None = None, on_fold_end: FoldCallback | None = None
 ) -> TrainResult:
     """Cross-validate ``config``: ``on_epoch_end(epoch, metrics)`` sees each fold's epochs (the
-    metrics say which ``fold``), ``on_fold_end(k, values)`` each finished fold; either returning
-    True stops the run. The result's metrics are those of the pooled out-of-fold predictions."""
+    metrics say which ``fold``), ``on_fold_end(k, values)`` each fold finished with more to come;
+    either returning True stops the run. The result's metrics are those of the pooled out-of-fold
+    predictions."""
     data = prepare_data(config.data, config.seed)
     labels = data.decoded.labels
     pooled = np.full((len(labels), data.num_classes), np.nan, dtype=np.float32)
@@ -62,10 +63,12 @@ def train_folds(
         checkpoints += [checkpoint] if checkpoint is not None else []
         more = k < len(data.folds) - 1
         stopped = fitted.stopped or (more and fitted.asked_to_stop) or (more and _stop(on_fold_end, k, values))
+        del run, fitted  # the next fold's model and optimizer are made without this one's beside them
+        free_device_memory()
         if stopped:
             break
     validated = ~np.isnan(pooled[:, 0])
-    last = [m for m in history if m["epoch"] == history[-1]["epoch"]]  # each fold's last epoch
+    last = list({m["fold"]: m for m in history}.values())  # each fold's last epoch trained
     metrics = {**classification_metrics(labels[validated], pooled[validated]), "lr": history[-1]["lr"],
                "train_loss": float(np.mean([m["train_loss"] for m in last]))}  # fmt: skip
     return TrainResult(

@@ -194,7 +194,7 @@ def fit(run: Training, on_epoch_end: EpochCallback | None, checkpoint: Path | No
         history.append(metrics)
         value = objective_value(metrics, config.objective)
         stop = on_epoch_end is not None and bool(on_epoch_end(epoch, metrics))
-        if value > best_value or (last and (stop or epoch == config.epochs - 1)):
+        if (not last and value > best_value) or (last and (stop or epoch == config.epochs - 1)):
             best_value, chosen.epoch, chosen.metrics, chosen.probs = value, epoch, metrics, probs
             if checkpoint is not None:
                 meta = checkpoint_meta(config, run.data.decoded.class_names, run.norm, epoch, metrics)

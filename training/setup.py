@@ -3,6 +3,7 @@ schedule, as ``train`` uses them (the benchmarks time this same set-up's epochs)
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 from dataclasses import dataclass, replace
@@ -220,3 +221,10 @@ def set_up(config: TrainConfig, *, all_data: bool = False, fold: int | None = No
         optimizer=optimizer,
         schedule=build_schedule(optimizer, config.scheduler, config.epochs),
     )
+
+
+def free_device_memory() -> None:
+    """After a run (an out-of-memory one above all), give its GPU memory back to the next."""
+    if torch.cuda.is_available():  # on the CPU the allocator returns memory by itself
+        gc.collect()
+        torch.cuda.empty_cache()

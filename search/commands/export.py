@@ -74,5 +74,5 @@ def _export_folds(study, store, out: Path, args: argparse.Namespace) -> int:
         return 2
     trial, paths = export_folds(study, store, out, number=args.trial, force=args.force)
     spread = TrialRecord.of(trial).spread()
-    print(f"trial {trial.number}'s {len(paths)} fold models ({spread}) exported to {out}")
+    print(f"trial {trial.number}'s {len(paths)} fold models{f' ({spread})' if spread else ''} exported to {out}")
     return 0

@@ -29,7 +29,7 @@ from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study import StudySpec, validate_study
 from search.study.inputs import data_facts
 from search.study.recorded import SPEC_ATTR, objective
-from training import make_folder
+from training import SearchServiceError, make_folder
 
 if TYPE_CHECKING:
     from training import PreparedData
@@ -119,9 +119,11 @@ def _confused_examples(spec: StudySpec, store: AtomicArtifactStore, top: FrozenT
     from training import predict_validation
 
     kept = TrialRecord.of(top)
-    val_images = data.decoded.images[data.val_idx]
     if kept.out_of_fold_artifact:  # cross-validated: every image, predicted by the fold model that did not train on it
-        probs, labels = out_of_fold(store, top)
+        try:
+            probs, labels = out_of_fold(store, top)
+        except SearchServiceError as error:
+            return f"<p>{html.escape(str(error))}; no example images.</p>"
         val_images = data.decoded.images
     elif not kept.checkpoint_artifact:
         return "<p>The best trial's checkpoint is not stored; no example images.</p>"
@@ -130,6 +132,7 @@ def _confused_examples(spec: StudySpec, store: AtomicArtifactStore, top: FrozenT
             if not stored(store, kept.checkpoint_artifact, copy_to=Path(file.name)):
                 return f"<p>The best trial's checkpoint is {html.escape(not_in_store(store))}; no example images.</p>"
             probs, labels = predict_validation(Path(file.name), spec.trial_config(top.params, None))
+        val_images = data.decoded.images[data.val_idx]
     predicted = probs.argmax(1)
     names = data.decoded.class_names
     matrix = np.asarray(kept.confusion_matrix)

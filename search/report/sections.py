@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from search.formats import duration, four, short
-from search.record import TrialRecord, collapse_text, failures_by_reason, near_the_best, ranked
+from search.noise import near_the_best
+from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
 from search.report.parts import confused_parts, is_competition, part_scores
 from training import DataFacts
 
@@ -27,7 +28,7 @@ def best_trial(top: FrozenTrial, class_names: Sequence[str], label: str) -> str:
     kept = TrialRecord.of(top)
     if kept.fold_values is not None:
         lines = [f"<p>Best: trial {top.number}, out-of-fold {html.escape(label)} {top.value:.4f} "
-                 f"(accuracy {four(kept.accuracy)}) over {len(kept.fold_values)} folds ({kept.spread()}), each "
+                 f"(accuracy {four(kept.accuracy)}) over {len(kept.fold_values)} folds{_spread(kept)}, each "
                  "fold's last epoch.</p>"]  # fmt: skip
     else:
         lines = [
@@ -46,6 +47,10 @@ def best_trial(top: FrozenTrial, class_names: Sequence[str], label: str) -> str:
         confused = confused_parts(kept.confusion_matrix, class_names)
         lines.append("<ul>" + "".join(f"<li>{html.escape(text)}</li>" for text in confused) + "</ul>")
     return "\n".join(lines)
+
+
+def _spread(kept: TrialRecord) -> str:
+    return f" ({spread})" if (spread := kept.spread()) else ""
 
 
 def top_trials(trials: list[FrozenTrial], label: str) -> str:

@@ -24,7 +24,7 @@ def behind_the_best(trial: optuna.Trial, values: list[float], rule: FoldPruning)
     if rule.p_threshold <= 0 or len(values) < rule.min_folds:
         return False
     try:
-        best = trial.study.best_trial  # one query on the RDB storage: the best value's trial
+        best = trial.study.best_trial  # a few small queries on the RDB storage: the best value's trial
     except ValueError:  # no complete trial yet
         return False
     theirs = best.user_attrs.get("fold_values") or []

@@ -7,7 +7,6 @@ store.
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 from pathlib import Path
@@ -26,7 +25,16 @@ from search.store.artifacts import upload_to_trial
 from search.study.distributions import sample
 from search.study.pruners import first_prunable_step
 from search.study.schema import StudySpec
-from training import ConfigError, DiskError, NonFiniteLossError, TrainConfig, train, train_folds
+from training import (
+    ConfigError,
+    DiskError,
+    NonFiniteLossError,
+    TrainConfig,
+    free_device_memory,
+    replacing,
+    train,
+    train_folds,
+)
 
 if TYPE_CHECKING:
     from training import TrainResult
@@ -98,7 +106,7 @@ class Objective:
             log.debug("trial %d failed", trial.number, exc_info=True)
         # Here the failed run's frames (its model, optimizer and activations) are gone with the
         # exception, so their memory really returns, to this worker's next trial and to the others.
-        _free_device_memory()
+        free_device_memory()
         if failure is not None:
             record.write_failure(trial, failure[0], failed_epoch=failure[1])
             return Outcome(TrialState.FAIL)
@@ -118,18 +126,10 @@ class Objective:
         cross-validated, its fold models and its pooled out-of-fold class probabilities."""
         if result.out_of_fold is not None:
             probs = Path(config.output_dir) / "out_of_fold.npz"
-            np.savez(probs, probs=result.out_of_fold, labels=result.labels, fold=result.validated_in)
+            with replacing(probs, "out-of-fold probabilities") as temporary, open(temporary, "wb") as file:
+                np.savez(file, probs=result.out_of_fold, labels=result.labels, fold=result.validated_in)
             folds = [upload_to_trial(self.store, path, trial) for path in result.fold_checkpoints]
             return {"fold_checkpoints": folds, "out_of_fold": upload_to_trial(self.store, probs, trial)}
         if result.checkpoint is not None and result.checkpoint.is_file():
             return {"checkpoint": upload_to_trial(self.store, result.checkpoint, trial)}
         return {}
-
-
-def _free_device_memory() -> None:
-    """After a trial (an out-of-memory one above all), give its GPU memory back to the next."""
-    import torch
-
-    if torch.cuda.is_available():  # on the CPU the allocator returns memory by itself
-        gc.collect()
-        torch.cuda.empty_cache()

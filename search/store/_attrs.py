@@ -48,7 +48,8 @@ def write_attrs(storage: optuna.storages.BaseStorage, trial: int, attrs: Mapping
 def fail_with(storage: optuna.storages.BaseStorage, trial: int, attrs: Mapping[str, Any]) -> bool:
     """A running trial told FAIL with ``attrs`` (why), in one transaction where the storage allows,
     so that a reason never outlives its state: a worker that tells the trial COMPLETE meanwhile
-    finds it failed, or fails it first and finds no reason written. False where it had finished."""
+    finds it failed, or fails it first and finds no reason written. False where it had finished
+    (without the private names, Optuna's own writes, which raise ``UpdateFinishedTrialError``)."""
     backend = usable_rdb(storage)
     if backend is None:
         write_attrs(storage, trial, attrs)

@@ -41,7 +41,7 @@ def ask(study: optuna.Study, queued: int) -> optuna.Trial:
     else a new trial, made without ``study.ask``'s look for queued ones, which reads every
     unfinished trial whole (half a second at a thousand running trials, under the study's lock).
     ``queued``: the WAITING trials counted before; a trial queued since (a worker's interrupted
-    trial, queued again outside the lock) is looked for too, by one indexed count."""
+    trial, queued again outside the lock) is looked for too, by one small query (LIMIT 1)."""
     private = all(hasattr(study, name) for name in ("_thread_local", "_storage", "_study_id"))
     if queued or _internals.MISSING or not private or _waiting(study):
         return study.ask()

@@ -108,9 +108,12 @@ def upload(
     }
     try:
         record(artifact_id, json.dumps(meta))
-    except BaseException:
+    except Exception:
         if not _landed(store, artifact_id, recorded):
             raise
+    except BaseException:  # interrupted: its trial ends FAIL, and a failed trial's files go with it
+        remove(store, artifact_id)
+        raise
     return artifact_id
 
 

@@ -5,6 +5,7 @@ registries. Every mistake is one ``ConfigError`` line naming the file, the key a
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -176,6 +177,8 @@ def _unfit(params: dict[str, Any], spec: StudySpec) -> str | None:
         number = "whole number" if dist.integer else "number"
         if dist.choices is None and (isinstance(value, bool) or not isinstance(value, int | float)):
             return f"{name}={value!r} is not a {number}; the space samples it from [{dist.low:g}, {dist.high:g}]"
+        if dist.choices is None and not math.isfinite(value):
+            return f"{name}={value!r} is not a finite number; the space samples it from [{dist.low:g}, {dist.high:g}]"
         if dist.choices is None and dist.integer and value != int(value):
             return f"{name}={value!r} is not a whole number; the space samples it from [{dist.low:g}, {dist.high:g}]"
         if dist.choices is None and not (dist.low <= value <= dist.high):

@@ -108,6 +108,9 @@ BAD_INPUTS = [
     ("a fraction where the space has a whole number", ["run", "--study", "lr-sweep", "--set",
      "enqueue=[{{lr: 0.001, accumulation_steps: 1, scheduler: step, step_size: 1.5, step_gamma: 0.5, "
      "loss: cross_entropy}}]"], 2, "step_size=1.5 is not a whole number; the space samples it from [1, 3]"),
+    ("an endless whole number", ["run", "--study", "lr-sweep", "--set",
+     "enqueue=[{{lr: 0.001, accumulation_steps: 1, scheduler: step, step_size: .inf, step_gamma: 0.5, "
+     "loss: cross_entropy}}]"], 2, "step_size=inf is not a finite number; the space samples it from [1, 3]"),
     ("a pruner renamed by --set", ["run", "--study", "lr-sweep", "--set", "pruner.name=none"], 2,
      "pruner 'none': NopPruner() takes no arguments; --set pruner.name keeps the file's other pruner options: "
      "replace the whole section, e.g. --set 'pruner={name: none}'"),

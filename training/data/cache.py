@@ -194,7 +194,8 @@ def _decode_all(
                 progress(i + 1, len(dataset.paths))
     if progress is not None:
         progress(len(dataset.paths), len(dataset.paths))
-    skipped = tuple(p for p, good in zip(dataset.paths, ok) if not good and p not in set(damaged))
+    cut = set(damaged)
+    skipped = tuple(p for p, good in zip(dataset.paths, ok) if not good and p not in cut)
     labels = dataset.labels[ok]
     empty = [dataset.class_names[c] for c in range(len(dataset.class_names)) if not np.any(labels == c)]
     if not ok.any():

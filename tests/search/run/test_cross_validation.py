@@ -145,6 +145,12 @@ def test_fold_models_and_an_out_of_fold_ensemble_are_handed_to_predict(cross_val
     assert np.allclose(predicted([ensemble], "ensemble"), expected, atol=1e-5)  # by the manifest's weights
     again = search_here("ensemble", "--study", "mask-lr-sweep", "--out", str(ensemble), env=env)
     assert again.returncode == 2 and "already holds an ensemble; pass --force" in again.stderr
+    # --top 5 of 4 complete trials, of which retention (keep_top_k: 3) kept the files of 3: picked among those
+    wider = search_here("ensemble", "--study", "mask-lr-sweep", "--top", "5", "--out", str(tmp_path / "e5"), env=env)
+    assert wider.returncode == 0, wider.stderr
+    kept = {t.number for t in study.trials if t.state.name == "COMPLETE" and _out_of_fold(cross_validated["home"], t)}
+    members = {m["trial"] for m in json.loads((tmp_path / "e5" / "ensemble.json").read_text())["members"]}
+    assert len(kept) == 3 and members <= kept
 
     # the report shows the folds' spread, the ensemble, and the images the best trial's fold models got wrong
     report = search_here("report", "--study", "mask-lr-sweep", "--out", str(tmp_path / "report"), env=env)
