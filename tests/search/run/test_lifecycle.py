@@ -407,7 +407,7 @@ def test_out_of_memory_fails_that_trial_with_its_reason_frees_its_memory_and_the
         return real_train(config, on_epoch_end)
 
     monkeypatch.setattr(objective, "train", train_out_of_memory_once)
-    monkeypatch.setattr(objective, "_free_device_memory", lambda: alive_at_release.append(tensors[0]() is not None))
+    monkeypatch.setattr(objective, "free_device_memory", lambda: alive_at_release.append(tensors[0]() is not None))
     overrides = [*TINY[1::2], "pruner={name: none}", "name=oom"]
     options = RunOptions(storage_url=f"sqlite:///{tmp_path}/s.db", artifacts=tmp_path / "artifacts", n_trials=1,
                          timeout=None, quiet=True)  # fmt: skip
