@@ -16,7 +16,7 @@ from search.console import say_data_notes
 from search.record import TrialRecord, chosen, ranked
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.inputs import check_inputs, data_place, trained_inputs
-from training import ConfigError, SearchServiceError, TrainConfig, replacing
+from training import ConfigError, SearchServiceError, TrainConfig, make_folder, replacing
 
 
 class Export(Enum):
@@ -100,7 +100,7 @@ def export_folds(study: optuna.Study, store: AtomicArtifactStore, folder: Path, 
     missing = [k for k, artifact_id in enumerate(ids) if not stored(store, artifact_id)]
     if missing:
         raise SearchServiceError(f"trial {trial.number}'s fold {missing[0]} model is {not_in_store(store)}")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "the folder for the fold models", "give another --out")
     for artifact_id, out in zip(ids, outs):
         with replacing(out, "checkpoint") as temporary:
             stored(store, artifact_id, copy_to=temporary)

@@ -105,6 +105,11 @@ def test_fold_models_and_an_out_of_fold_ensemble_are_handed_to_predict(cross_val
     assert plain.returncode == 1 and plain.stderr.count("\n") == 1, plain.stderr
     assert "is cross-validated: its models are its folds'; pass --folds" in plain.stderr
 
+    (tmp_path / "a-file").write_text("")
+    blocked = str(tmp_path / "a-file" / "f")
+    under = search_here("export", "--study", "mask-lr-sweep", "--folds", "--out", blocked, env=env)
+    assert under.returncode == 1 and under.stderr.count("\n") == 1, under.stderr
+    assert "cannot make the folder for the fold models" in under.stderr and "give another --out" in under.stderr
     folds = tmp_path / "folds"
     exported = search_here("export", "--study", "mask-lr-sweep", "--folds", "--out", str(folds), env=env)
     assert exported.returncode == 0, exported.stderr
