@@ -20,7 +20,14 @@ from search.record import ranked
 from search.run.options import RunOptions
 from search.run.outage import storage_failure
 from search.run.progress import Progress
-from search.store import AtomicArtifactStore, answered, describe_db_error, load_existing, open_storage, restarting
+from search.store import (
+    AtomicArtifactStore,
+    describe_db_error,
+    known_to_restart,
+    load_existing,
+    open_storage,
+    restarting,
+)
 from search.store.budget import TrialGate
 from search.study.distributions import fit_space, recorded_distributions
 from search.study.inputs import check_inputs, data_place, record_facts, trained_inputs
@@ -74,7 +81,7 @@ def open_and_say(spec: StudySpec, options: RunOptions, progress: Progress) -> Op
 def through_restarts(opening: Callable[[], OpenRun], progress: Progress, opener_of: str | None = None) -> OpenRun:
     """``opening()``, done again while the database answers as a restarting server does, for up to
     ``STARTUP_WAIT``: a worker that starts during a restart waits for the server, as a running one
-    does; with ``opener_of`` (the storage's URL), only once the storage has answered in this process.
+    does; with ``opener_of`` (the storage's URL), only where it is known to restart (``known_to_restart``).
     What was opened before is not done twice (the data and weights are this process's)."""
     deadline, said = time.monotonic() + STARTUP_WAIT, False
     while True:
@@ -82,7 +89,7 @@ def through_restarts(opening: Callable[[], OpenRun], progress: Progress, opener_
             return opening()
         except Exception as error:
             cause = storage_failure(error)
-            never = opener_of is not None and not answered(opener_of)
+            never = opener_of is not None and not known_to_restart(opener_of, error)
             if cause is None or never or time.monotonic() >= deadline or not restarting(error):
                 raise
             if not said:

@@ -3,7 +3,9 @@ RDB storage on it, with heartbeats on. Optuna's own tables are the only database
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
 import os
 import time
 import warnings
@@ -119,11 +121,7 @@ RESTARTING = ("connection refused", "the database system is", "server closed the
 
 def restarting(error: BaseException | None) -> bool:
     """Whether ``error``, or an error it was raised from, is what a restarting server answers."""
-    while error is not None:
-        if any(sign in str(error).lower() for sign in RESTARTING):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(sign in _messages(error) for sign in RESTARTING)
 
 
 # What the database answers a worker that makes Optuna's tables while another one does: they are
@@ -135,11 +133,52 @@ MADE_AT_ONCE_TRIES = 10
 
 
 _ANSWERED: set[str] = set()  # the storages that opened in this process
+# What says the server is there, though it refuses for now: PostgreSQL while it starts or stops.
+THERE_BUT_RESTARTING = "the database system is"
 
 
 def answered(url: str) -> bool:
-    """Whether the storage at ``url`` has opened in this process: a refusal since is an outage."""
-    return url in _ANSWERED
+    """Whether the storage at ``url`` has opened in this process, or from this ``$SEARCH_HOME``
+    before (a worker started again during a restart): a refusal since is an outage, not a wrong
+    host or port."""
+    return url in _ANSWERED or _digest(url) in _remembered()
+
+
+def known_to_restart(url: str, error: BaseException) -> bool:
+    """Whether a refusal of the storage at ``url`` is a restart, to wait out: it answered before,
+    or its server says it is starting or stopping."""
+    return answered(url) or restarting(error) and THERE_BUT_RESTARTING in _messages(error)
+
+
+def _messages(error: BaseException | None) -> str:
+    said = []
+    while error is not None:
+        said.append(str(error).lower())
+        error = error.__cause__ or error.__context__
+    return " ".join(said)
+
+
+def _digest(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()  # the file never holds a password
+
+
+def _remembered() -> set[str]:
+    try:
+        return set((search_home() / ANSWERED_FILE).read_text().split())
+    except OSError:
+        return set()
+
+
+def _remember(url: str) -> None:
+    """``url`` noted as answered, in this process and in ``$SEARCH_HOME`` where it can be written
+    (a place that cannot be written only costs a later start's wait)."""
+    _ANSWERED.add(url)
+    if _digest(url) not in _remembered():
+        with contextlib.suppress(OSError), open(search_home() / ANSWERED_FILE, "a") as known:
+            known.write(_digest(url) + "\n")
+
+
+ANSWERED_FILE = "storages-answered"  # in $SEARCH_HOME: a SHA-256 of each storage URL that opened from here
 
 
 def open_storage(
@@ -154,24 +193,24 @@ def open_storage(
     """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried. A server
     that refuses connections or says it is starting or stopping (a restart) is tried again for up to
     ``wait`` seconds (a worker's start), saying so once, so that a restart does not end the workers
-    starting then; without ``wait_if_never_answered``, only where it opened in this process before
-    (a wrong host or port is one line at once). Workers that start at once on a new database all
+    starting then; without ``wait_if_never_answered``, only where it answered before (``answered``)
+    or says it restarts (a wrong host or port is one line at once). Workers that start at once on a new database all
     make Optuna's tables, and the server refuses all but one: the others open it again, now that
     the tables are there."""
-    wait = wait if wait_if_never_answered or answered(url) else 0
     deadline, said, tries = time.monotonic() + wait, False, 0
     while True:
         try:
             storage = _open_storage(url, heartbeat_interval, grace_period)
-            _ANSWERED.add(url)
+            _remember(url)
             return storage
         except StorageError as error:
             tries += 1
             if tries <= MADE_AT_ONCE_TRIES and any(sign in str(error) for sign in MADE_AT_ONCE):
                 time.sleep(0.05 * tries)  # the one that made them may not have committed yet: let it
                 continue
-            if time.monotonic() >= deadline or not restarting(error):
-                if restarting(error) and not answered(url):
+            never = not (wait_if_never_answered or known_to_restart(url, error))
+            if never or time.monotonic() >= deadline or not restarting(error):
+                if never and restarting(error):
                     raise StorageError(f"{error}; check the host and port of the storage URL, and that its server "
                                        "runs") from None  # fmt: skip
                 raise

@@ -108,3 +108,96 @@ def test_a_storage_that_never_answered_is_one_line_at_once_and_one_that_did_is_w
     with pytest.raises(database.StorageError, match="Connection refused"):
         database.open_storage(url, wait=60, say=lambda line: None, wait_if_never_answered=False)
     assert len(waits) >= 10  # then a refusal is a restart: tried again until the wait is over
+
+
+def _starting_up_server() -> tuple[int, threading.Event]:
+    """A port where a server answers every connection as PostgreSQL does while it starts: FATAL
+    57P03, "the database system is starting up"."""
+    import socket
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def answer(connection: socket.socket) -> None:
+        with connection:
+            while True:  # SSL and GSS requests are declined; the startup message is refused
+                size, code = struct.unpack("!ii", connection.recv(8))
+                connection.recv(size - 8)
+                if code in (80877103, 80877104):
+                    connection.sendall(b"N")
+                    continue
+                fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+                connection.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+                return
+
+    def serve() -> None:
+        with listener:
+            while not done.is_set():
+                try:
+                    answer(listener.accept()[0])
+                except (TimeoutError, OSError, struct.error):
+                    continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], done
+
+
+def test_a_server_that_says_it_is_starting_up_is_waited_for_though_it_never_answered(tmp_path, monkeypatch):
+    """A worker started during a restart meets a server that answers but is not ready: a restart,
+    not a wrong host or port."""
+    import search.run.open as opening
+    from search.store import database
+    from tests.conftest import search_here
+
+    port, done = _starting_up_server()
+    url = f"postgresql+psycopg2://search@127.0.0.1:{port}/search"
+    waits = []
+    monkeypatch.setattr(database.time, "sleep", waits.append)
+    monkeypatch.setattr(opening.time, "sleep", waits.append)
+    monkeypatch.setattr(database.time, "monotonic", iter(range(0, 100_000, 5)).__next__)  # 5 s a look
+    try:
+        run = search_here("run", "--study", "lr-sweep", "--storage", url, env={"SEARCH_HOME": str(tmp_path)})
+    finally:
+        done.set()
+    assert run.returncode == 1 and len(waits) >= 10, (waits, run.stderr)
+    refused = (
+        f'cannot open storage {url}: connection to server at "127.0.0.1", port {port} failed: FATAL:  the '
+        "database system is starting up"
+    )
+    assert run.stderr.splitlines() == [
+        f"{refused}: trying again for up to 60 s (a restarting server)",
+        f"search: error: {refused}",
+    ], run.stderr
+
+
+def test_a_storage_that_answered_from_this_search_home_before_is_waited_for_by_a_new_process(tmp_path, monkeypatch):
+    """A worker started again while its server restarts (a requeued job) waits, as the first did;
+    the note names no URL, so it holds no password."""
+    import socket
+
+    from search.store import database
+
+    with socket.socket() as probe:  # a port nothing listens on (for now: the server restarts)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg2://search:secret@127.0.0.1:{port}/search"
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path))
+    monkeypatch.setitem(database.__dict__, "_ANSWERED", set())
+    database._remember(url)  # as the earlier process did when it opened the storage
+    monkeypatch.setitem(database.__dict__, "_ANSWERED", set())  # this is a new process
+    assert "secret" not in (tmp_path / database.ANSWERED_FILE).read_text()
+    waits = []
+    monkeypatch.setattr(database.time, "sleep", waits.append)
+    monkeypatch.setattr(database.time, "monotonic", iter(range(0, 10_000, 5)).__next__)
+    with pytest.raises(database.StorageError, match="Connection refused"):
+        database.open_storage(url, wait=60, say=lambda line: None, wait_if_never_answered=False)
+    assert len(waits) >= 10
+    monkeypatch.setenv("SEARCH_HOME", str(tmp_path / "elsewhere"))  # from another place, never answered
+    waits.clear()
+    with pytest.raises(database.StorageError, match="check the host and port"):
+        database.open_storage(url, wait=60, say=lambda line: None, wait_if_never_answered=False)
+    assert waits == []
