@@ -206,7 +206,8 @@ def check(server: PostgresHere, home: Path, n_trials: int) -> list[tuple[str, bo
     import optuna
     from optuna.trial import TrialState
 
-    from search.record import TrialRecord, failures_by_reason, ranked
+    from search.ranking import ranked
+    from search.record import TrialRecord, failures_by_reason
     from search.store.artifacts import DASHBOARD_ARTIFACTS
     from training.checkpoint import load_checkpoint
 

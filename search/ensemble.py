@@ -22,7 +22,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.handover import export_folds
-from search.record import TrialRecord, ranked
+from search.ranking import ranked
+from search.record import TrialRecord
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.recorded import objective
 from training import ConfigError, SearchServiceError, replacing

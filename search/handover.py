@@ -13,7 +13,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import say_data_notes
-from search.record import TrialRecord, chosen, ranked
+from search.ranking import chosen, ranked
+from search.record import TrialRecord
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.inputs import check_inputs, data_place, trained_inputs
 from training import ConfigError, SearchServiceError, TrainConfig, make_folder, replacing

@@ -1,5 +1,5 @@
-"""What a trial leaves in its study: one typed record, written and read here only, and the one
-ranking of a study's complete trials that every command uses.
+"""What a trial leaves in its study: one typed record, written and read here only; and, from
+``search.ranking``, the one ranking of a study's complete trials that every command uses.
 
 Each field of ``TrialRecord`` is the trial user attribute of the same name, as the dashboard and
 Optuna's own CLI show them. A field an earlier version did not write reads as None (a study made by
@@ -14,7 +14,7 @@ import os
 import socket
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.store import STORAGE_ERRORS, StaleTrial, set_user_attrs
-from training import OBJECTIVES, SearchServiceError
+from training import OBJECTIVES
 
 if TYPE_CHECKING:  # torch and timm: not for the commands that only read the study
     from training import TrainConfig, TrainResult
@@ -58,6 +58,7 @@ class TrialRecord:
     train_images_per_second: float | None = None
     device: str | None = None
     checkpoint_artifact: str | None = None  # the artifact id of its best epoch's checkpoint
+    confirms: int | None = None  # a confirmation run: the trial whose configuration it trained again
     # cross-validated (data.folds): each fold's objective, its fold models' and its pooled
     # out-of-fold class probabilities' artifact ids
     fold_values: list[float | None] | None = None
@@ -222,36 +223,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def ranked(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The complete trials, best value (the study's objective) first; of equal ones, the earlier first."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return sorted(complete, key=lambda t: t.value, reverse=True)
-
-
-def best(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
-    """The best complete trial (``ranked``'s first), or None before one completed."""
-    top = ranked(trials)
-    return top[0] if top else None
-
-
-def chosen(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """The trial a command acts on: trial ``number``, or the best; one line where there is none."""
-    trials = study.get_trials(deepcopy=False)
-    if number is not None:
-        found = next((t for t in trials if t.number == number), None)
-        if found is not None:
-            return found
-        last = max((t.number for t in trials), default=None)
-        span = f"trials are numbered 0..{last}" if last is not None else "it has no trials"
-        raise SearchServiceError(f"study '{study.study_name}' has no trial {number}; {span}")
-    top = best(trials)
-    if top is None:
-        raise SearchServiceError(
-            f"study '{study.study_name}' has no complete trial yet; run it on (search status shows it)"
-        )
-    return top
 
 
 def shown_as(objective: str) -> str:

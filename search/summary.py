@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from search import lr_find
 from search.formats import duration, short
 from search.noise import near_the_best
-from search.record import TrialRecord, collapse_text, failures_by_reason, ranked, shown_as
+from search.ranking import ranked
+from search.record import TrialRecord, collapse_text, failures_by_reason, shown_as
 from search.study.inputs import data_facts, data_summary
 from search.study.recorded import SPEC_ATTR, objective, setup_text
 

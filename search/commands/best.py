@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.record import TrialRecord, chosen, collapse_text
+    from search.ranking import chosen
+    from search.record import TrialRecord, collapse_text
     from search.study.inputs import data_facts
     from search.study.recorded import objective
 

@@ -92,7 +92,8 @@ def take_action(args: argparse.Namespace) -> int:
         install_signal_handlers()
         code, study = 0, run_here(spec, run)
     if code == 0 and not args.quiet:
-        from search.record import best, shown_as
+        from search.ranking import best
+        from search.record import shown_as
 
         top = best(study.get_trials(deepcopy=False))
         shown = f"best trial {top.number}: {shown_as(spec.objective)} {top.value:.4f}" if top else "no complete trial"

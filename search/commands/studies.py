@@ -25,7 +25,7 @@ def take_action(args: argparse.Namespace) -> int:
     from search.study.recorded import SPEC_ATTR, objective, setup_text
 
     # Optuna's summaries: one query per storage, not every trial of every study (the best by its
-    # value, as record.ranked ranks them, for a study that maximises one value).
+    # value, as search.ranking ranks them, for a study that maximises one value).
     summaries = optuna.get_all_study_summaries(open_storage(resolve_storage_url(args.storage)), include_best_trial=True)
     print(f"{'study':30} {'trials':>6} {'best':>8}  {'by':20}  {'started':16}  what it trains")
     for s in summaries:

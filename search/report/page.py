@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.console import say_data_notes
 from search.ensemble import ENSEMBLE_ATTR, out_of_fold
 from search.pictures import confusion_png, per_class_f1_png
-from search.record import TrialRecord, best, ranked, shown_as
+from search.ranking import best, ranked
+from search.record import TrialRecord, shown_as
 from search.report import sections
 from search.report.figures import (
     class_distribution_png,

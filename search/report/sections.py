@@ -11,7 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.formats import duration, four, short
 from search.noise import near_the_best
-from search.record import TrialRecord, collapse_text, failures_by_reason, ranked
+from search.ranking import ranked
+from search.record import TrialRecord, collapse_text, failures_by_reason
 from search.report.parts import confused_parts, is_competition, part_scores
 from training import DataFacts
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from search.handover import export_trial
-from search.record import TrialRecord, chosen
+from search.ranking import chosen
+from search.record import TrialRecord
 from search.report import figures
 from search.report.parts import part_scores
 from search.results.study import Picture, StudyResults

@@ -16,7 +16,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from search.record import TrialRecord, ranked, shown_as
+from search.ranking import ranked
+from search.record import TrialRecord, shown_as
 from search.report import figures
 from search.report.parts import is_competition
 from search.store import AtomicArtifactStore, artifact_dir, load_existing, open_storage, resolve_storage_url

@@ -18,6 +18,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search import record
+from search.ranking import ranked
 from search.run.heartbeat import heartbeat
 from search.run.objective import Objective
 from search.run.open import OpenRun, open_and_say
@@ -248,7 +249,7 @@ def remove_trial_files(study: optuna.Study, failed: FrozenTrial, store: AtomicAr
 def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:
     """Checkpoint retention: only the best ``keep`` complete trials keep their checkpoint (their fold
     models and out-of-fold probabilities, cross-validated)."""
-    for old in record.ranked(trials)[keep:]:
+    for old in ranked(trials)[keep:]:
         for artifact_id in record.TrialRecord.of(old).stored_files():
             remove(store, artifact_id)
 

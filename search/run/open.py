@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 
 from search import lr_find
 from search.console import say_data_notes
-from search.record import ranked
+from search.ranking import ranked
 from search.run.options import RunOptions
 from search.run.outage import storage_failure
 from search.run.progress import Progress

@@ -15,7 +15,8 @@ from typing import Any, TextIO
 from optuna.trial import FrozenTrial
 
 from search.formats import short
-from search.record import best, shown_as
+from search.ranking import best
+from search.record import shown_as
 
 
 class Progress:

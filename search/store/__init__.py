@@ -11,7 +11,15 @@ from search.store._attrs import artifact_ids, set_user_attrs
 from search.store._internals import FINISHED, study_id, trial_id
 from search.store._snapshot import PerTrial
 from search.store._stale import StaleTrial, fail_and_retry, fail_stale_trials, stale_trial_numbers
-from search.store._trials import ask, finished_trials, trial_counts
+from search.store._trials import (
+    CONFIRMS,
+    ask,
+    ask_confirmation,
+    confirmation_of,
+    confirming,
+    finished_trials,
+    trial_counts,
+)
 from search.store.artifacts import AtomicArtifactStore, artifact_dir, not_in_store, stored
 from search.store.database import (
     STORAGE_ERRORS,
@@ -28,6 +36,10 @@ from search.store.database import (
 from search.store.stops import request_stop, stop_requests
 
 __all__ = [
+    "CONFIRMS",
+    "ask_confirmation",
+    "confirmation_of",
+    "confirming",
     "FINISHED",
     "STORAGE_ERRORS",
     "AtomicArtifactStore",

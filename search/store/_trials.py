@@ -15,25 +15,62 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from search.store import _internals
-from search.store._internals import FINISHED, storage_of, study_id, usable_rdb
+from search.store._internals import FINISHED, storage_of, study_id, trial_id, usable_rdb
+
+# A confirmation run's trial system attribute: {"trial": the number of the trial whose configuration
+# it trains again, "seed": its own seed}. Queued retries keep it, as they keep ``fixed_params``.
+CONFIRMS = "search:confirms"
+
+
+def confirming(state: str) -> str:
+    """``trial_counts``' key of the confirmation runs in ``state`` (a state's name)."""
+    return f"confirmation {state}"
 
 
 def trial_counts(study: optuna.Study) -> Counter:
-    """The study's trials by state name, counted by the database: the budget asks this of every
-    trial start, under its lock, and Optuna's own ``get_trials`` reads every running trial whole
-    (with its params, attributes and reports) each time, which grows with the workers. Without the
-    private names, counted from ``get_trials``."""
+    """The study's trials by state name, counted by the database, confirmation runs (``CONFIRMS``)
+    apart under ``confirming(state)``: the budget counts the search's trials. The budget asks this
+    of every trial start, under its lock, and Optuna's own ``get_trials`` reads every running trial
+    whole (with its params, attributes and reports) each time, which grows with the workers.
+    Without the private names, counted from ``get_trials``."""
     backend = usable_rdb(storage_of(study))
     if backend is None:
-        return Counter(t.state.name for t in study.get_trials(deepcopy=False))
-    table = _internals.models.TrialModel
+        trials = study.get_trials(deepcopy=False)
+        return Counter(confirming(t.state.name) if CONFIRMS in t.system_attrs else t.state.name for t in trials)
+    table, attrs = _internals.models.TrialModel, _internals.models.TrialSystemAttributeModel
+    marked = sqlalchemy.and_(attrs.trial_id == table.trial_id, attrs.key == CONFIRMS)
+    search = attrs.key.is_(None)
     with _internals.scoped_session(backend.scoped_session) as session:
         rows = session.execute(
-            sqlalchemy.select(table.state, sqlalchemy.func.count())
+            sqlalchemy.select(table.state, search, sqlalchemy.func.count())
+            .outerjoin(attrs, marked)
             .where(table.study_id == study_id(study, backend))
-            .group_by(table.state)
+            .group_by(table.state, search)
         ).all()
-    return Counter({state.name: count for state, count in rows})
+    return Counter({state.name if plain else confirming(state.name): count for state, plain, count in rows})
+
+
+def ask_confirmation(study: optuna.Study) -> optuna.Trial | None:
+    """A queued confirmation run, taken as ``study.ask`` takes a queued trial (WAITING to RUNNING,
+    which one worker wins); None where other workers took them all first, or where this Optuna moved
+    the private names (a queued run is then taken by ``ask`` as any queued trial is)."""
+    storage = storage_of(study)
+    if storage is None or not hasattr(study, "_thread_local"):
+        return None
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for queued in (t for t in waiting if CONFIRMS in t.system_attrs):
+        if storage.set_trial_state_values(queued._trial_id, TrialState.RUNNING):
+            study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
+            return optuna.Trial(study, queued._trial_id)
+    return None
+
+
+def confirmation_of(trial: optuna.Trial) -> dict[str, int] | None:
+    """What a running trial confirms (``CONFIRMS``), or None for a trial of the search: read from the
+    trial as Optuna's ``Trial`` read it when it was made, else asked of the storage."""
+    frozen = getattr(trial, "_cached_frozen_trial", None)
+    attrs = frozen.system_attrs if frozen is not None else trial.storage.get_trial_system_attrs(trial_id(trial))
+    return attrs.get(CONFIRMS)
 
 
 def ask(study: optuna.Study, queued: int) -> optuna.Trial:

@@ -16,6 +16,7 @@ from enum import Enum
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from search.store._trials import confirming
 from search.store.database import engine_kwargs
 
 # Seconds between tries of a lock another worker holds: random up to a bound that doubles, to this.
@@ -29,16 +30,22 @@ class Next(Enum):
     """What the budget says a worker does next."""
 
     START = "start"  # a trial is left to start
+    CONFIRM = "confirm"  # a queued confirmation run (outside the budget) is left to start
     WAIT = "wait"  # the rest is running: wait in case one of them fails
-    DONE = "done"  # the study has all its finished trials
+    DONE = "done"  # the study has all its finished trials and confirmation runs
 
 
 def next_step(counts: Counter, n_trials: int) -> Next:
-    """Whether a trial is left to start, given the study's trials by state."""
+    """Whether a trial is left to start, given the study's trials by state (``trial_counts``):
+    the search's while it has budget left, then the queued confirmation runs, which it does not count."""
     finished = counts["COMPLETE"] + counts["PRUNED"]
-    if finished >= n_trials:
-        return Next.DONE
-    return Next.WAIT if finished + counts["RUNNING"] >= n_trials else Next.START
+    if finished + counts["RUNNING"] < n_trials:
+        return Next.START
+    if counts[confirming("WAITING")]:
+        return Next.CONFIRM
+    if finished < n_trials or counts[confirming("RUNNING")]:
+        return Next.WAIT
+    return Next.DONE
 
 
 class TrialGate:

@@ -7,7 +7,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search import record
-from search.record import NO_REASON, TrialRecord, best, failures_by_reason, ranked
+from search.ranking import best, ranked
+from search.record import NO_REASON, TrialRecord, failures_by_reason
 
 
 def _study_with(values: list[tuple[TrialState, float | None, dict]]) -> optuna.Study:

@@ -24,6 +24,12 @@ from tests.conftest import TINY, search_here
         ({"COMPLETE": 2, "RUNNING": 2}, Next.WAIT),  # the last ones run: one of them may still fail
         ({"COMPLETE": 3, "PRUNED": 1, "RUNNING": 1}, Next.DONE),
         ({"COMPLETE": 5, "WAITING": 2}, Next.DONE),  # queued trials left over do not extend it
+        # confirmation runs: outside the budget, started once the search has no trial left to start
+        ({"COMPLETE": 2, "confirmation WAITING": 1}, Next.START),
+        ({"COMPLETE": 2, "RUNNING": 2, "confirmation WAITING": 1}, Next.CONFIRM),
+        ({"COMPLETE": 4, "confirmation WAITING": 2, "confirmation COMPLETE": 9}, Next.CONFIRM),
+        ({"COMPLETE": 4, "confirmation RUNNING": 1}, Next.WAIT),  # it may still fail, and be queued again
+        ({"COMPLETE": 4, "confirmation COMPLETE": 6, "confirmation FAIL": 1}, Next.DONE),
     ],
 )
 def test_the_budget_counts_finished_and_running_trials(counts, expected):

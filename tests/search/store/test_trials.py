@@ -24,6 +24,29 @@ def test_trial_counts_by_the_database_equal_optunas_own(tmp_path, monkeypatch):
     assert _trials.trial_counts(study) == counted
 
 
+@pytest.mark.slow
+def test_confirmation_runs_are_counted_apart_and_taken_only_by_ask_confirmation(storage_url, monkeypatch):
+    study = optuna.create_study(storage=open_storage(storage_url), study_name=f"confirm-{uuid.uuid4().hex[:8]}")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    study.enqueue_trial({"x": 0.5})  # a queued trial of the search
+    for seed in (1, 2):
+        marker = {_trials.CONFIRMS: {"trial": 0, "seed": seed}, "fixed_params": study.trials[0].params}
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs=marker))
+    counted = _trials.trial_counts(study)
+    assert counted == {"COMPLETE": 2, "WAITING": 1, "confirmation WAITING": 2}
+    monkeypatch.setattr(_internals, "MISSING", ["a private name this Optuna lacks"])
+    assert _trials.trial_counts(study) == counted
+    monkeypatch.undo()
+    run = _trials.ask_confirmation(study)
+    assert run.number == 3 and _trials.confirmation_of(run) == {"trial": 0, "seed": 1}
+    assert run.suggest_float("x", 0, 1) == study.trials[0].params["x"]  # the configuration it confirms
+    assert _trials.confirmation_of(_trials.ask(study, queued=1)) is None  # the search's queued trial
+    assert _trials.trial_counts(study) == {"COMPLETE": 2, "RUNNING": 1, "confirmation RUNNING": 1,
+                                           "confirmation WAITING": 1}  # fmt: skip
+    assert _trials.ask_confirmation(study).number == 4
+    assert _trials.ask_confirmation(study) is None  # none left
+
+
 def test_a_new_trial_is_made_without_optunas_look_for_queued_ones_only_when_none_is_queued(tmp_path, monkeypatch):
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     study.enqueue_trial({"x": 0.25})

@@ -8,7 +8,7 @@ import sqlite3
 import optuna
 import pytest
 
-from search.record import ranked
+from search.ranking import ranked
 from search.study import load_study
 from search.study.warm import map_params
 from tests.conftest import TINY, search_here
