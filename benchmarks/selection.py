@@ -16,7 +16,10 @@ Arms, each on every seed (the study's seed: its split or folds, its sampler, its
 - ``cv``: the same with ``data.folds=5`` and fold pruning at its defaults, 6 trials (five folds
   each: at most 2.5x the default's epochs); hands over the best trial's five fold models, averaged;
 - ``cv + ensemble``: the ``cv`` arm's study; hands over ``search ensemble``'s pick among its top 5;
-- the default with confirmation of its top 3 is not measured: ``search confirm`` is not built.
+- ``default + confirm``: the ``default`` arm's study with ``confirm: {top: 3, seeds: 2}``: once its
+  12 trials are done, its three leading configurations are trained again with 2 further seeds each
+  (each run on its own split), until the top three by mean all are; hands over the checkpoint of the
+  configuration with the best mean. The ``default`` arm is read from the same study's 12 trials.
 
 Per arm: the held-out test macro-F1 of what it hands over (mean ± sd over seeds); its regret, the
 reference's test macro-F1 less the arm's, where the reference is the configuration with the best test
@@ -49,6 +52,7 @@ from stopping import stop_everything_on_sigterm
 
 from search.ensemble import out_of_fold, select
 from search.handover import fold_means
+from search.ranking import configurations, confirms
 from search.record import TrialRecord
 from search.run.lifecycle import run_here
 from search.run.options import RunOptions
@@ -59,6 +63,7 @@ TEST_SHARE = 0.45  # digits: the held-out part, so that one test image moves mac
 SEARCH_PEOPLE, TEST_PEOPLE = 150, 120  # people: the two parts
 STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
 DEFAULT_TRIALS, CV_TRIALS, FOLDS, ENSEMBLE_TOP = 12, 6, 5, 5
+CONFIRM = "confirm={top: 3, seeds: 2}"
 TRIALS = {"default": DEFAULT_TRIALS, "cv": CV_TRIALS}
 KEEP_ALL = "checkpoints.keep_top_k=1000"  # every complete trial keeps its models: each is scored on the test part
 SETTINGS = {
@@ -181,22 +186,31 @@ def models_of(trial: FrozenTrial, artifacts: Path) -> list[Path]:
     return [artifacts / i for i in (kept.fold_checkpoints or [kept.checkpoint_artifact])]
 
 
-def epochs_of(study: optuna.Study) -> int:
-    return sum(t.user_attrs.get("epochs_run", 0) for t in study.trials if t.state != TrialState.RUNNING)
+def epochs_of(study: optuna.Study, *, confirmation_runs: bool = True) -> int:
+    """The epochs its trials trained; with ``confirmation_runs``, its confirmation runs' too."""
+    trials = [t for t in study.trials if confirmation_runs or confirms(t) is None]
+    return sum(t.user_attrs.get("epochs_run", 0) for t in trials if t.state != TrialState.RUNNING)
 
 
 def complete(study: optuna.Study) -> list[FrozenTrial]:
-    return sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    """Its complete trials of the search (no confirmation run), best value first."""
+    found = (t for t in study.trials if t.state == TrialState.COMPLETE and confirms(t) is None)
+    return sorted(found, key=lambda t: -t.value)
 
 
 def arms_on_seed(setting: str, search_root: Path, seed: int, home: Path) -> dict[str, Handed]:
     handed = {}
-    study, store = run_study(setting, search_root, seed, home, f"default-{seed}", [], TRIALS["default"])
+    study, store = run_study(setting, search_root, seed, home, f"default-{seed}", [CONFIRM], TRIALS["default"])
     done = complete(study)
     artifacts = home / "artifacts"
     handed["default"] = Handed(models_of(done[0], artifacts), None, done[0].value,
-                               [(t.value, models_of(t, artifacts)) for t in done], epochs_of(study),
+                               [(t.value, models_of(t, artifacts)) for t in done],
+                               epochs_of(study, confirmation_runs=False),
                                [(t, models_of(t, artifacts), study) for t in done])  # fmt: skip
+    leaders = configurations(study.trials)  # ranked by the mean of each one's runs
+    ranked_by = [(r.mean, models_of(r.trial, artifacts)) for r in leaders]
+    configs = [(r.trial, models, study) for r, (_, models) in zip(leaders, ranked_by)]
+    handed["default + confirm"] = Handed(ranked_by[0][1], None, leaders[0].mean, ranked_by, epochs_of(study), configs)
     study, store = run_study(setting, search_root, seed, home, f"cv-{seed}", [f"data.folds={FOLDS}"], TRIALS["cv"])
     done = complete(study)
     handed["cv"] = Handed(models_of(done[0], artifacts), None, done[0].value,

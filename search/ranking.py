@@ -43,12 +43,16 @@ class Runs:
         return statistics.stdev(self.values) if len(self.runs) > 1 else None
 
     def spread(self) -> str | None:
-        """Confirmed: 'mean of 3 runs (trials 3, 12, 13), 0.701-0.725, sd 0.012'; else None."""
+        """Confirmed: 'mean of 3 runs, trials 3, 12 and 13: 0.701-0.725, sd 0.012'; else None."""
         if self.sd is None:
             return None
-        numbers = ", ".join(str(t.number) for t in self.runs)
+        numbers = ", ".join(str(t.number) for t in self.runs[:-1]) + f" and {self.runs[-1].number}"
         low, high = min(self.values), max(self.values)
-        return f"mean of {len(self.runs)} runs (trials {numbers}), {low:.3f}-{high:.3f}, sd {self.sd:.3f}"
+        return f"mean of {len(self.runs)} runs, trials {numbers}: {low:.3f}-{high:.3f}, sd {self.sd:.3f}"
+
+    def as_json(self) -> dict[str, object]:
+        """Its runs, for ``search best``: their trials, values, mean and sd."""
+        return {"trials": [t.number for t in self.runs], "values": self.values, "mean": self.mean, "sd": self.sd}
 
 
 def configurations(trials: Iterable[FrozenTrial]) -> list[Runs]:

@@ -126,11 +126,13 @@ def collapse_text(collapse: tuple[int, float], class_names: Sequence[str] | None
     return f"predicts '{name}' for {share:.0%} of the validation images: it learned nothing"
 
 
-def write_start(trial: optuna.Trial, config: TrainConfig) -> None:
-    """What a trial records when it starts: its seed, its worker and its config."""
+def write_start(trial: optuna.Trial, config: TrainConfig, *, confirms: int | None = None) -> None:
+    """What a trial records when it starts: its seed, its worker and its config; a confirmation
+    run, the trial whose configuration it trains again."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     config_json = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    set_user_attrs(trial, _attrs(seed=config.seed, worker=worker, config=config_json))
+    again = _attrs(confirms=confirms) if confirms is not None else {}
+    set_user_attrs(trial, _attrs(seed=config.seed, worker=worker, config=config_json) | again)
 
 
 def write_result(

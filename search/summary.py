@@ -4,6 +4,7 @@ and failed ones, the best so far, the top trials and what mattered."""
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence, Set
 from datetime import datetime
 
@@ -13,7 +14,7 @@ from optuna.trial import TrialState
 from search import lr_find
 from search.formats import duration, short
 from search.noise import near_the_best
-from search.ranking import ranked
+from search.ranking import Runs, configurations, confirms
 from search.record import TrialRecord, collapse_text, failures_by_reason, shown_as
 from search.study.inputs import data_facts, data_summary
 from search.study.recorded import SPEC_ATTR, objective, setup_text
@@ -53,7 +54,6 @@ def importance(study: optuna.Study, label: str) -> dict[str, float] | str:
 def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozenset()) -> str:
     """What ``search status`` prints; ``stale``: running trials whose worker stopped sending heartbeats."""
     trials = study.get_trials(deepcopy=False)
-    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     attrs = study.user_attrs
     label = shown_as(objective(attrs))
     facts = data_facts(attrs)  # shown in full below, else in short in the first line
@@ -61,32 +61,18 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
     lines = [f"study {study.study_name}: {len(trials)} trials" + (f" of {setup}" if setup else "")]
     lines += [f"  {line}" for line in facts.lines()] if facts else []
     lines += [line] if (line := lr_find.status_line(attrs)) else []
-    lines.append("  " + ", ".join(f"{name.lower()} {n}" for name, n in counts.items() if n))
+    lines.append("  " + _by_state(trials))
     lines += _running(trials, stale, label) + _failures(trials)
-    complete = ranked(trials)
-    if not complete:
+    leaders = configurations(trials)
+    if not leaders:
         lines.append("  no complete trial yet")
         return "\n".join(lines)
-    best = complete[0]
-    spread = TrialRecord.of(best).spread()
-    lines.append(f"  best: trial {best.number}, {label} {best.value:.4f}" + (f" ({spread})" if spread else ""))
-    lines += _collapsed(complete, facts.class_names if facts else None)
-    lines += [f"  {line}" for line in near_the_best(complete, facts if objective(attrs) == "macro_f1" else None)]
-    names = sorted({k for t in complete[:top] for k in t.params})
-    widths = {n: max(8, len(n), *(len(short(t.params.get(n))) for t in complete[:top])) for n in names}
-    width = max(8, len(label))
-    columns = " ".join(f"{n:>{widths[n]}}" for n in names)
-    folded = any(TrialRecord.of(t).fold_values for t in complete[:top])  # cross-validated: each one's fold sd
-    sd = f" {'fold sd':>7}" if folded else ""
-    lines += ["", f"  {'trial':>5} {label:>{width}}{sd} {'acc':>6} {'epochs':>6}  {columns}"]
-    for t in complete[:top]:
-        cells = " ".join(f"{short(t.params.get(n)):>{widths[n]}}" for n in names)
-        kept = TrialRecord.of(t)
-        acc, epochs = kept.accuracy, "-" if kept.epochs_run is None else kept.epochs_run
-        shown = "-" if acc is None else format(acc, ".3f")
-        sd_text = "-" if (fold_sd := kept.fold_sd()) is None else f"{fold_sd:.3f}"
-        spread = f" {sd_text:>7}" if folded else ""
-        lines.append(f"  {t.number:>5} {t.value:>{width}.4f}{spread} {shown:>6} {epochs:>6}  {cells}")
+    best = leaders[0]
+    spread = best.spread() or TrialRecord.of(best.trial).spread()
+    lines.append(f"  best: trial {best.trial.number}, {label} {best.mean:.4f}" + (f" ({spread})" if spread else ""))
+    lines += _collapsed([r.trial for r in leaders], facts.class_names if facts else None)
+    lines += [f"  {line}" for line in near_the_best(leaders, facts if objective(attrs) == "macro_f1" else None)]
+    lines += ["", *_table(leaders[:top], label)]
     mattered = importance(study, label)
     if isinstance(mattered, str):
         lines += ["", f"  parameter importance: {mattered}"]
@@ -94,6 +80,39 @@ def status_text(study: optuna.Study, *, top: int = 10, stale: Set[int] = frozens
         lines += ["", "  parameter importance (PED-ANOVA, as in the dashboard):"]
         lines += [f"  {name:>20} {value:.3f}" for name, value in mattered.items()]
     return "\n".join(lines)
+
+
+def _by_state(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """'complete 12, pruned 3', then the confirmation runs apart: the budget does not count them."""
+    search = Counter(t.state.name for t in trials if confirms(t) is None)
+    again = Counter(t.state.name for t in trials if confirms(t) is not None)
+    text = ", ".join(f"{state.name.lower()} {search[state.name]}" for state in TrialState if search[state.name])
+    if again:
+        runs = ", ".join(f"{state.name.lower()} {again[state.name]}" for state in TrialState if again[state.name])
+        text += f"; confirmation runs, outside the budget: {runs}"
+    return text
+
+
+def _table(leaders: list[Runs], label: str) -> list[str]:
+    """The leading configurations, one row each: the objective (a confirmed one's mean), its spread
+    (over its runs, or its folds), accuracy, epochs and every parameter."""
+    names = sorted({k for r in leaders for k in r.trial.params})
+    widths = {n: max(8, len(n), *(len(short(r.trial.params.get(n))) for r in leaders)) for n in names}
+    width = max(8, len(label))
+    columns = " ".join(f"{n:>{widths[n]}}" for n in names)
+    confirmed = any(r.sd is not None for r in leaders)  # confirmed: its runs and their sd
+    folded = any(TrialRecord.of(r.trial).fold_values for r in leaders)  # cross-validated: each one's fold sd
+    head = (f" {'runs':>4} {'runs sd':>7}" if confirmed else "") + (f" {'fold sd':>7}" if folded else "")
+    lines = [f"  {'trial':>5} {label:>{width}}{head} {'acc':>6} {'epochs':>6}  {columns}"]
+    for r in leaders:
+        kept = TrialRecord.of(r.trial)
+        cells = " ".join(f"{short(r.trial.params.get(n)):>{widths[n]}}" for n in names)
+        acc, epochs = kept.accuracy, "-" if kept.epochs_run is None else kept.epochs_run
+        shown = "-" if acc is None else format(acc, ".3f")
+        spread = f" {len(r.runs):>4} {'-' if r.sd is None else format(r.sd, '.3f'):>7}" if confirmed else ""
+        spread += f" {'-' if (sd := kept.fold_sd()) is None else format(sd, '.3f'):>7}" if folded else ""
+        lines.append(f"  {r.trial.number:>5} {r.mean:>{width}.4f}{spread} {shown:>6} {epochs:>6}  {cells}")
+    return lines
 
 
 def _running(trials: list[optuna.trial.FrozenTrial], stale: Set[int], label: str) -> list[str]:

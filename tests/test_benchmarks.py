@@ -137,7 +137,7 @@ def test_selection_benchmark_prints_every_arms_figures(tmp_path):
     assert moves and float(moves[1]) < 0.005
     assert re.search(r"reference: \{.*\"lr\".*\}, retrained on the search part: test macro-F1 0\.\d{3}", out)
     number = r"-?\d\.\d{3} ± \d\.\d{3}"
-    for arm in ("default", "cv", "cv \\+ ensemble"):
+    for arm in ("default", "default \\+ confirm", "cv", "cv \\+ ensemble"):
         assert re.search(rf"\| {arm} \| {number} \| [+-]\d\.\d{{3}} \| {number} \| ({number}|-) \| \d+ \|", out), arm
     assert re.search(r"  default: test \(reported\) by seed 0: 0\.\d{3} \(0\.\d{3}\)", out)
 

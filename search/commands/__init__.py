@@ -4,6 +4,7 @@ which returns the exit code. Each module imports what it runs only when it runs.
 
 from search.commands import (
     best,
+    confirm,
     dashboard,
     delete,
     ensemble,
@@ -25,6 +26,7 @@ COMMANDS = {
     "stop": stop,
     "status": status,
     "best": best,
+    "confirm": confirm,
     "studies": studies,
     "export": export,
     "ensemble": ensemble,

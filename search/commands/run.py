@@ -92,10 +92,16 @@ def take_action(args: argparse.Namespace) -> int:
         install_signal_handlers()
         code, study = 0, run_here(spec, run)
     if code == 0 and not args.quiet:
-        from search.ranking import best
+        from search.ranking import configurations
         from search.record import shown_as
 
-        top = best(study.get_trials(deepcopy=False))
-        shown = f"best trial {top.number}: {shown_as(spec.objective)} {top.value:.4f}" if top else "no complete trial"
+        leaders = configurations(study.get_trials(deepcopy=False))
+        top = leaders[0] if leaders else None
+        runs = f" (mean of {len(top.runs)} runs)" if top and top.sd is not None else ""
+        shown = (
+            f"best trial {top.trial.number}: {shown_as(spec.objective)} {top.mean:.4f}{runs}"
+            if top
+            else "no complete trial"
+        )
         print(shown, file=sys.stderr)
     return code

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.console import say_data_notes
 from search.ensemble import ENSEMBLE_ATTR, out_of_fold
 from search.pictures import confusion_png, per_class_f1_png
-from search.ranking import best, ranked
+from search.ranking import best, configurations, ranked
 from search.record import TrialRecord, shown_as
 from search.report import sections
 from search.report.figures import (
@@ -67,7 +67,7 @@ Epochs are counted from 0, as in the live lines, the dashboard and <code>search 
 <h2>The search</h2><img src="value_vs_lr.png" alt="{html.escape(label)} against learning rate">
 <img src="curves.png" alt="learning curves">
 <h3>Top trials</h3><div class="wide">{sections.top_trials(trials, label)}</div>
-{sections.noise(ranked(trials), facts if objective(study.user_attrs) == "macro_f1" else None)}
+{sections.noise(configurations(trials), facts if objective(study.user_attrs) == "macro_f1" else None)}
 {sections.ensemble(study.user_attrs.get(ENSEMBLE_ATTR), label)}
 <h3>Every trial</h3>{sections.every_trial(trials, label)}
 {sections.failed_trials(trials)}

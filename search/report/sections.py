@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.formats import duration, four, short
 from search.noise import near_the_best
-from search.ranking import ranked
+from search.ranking import Runs, configurations, confirms
 from search.record import TrialRecord, collapse_text, failures_by_reason
 from search.report.parts import confused_parts, is_competition, part_scores
 from training import DataFacts
@@ -55,28 +55,35 @@ def _spread(kept: TrialRecord) -> str:
 
 
 def top_trials(trials: list[FrozenTrial], label: str) -> str:
-    """The ten best complete trials as a table: metrics, epochs and every parameter."""
-    complete = ranked(trials)[:10]
-    params = sorted({k for t in complete for k in t.params})
-    folded = any(TrialRecord.of(t).fold_values for t in complete)  # cross-validated: each one's spread
-    spread = ["folds (min-max)", "fold sd"] if folded else []
+    """The ten leading configurations as a table: the objective (a confirmed one's mean over its
+    runs, with their spread), metrics, epochs and every parameter."""
+    leaders = configurations(trials)[:10]
+    params = sorted({k for r in leaders for k in r.trial.params})
+    confirmed = any(r.sd is not None for r in leaders)
+    folded = any(TrialRecord.of(r.trial).fold_values for r in leaders)  # cross-validated: each one's spread
+    spread = (["runs", "runs (min-max)", "runs sd"] if confirmed else []) + (
+        ["folds (min-max)", "fold sd"] if folded else []
+    )
     head = "".join(f"<th>{html.escape(p)}</th>" for p in ["trial", label, *spread, "accuracy", "epochs", *params])
     rows = []
-    for t in complete:
-        kept = TrialRecord.of(t)
+    for r in leaders:
+        kept = TrialRecord.of(r.trial)
         epochs = "" if kept.epochs_run is None else kept.epochs_run
-        values = [v for v in kept.fold_values or () if v is not None]
-        sd = kept.fold_sd()
-        shown = [f"{min(values):.3f}-{max(values):.3f}" if values else "", "" if sd is None else f"{sd:.3f}"]
-        cells = [t.number, f"{t.value:.4f}", *(shown if folded else []), four(kept.accuracy), epochs,
-                 *(short(t.params.get(p, "")) for p in params)]  # fmt: skip
+        runs = [len(r.runs), *_range_and_sd(r.values if r.sd is not None else [], r.sd)] if confirmed else []
+        folds = _range_and_sd([v for v in kept.fold_values or () if v is not None], kept.fold_sd()) if folded else []
+        cells = [r.trial.number, f"{r.mean:.4f}", *runs, *folds, four(kept.accuracy), epochs,
+                 *(short(r.trial.params.get(p, "")) for p in params)]  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def noise(complete: list[FrozenTrial], facts: DataFacts | None) -> str:
-    """How far apart trials may score by chance, and the trials that close to the best."""
-    lines = near_the_best(complete, facts) if complete else []
+def _range_and_sd(values: list[float], sd: float | None) -> list[str]:
+    return [f"{min(values):.3f}-{max(values):.3f}" if values else "", "" if sd is None else f"{sd:.3f}"]
+
+
+def noise(leaders: list[Runs], facts: DataFacts | None) -> str:
+    """How far apart trials may score by chance, and the configurations that close to the best."""
+    lines = near_the_best(leaders, facts) if leaders else []
     return "".join(f"<p>{html.escape(line[0].upper() + line[1:])}.</p>" for line in lines)
 
 
@@ -124,7 +131,8 @@ def ended(t: FrozenTrial) -> str:
     if t.state == TrialState.FAIL:
         at = f" at epoch {kept.failed_epoch}" if kept.failed_epoch is not None else ""
         return f"failed{at}: {kept.failure_reason or 'no reason recorded'}"
-    return t.state.name.lower()
+    again = confirms(t)
+    return t.state.name.lower() + (f" (confirms trial {again}, outside the budget)" if again is not None else "")
 
 
 def failed_trials(trials: list[FrozenTrial]) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from search.ranking import ranked
+from search.ranking import configurations, ranked
 from search.record import TrialRecord, shown_as
 from search.report import figures
 from search.report.parts import is_competition
@@ -176,12 +176,14 @@ def trials_table(results: StudyResults) -> pd.DataFrame:
 
 
 def leaders(results: StudyResults, top: int = 10) -> pd.DataFrame:
-    """The ``top`` complete trials, best first: the objective, accuracy, epochs and parameters."""
+    """The ``top`` leading configurations, best first: the objective (a confirmed one's mean over its
+    runs, with their number and sd), accuracy, epochs and parameters."""
     rows = []
-    for t in ranked(results.trials)[:top]:
-        kept = TrialRecord.of(t)
-        rows.append({"trial": t.number, results.label: t.value, "accuracy": kept.accuracy,
-                     "best epoch": kept.best_epoch, "epochs": kept.epochs_run, **t.params})  # fmt: skip
+    for r in configurations(results.trials)[:top]:
+        t, kept = r.trial, TrialRecord.of(r.trial)
+        rows.append({"trial": t.number, results.label: r.mean, "runs": len(r.runs), "runs sd": r.sd,
+                     "accuracy": kept.accuracy, "best epoch": kept.best_epoch, "epochs": kept.epochs_run,
+                     **t.params})  # fmt: skip
     return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
 
 

@@ -15,6 +15,7 @@ import warnings
 
 import optuna
 
+from search.store import CONFIRMS
 from search.study.schema import FoldPruning
 
 
@@ -26,6 +27,8 @@ def behind_the_best(trial: optuna.Trial, values: list[float], rule: FoldPruning)
     try:
         best = trial.study.best_trial  # a few small queries on the RDB storage: the best value's trial
     except ValueError:  # no complete trial yet
+        return False
+    if CONFIRMS in best.system_attrs:  # a confirmation run's folds are cut by its own seed: not these
         return False
     theirs = best.user_attrs.get("fold_values") or []
     pairs = [(mine, their) for mine, their in zip(values, theirs) if _finite(mine) and _finite(their)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 
 import optuna
@@ -18,6 +19,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search import record
+from search.confirm import described, queue_confirmations
 from search.ranking import ranked
 from search.run.heartbeat import heartbeat
 from search.run.objective import Objective
@@ -27,9 +29,11 @@ from search.run.outage import StorageOutage, storage_failure
 from search.run.progress import Progress
 from search.run.scratch import scratch_folder
 from search.store import (
+    CONFIRMS,
     STORAGE_ERRORS,
     AtomicArtifactStore,
     artifact_ids,
+    ask_confirmation,
     describe_db_error,
     fail_and_retry,
     finished_trials,
@@ -96,31 +100,28 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             fail_stale_trials(study, objective.store)  # a killed worker's trial turns FAIL, its params queued again
             counts = trial_counts(study)
             step = next_step(counts, options.n_trials)
+            if step is Next.DONE and confirm_leaders(study, objective.spec, progress):
+                continue  # the study file's confirmation runs, queued now: counted again
             if step is Next.DONE:
                 if not started and options.worker_index == 0:
-                    progress.line(
-                        f"the study has {counts['COMPLETE'] + counts['PRUNED']} finished trials of the "
-                        f"{options.n_trials} asked for: nothing to run (a larger --n-trials or budget.n_trials goes on)"
-                    )
+                    progress.line(nothing_to_run(counts, options.n_trials))
                 return
             if step is Next.WAIT:  # the rest is running: wait in case one of them fails
                 gate.release()
                 time.sleep(POLL_SECONDS)
                 continue
             pause_point("budget")
-            trial = ask(study, gate, counts["WAITING"], options.n_trials)
+            if step is Next.CONFIRM:
+                trial = ask_confirmation(study)  # outside the budget
+            else:
+                trial = ask(study, gate, counts["WAITING"], options.n_trials)
             if trial is None:
                 continue
             started, running = started + 1, trial
             done = run_trial(study, trial, objective, gate)
             running = None
             failures.count(done)
-            trials = finished_trials(study)  # only those this worker has not read yet
-            if done.state == TrialState.COMPLETE:
-                keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
-            if done.state == TrialState.FAIL:
-                progress.line(f"trial {done.number} failed: {record.TrialRecord.of(done).failure_reason or 'see log'}")
-            progress.study(study.study_name, trials, options.n_trials, objective.spec.objective)
+            after_trial(study, done, objective, options, progress)
             outage.over()
         except Exception as error:
             if (cause := storage_failure(error)) is None:
@@ -131,6 +132,33 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             outage.wait(cause)
         finally:
             gate.release()
+
+
+def after_trial(study: optuna.Study, done: FrozenTrial, objective: Objective, options: RunOptions,
+                progress: Progress) -> None:  # fmt: skip
+    """Once a trial is told: checkpoint retention, a failure said, the study's line."""
+    trials = finished_trials(study)  # only those this worker has not read yet
+    if done.state == TrialState.COMPLETE:
+        keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
+    if done.state == TrialState.FAIL:
+        progress.line(f"trial {done.number} failed: {record.TrialRecord.of(done).failure_reason or 'see log'}")
+    progress.study(study.study_name, trials, options.n_trials, objective.spec.objective)
+
+
+def nothing_to_run(counts: Counter, n_trials: int) -> str:
+    return (f"the study has {counts['COMPLETE'] + counts['PRUNED']} finished trials of the {n_trials} asked for: "
+            "nothing to run (a larger --n-trials or budget.n_trials goes on)")  # fmt: skip
+
+
+def confirm_leaders(study: optuna.Study, spec: StudySpec, progress: Progress) -> bool:
+    """Whether the study file's ``confirm`` queued confirmation runs now, the search's budget spent
+    (under the budget's lock: one worker queues each): until the leading configurations all have them."""
+    if spec.confirm is None:
+        return False
+    queued = queue_confirmations(study, spec.confirm.top, spec.confirm.seeds)
+    if queued:
+        progress.line(f"the search's budget is spent: confirming the leaders, outside it: {described(queued)}")
+    return bool(queued)
 
 
 ASKED_TO_STOP = "study '{}' was asked to stop (search stop): no new trial here"
@@ -211,6 +239,7 @@ def queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
     history = [*attrs.get("retry_history", []), trial.number]
     if attrs.get("fixed_params") and len(history) <= MAX_REQUEUES:
         retry = {"fixed_params": attrs["fixed_params"], "failed_trial": history[0], "retry_history": history}
+        retry |= {CONFIRMS: attrs[CONFIRMS]} if CONFIRMS in attrs else {}  # a confirmation run's is one still
         study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=retry))
 
 

@@ -95,9 +95,11 @@ class TrialPictures:
             self.drawer = DrawingProcess()
         return self.drawer.draw(best, class_names, work)
 
-    def submit(self, trial: optuna.Trial, result: Any, *, draw: bool = True) -> None:
-        """The trial's note (with its pictures, if ``draw``), written on the pictures thread."""
-        self.pending.append(self.pool.submit(self._attach, trial, result, draw=draw))
+    def submit(self, trial: optuna.Trial, result: Any, *, draw: bool = True,
+               confirming: dict[str, int] | None = None) -> None:  # fmt: skip
+        """The trial's note (with its pictures, if ``draw``), written on the pictures thread; a
+        confirmation run's (``confirming``) says so first."""
+        self.pending.append(self.pool.submit(self._attach, trial, result, draw=draw, confirming=confirming))
 
     def wait(self) -> None:
         """Block until every submitted trial's pictures are attached, then stop the drawing process
@@ -125,7 +127,7 @@ class TrialPictures:
 
         return upload(self.store, path, record, recorded)
 
-    def _attach(self, trial: optuna.Trial, result: Any, *, draw: bool) -> None:
+    def _attach(self, trial: optuna.Trial, result: Any, *, draw: bool, confirming: dict[str, int] | None) -> None:
         from optuna_dashboard import save_note
         from optuna_dashboard.artifact import get_artifact_path
 
@@ -155,4 +157,8 @@ class TrialPictures:
         )
         if collapse := collapsed(best.get("confusion_matrix")):
             summary += f"\n\n**This model {collapse_text(collapse, names)}.**"
+        if confirming is not None:
+            summary += (f"\n\n**A confirmation run of trial {confirming['trial']}**, with seed {confirming['seed']}, "
+                        "outside the budget: the study ranks that configuration by the mean of its runs "
+                        "(search status).")  # fmt: skip
         save_note(trial, "\n\n".join([summary, *links]))

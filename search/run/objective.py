@@ -20,7 +20,7 @@ from search import record
 from search.run.folds import behind_the_best
 from search.run.notes import TrialPictures
 from search.run.progress import Progress
-from search.store import STORAGE_ERRORS, AtomicArtifactStore
+from search.store import STORAGE_ERRORS, AtomicArtifactStore, confirmation_of
 from search.store.artifacts import upload_to_trial
 from search.study.distributions import sample
 from search.study.pruners import first_prunable_step
@@ -67,25 +67,30 @@ class Objective:
         params = sample(trial, self.spec.space)
         out_dir = self.work_dir / f"trial-{trial.number}"
         config = self.spec.trial_config(params, out_dir)
-        record.write_start(trial, config)
-        self.progress.trial_started(trial.number, params)
+        confirming = confirmation_of(trial)  # a confirmation run: its configuration's own seed
+        if confirming is not None:
+            config = config.model_copy(update={"seed": confirming["seed"]})
+        record.write_start(trial, config, confirms=confirming and confirming["trial"])
+        self.progress.trial_started(trial.number, params, confirming)
         try:
-            return self._train(trial, config)
+            return self._train(trial, config, confirming)
         finally:  # stored or not, the trial's own copy of its checkpoint goes (a failed trial's too)
             shutil.rmtree(out_dir, ignore_errors=True)
 
-    def _train(self, trial: optuna.Trial, config: TrainConfig) -> Outcome:
-        """Train the trial's config, reporting each epoch; record how it ended."""
+    def _train(self, trial: optuna.Trial, config: TrainConfig, confirming: dict[str, int] | None) -> Outcome:
+        """Train the trial's config, reporting each epoch; record how it ended. A confirmation run
+        (``confirming``) is never pruned, and stores nothing: its configuration's trial hands over."""
+        searching = confirming is None
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
             fold = metrics.get("fold")  # cross-validated: fold k's epochs are steps k × steps_per_fold + epoch
             trial.report(metrics[config.objective], epoch if fold is None else fold * self.steps_per_fold + epoch)
             self.progress.epoch(trial.number, epoch, config.epochs, metrics, config.objective)
-            return epoch >= self.first_prunable_epoch and trial.should_prune()
+            return searching and epoch >= self.first_prunable_epoch and trial.should_prune()
 
         def on_fold_end(fold: int, values: list[float]) -> bool:
             record.write_fold_values(trial, values)
-            return behind_the_best(trial, values, self.spec.fold_pruning)
+            return searching and behind_the_best(trial, values, self.spec.fold_pruning)
 
         failure: tuple[str, int | None] | None = None
         try:
@@ -111,12 +116,12 @@ class Objective:
             record.write_failure(trial, failure[0], failed_epoch=failure[1])
             return Outcome(TrialState.FAIL)
         try:
-            stored = {} if result.stopped_early else self._store(trial, result, config)
+            stored = {} if result.stopped_early or not searching else self._store(trial, result, config)
         except DiskError as error:
             record.write_failure(trial, str(error), result=result)
             raise
         record.write_result(trial, result, **stored)
-        self.pictures.submit(trial, result, draw=not result.stopped_early)
+        self.pictures.submit(trial, result, draw=not result.stopped_early, confirming=confirming)
         if result.stopped_early:
             return Outcome(TrialState.PRUNED)
         return Outcome(TrialState.COMPLETE, result.best_value)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from optuna.trial import FrozenTrial
 
 from search.formats import short
-from search.ranking import best
+from search.ranking import configurations, confirms
 from search.record import shown_as
 
 
@@ -45,9 +45,11 @@ class Progress:
         if self.live or done >= total:
             self._write(f"decoding images {done}/{total}", final=done >= total)
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+    def trial_started(self, number: int, params: dict[str, Any], confirming: dict[str, int] | None = None) -> None:
         self._started = time.perf_counter()
         shown = " ".join(f"{k}={short(v)}" for k, v in params.items())
+        if confirming is not None:
+            shown = f"confirms trial {confirming['trial']} with seed {confirming['seed']} (outside the budget): {shown}"
         self._write(f"trial {number} started: {shown}")
 
     def epoch(self, number: int, epoch: int, epochs: int, metrics: dict[str, Any], objective: str) -> None:
@@ -59,16 +61,22 @@ class Progress:
         )
 
     def study(self, name: str, trials: Sequence[FrozenTrial], n_trials: int, objective: str) -> None:
-        """The study's line after a trial: finished of the budget, by state, and the best so far."""
-        counts = Counter(t.state.name for t in trials)
+        """The study's line after a trial: finished of the budget, by state, the confirmation runs
+        (outside it), and the best so far (a confirmed configuration's mean)."""
+        counts = Counter(t.state.name for t in trials if confirms(t) is None)
+        confirmed = sum(t.state.name == "COMPLETE" and confirms(t) is not None for t in trials)
         finished = counts["COMPLETE"] + counts["PRUNED"]
-        top = best(trials)
-        best_text = (
-            f"best {shown_as(objective)} {top.value:.4f} (trial {top.number})" if top else "no complete trial yet"
-        )
+        leaders = configurations(trials)
+        if leaders:
+            top = leaders[0]
+            runs = f", mean of {len(top.runs)} runs" if len(top.runs) > 1 else ""
+            best_text = f"best {shown_as(objective)} {top.mean:.4f} (trial {top.trial.number}{runs})"
+        else:
+            best_text = "no complete trial yet"
+        again = f", {confirmed} confirmation run{'s' if confirmed > 1 else ''}" if confirmed else ""
         self._write(
             f"study {name}: {finished}/{n_trials} finished ({counts['COMPLETE']} complete, "
-            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed), {best_text}"
+            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed){again}, {best_text}"
         )
 
 

@@ -20,7 +20,7 @@ QUEUED_ATTR = "queued"  # the known-good configurations (enqueue) queued so far,
 # it trains. Everything else in a study file, but the fields the space samples, decides what a
 # trial's value means.
 _RUN_ONLY = (
-    "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner", "fold_pruning",
+    "name", "budget", "checkpoints", "enqueue", "warm_start", "space", "sampler", "pruner", "fold_pruning", "confirm",
     "data.root", "data.cache_dir", "data.decode_threads", *MACHINE_SETTINGS,
 )  # fmt: skip
 # Settings a spec recorded before they existed leaves out, with what its study trained by then

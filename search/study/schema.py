@@ -51,6 +51,14 @@ class FoldPruning(Frozen):
     min_folds: int = Field(2, ge=1)
 
 
+class Confirm(Frozen):
+    """Once the search's budget is spent, the ``top`` leading configurations are each trained again
+    with ``seeds`` further seeds (confirmation runs, outside the budget), until the top ones all are."""
+
+    top: int = Field(3, ge=1)
+    seeds: int = Field(2, ge=1)
+
+
 class WarmStart(Frozen):
     """The best ``top`` complete trials of ``study`` (in the same storage) queued first."""
 
@@ -73,6 +81,7 @@ class StudySpec(Frozen):
     budget: Budget = Field(default_factory=Budget)
     checkpoints: Retention = Field(default_factory=Retention)
     fold_pruning: FoldPruning = Field(default_factory=FoldPruning)
+    confirm: Confirm | None = None
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     warm_start: WarmStart | None = None
     _variables: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the ${VARIABLE} its value came from

@@ -56,7 +56,8 @@ BAD_INPUTS = [
        "no study 'lr-swep' in this storage; did you mean 'lr-sweep'? studies here: ['lr-sweep']")
       for command, more in [("status", []), ("best", []), ("report", ["--out", "r"]),
                             ("export", ["--out", "x.safetensors"]), ("dashboard", []), ("delete", ["--yes"]),
-                            ("stop", []), ("ensemble", ["--out", "e"]), ("notebook", ["--out", "n.ipynb"])]],
+                            ("stop", []), ("ensemble", ["--out", "e"]), ("notebook", ["--out", "n.ipynb"]),
+                            ("confirm", [])]],
     ("missing trial", ["export", "--study", "lr-sweep", "--trial", "99", "--out", "x.safetensors"], 1,
      "has no trial 99; trials are numbered 0.."),
     ("unknown option", ["run", "--study", "lr-sweep", "--n-trails", "3"], 2, "unrecognized arguments"),
@@ -72,6 +73,10 @@ BAD_INPUTS = [
      "argument --workers: expected a whole number, got 'four'"),
     ("port out of range", ["dashboard", "--study", "lr-sweep", "--port", "70000"], 2,
      "argument --port: must be from 0 to 65535, got 70000"),
+    ("no configuration to confirm", ["confirm", "--study", "lr-sweep", "--top", "0"], 2,
+     "argument --top: must be 1 or more, got 0"),
+    ("no confirmation run", ["confirm", "--study", "lr-sweep", "--seeds", "0"], 2,
+     "argument --seeds: must be 1 or more, got 0"),
     ("negative trial", ["export", "--study", "lr-sweep", "--trial", "-1", "--out", "x"], 2,
      "argument --trial: must be 0 or more, got -1"),
     # where an output cannot be written: one line naming it, nothing left behind (checked below)
