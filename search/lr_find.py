@@ -3,8 +3,9 @@ range it finds, in one place:
 
 - the test runs on the study's own settings, between bounds far outside its space (``bounds``,
   ``find``), where the study file asks for it (``lr: {lr_find: true}``) or ``search lr-find`` does;
-- the first range a worker finds is recorded on the study, under its lock, and every run and worker
-  searches that one range (``record_first``, ``searching_recorded``);
+- one worker of a study tests, under the study's lock, while the others wait for its range; that
+  range is recorded on the study, and every run and worker searches it (``test_once``,
+  ``searching_recorded``); ``search run --workers N`` leaves the test to its workers;
 - the study's queued known-good rates outside that range move into it, as one (``moved_inside``);
 - what it found is said as a line, as the space's ``lr`` entry to use, and as a plot (``summary``,
   ``draw``), and ``search status`` says the range searched (``status_line``).
@@ -82,6 +83,25 @@ def searching_recorded(spec: StudySpec, attrs: Mapping[str, Any]) -> StudySpec:
     if spec.space.lr_to_find() is None or found is None:
         return spec
     return spec.model_copy(update={"space": spec.space.with_found_lr(found["low"], found["high"])})
+
+
+_TESTED: dict[str, dict[str, Any]] = {}  # this process's tests, by the study file they ran for
+
+
+def test_once(spec: StudySpec, study: optuna.Study, storage_url: str, say: Callable[[str], None]) -> StudySpec:
+    """The spec searching the study's recorded range, where the file asks for lr_find. Where the study
+    has none, this worker tests and records it, under the study's lock: the study's other workers
+    wait for that range rather than test too. A test this process ran already (before the storage
+    went away, say) is not run again."""
+    if spec.space.lr_to_find() is None:
+        return spec
+    with TrialGate.held(storage_url, spec.name):
+        if recorded(study.user_attrs) is None:
+            key = spec.model_dump_json()
+            if key not in _TESTED:
+                _TESTED[key] = find_for_study(spec, say)
+            study.set_user_attr(RECORD_ATTR, _TESTED[key])
+    return searching_recorded(spec, study.user_attrs)
 
 
 def record_first(spec: StudySpec, study: optuna.Study, storage_url: str, found: dict[str, Any]) -> StudySpec:

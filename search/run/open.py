@@ -68,12 +68,14 @@ def open_run(spec: StudySpec, options: RunOptions, progress: Progress) -> OpenRu
     return through_restarts(lambda: check_run(prepare_run(spec, options, progress)), progress)
 
 
-def open_and_say(spec: StudySpec, options: RunOptions, progress: Progress) -> OpenRun:
-    """``open_run`` for the process that opens the run for its workers (or for itself): what the
-    data left out is said once, here, before the inputs check that it may explain. A storage that
-    never answered (a wrong host or port) is one line at once; one that did is waited for."""
+def open_and_say(spec: StudySpec, options: RunOptions, progress: Progress, *, launcher: bool = False) -> OpenRun:
+    """``open_run`` for the process that opens the run for its workers (``launcher``: it leaves the
+    learning-rate range test to them) or for itself: what the data left out is said once, here,
+    before the inputs check that it may explain. A storage that never answered (a wrong host or
+    port) is one line at once; one that did is waited for."""
     url = options.storage_url
-    run = through_restarts(lambda: prepare_run(spec, options, progress, opener=True), progress, url)
+    run = through_restarts(lambda: prepare_run(spec, options, progress, opener=True, launcher=launcher), progress,
+                           url)  # fmt: skip
     say_data_notes(run.data.notes)
     return through_restarts(lambda: check_run(run), progress, url)
 
@@ -98,7 +100,8 @@ def through_restarts(opening: Callable[[], OpenRun], progress: Progress, opener_
             time.sleep(1.0)
 
 
-def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress, *, opener: bool = False) -> OpenRun:
+def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress, *, opener: bool = False,
+                launcher: bool = False) -> OpenRun:  # fmt: skip
     """The artifact folder (before the decode, so it is answered at once), the device (one this
     machine lacks), the study, read only (a space its trials cannot take, another setup than it was
     made with), the data's listing (a wrong root is answered before the hub's time-outs), the
@@ -118,8 +121,7 @@ def prepare_run(spec: StudySpec, options: RunOptions, progress: Progress, *, ope
     fetch_weights(spec.model)
     data = prepare_data(spec.data, spec.seed, progress=progress.decode, dataset=dataset)
     check_defined(spec.objective, data.decoded.labels[data.val_idx], data.num_classes)
-    found = lr_find.find_for_study(spec, progress.line) if spec.space.lr_to_find() is not None else None
-    spec, study = create_study(spec, options, storage, found, warm, progress.line)
+    spec, study = create_study(spec, options, storage, None, warm, progress.line, test_lr=not launcher)
     return OpenRun(spec, store, study, data)
 
 
@@ -180,11 +182,15 @@ def create_study(
     lr_found: dict | None = None,
     warm: list[FrozenTrial] | None = None,
     say: Callable[[str], None] = print,
+    *,
+    test_lr: bool = False,
 ) -> tuple[StudySpec, optuna.Study]:
     """Create the study or load it by name; record its spec once (another run may have made it
-    since ``check_study``: its setup is checked again); record the learning-rate range this worker
-    found (``lr_found``) unless another worker's is there, and search the recorded one; queue the
-    warm start's trials (``warm``) once, then the known-good configs."""
+    since ``check_study``: its setup is checked again); with ``test_lr``, the learning-rate range
+    test where the study file asks for one and the study has no range (``lr_find.test_once``);
+    record the range found (``lr_found``) unless another worker's is there, and search the recorded
+    one; queue the warm start's trials (``warm``) once, then the known-good configs: once the range
+    they move into is known."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental samplers and options
         study = optuna.create_study(
@@ -200,8 +206,12 @@ def create_study(
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
     _same_setup(spec, study.user_attrs)
+    if test_lr:
+        spec = lr_find.test_once(spec, study, options.storage_url, say)
     if lr_found is not None:
         spec = lr_find.record_first(spec, study, options.storage_url, lr_found)
+    if spec.space.lr_to_find() is not None:  # the range is its workers' to find: they queue what moves into it
+        return spec, study
     if warm:  # put onto the space as searched: with the range lr-find found, if it did
         mapped = [map_params(t.number, t.params, spec.space) for t in warm]
         if _queue_warm_start(spec, study, options, mapped):

@@ -57,7 +57,7 @@ def run_on_workers(
     gpus = worker_gpus(spec.train.device, torch.cuda.device_count())
     if trials_per_gpu:  # K workers on each GPU: pays where one trial leaves the GPU idle
         options = replace(options, workers=trials_per_gpu * max(1, len(gpus)))
-    run = open_and_say(spec, options, Progress(quiet=options.quiet))
+    run = open_and_say(spec, options, Progress(quiet=options.quiet), launcher=True)  # the range test is the workers'
     packed = options.workers > len(gpus) > 0  # some GPU gets more than one worker
     if packed and (warning := packing_warning(-(-options.workers // len(gpus)), len(gpus), mps=mps or mps_running())):
         print(warning, file=sys.stderr)

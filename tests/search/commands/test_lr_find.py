@@ -117,3 +117,54 @@ def test_queued_rates_outside_the_range_move_as_one_around_its_middle_and_those_
         "queued lr outside the range recorded, 1.00e-03 to 2.00e-03, moved as one around its middle: "
         "1e-06 -> 0.001, 0.01 -> 0.002; those past its edges clipped to them"
     )
+
+
+@pytest.mark.slow
+def test_search_run_with_workers_leaves_the_range_test_to_one_of_its_workers(tmp_path):
+    """The command that only launches does not test on its own; one worker tests while the other
+    waits for its range, and both search it."""
+    from tests.conftest import search
+
+    env = {"SEARCH_HOME": str(tmp_path)}
+    run = search("run", "--study", "lr-sweep", *TINY_SET, "--set", "train.epochs=1", "--set",
+                 "space.lr={lr_find: true}", "--n-trials", "2", "--workers", "2", env=env)  # fmt: skip
+    lines = (run.stdout + run.stderr).splitlines()
+    tests = [line for line in lines if "lr-find: a learning-rate range test for study 'lr-sweep'" in line]
+    assert len(tests) == 1 and tests[0].startswith("[worker "), lines
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db")
+    found = study.user_attrs[RECORD_ATTR]
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2 and all(found["low"] <= t.params["lr"] <= found["high"] for t in study.trials)
+
+
+def test_a_storage_outage_after_the_range_test_does_not_run_it_again(tmp_path, monkeypatch):
+    """The range is recorded after a test of a minute or more: where the storage goes away then,
+    the worker waits for it and records the range it found, without testing again."""
+    import sqlalchemy
+
+    import search.run.open as opening
+    from search import lr_find
+    from search.run.options import RunOptions
+    from search.run.progress import Progress
+    from training import LrFindResult
+
+    tests, failed = [], []
+    result = LrFindResult(rates=(1e-4, 1e-1), losses=(2.0, 1.0), raw=(2.0, 1.0), low=1e-3, high=1e-2,
+                          diverged_at=None, seconds=60.0)  # fmt: skip
+    monkeypatch.setattr(lr_find, "find", lambda spec, steps=None: tests.append(spec.name) or result)
+    monkeypatch.setattr(lr_find, "_TESTED", {}, raising=False)  # no test of this process before
+    real = optuna.Study.set_user_attr
+
+    def away_once(study, key, value):
+        if key == RECORD_ATTR and not failed:
+            failed.append(key)
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("connection refused"))
+        return real(study, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", away_once)
+    monkeypatch.setattr(opening.time, "sleep", lambda seconds: None)
+    spec = load_study("lr-sweep", [*(a for a in TINY_SET[1::2] if "=" in a), "space.lr={lr_find: true}"])
+    options = RunOptions(f"sqlite:///{tmp_path}/studies.db", tmp_path / "artifacts", 2, None, quiet=True)
+    run = opening.open_run(spec, options, Progress(quiet=True))
+    assert failed and tests == ["lr-sweep"]  # tested once; the range recorded on the second try
+    assert run.study.user_attrs[RECORD_ATTR]["low"] == 1e-3 and run.spec.space["lr"].high == 1e-2

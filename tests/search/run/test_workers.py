@@ -118,7 +118,7 @@ def _run_started(monkeypatch, *args: str) -> list:
 
     started = []
     monkeypatch.setattr(search.run.workers, "start_worker_server", lambda: None)
-    monkeypatch.setattr(search.run.open, "open_and_say", lambda spec, options, progress: _OpenedNothing())
+    monkeypatch.setattr(search.run.open, "open_and_say", lambda spec, options, progress, launcher: _OpenedNothing())
     monkeypatch.setattr(search.run.workers, "start_workers", lambda plan: started.extend(plan) or 0)
     assert search_here("run", "--study", "lr-sweep", *args).returncode == 0
     return started
