@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.machine import require
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -140,6 +142,21 @@ def test_selection_benchmark_prints_every_arms_figures(tmp_path):
     for arm in ("default", "default \\+ confirm", "cv", "cv \\+ ensemble"):
         assert re.search(rf"\| {arm} \| {number} \| [+-]\d\.\d{{3}} \| {number} \| ({number}|-) \| \d+ \|", out), arm
     assert re.search(r"  default: test \(reported\) by seed 0: 0\.\d{3} \(0\.\d{3}\)", out)
+
+
+@pytest.mark.slow
+def test_dashboard_load_benchmark_prints_every_servers_figures():
+    """The smallest run of it: 200 trials, two tabs, the server as before and as shipped."""
+    require("postgresql")
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "dashboard_load.py"), "--trials", "200", "--tabs", "2", "--arms",
+         "one at a time, pool 3 (as before)", "search dashboard"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"study dashboard-\w+: 200 trials made in \d+ s", run.stdout), run.stdout
+    for arm in (r"one at a time, pool 3 \(as before\)", "search dashboard"):
+        assert re.search(rf"\| {arm} \| 2 \| \d+\.\d\d \| \d+\.\d\d \| \d\.\d{{3}} \| \d\.\d{{3}} \|", run.stdout), arm
 
 
 def _children(pid: int) -> list[int]:

@@ -25,23 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=arguments.count(0, 65535), default=8080, help="port to serve on (default 8080)")
 
 
-def take_action(args: argparse.Namespace) -> int:
-    import socket
-    from wsgiref.simple_server import WSGIServer, make_server
+# The storage's connections the dashboard keeps: one for each request it serves at once, up to this
+# (benchmarks/dashboard_load.py: 8 tabs on a 10,000-trial study; docs/storage.md).
+DASHBOARD_POOL = 8
 
+
+def take_action(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
     from search.store import load_existing, open_storage, resolve_storage_url, study_id
 
-    storage = open_storage(resolve_storage_url(args.storage))
+    storage = open_storage(resolve_storage_url(args.storage), pool=DASHBOARD_POOL)
     study = load_existing(storage, args.study)
     app = optuna_dashboard.wsgi(storage, artifact_store=arguments.artifact_store(args))
-
-    class Server(WSGIServer):  # the wsgiref server optuna-dashboard's own run_server uses, bound here first
-        address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-
     try:
-        server = make_server(args.host, args.port, app, server_class=Server)
+        server = serving(args.host, args.port, app)
     except OSError as error:  # the port is taken, or the address is not this machine's
         raise SearchServiceError(
             f"cannot serve the dashboard on {args.host}:{args.port}: {error.strerror}; give another --port or --host"
@@ -52,3 +50,17 @@ def take_action(args: argparse.Namespace) -> int:
     with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it; nothing to mark
         server.serve_forever()
     return 0
+
+
+def serving(host: str, port: int, app):
+    """The wsgiref server optuna-dashboard's own command uses, a thread for each request (a page's
+    slow first load does not hold up the other tabs' polls), bound to ``host`` and ``port``."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True  # Ctrl-C does not wait for a browser's open request
+
+    return make_server(host, port, app, server_class=Server)

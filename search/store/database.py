@@ -189,18 +189,20 @@ def open_storage(
     say: Callable[[str], None] = print,
     *,
     wait_if_never_answered: bool = True,
+    pool: int = STORAGE_POOL,
 ) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats on: a killed worker's trial turns FAIL and is retried. A server
     that refuses connections or says it is starting or stopping (a restart) is tried again for up to
     ``wait`` seconds (a worker's start), saying so once, so that a restart does not end the workers
     starting then; without ``wait_if_never_answered``, only where it answered before (``answered``)
-    or says it restarts (a wrong host or port is one line at once). Workers that start at once on a new database all
-    make Optuna's tables, and the server refuses all but one: the others open it again, now that
-    the tables are there."""
+    or says it restarts (a wrong host or port is one line at once). Workers that start at once on a
+    new database all make Optuna's tables, and the server refuses all but one: the others open it
+    again, now that the tables are there. ``pool``: a server's connections it keeps (a worker's
+    ``STORAGE_POOL``; the dashboard serves several requests at once)."""
     deadline, said, tries = time.monotonic() + wait, False, 0
     while True:
         try:
-            storage = _open_storage(url, heartbeat_interval, grace_period)
+            storage = _open_storage(url, heartbeat_interval, grace_period, pool)
             _remember(url)
             return storage
         except StorageError as error:
@@ -220,14 +222,14 @@ def open_storage(
             time.sleep(1.0)
 
 
-def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.RDBStorage:
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int, pool: int) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         try:
-            pool = {} if is_sqlite(url) else {"pool_size": STORAGE_POOL, "max_overflow": 0, "pool_timeout": 60}
+            pooled = {} if is_sqlite(url) else {"pool_size": pool, "max_overflow": 0, "pool_timeout": 60}
             storage = optuna.storages.RDBStorage(
                 url,
-                engine_kwargs=engine_kwargs(url) | pool,
+                engine_kwargs=engine_kwargs(url) | pooled,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),

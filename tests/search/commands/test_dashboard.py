@@ -153,3 +153,21 @@ def test_a_dashboard_on_a_taken_port_says_so(one_trial_study, capsys, monkeypatc
         f"search: error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use; "
         "give another --port or --host"
     ]
+
+
+@pytest.mark.slow
+def test_a_tab_whose_request_is_slow_does_not_hold_up_the_others(small_study):
+    """One request at a time, a tab whose request is still arriving (or whose page loads every trial
+    of a large study) held up every other tab until it was done: each request has a thread."""
+    dashboard = Dashboard(small_study)
+    try:
+        with socket.create_connection(("127.0.0.1", dashboard.port)) as slow:
+            slow.sendall(b"GET /api/studies/1?after=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the rest not sent yet
+            time.sleep(0.5)  # the server is reading it
+            began = time.monotonic()
+            answer = _get(f"{dashboard.url}/api/studies/1?after=3")  # another tab's poll, answered meanwhile
+            assert time.monotonic() - began < 5 and b'"trials"' in answer
+            slow.sendall(b"\r\n")
+            assert slow.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        dashboard.stop()
