@@ -142,6 +142,16 @@ def test_selection_benchmark_prints_every_arms_figures(tmp_path):
     for arm in ("default", "default \\+ confirm", "cv", "cv \\+ ensemble"):
         assert re.search(rf"\| {arm} \| {number} \| [+-]\d\.\d{{3}} \| {number} \| ({number}|-) \| \d+ \|", out), arm
     assert re.search(r"  default: test \(reported\) by seed 0: 0\.\d{3} \(0\.\d{3}\)", out)
+    # fold_pruning.py replays its rule's settings on the cross-validated study kept there
+    replay = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fold_pruning.py"), "--from", str(tmp_path), "--settings", "digits",
+         "--seeds", "0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert re.search(r"replaying the default stops the \d+ trials the run stopped between folds: yes", replay.stdout)
+    for setting in ("p < 0.1 \\(the default", "off", "p < 0.2", "p < 0.3"):
+        assert re.search(rf"\| {setting}.* \| \d+ \| \d+ \| [01] of 1 \| 0\.\d{{3}} ± ", replay.stdout), setting
 
 
 @pytest.mark.slow

@@ -30,7 +30,14 @@ def behind_the_best(trial: optuna.Trial, values: list[float], rule: FoldPruning)
         return False
     if CONFIRMS in best.system_attrs:  # a confirmation run's folds are cut by its own seed: not these
         return False
-    theirs = best.user_attrs.get("fold_values") or []
+    return behind(values, best.user_attrs.get("fold_values") or [], rule)
+
+
+def behind(values: list[float], theirs: list[float], rule: FoldPruning) -> bool:
+    """The rule itself: whether ``values`` (folds 0..k) are, with the test's confidence, below
+    ``theirs`` on the same folds."""
+    if rule.p_threshold <= 0:
+        return False
     pairs = [(mine, their) for mine, their in zip(values, theirs) if _finite(mine) and _finite(their)]
     if len(pairs) < rule.min_folds or sum(m - t for m, t in pairs) >= 0:
         return False
