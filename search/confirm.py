@@ -31,8 +31,9 @@ class Queued:
 
 def queue_confirmations(study: optuna.Study, top: int, seeds: int) -> list[Queued]:
     """The ``top`` leading configurations, each queued again until it has ``seeds`` confirmation runs
-    (queued, running or finished: a failed one is retried by the worker that finds it, not here);
-    what was queued. Run under the study's budget lock, so that two callers queue each run once."""
+    (queued, running or finished; a killed one is queued again by the worker that finds it, one that
+    failed in training is not run again); what was queued. Run under the study's budget lock, so that
+    two callers queue each run once."""
     trials = study.get_trials(deepcopy=False)
     taken: dict[int, set[int]] = defaultdict(set)
     for t in trials:

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import say_data_notes
-from search.ranking import chosen, ranked
+from search.ranking import chosen, ranked, runs_of
 from search.record import TrialRecord
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.inputs import check_inputs, data_place, trained_inputs
@@ -30,7 +30,9 @@ class Export(Enum):
 
 def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, number: int | None = None,
                  mode: Export = Export.STORED, force: bool = False) -> FrozenTrial:  # fmt: skip
-    """Write trial ``number``'s checkpoint (the best trial's by default) to ``out``, atomically."""
+    """Write trial ``number``'s checkpoint (the best trial's by default) to ``out``, atomically; where
+    retention removed it before confirmation runs lifted its configuration, the best of their stored
+    ones (a confirmation run trains the same configuration with another seed)."""
     trial = chosen(study, number)
     if mode is Export.ALL_DATA:
         _complete(trial)
@@ -41,7 +43,8 @@ def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, 
     with replacing(out, "checkpoint") as temporary:
         if mode is Export.ALL_DATA:
             _train_on_all_data(study, trial, validation_values, temporary)
-        elif not stored(store, TrialRecord.of(trial).checkpoint_artifact, copy_to=temporary):
+        elif not any(stored(store, TrialRecord.of(run).checkpoint_artifact, copy_to=temporary)
+                     for run in runs_of(study, trial)):  # fmt: skip
             if mode is not Export.RETRAIN:
                 raise SearchServiceError(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "

@@ -91,16 +91,25 @@ _TESTED: dict[str, dict[str, Any]] = {}  # this process's tests, by the study fi
 def test_once(spec: StudySpec, study: optuna.Study, storage_url: str, say: Callable[[str], None]) -> StudySpec:
     """The spec searching the study's recorded range, where the file asks for lr_find. Where the study
     has none, this worker tests and records it, under the study's lock: the study's other workers
-    wait for that range rather than test too. A test this process ran already (before the storage
-    went away, say) is not run again."""
+    wait for that range rather than test too. A lock cut while it tested (PgBouncer's
+    ``idle_transaction_timeout``) is taken again before the range is recorded: the first recorded
+    wins. A test this process ran already (before the storage went away, say) is not run again."""
     if spec.space.lr_to_find() is None:
         return spec
-    with TrialGate.held(storage_url, spec.name):
+    gate = TrialGate(storage_url, spec.name)
+    try:
+        gate.acquire()
         if recorded(study.user_attrs) is None:
             key = spec.model_dump_json()
             if key not in _TESTED:
                 _TESTED[key] = find_for_study(spec, say)
-            study.set_user_attr(RECORD_ATTR, _TESTED[key])
+            if not gate.still_held():
+                gate.release()
+                gate.acquire()
+            if recorded(study.user_attrs) is None:
+                study.set_user_attr(RECORD_ATTR, _TESTED[key])
+    finally:
+        gate.close()
     return searching_recorded(spec, study.user_attrs)
 
 

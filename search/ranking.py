@@ -67,6 +67,12 @@ def configurations(trials: Iterable[FrozenTrial]) -> list[Runs]:
     return sorted(found, key=lambda r: r.mean, reverse=True)
 
 
+def runs_of(study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+    """``trial`` and, where it is a trial of the search, its complete confirmation runs, best first."""
+    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if confirms(t) == trial.number]
+    return [trial, *sorted(again, key=lambda t: t.value, reverse=True)] if confirms(trial) is None else [trial]
+
+
 def ranked(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """The complete trials of the search, ranked as ``configurations`` ranks them."""
     return [r.trial for r in configurations(trials)]

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def take_action(args: argparse.Namespace) -> int:
     from search.confirm import described, queue_confirmations
-    from search.ranking import chosen
+    from search.ranking import chosen, configurations
     from search.store import resolve_storage_url
     from search.store.budget import TrialGate
 
@@ -36,8 +36,9 @@ def take_action(args: argparse.Namespace) -> int:
     with TrialGate.held(resolve_storage_url(args.storage), study.study_name):  # as the workers queue them
         queued = queue_confirmations(study, args.top, args.seeds)
     if not queued:
-        print(f"the {args.top} leading configurations of '{study.study_name}' have {args.seeds} confirmation runs "
-              "each, queued or run: nothing queued")  # fmt: skip
+        leaders = min(args.top, len(configurations(study.get_trials(deepcopy=False))))
+        print(f"the {leaders} leading configuration{'s' if leaders > 1 else ''} of '{study.study_name}' "
+              f"have {args.seeds} confirmation runs each, queued or run: nothing queued")  # fmt: skip
         return 0
     runs = sum(len(q.seeds) for q in queued)
     print(f"queued {runs} confirmation run{'s' if runs > 1 else ''}: {described(queued)}")

@@ -24,8 +24,8 @@ def take_action(args: argparse.Namespace) -> int:
     from search.study.inputs import data_summary
     from search.study.recorded import SPEC_ATTR, objective, setup_text
 
-    # Optuna's summaries: one query per storage, not every trial of every study (the best by its
-    # value, as search.ranking ranks them, for a study that maximises one value).
+    # Optuna's summaries: one query per storage, not every trial of every study. The best is the best
+    # single run's value (Optuna's); search status ranks a confirmed configuration by its runs' mean.
     summaries = optuna.get_all_study_summaries(open_storage(resolve_storage_url(args.storage)), include_best_trial=True)
     print(f"{'study':30} {'trials':>6} {'best':>8}  {'by':20}  {'started':16}  what it trains")
     for s in summaries:

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import record
 from search.confirm import described, queue_confirmations
-from search.ranking import ranked
+from search.ranking import configurations
 from search.run.heartbeat import heartbeat
 from search.run.objective import Objective
 from search.run.open import OpenRun, open_and_say
@@ -276,10 +276,10 @@ def remove_trial_files(study: optuna.Study, failed: FrozenTrial, store: AtomicAr
 
 
 def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:
-    """Checkpoint retention: only the best ``keep`` complete trials keep their checkpoint (their fold
-    models and out-of-fold probabilities, cross-validated)."""
-    for old in ranked(trials)[keep:]:
-        for artifact_id in record.TrialRecord.of(old).stored_files():
+    """Checkpoint retention: only the best ``keep`` configurations keep their runs' checkpoints (fold
+    models and out-of-fold probabilities, cross-validated): their trial's and their confirmation runs'."""
+    for old in configurations(trials)[keep:]:
+        for artifact_id in (i for run in old.runs for i in record.TrialRecord.of(run).stored_files()):
             remove(store, artifact_id)
 
 

@@ -79,7 +79,7 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, config: TrainConfig, confirming: dict[str, int] | None) -> Outcome:
         """Train the trial's config, reporting each epoch; record how it ended. A confirmation run
-        (``confirming``) is never pruned, and stores nothing: its configuration's trial hands over."""
+        (``confirming``) is never pruned."""
         searching = confirming is None
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
@@ -116,7 +116,7 @@ class Objective:
             record.write_failure(trial, failure[0], failed_epoch=failure[1])
             return Outcome(TrialState.FAIL)
         try:
-            stored = {} if result.stopped_early or not searching else self._store(trial, result, config)
+            stored = {} if result.stopped_early else self._store(trial, result, config)
         except DiskError as error:
             record.write_failure(trial, str(error), result=result)
             raise

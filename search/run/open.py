@@ -203,15 +203,16 @@ def create_study(
         )
         if study.metric_names is None:  # the dashboard's name for the objective, not "Objective 0"
             study.set_metric_names([spec.objective])
-    if SPEC_ATTR not in study.user_attrs:
-        study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
     _same_setup(spec, study.user_attrs)
     if test_lr:
         spec = lr_find.test_once(spec, study, options.storage_url, say)
     if lr_found is not None:
         spec = lr_find.record_first(spec, study, options.storage_url, lr_found)
-    if spec.space.lr_to_find() is not None:  # the range is its workers' to find: they queue what moves into it
+    if spec.space.lr_to_find() is not None:  # the range is its workers' to find: they record the setup and queue
         return spec, study
+    if SPEC_ATTR not in study.user_attrs:  # once the range is known: a test that failed leaves no setup recorded
+        study.set_user_attr(SPEC_ATTR, recorded_spec(spec))
+        _same_setup(spec, study.user_attrs)  # another run's, recorded first
     if warm:  # put onto the space as searched: with the range lr-find found, if it did
         mapped = [map_params(t.number, t.params, spec.space) for t in warm]
         if _queue_warm_start(spec, study, options, mapped):

@@ -52,13 +52,14 @@ def trial_counts(study: optuna.Study) -> Counter:
 
 def ask_confirmation(study: optuna.Study) -> optuna.Trial | None:
     """A queued confirmation run, taken as ``study.ask`` takes a queued trial (WAITING to RUNNING,
-    which one worker wins); None where other workers took them all first, or where this Optuna moved
-    the private names (a queued run is then taken by ``ask`` as any queued trial is)."""
+    which one worker wins); None where other workers took them all first. Without the private
+    names, ``study.ask``, which takes the study's first queued trial (a confirmation run unless the
+    search has one queued too)."""
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if CONFIRMS in t.system_attrs]
     storage = storage_of(study)
-    if storage is None or not hasattr(study, "_thread_local"):
-        return None
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for queued in (t for t in waiting if CONFIRMS in t.system_attrs):
+    if _internals.MISSING or storage is None or not hasattr(study, "_thread_local"):
+        return study.ask() if waiting else None
+    for queued in waiting:
         if storage.set_trial_state_values(queued._trial_id, TrialState.RUNNING):
             study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
             return optuna.Trial(study, queued._trial_id)

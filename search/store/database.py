@@ -159,7 +159,7 @@ def _messages(error: BaseException | None) -> str:
 
 
 def _digest(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()  # the file never holds a password
+    return hashlib.sha256(redact(url).encode()).hexdigest()  # nothing of a password: its URL without it
 
 
 def _remembered() -> set[str]:
@@ -178,7 +178,8 @@ def _remember(url: str) -> None:
             known.write(_digest(url) + "\n")
 
 
-ANSWERED_FILE = "storages-answered"  # in $SEARCH_HOME: a SHA-256 of each storage URL that opened from here
+# in $SEARCH_HOME: a SHA-256 of each storage URL (its password left out) that opened from here
+ANSWERED_FILE = "storages-answered"
 
 
 def open_storage(

@@ -3,6 +3,7 @@ study file that asks for it (the range found once, recorded, and searched by eve
 
 from __future__ import annotations
 
+import json
 import re
 
 import optuna
@@ -168,3 +169,63 @@ def test_a_storage_outage_after_the_range_test_does_not_run_it_again(tmp_path, m
     run = opening.open_run(spec, options, Progress(quiet=True))
     assert failed and tests == ["lr-sweep"]  # tested once; the range recorded on the second try
     assert run.study.user_attrs[RECORD_ATTR]["low"] == 1e-3 and run.spec.space["lr"].high == 1e-2
+
+
+def _fake_result(low: float, high: float):
+    from training import LrFindResult
+
+    return LrFindResult(rates=(1e-4, 1e-1), losses=(2.0, 1.0), raw=(2.0, 1.0), low=low, high=high, diverged_at=None,
+                        seconds=60.0)  # fmt: skip
+
+
+def test_a_worker_whose_lock_was_cut_while_it_tested_keeps_the_range_recorded_first(tmp_path, monkeypatch):
+    """Behind PgBouncer a test longer than idle_transaction_timeout loses the lock, and a waiting worker
+    tests too: the range recorded first wins, and both search it."""
+    from search import lr_find
+    from search.run.open import create_study
+    from search.run.options import RunOptions
+    from search.store import open_storage
+    from search.store.budget import TrialGate
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    spec = load_study("lr-sweep", ["space.lr={lr_find: true}"])
+    options = RunOptions(storage_url=url, artifacts=tmp_path / "artifacts", n_trials=4, timeout=None)
+    first = {"low": 2e-3, "high": 2e-2, "steps": 40}
+
+    def meanwhile(spec, steps=None):  # the other worker, which took the lock when it was cut, records first
+        optuna.load_study(study_name="lr-sweep", storage=url).set_user_attr(RECORD_ATTR, first)
+        return _fake_result(1e-3, 1e-2)
+
+    monkeypatch.setattr(lr_find, "find", meanwhile)
+    monkeypatch.setattr(lr_find, "_TESTED", {}, raising=False)
+    monkeypatch.setattr(TrialGate, "still_held", lambda gate: False)  # cut while it tested
+    searched, study = create_study(spec, options, open_storage(url), say=lambda line: None, test_lr=True)
+    assert study.user_attrs[RECORD_ATTR] == first
+    assert (searched.space["lr"].low, searched.space["lr"].high) == (2e-3, 2e-2)
+
+
+def test_a_range_test_that_fails_leaves_no_setup_recorded_so_the_fixed_run_goes_on(tmp_path, monkeypatch):
+    """The test runs before the study's setup is recorded: a batch too large for it, made smaller,
+    is not refused as another setup."""
+    from search import lr_find
+    from search.run.open import create_study
+    from search.run.options import RunOptions
+    from search.store import open_storage
+    from training import DataError
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    options = RunOptions(storage_url=url, artifacts=tmp_path / "artifacts", n_trials=4, timeout=None)
+
+    def too_large(spec, steps=None):
+        raise DataError("train.batch_size = 4096 leaves no full batch; use a smaller train.batch_size")
+
+    monkeypatch.setattr(lr_find, "find", too_large)
+    monkeypatch.setattr(lr_find, "_TESTED", {}, raising=False)
+    large = load_study("lr-sweep", ["space.lr={lr_find: true}", "train.batch_size=4096"])
+    with pytest.raises(DataError, match="no full batch"):
+        create_study(large, options, open_storage(url), say=lambda line: None, test_lr=True)
+    assert "spec" not in optuna.load_study(study_name="lr-sweep", storage=url).user_attrs
+    monkeypatch.setattr(lr_find, "find", lambda spec, steps=None: _fake_result(1e-3, 1e-2))
+    smaller = load_study("lr-sweep", ["space.lr={lr_find: true}", "train.batch_size=32"])
+    searched, study = create_study(smaller, options, open_storage(url), say=lambda line: None, test_lr=True)
+    assert json.loads(study.user_attrs["spec"])["train"]["batch_size"] == 32 and searched.space["lr"].high == 1e-2

@@ -66,7 +66,7 @@ def test_the_study_files_confirm_trains_the_leaders_again_with_further_seeds_out
             assert r.user_attrs["confirms"] == number and r.user_attrs["seed"] == seed
             assert json.loads(r.user_attrs["config"])["seed"] == seed  # its own seed: weights, augmentation, split
             assert sorted(r.intermediate_values) == [0, 1]  # never pruned
-            assert "checkpoint_artifact" not in r.user_attrs  # its configuration's trial hands over
+            assert r.user_attrs["checkpoint_artifact"]  # stored, as any trial's
     assert all(len(r) == 2 for r in runs.values())  # no run queued twice, by either worker
     logs = run.stdout + run.stderr
     assert logs.count("the search's budget is spent: confirming the leaders, outside it: trial ") >= 1
@@ -94,6 +94,35 @@ def test_status_best_and_the_report_rank_by_the_mean_of_the_runs_and_show_their_
     assert "(confirms trial " in page and "outside the budget)" in page
     export = search_here("export", "--study", "lr-sweep", "--out", str(tmp_path / "best.safetensors"), env=env)
     assert export.returncode == 0 and f"trial {top}" in export.stdout + export.stderr  # the confirmed leader's
+    assert (tmp_path / "best.safetensors").read_bytes() == _stored(confirmed["home"], study.trials[top])
+
+
+def _stored(home, trial) -> bytes:
+    return (home / "artifacts" / trial.user_attrs["checkpoint_artifact"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_retention_keeps_each_leading_configurations_runs_and_export_falls_back_to_them(confirmed, tmp_path):
+    """Retention removed a trial's checkpoint while it ranked low; its confirmation runs lifted it:
+    export writes the best of its runs' checkpoints."""
+    home, env = confirmed["home"], confirmed["env"]
+    study = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{home}/studies.db")
+    runs = _runs(study)
+    files = {p.name for p in (home / "artifacts").iterdir()}
+    for number, _ in _means(study)[:3]:  # checkpoints.keep_top_k = 3 configurations, each with all its runs
+        assert all(t.user_attrs["checkpoint_artifact"] in files for t in [study.trials[number], *runs[number]])
+    (top, _), *_ = _means(study)
+    removed = home / "artifacts" / study.trials[top].user_attrs["checkpoint_artifact"]
+    kept = removed.read_bytes()
+    removed.unlink()  # as retention did
+    out = tmp_path / "fallback.safetensors"
+    try:
+        export = search_here("export", "--study", "lr-sweep", "--out", str(out), env=env)
+    finally:
+        removed.write_bytes(kept)  # for the module's other tests
+    assert export.returncode == 0, export.stderr
+    best_run = max(runs[top], key=lambda t: t.value)
+    assert out.read_bytes() == _stored(home, best_run)
 
 
 @pytest.mark.slow
