@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # The storage's connections the dashboard keeps: one for each request it serves at once, up to this
-# (benchmarks/dashboard_load.py: 8 tabs on a 10,000-trial study; docs/storage.md).
+# (a request past it waits for one). Not yet sized by benchmarks/dashboard_load.py at 10,000 trials.
 DASHBOARD_POOL = 8
 
 
