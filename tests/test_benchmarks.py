@@ -149,8 +149,9 @@ def test_selection_benchmark_prints_every_arms_figures(tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr[-3000:]
-    assert re.search(r"replaying the default stops the \d+ trials the run stopped between folds: yes", replay.stdout)
-    for setting in ("p < 0.1 \\(the default", "off", "p < 0.2", "p < 0.3"):
+    stopped = r"replaying the rule the studies ran stops the \d+ trials they stopped between folds: yes"
+    assert re.search(stopped, replay.stdout), replay.stdout
+    for setting in ("p < 0.1 \\(WilcoxonPruner's", "off", "p < 0.2", "p < 0.3"):
         assert re.search(rf"\| {setting}.* \| \d+ \| \d+ \| [01] of 1 \| 0\.\d{{3}} ± ", replay.stdout), setting
 
 

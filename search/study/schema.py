@@ -45,9 +45,10 @@ class Retention(Frozen):
 
 class FoldPruning(Frozen):
     """Cross-validated studies: a trial stops between folds when a one-sided Wilcoxon signed-rank
-    test says, below ``p_threshold``, that its folds are worse than the best trial's (0: never)."""
+    test says, below ``p_threshold``, that its folds are worse than the best trial's (0: never).
+    The default was chosen by ``benchmarks/fold_pruning.py`` (docs/benchmarks.md)."""
 
-    p_threshold: float = Field(0.1, ge=0.0, lt=1.0)
+    p_threshold: float = Field(0.3, ge=0.0, lt=1.0)
     min_folds: int = Field(2, ge=1)
 
 

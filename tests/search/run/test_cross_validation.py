@@ -194,10 +194,10 @@ def test_a_trial_clearly_behind_the_best_stops_between_folds(tmp_path):
     good, bad = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{tmp_path}/studies.db").trials
     assert good.state == TrialState.COMPLETE and len(good.user_attrs["fold_values"]) == 5
     assert bad.state == TrialState.PRUNED
-    # below the best on each of four folds (p = 1/16 < 0.1): its fifth fold never trains
-    assert len(bad.user_attrs["fold_values"]) == 4 and max(bad.intermediate_values) == 4 * 2 - 1
+    # below the best on each of two folds (p = 1/4 < 0.3, the default): its last three folds never train
+    assert len(bad.user_attrs["fold_values"]) == 2 and max(bad.intermediate_values) == 2 * 2 - 1
     assert all(b < g for b, g in zip(bad.user_attrs["fold_values"], good.user_attrs["fold_values"]))
-    assert "trial 1 fold 4" not in run.stderr
+    assert "trial 1 fold 2" not in run.stderr
 
 
 @pytest.mark.slow

@@ -21,16 +21,23 @@ def _trial_beside_the_best(best: list[float] | None) -> optuna.Trial:
 
 
 @pytest.mark.parametrize(
-    "values, stops",
+    "values, p_threshold, stops",
     [
-        ([0.60, 0.50, 0.55, 0.62], True),  # below the best on each of four folds: p = 1/16
-        ([0.60, 0.50, 0.55], False),  # three folds cannot say it at p < 0.1 (p = 1/8)
-        ([0.60, 0.90, 0.55, 0.62], False),  # above it on one fold: not sure enough
-        ([0.81, 0.71, 0.76, 0.83], False),  # above it on every fold
+        # the default, p < 0.3
+        ([0.60, 0.50], None, True),  # below the best on each of two folds: p = 1/4
+        ([0.60], None, False),  # one fold: fewer than min_folds
+        ([0.60, 0.90], None, False),  # above it on one of two: not sure enough
+        ([0.60, 0.90, 0.55], None, False),  # above it on one of three: not sure enough
+        ([0.81, 0.71, 0.76, 0.83], None, False),  # above it on every fold
+        # WilcoxonPruner's own, p < 0.1
+        ([0.60, 0.50, 0.55, 0.62], 0.1, True),  # below the best on each of four folds: p = 1/16
+        ([0.60, 0.50, 0.55], 0.1, False),  # three folds cannot say it at p < 0.1 (p = 1/8)
+        ([0.60, 0.90, 0.55, 0.62], 0.1, False),  # above it on one fold: not sure enough
     ],
 )
-def test_a_trial_stops_between_folds_only_when_the_test_is_sure_it_is_behind(values, stops):
-    assert behind_the_best(_trial_beside_the_best(BEST), values, FoldPruning()) is stops
+def test_a_trial_stops_between_folds_only_when_the_test_is_sure_it_is_behind(values, p_threshold, stops):
+    rule = FoldPruning() if p_threshold is None else FoldPruning(p_threshold=p_threshold)
+    assert behind_the_best(_trial_beside_the_best(BEST), values, rule) is stops
 
 
 def test_no_stop_without_a_complete_trial_or_when_turned_off():
