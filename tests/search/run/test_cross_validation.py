@@ -30,14 +30,15 @@ RUN = [
     "run", "--study", "mask-lr-sweep", "--n-trials", "4", "--workers", "2",
     "--set", "model.name=test_resnet", "--set", "model.pretrained=false", "--set", "data.image_size=16",
     "--set", f"train.epochs={EPOCHS}", "--set", "train.batch_size=32", "--set", "train.augment.rare=[]",
-    "--set", "pruner={name: none}", "--set", f"data.folds={FOLDS}", "--set", "checkpoints.keep_top_k=3",
+    "--set", "pruner={name: none}", "--set", "fold_pruning={p_threshold: 0}", "--set", f"data.folds={FOLDS}",
+    "--set", "checkpoints.keep_top_k=3",
     "--set", "enqueue=[{lr: 0.001, accumulation_steps: 1, scheduler: cosine, loss: cross_entropy}]",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def cross_validated(tmp_path_factory):
-    """Four trials of a 3-fold study on 18 people, run by two workers."""
+    """Four trials of a 3-fold study on 18 people, run by two workers, every one complete (no pruning)."""
     root = write_competition(tmp_path_factory.mktemp("mask") / "train")
     home = tmp_path_factory.mktemp("home")
     env = {"SEARCH_HOME": str(home), "MASK_DATA": str(root)}
