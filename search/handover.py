@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import say_data_notes
-from search.ranking import chosen, ranked, runs_of
+from search.ranking import chosen, configuration_of, ranked
 from search.record import TrialRecord
 from search.store import AtomicArtifactStore, not_in_store, stored
 from search.study.inputs import check_inputs, data_place, trained_inputs
@@ -44,7 +45,7 @@ def export_trial(study: optuna.Study, store: AtomicArtifactStore, out: Path, *, 
         if mode is Export.ALL_DATA:
             _train_on_all_data(study, trial, validation_values, temporary)
         elif not any(stored(store, TrialRecord.of(run).checkpoint_artifact, copy_to=temporary)
-                     for run in runs_of(study, trial)):  # fmt: skip
+                     for run in _trial_then_its_runs(study, trial)):  # fmt: skip
             if mode is not Export.RETRAIN:
                 raise SearchServiceError(
                     f"trial {trial.number} of '{study.study_name}' has no stored checkpoint "
@@ -121,6 +122,14 @@ def _free(out: Path, *, force: bool) -> Path:
 
 def _numbers(trials: list[FrozenTrial]) -> str:
     return ", ".join(str(t.number) for t in trials)
+
+
+def _trial_then_its_runs(study: optuna.Study, trial: FrozenTrial) -> Iterator[FrozenTrial]:
+    """``trial``, then its configuration's confirmation runs, the best first: the study is read for
+    them only where the trial's own checkpoint was not there."""
+    yield trial
+    if found := configuration_of(study.get_trials(deepcopy=False), trial):
+        yield from sorted(found.runs[1:], key=lambda t: t.value, reverse=True)
 
 
 def _why_missing(trial: FrozenTrial, store: AtomicArtifactStore) -> str:

@@ -67,10 +67,10 @@ def configurations(trials: Iterable[FrozenTrial]) -> list[Runs]:
     return sorted(found, key=lambda r: r.mean, reverse=True)
 
 
-def runs_of(study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
-    """``trial`` and, where it is a trial of the search, its complete confirmation runs, best first."""
-    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if confirms(t) == trial.number]
-    return [trial, *sorted(again, key=lambda t: t.value, reverse=True)] if confirms(trial) is None else [trial]
+def configuration_of(trials: Iterable[FrozenTrial], trial: FrozenTrial) -> Runs | None:
+    """The configuration ``trial`` is the trial of the search of, with its runs; None for another
+    trial (a confirmation run, one not complete)."""
+    return next((r for r in configurations(trials) if r.trial.number == trial.number), None)
 
 
 def ranked(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

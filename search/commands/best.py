@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def take_action(args: argparse.Namespace) -> int:
-    from search.ranking import chosen, configurations
+    from search.ranking import chosen, configuration_of
     from search.record import TrialRecord, collapse_text
     from search.study.inputs import data_facts
     from search.study.recorded import objective
@@ -39,7 +39,7 @@ def take_action(args: argparse.Namespace) -> int:
         shown["learned_nothing"] = collapse_text(collapse, names)
     result = {"number": trial.number, "objective": objective(study.user_attrs), "value": trial.value,
               "params": trial.params, "metrics": shown}  # fmt: skip
-    runs = next((r for r in configurations(study.get_trials(deepcopy=False)) if r.trial.number == trial.number), None)
+    runs = configuration_of(study.get_trials(deepcopy=False), trial)
     if runs is not None and runs.sd is not None:  # confirmed: ranked by the mean of its runs
         result["confirmed"] = runs.as_json()
     print(json.dumps(result, indent=2))
