@@ -70,8 +70,7 @@ class TrialRecord:
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         """The record of a trial, from its user attributes (others, of other tools, are left out)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in trial.user_attrs.items() if key in names})
+        return cls(**{key: value for key, value in trial.user_attrs.items() if key in _NAMES})
 
     def collapse(self) -> tuple[int, float] | None:
         """(class, share) where the best epoch's model predicted one class for almost every

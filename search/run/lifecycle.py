@@ -20,13 +20,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import record
 from search.confirm import described, queue_confirmations
-from search.ranking import configurations
 from search.run.heartbeat import heartbeat
 from search.run.objective import Objective
 from search.run.open import OpenRun, open_and_say
 from search.run.options import RunOptions
 from search.run.outage import StorageOutage, storage_failure
 from search.run.progress import Progress
+from search.run.retention import keep_top_checkpoints
 from search.run.scratch import scratch_folder
 from search.store import (
     CONFIRMS,
@@ -36,7 +36,7 @@ from search.store import (
     ask_confirmation,
     describe_db_error,
     fail_and_retry,
-    finished_trials,
+    finished_after_trial,
     redact,
     stop_requests,
     trial_counts,
@@ -114,7 +114,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
             if step is Next.CONFIRM:
                 trial = ask_confirmation(study)  # outside the budget
             else:
-                trial = ask(study, gate, counts["WAITING"], options.n_trials)
+                trial = ask(study, gate, options.n_trials)
             if trial is None:
                 continue
             started, running = started + 1, trial
@@ -137,7 +137,7 @@ def run_trials(study: optuna.Study, objective: Objective, gate: TrialGate, optio
 def after_trial(study: optuna.Study, done: FrozenTrial, objective: Objective, options: RunOptions,
                 progress: Progress) -> None:  # fmt: skip
     """Once a trial is told: checkpoint retention, a failure said, the study's line."""
-    trials = finished_trials(study)  # only those this worker has not read yet
+    trials = finished_after_trial(study)  # only those this worker has not read yet; its next trial's too
     if done.state == TrialState.COMPLETE:
         keep_top_checkpoints(trials, objective.store, objective.spec.checkpoints.keep_top_k)
     if done.state == TrialState.FAIL:
@@ -186,14 +186,14 @@ def waiting_ends(study: optuna.Study, deadline: float | None, stops: int | None)
 LOST_LOCK = "made while the budget's lock was lost (its connection ended), past the study's n_trials"
 
 
-def ask(study: optuna.Study, gate: TrialGate, queued: int, n_trials: int) -> optuna.Trial | None:
+def ask(study: optuna.Study, gate: TrialGate, n_trials: int) -> optuna.Trial | None:
     """The next trial: a queued one first (taken atomically), else a new one the sampler fills.
     None where the budget's lock was lost while it was made and the study has its trials without
     it: that trial is told FAIL, saying so, and its queued params are queued again."""
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for study.optimize: ``run_trial`` sends them itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        trial = new_or_queued_trial(study, queued)
+        trial = new_or_queued_trial(study)
     if gate.still_held():
         return trial
     counts = trial_counts(study)
@@ -273,14 +273,6 @@ def remove_trial_files(study: optuna.Study, failed: FrozenTrial, store: AtomicAr
         remove(store, artifact_id)
     if worker := record.TrialRecord.of(failed).worker:
         remove_temporaries(store, worker)
-
-
-def keep_top_checkpoints(trials: list[FrozenTrial], store: AtomicArtifactStore, keep: int) -> None:
-    """Checkpoint retention: only the best ``keep`` configurations keep their runs' checkpoints (fold
-    models and out-of-fold probabilities, cross-validated): their trial's and their confirmation runs'."""
-    for old in configurations(trials)[keep:]:
-        for artifact_id in (i for run in old.runs for i in record.TrialRecord.of(run).stored_files()):
-            remove(store, artifact_id)
 
 
 class FailureStreak:

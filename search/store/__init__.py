@@ -4,12 +4,12 @@ store (``artifacts``), the study-wide budget's lock (``budget``) and stop reques
 What needs Optuna's private names sits in the ``_``-prefixed modules, one per purpose, and reaches
 the rest of the project only through the names below: a trial's attributes in one transaction
 (``_attrs``), trials whose worker stopped (``_stale``), the lighter reads a worker makes
-(``_trials``), the study as a sampler or pruner reads it (``_snapshot``); ``_internals`` imports
+(``_trials``, read lean by ``_lean``), a worker's one read per trial (``_snapshot``); ``_internals`` imports
 Optuna's private modules and names what a release moved."""
 
 from search.store._attrs import artifact_ids, set_user_attrs
 from search.store._internals import FINISHED, study_id, trial_id
-from search.store._snapshot import PerTrial
+from search.store._snapshot import PerTrial, finished_after_trial
 from search.store._stale import StaleTrial, fail_and_retry, fail_stale_trials, stale_trial_numbers
 from search.store._trials import (
     CONFIRMS,
@@ -53,6 +53,7 @@ __all__ = [
     "describe_db_error",
     "fail_and_retry",
     "fail_stale_trials",
+    "finished_after_trial",
     "finished_trials",
     "is_sqlite",
     "load_existing",

@@ -20,13 +20,20 @@ except ImportError as error:
     models = scoped_session = None
     MISSING.append(f"optuna.storages._rdb ({error})")
 try:
+    from optuna.storages._cached_storage import _CachedStorage as CachedStorage
+    from optuna.storages._cached_storage import _StudyInfo as CachedStudy
+except ImportError as error:
+    CachedStorage = CachedStudy = None
+    MISSING.append(f"optuna.storages._cached_storage ({error})")
+try:
     from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 except ImportError as error:
     ARTIFACTS_ATTR_PREFIX = None
     MISSING.append(f"optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX ({error})")
-for _name in ("_set_trial_attr_without_commit", "_get_trials"):
-    if not hasattr(optuna.storages.RDBStorage, _name):
-        MISSING.append(f"RDBStorage.{_name}")
+if not hasattr(optuna.storages.RDBStorage, "_set_trial_attr_without_commit"):
+    MISSING.append("RDBStorage._set_trial_attr_without_commit")
+if CachedStorage is not None and not hasattr(CachedStorage, "_add_trials_to_cache"):
+    MISSING.append("_CachedStorage._add_trials_to_cache")
 
 TrialState = optuna.trial.TrialState
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

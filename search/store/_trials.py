@@ -5,6 +5,7 @@ Optuna's private names)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections import Counter
@@ -12,9 +13,10 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from search.store import _internals
+from search.store import _internals, _lean
 from search.store._internals import FINISHED, storage_of, study_id, trial_id, usable_rdb
 
 # A confirmation run's trial system attribute: {"trial": the number of the trial whose configuration
@@ -55,15 +57,11 @@ def ask_confirmation(study: optuna.Study) -> optuna.Trial | None:
     which one worker wins); None where other workers took them all first. Without the private
     names, ``study.ask``, which takes the study's first queued trial (a confirmation run unless the
     search has one queued too)."""
-    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if CONFIRMS in t.system_attrs]
-    storage = storage_of(study)
-    if _internals.MISSING or storage is None or not hasattr(study, "_thread_local"):
-        return study.ask() if waiting else None
-    for queued in waiting:
-        if storage.set_trial_state_values(queued._trial_id, TrialState.RUNNING):
-            study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
-            return optuna.Trial(study, queued._trial_id)
-    return None
+    backend = usable_rdb(storage_of(study))
+    if backend is None or not _private(study):
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return study.ask() if any(CONFIRMS in t.system_attrs for t in waiting) else None
+    return _take(study, _queued(study, backend, confirmations=True))
 
 
 def confirmation_of(trial: optuna.Trial) -> dict[str, int] | None:
@@ -74,32 +72,64 @@ def confirmation_of(trial: optuna.Trial) -> dict[str, int] | None:
     return attrs.get(CONFIRMS)
 
 
-def ask(study: optuna.Study, queued: int) -> optuna.Trial:
-    """The next trial: a queued one where the study has one (``study.ask`` takes it atomically);
-    else a new trial, made without ``study.ask``'s look for queued ones, which reads every
-    unfinished trial whole (half a second at a thousand running trials, under the study's lock).
-    ``queued``: the WAITING trials counted before; a trial queued since (a worker's interrupted
-    trial, queued again outside the lock) is looked for too, by one small query (LIMIT 1)."""
-    private = all(hasattr(study, name) for name in ("_thread_local", "_storage", "_study_id"))
-    if queued or _internals.MISSING or not private or _waiting(study):
+def ask(study: optuna.Study) -> optuna.Trial:
+    """The next trial of the search: its first queued one (taken as ``study.ask`` takes it: WAITING
+    to RUNNING, which one worker wins), else a new one the sampler fills. One small query lists the
+    queued trials, where ``study.ask``'s look reads every unfinished trial whole (half a second at a
+    thousand running trials, under the study's lock) and, in a new worker, every trial of the study."""
+    backend = usable_rdb(storage_of(study))
+    if backend is None or not _private(study):
         return study.ask()
+    taken = _take(study, _queued(study, backend, confirmations=False))
+    if taken is not None:
+        return taken
     study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
 
 
-def _waiting(study: optuna.Study) -> bool:
-    """Whether the study has a WAITING trial now."""
-    backend = usable_rdb(storage_of(study))
-    if backend is None:
-        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    table = _internals.models.TrialModel
+def _private(study: optuna.Study) -> bool:
+    return all(hasattr(study, name) for name in ("_thread_local", "_storage", "_study_id"))
+
+
+def _queued(study: optuna.Study, backend: optuna.storages.RDBStorage, confirmations: bool) -> list[int]:
+    """The ids of the study's WAITING trials, by number: its confirmation runs (``CONFIRMS``), or the rest."""
+    table, attrs = _internals.models.TrialModel, _internals.models.TrialSystemAttributeModel
+    marked = sqlalchemy.and_(attrs.trial_id == table.trial_id, attrs.key == CONFIRMS)
     with _internals.scoped_session(backend.scoped_session) as session:
-        found = session.execute(
-            sqlalchemy.select(table.trial_id)
-            .where(table.study_id == study_id(study, backend), table.state == TrialState.WAITING)
-            .limit(1)
-        ).first()
-    return found is not None
+        return list(
+            session.scalars(
+                sqlalchemy.select(table.trial_id)
+                .outerjoin(attrs, marked)
+                .where(table.study_id == study_id(study, backend), table.state == TrialState.WAITING)
+                .where(attrs.key.is_not(None) if confirmations else attrs.key.is_(None))
+                .order_by(table.number)
+            )
+        )
+
+
+def _take(study: optuna.Study, queued: list[int]) -> optuna.Trial | None:
+    """The first of the ``queued`` trials this worker wins, as RUNNING; None where others took them all."""
+    for key in queued:
+        with contextlib.suppress(UpdateFinishedTrialError):  # taken and finished by another worker since
+            if study._storage.set_trial_state_values(key, TrialState.RUNNING):
+                _cached(study, key)
+                study._thread_local.cached_all_trials = None  # as study.ask does: the sampler reads the study afresh
+                return optuna.Trial(study, key)
+    return None
+
+
+def _cached(study: optuna.Study, key: int) -> None:
+    """Optuna's cache in front of the RDB storage told of a trial taken from the queue, as its own
+    read of the queued trials would: a trial's writes go through the cache's map of the trials it
+    knows, and an unfinished one is read again at the cache's next read."""
+    cache = storage_of(study)
+    if not isinstance(cache, _internals.CachedStorage):
+        return
+    trial = cache._backend.get_trial(key)
+    with cache._lock:
+        cache._studies.setdefault(study._study_id, _internals.CachedStudy())
+        cache._add_trials_to_cache(study._study_id, [trial])
+        cache._studies[study._study_id].unfinished_trial_ids.add(key)
 
 
 class _Finished:
@@ -125,7 +155,7 @@ class FinishedReads:
 
     def read(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         """``finished_trials``: one query lists the finished trials' ids and the time each finished,
-        and only those this client has not read are fetched whole."""
+        and only those this client has not read are fetched (lean)."""
         backend = usable_rdb(storage_of(study))
         if backend is None:
             return study.get_trials(deepcopy=False, states=FINISHED)
@@ -143,10 +173,8 @@ class FinishedReads:
             known.by_id = {i: kept for i, kept in known.by_id.items() if finished.get(i, object()) == kept[0]}
             new = set(finished) - set(known.by_id)
             if new:
-                if known.by_id and len(new) <= self.FETCH_ALL:
-                    fetched = backend._get_trials(study_key, FINISHED, new, max(finished))  # new ones and later
-                else:
-                    fetched = backend._get_trials(study_key, FINISHED, set(), -1)
+                some = known.by_id and len(new) <= self.FETCH_ALL
+                fetched = _lean.read(backend, study_key, FINISHED, only=new if some else ())
                 for trial in fetched:  # one that finished since the ids were listed waits for the next read
                     if trial._trial_id in finished:
                         known.by_id[trial._trial_id] = (finished[trial._trial_id], trial)
@@ -158,5 +186,16 @@ _READS = FinishedReads()  # this process's: every storage client in it shares th
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's finished trials (complete, pruned, failed), by number, as Optuna's own
-    ``FrozenTrial``: shared, not to be changed. Without the private names, Optuna's ``get_trials``."""
+    ``FrozenTrial``, read lean (``_lean``: of the user attributes, only the artifact ids a worker
+    removes): shared, not to be changed. Without the private names, Optuna's ``get_trials``."""
     return _READS.read(study)
+
+
+def running_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's running trials, by number, read lean (``_lean``): their params and system
+    attributes, which TPE's constant liar reads, and no user attributes. Without the private
+    names, Optuna's ``get_trials``."""
+    backend = usable_rdb(storage_of(study))
+    if backend is None:
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return _lean.read(backend, study_id(study, backend), (TrialState.RUNNING,), keys=())

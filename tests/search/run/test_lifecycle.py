@@ -468,8 +468,8 @@ def test_a_trial_made_after_the_budgets_lock_was_lost_past_the_budget_is_failed_
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    assert ask(study, LostGate(), 0, n_trials=3) is not None  # 2 finished + this one: within the budget
-    assert ask(study, LostGate(), 0, n_trials=3) is None  # one more would pass it: failed, saying why
+    assert ask(study, LostGate(), n_trials=3) is not None  # 2 finished + this one: within the budget
+    assert ask(study, LostGate(), n_trials=3) is None  # one more would pass it: failed, saying why
     last = study.trials[-1]
     assert last.state == TrialState.FAIL and last.user_attrs["failure_reason"] == LOST_LOCK
 

@@ -9,7 +9,7 @@ import uuid
 import optuna
 import pytest
 
-from search.store import _internals, _trials, open_storage
+from search.store import _internals, _lean, _trials, open_storage
 
 
 def test_trial_counts_by_the_database_equal_optunas_own(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_confirmation_runs_are_counted_apart_and_taken_only_by_ask_confirmation(
     run = _trials.ask_confirmation(study)
     assert run.number == 3 and _trials.confirmation_of(run) == {"trial": 0, "seed": 1}
     assert run.suggest_float("x", 0, 1) == study.trials[0].params["x"]  # the configuration it confirms
-    assert _trials.confirmation_of(_trials.ask(study, queued=1)) is None  # the search's queued trial
+    assert _trials.confirmation_of(_trials.ask(study)) is None  # the search's queued trial
     assert _trials.trial_counts(study) == {"COMPLETE": 2, "RUNNING": 1, "confirmation RUNNING": 1,
                                            "confirmation WAITING": 1}  # fmt: skip
     monkeypatch.setattr(_internals, "MISSING", ["a private name this Optuna lacks"])
@@ -48,54 +48,97 @@ def test_confirmation_runs_are_counted_apart_and_taken_only_by_ask_confirmation(
     assert _trials.ask_confirmation(study) is None  # none left: no new trial made
 
 
-def test_a_new_trial_is_made_without_optunas_look_for_queued_ones_only_when_none_is_queued(tmp_path, monkeypatch):
-    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+def _whole_reads(monkeypatch, storage) -> list[int]:
+    """Trials read whole by Optuna's storage (its ``_get_trials``), by number, from now on."""
+    backend, whole = _internals.rdb_storage(storage), []
+    real = backend._get_trials
+
+    def spied(*args, **kwargs):
+        trials = real(*args, **kwargs)
+        whole.extend(t.number for t in trials)
+        return trials
+
+    monkeypatch.setattr(backend, "_get_trials", spied)
+    return whole
+
+
+def test_asking_takes_the_first_queued_trial_of_the_search_and_reads_no_trial_whole(tmp_path, monkeypatch):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    marker = {_trials.CONFIRMS: {"trial": 0, "seed": 1}, "fixed_params": study.trials[0].params}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs=marker))
     study.enqueue_trial({"x": 0.25})
-    queued = _trials.ask(study, queued=1)
-    assert queued.suggest_float("x", 0, 1) == 0.25  # the queued trial, taken
-    fresh = _trials.ask(study, queued=0)
-    assert fresh.number == 1 and 0 <= fresh.suggest_float("x", 0, 1) <= 1
-    study.tell(queued, 1.0)
-    study.tell(fresh, 0.5)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    study.enqueue_trial({"x": 0.5})
+    joining = optuna.load_study(  # a sampler that reads no trial
+        study_name=study.study_name,
+        storage=open_storage(f"sqlite:///{tmp_path}/s.db"),
+        sampler=optuna.samplers.RandomSampler(),
+    )
+    whole = _whole_reads(monkeypatch, joining._storage)  # a worker joining the study: nothing read yet
+    queued = _trials.ask(joining)
+    assert queued.number == 3 and queued.suggest_float("x", 0, 1) == 0.25  # the search's first, not the run
+    assert _trials.ask(joining).suggest_float("x", 0, 1) == 0.5
+    fresh = _trials.ask(joining)
+    assert fresh.number == 5 and 0 <= fresh.suggest_float("x", 0, 1) <= 1
+    assert _trials.ask_confirmation(joining).number == 2
+    assert _trials.ask_confirmation(joining) is None  # none left: no new trial made
+    assert whole == []  # Optuna's own ask reads every trial of the study whole at a new worker's first
+    for trial in (queued, fresh):
+        joining.tell(trial, 1.0)
     monkeypatch.setattr(_internals, "MISSING", ["a private name this Optuna lacks"])
-    assert _trials.ask(study, queued=0).number == 2  # Optuna's own ask
+    assert _trials.ask(joining).number == 6  # Optuna's own ask
 
 
 def test_a_trial_queued_after_the_count_is_taken_first(tmp_path):
     """Counted with none queued, then another worker queues one (its interrupted trial): the next ask takes it."""
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    counted = _trials.trial_counts(study)["WAITING"]
+    assert _trials.trial_counts(study)["WAITING"] == 0
     study.enqueue_trial({"x": 0.75})
-    taken = _trials.ask(study, queued=counted)
+    taken = _trials.ask(study)
     assert taken.number == 0 and taken.suggest_float("x", 0, 1) == 0.75
     assert _trials.trial_counts(study) == {"RUNNING": 1}
 
 
-def _seen(trials):
-    return [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values) for t in trials]
+def _seen(trials, keys=_lean.WORKER_USER_ATTRS):
+    """What a worker reads of each trial: everything of Optuna's ``FrozenTrial`` but the user
+    attributes it does not need (``keys``: the artifact ids retention removes)."""
+    shown = ("number", "state", "values", "params", "distributions", "system_attrs", "intermediate_values",
+             "datetime_start", "datetime_complete", "_trial_id")  # fmt: skip
+    return [
+        ({name: _nan_free(getattr(t, name)) for name in shown}, {k: v for k, v in t.user_attrs.items() if k in keys})
+        for t in trials
+    ]
+
+
+def _nan_free(value):
+    """A report of nan as the word, so that two reads of it compare equal."""
+    return {k: "nan" if v != v else v for k, v in value.items()} if isinstance(value, dict) else value
 
 
 @pytest.mark.slow
-def test_finished_trials_are_optunas_own_and_each_is_fetched_once(storage_url, monkeypatch):
+def test_finished_trials_are_optunas_own_read_lean_and_each_is_fetched_once(storage_url, monkeypatch):
     storage = open_storage(storage_url)
     study = optuna.create_study(storage=storage, study_name=f"finished-{uuid.uuid4().hex[:8]}", direction="maximize")
-    backend = _internals.rdb_storage(storage)
     fetched: list[int] = []
-    real = backend._get_trials
+    real = _lean.read
 
     def spied(*args, **kwargs):
         trials = real(*args, **kwargs)
         fetched.extend(t.number for t in trials)
         return trials
 
-    monkeypatch.setattr(backend, "_get_trials", spied)
+    monkeypatch.setattr(_lean, "read", spied)
+    whole = _whole_reads(monkeypatch, storage)
 
     def finish(value, state=optuna.trial.TrialState.COMPLETE):
         trial = study.ask()
         trial.suggest_float("x", 0, 1)
+        trial.suggest_categorical("loss", ["ce", "focal"])
         trial.report(value, 0)
-        trial.set_user_attr("macro_f1", value)
+        trial.report(float("nan"), 1)
+        trial.set_user_attr("confusion_matrix", [[3, 1], [0, 4]])
+        trial.set_user_attr("checkpoint_artifact", f"id-{trial.number}")
         study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
 
     def optunas_own():
@@ -105,18 +148,23 @@ def test_finished_trials_are_optunas_own_and_each_is_fetched_once(storage_url, m
     finish(0.2, optuna.trial.TrialState.PRUNED)
     finish(0.1, optuna.trial.TrialState.FAIL)
     running = study.ask()
-    fetched.clear()  # Optuna's own reads, through its cache
+    fetched.clear()
     ours = _trials.finished_trials(study)
     assert sorted(fetched) == [0, 1, 2]
     assert _seen(ours) == _seen(optunas_own())
+    assert [t.user_attrs for t in ours] == [{"checkpoint_artifact": f"id-{n}"} for n in range(3)]  # no matrix
     finish(0.7)
     study.tell(running, 0.3)
     fetched.clear()
+    whole.clear()
     ours = _trials.finished_trials(study)
-    assert sorted(fetched) == [3, 4]  # only the two that finished since the first read
+    assert sorted(fetched) == [3, 4] and whole == []  # only the two that finished since, and lean
     assert _seen(ours) == _seen(optunas_own())
     fetched.clear()
     assert len(_trials.finished_trials(study)) == 5 and fetched == []
+    running = study.ask()
+    running.suggest_float("x", 0, 1)
+    assert _seen(_trials.running_trials(study), keys=()) == _seen([study.trials[-1]], keys=())
     monkeypatch.setattr(_internals, "MISSING", ["a private name this Optuna lacks"])
     assert _seen(_trials.finished_trials(study)) == _seen(optunas_own())
     optuna.delete_study(study_name=study.study_name, storage=storage)
