@@ -15,6 +15,10 @@ arm and number of tabs: the page load's median and slowest, and the polls' media
 seconds.
 
     python benchmarks/dashboard_load.py [--trials 10000] [--tabs 1,4,8] [--arms ...]
+        [--storage URL --study NAME]
+
+``--storage`` and ``--study`` measure a study that exists already (one the filler made before, on a
+server that runs), in place of a new server and a newly filled study.
 """
 
 from __future__ import annotations
@@ -155,21 +159,33 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--tabs", default="1,4,8", help="browser tabs at once, comma-separated")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--storage", help="an existing study's storage URL (with --study)")
+    parser.add_argument("--study", help="an existing study's name (with --storage)")
     args = parser.parse_args()
     tabs = [int(n) for n in args.tabs.split(",")]
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("MASK_DATA", "unread")  # the mask study file names it; nothing is read
+    if args.storage and args.study:
+        import optuna
+
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+        table(args.storage, args.study, study._study_id, len(study.get_trials(deepcopy=False)), tabs, args.arms)
+        return
     with postgres_here(durable=False) as server:
         name, study_id, held = filled(server.url, args.trials)
-        print(f"\n{args.trials} trials; a page load: meta, the study with every trial, the importances; then "
-              f"{POLLS} polls, {POLL_PAUSE:.0f} s apart; tabs open {STAGGER} s apart (seconds)\n")  # fmt: skip
-        print("| server | tabs | page load, median | page load, slowest | poll, median | poll, slowest |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for count in tabs:  # the arms side by side for each number of tabs: they share the machine's load
-            for arm in args.arms:
-                found = measure(arm, server.url, name, study_id, held, count)
-                print(f"| {arm} | {count} | {found['load median']:.2f} | {found['load max']:.2f} | "
-                      f"{found['poll median']:.3f} | {found['poll max']:.3f} |", flush=True)  # fmt: skip
+        table(server.url, name, study_id, held, tabs, args.arms)
+
+
+def table(url: str, name: str, study_id: int, held: int, tabs: list[int], arms: list[str]) -> None:
+    print(f"\n{held} trials; a page load: meta, the study with every trial, the importances; then "
+          f"{POLLS} polls, {POLL_PAUSE:.0f} s apart; tabs open {STAGGER} s apart (seconds)\n")  # fmt: skip
+    print("| server | tabs | page load, median | page load, slowest | poll, median | poll, slowest |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for count in tabs:  # the arms side by side for each number of tabs: they share the machine's load
+        for arm in arms:
+            found = measure(arm, url, name, study_id, held, count)
+            print(f"| {arm} | {count} | {found['load median']:.2f} | {found['load max']:.2f} | "
+                  f"{found['poll median']:.3f} | {found['poll max']:.3f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

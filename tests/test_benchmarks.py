@@ -219,3 +219,21 @@ def _stopped_with_sigterm(tmp_path: Path, postgres_url: str) -> None:
     assert not [pid for pid in children if _running(pid)]
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(("scale-artifacts-", "pgbouncer-"))]
     assert not left  # its artifact folder, and PgBouncer's, removed
+
+
+@pytest.mark.slow
+def test_storage_scale_sizes_runs_the_worker_loop_without_an_error(postgres_url):
+    """The virtual workers run the real worker loop: a change to its classes (the budget's gate, the
+    progress line) that the stand-ins no longer fit shows here as errors, not as a table of nan."""
+    env = {**os.environ, "SEARCH_TEST_POSTGRES": postgres_url}
+    command = [sys.executable, str(BENCHMARKS / "storage_scale.py"), "--parts", "sizes", "--paths", "direct",
+               "--sizes", "12", "--per-size", "4", "--size-workers", "2", "--processes", "2",
+               "--epoch-seconds", "0.2"]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = re.search(r"^direct\s+12\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+.*%\s+(\d+)\s+(\w+)$", run.stdout, re.MULTILINE)
+    assert row, run.stdout[-2000:]
+    median, p99, first, errors, exact = row.groups()
+    assert errors == "0" and exact == "yes"
+    assert 0 < float(median) <= float(p99) and 0 < float(first) <= float(p99)
+    assert "a joining worker's first trial" in run.stdout
