@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # The storage's connections the dashboard keeps: one for each request it serves at once, up to this
-# (a request past it waits for one). Not yet sized by benchmarks/dashboard_load.py at 10,000 trials.
+# (a request past it waits for one). benchmarks/dashboard_load.py at 10,000 trials: the pool is not
+# what limits a page load there (1 tab: 29-34 s on pools of 3, 8 and 16); 8 polled faster than 3 at 4 tabs.
 DASHBOARD_POOL = 8
 
 
