@@ -61,6 +61,9 @@ def test_killed_worker_trial_fails_is_retried_and_nothing_finished_is_lost(tmp_p
     args = ["--n-trials", "2", "--set", "train.epochs=8", "--set", "pruner={name: none}"]
     first = _start(tmp_path, *args)
     _wait_mid_training(url, first, need_finished=1)
+    deadline = time.monotonic() + 60  # an epoch is reported before its checkpoint is written: wait for the file
+    while not list((tmp_path / "work").rglob("*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {t.number: t for t in optuna.load_study(study_name="lr-sweep", storage=url).trials}
