@@ -48,18 +48,22 @@ def test_confirmation_runs_are_counted_apart_and_taken_only_by_ask_confirmation(
     assert _trials.ask_confirmation(study) is None  # none left: no new trial made
 
 
-def _whole_reads(monkeypatch, storage) -> list[int]:
-    """Trials read whole by Optuna's storage (its ``_get_trials``), by number, from now on."""
-    backend, whole = _internals.rdb_storage(storage), []
-    real = backend._get_trials
+def _numbers_read(monkeypatch, owner, name: str) -> list[int]:
+    """The numbers of the trials ``owner.name`` (a read of trials) returns, from now on."""
+    numbers, real = [], getattr(owner, name)
 
     def spied(*args, **kwargs):
         trials = real(*args, **kwargs)
-        whole.extend(t.number for t in trials)
+        numbers.extend(t.number for t in trials)
         return trials
 
-    monkeypatch.setattr(backend, "_get_trials", spied)
-    return whole
+    monkeypatch.setattr(owner, name, spied)
+    return numbers
+
+
+def _whole_reads(monkeypatch, storage) -> list[int]:
+    """Trials read whole by Optuna's storage (its ``_get_trials``), by number, from now on."""
+    return _numbers_read(monkeypatch, _internals.rdb_storage(storage), "_get_trials")
 
 
 def test_asking_takes_the_first_queued_trial_of_the_search_and_reads_no_trial_whole(tmp_path, monkeypatch):
@@ -120,15 +124,7 @@ def _nan_free(value):
 def test_finished_trials_are_optunas_own_read_lean_and_each_is_fetched_once(storage_url, monkeypatch):
     storage = open_storage(storage_url)
     study = optuna.create_study(storage=storage, study_name=f"finished-{uuid.uuid4().hex[:8]}", direction="maximize")
-    fetched: list[int] = []
-    real = _lean.read
-
-    def spied(*args, **kwargs):
-        trials = real(*args, **kwargs)
-        fetched.extend(t.number for t in trials)
-        return trials
-
-    monkeypatch.setattr(_lean, "read", spied)
+    fetched = _numbers_read(monkeypatch, _lean, "read")
     whole = _whole_reads(monkeypatch, storage)
 
     def finish(value, state=optuna.trial.TrialState.COMPLETE):
