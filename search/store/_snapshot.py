@@ -79,15 +79,13 @@ class Read:
 
     def __init__(self, finished: list[FrozenTrial], for_trial: int | None) -> None:
         self.finished, self.for_trial, self.at = finished, for_trial, time.monotonic()
+        self.complete = sum(t.state == TrialState.COMPLETE for t in finished)  # counted once, not per question
         self._running: list[FrozenTrial] | None = None
 
     def running(self, study: optuna.Study) -> list[FrozenTrial]:
         if self._running is None:
             self._running = running_trials(study)
         return self._running
-
-    def complete(self) -> int:
-        return sum(t.state == TrialState.COMPLETE for t in self.finished)
 
 
 class Reads:
@@ -108,7 +106,7 @@ class Reads:
         with slot.lock:
             kept = slot.read
             unclaimed = kept is not None and kept.for_trial is None and time.monotonic() - kept.at < self.FRESH_SECONDS
-            if kept is None or not (kept.for_trial == trial_number or unclaimed) or kept.complete() < needs:
+            if kept is None or not (kept.for_trial == trial_number or unclaimed) or kept.complete < needs:
                 kept = slot.read = Read(finished_trials(study), trial_number)
             kept.for_trial = trial_number
             return FinishedView(study, kept)
