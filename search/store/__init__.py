@@ -17,7 +17,6 @@ from search.store._trials import (
     ask_confirmation,
     confirmation_of,
     confirming,
-    finished_trials,
     trial_counts,
 )
 from search.store.artifacts import AtomicArtifactStore, artifact_dir, not_in_store, stored
@@ -54,7 +53,6 @@ __all__ = [
     "fail_and_retry",
     "fail_stale_trials",
     "finished_after_trial",
-    "finished_trials",
     "is_sqlite",
     "load_existing",
     "not_in_store",
